@@ -1,0 +1,38 @@
+"""Every topic in a pipeline, declared once: who publishes it, what it carries, how often.
+
+Like openpilot's cereal/services.py, this table is the single place a reader looks to
+see the data flow; transport endpoints and telemetry are derived from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.wire import MsgType
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    msg: MsgType
+    publisher: str  # stage name; "*" = every stage (connects to the supervisor's bound socket)
+    rate_hz: float  # nominal, at the default camera rate
+    bound_by_subscriber: bool = False  # many publishers -> one subscriber binds
+
+
+TOPICS: dict[str, Topic] = {t.name: t for t in (
+    Topic("frames", MsgType.FRAME, "capture", 30.0),       # descriptor of a camera slot
+    Topic("tensors", MsgType.FRAME, "preprocess", 30.0),   # descriptor of a model-input slot
+    Topic("results", MsgType.RESULT, "infer", 30.0),       # model outputs, validated
+    Topic("commands", MsgType.COMMAND, "control", 30.0),   # steering commands / takeover requests
+    Topic("vehicle", MsgType.VEHICLE, "capture", 30.0),    # simulator ground truth (pose, lane error)
+    Topic("heartbeat", MsgType.HEARTBEAT, "*", 10.0, bound_by_subscriber=True),  # stages -> supervisor
+    Topic("supervisor", MsgType.HEARTBEAT, "supervisor", 10.0),  # supervisor -> stages (start signal)
+)}
+
+
+def topic(name: str) -> Topic:
+    try:
+        return TOPICS[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}; topics are: {', '.join(TOPICS)}") from None
