@@ -1,0 +1,146 @@
+"""`edgert`: the command line.
+
+    edgert run [CONFIG.toml] [--duration S] [--mode processes|threads] [--report FILE]
+    edgert echo TOPIC [--run RUN_ID] [--count N]
+    edgert doctor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from runtime.config import DEFAULT_CONFIG, ConfigError, load
+from runtime.logs import setup_logging
+from runtime.manifest import ModelError
+
+log = logging.getLogger("edgert")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load(args.config)  # config errors first, before the heavy imports
+    from runtime.supervisor import StageFailed, Supervisor, dump_json, format_summary, install_signal_handlers
+
+    setup_logging(cfg.pipeline.log_level)
+    sup = Supervisor(cfg, duration_s=args.duration, mode=args.mode)
+    install_signal_handlers(sup)
+    try:
+        summary = sup.run()
+    except StageFailed as e:
+        log.error("%s", e)
+        return 1
+    print(format_summary(summary), flush=True)
+    if args.report:
+        dump_json(summary, args.report)
+        print(f"  report: {args.report}")
+    bad = summary["leaked_segments"] or any(s["given_up"] for s in summary["stages"].values())
+    return 1 if bad else 0
+
+
+def _live_runs() -> list[Path]:
+    from runtime import shm
+
+    runs = []
+    for d in Path(tempfile.gettempdir()).glob("edgert.*.*.*"):
+        pid = d.name.split(".")[1]
+        if pid.isdigit() and shm.pid_alive(int(pid)) and (d / "pipeline.json").is_file():
+            runs.append(d)
+    return sorted(runs, key=lambda p: p.stat().st_mtime)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Print a live topic as JSON lines, like the topic tools of robotics stacks."""
+    import zmq
+
+    from runtime import wire
+    from runtime.config import PipelineConfig
+    from runtime.topics import topic
+    from runtime.transport import Endpoints, subscriber
+
+    topic(args.topic)
+    runs = [r for r in _live_runs() if args.run is None or f".{args.run}." in r.name]
+    if not runs:
+        print("edgert: error: no running pipeline found; start one with `edgert run`", file=sys.stderr)
+        return 1
+    run_dir = runs[-1]
+    run_id = ".".join(run_dir.name.split(".")[1:3])
+    cfg = PipelineConfig.from_json((run_dir / "pipeline.json").read_text())
+    if cfg.pipeline.mode == "threads":
+        print("edgert: error: a threads-mode pipeline uses inproc:// sockets, visible only inside its process",
+              file=sys.stderr)
+        return 1
+    p = cfg.pipeline
+    ctx = zmq.Context()
+    sock = subscriber(ctx, Endpoints(p.transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port), args.topic)
+    n = 0
+    try:
+        while args.count == 0 or n < args.count:
+            if not sock.poll(1000):
+                continue
+            try:
+                rec = wire.decode(sock.recv())
+            except wire.WireError as e:
+                print(json.dumps({"rejected": str(e)}), flush=True)
+                continue
+            print(json.dumps(wire.to_dict(rec)), flush=True)
+            n += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this machine offers and what the provider policy would pick."""
+    import numba
+    import onnxruntime as ort
+
+    from runtime.providers import PREFERENCE, plan
+
+    p = plan(["auto"])
+    chosen, skipped = p.chosen, p.skipped
+    print(f"python {sys.version.split()[0]}, numba {numba.__version__}, onnxruntime {ort.__version__} "
+          f"({ort.get_device()} build)")
+    print(f"providers in this build: {', '.join(ort.get_available_providers())}")
+    for name in PREFERENCE:
+        mark = "try " if name in chosen else "skip"
+        print(f"  {mark} {name}" + (f": {skipped[name]}" if name in skipped else ""))
+    print(f"the policy would try, in order: {', '.join(chosen)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edgert", description="Edge inference runtime for in-vehicle computers.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a pipeline from its TOML config")
+    r.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                   help=f"pipeline config (default: the simulator closed loop, {DEFAULT_CONFIG.name})")
+    r.add_argument("--duration", type=float, default=None, help="seconds to run (default: config, 0 = until stopped)")
+    r.add_argument("--mode", choices=("processes", "threads"), default=None, help="override pipeline.mode")
+    r.add_argument("--report", help="also write the summary as JSON to this file")
+    r.set_defaults(func=cmd_run)
+    e = sub.add_parser("echo", help="print a live topic of a running pipeline as JSON lines")
+    e.add_argument("topic")
+    e.add_argument("--run", help="run id (default: the newest running pipeline)")
+    e.add_argument("--count", type=int, default=0, help="stop after N messages (0 = until Ctrl-C)")
+    e.set_defaults(func=cmd_echo)
+    d = sub.add_parser("doctor", help="show the accelerators present and what the provider policy picks")
+    d.set_defaults(func=cmd_doctor)
+    args = ap.parse_args(argv)
+    setup_logging("INFO")
+    try:
+        return args.func(args)
+    except (ConfigError, ModelError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) else e
+        print(f"edgert: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A stage's input of frames: newest descriptor only, validated, then the slot it names.
+
+Shared by every stage that consumes a frame pool, so the checks are made once, the
+same way: wire validation, the stream and the exact shape/dtype the stage was built
+for, frame ids moving forward, and the slot's seqlock before and after use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime import wire
+from runtime.framepool import FramePool, SlotError
+from runtime.stage import Stage
+from runtime.transport import LatestReader, subscriber
+from runtime.wire import MsgType, WireError
+
+
+class FrameInput:
+    def __init__(self, stage: Stage, topic: str, pool: FramePool, stream_id: int,
+                 shape: tuple[int, ...], dtype: np.dtype | str) -> None:
+        self.stage = stage
+        self.pool = pool
+        self.stream_id = stream_id
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.dtype_code = wire.CODE_OF_DTYPE[self.dtype]
+        self.reader = stage.own(LatestReader(subscriber(stage.ctx.zmq, stage.ctx.endpoints, topic)))
+        self.overwritten = 0  # slot reused by the writer before or while we read it
+
+    def next(self, timeout_ms: int) -> tuple[np.void, np.ndarray] | None:
+        """The newest valid frame as (descriptor, slot view), or None."""
+        msg = self.reader.recv(timeout_ms)
+        if msg is None:
+            return None
+        st = self.stage
+        try:
+            rec = wire.decode(msg, MsgType.FRAME)
+        except WireError as e:
+            st.reject(e)
+            return None
+        ndim = int(rec["ndim"])
+        shape = tuple(int(d) for d in rec["shape"][:ndim])
+        if int(rec["stream"]) != self.stream_id or shape != self.shape or int(rec["dtype"]) != self.dtype_code:
+            st.reject(f"descriptor for stream {int(rec['stream'])} {shape} dtype code {int(rec['dtype'])}; "
+                      f"this stage reads stream {self.stream_id} {self.shape} {self.dtype}")
+            return None
+        if not st.accept_frame_id(int(rec["frame_id"])):
+            return None
+        try:
+            current = self.pool.is_current(int(rec["slot"]), int(rec["generation"]))
+        except SlotError as e:
+            st.reject(e)
+            return None
+        if not current:
+            self.overwritten += 1
+            st.dropped += 1
+            return None
+        return rec, self.pool.view(int(rec["slot"]), self.shape, self.dtype)
+
+    def still_valid(self, rec: np.void) -> bool:
+        """After using the slot: False (and counted as dropped) if the writer lapped us mid-read."""
+        if self.pool.is_current(int(rec["slot"]), int(rec["generation"])):
+            return True
+        self.overwritten += 1
+        self.stage.dropped += 1
+        return False

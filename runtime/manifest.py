@@ -1,0 +1,140 @@
+"""A model's manifest: what the model expects, how to feed it, and proof it is the right file.
+
+`models/<name>/manifest.toml` declares the inputs and outputs, the preprocessing spec
+(shared with kernels/), the output decoder, the sha256 of model.onnx and the markets the
+variant is approved for. `verify()` hashes the file before any session is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernels import PreprocessSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DTYPES = ("float32", "float16", "uint8", "int32")
+
+
+class ModelError(ValueError):
+    """A model or its manifest is missing, corrupt or does not match what was declared."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Decoder:
+    kind: str  # "steering": output[index] * scale is a steering angle in radians
+    output: str
+    index: int = 0
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    dir: Path
+    name: str
+    version: str
+    file: str
+    sha256: str
+    markets: tuple[str, ...]
+    license: str
+    provenance: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocess: PreprocessSpec
+    decoder: Decoder
+
+    @property
+    def path(self) -> Path:
+        return self.dir / self.file
+
+    def read_verified(self) -> bytes:
+        """The model file's bytes, after checking them against the manifest's sha256.
+
+        The same bytes are hashed and handed to ONNX Runtime, so the file cannot be
+        swapped between the check and the load.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"model file {self.path} is missing; restore it or fix 'model.file' in "
+                             f"{self.dir / 'manifest.toml'}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise ModelError(f"{self.path}: sha256 {digest[:16]}… does not match the manifest's "
+                             f"{self.sha256[:16]}…; the file is corrupt or was replaced. Restore the "
+                             "shipped file, or re-export it and update the manifest's sha256")
+        return data
+
+
+def _req(table: dict[str, Any], key: str, where: str, kind: type) -> Any:
+    if key not in table:
+        raise ModelError(f"{where}: missing key {key!r}")
+    v = table[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise ModelError(f"{where}.{key}: expected {kind.__name__}, got {v!r}")
+    return v
+
+
+def _tensors(raw: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ModelError(f"{where}: expected a non-empty array of tables [[{where}]]")
+    out = []
+    for i, t in enumerate(raw):
+        w = f"{where}[{i}]"
+        shape = _req(t, "shape", w, list)
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ModelError(f"{w}.shape: {shape} must be positive integers")
+        dtype = _req(t, "dtype", w, str)
+        if dtype not in DTYPES:
+            raise ModelError(f"{w}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+        out.append(TensorSpec(_req(t, "name", w, str), tuple(shape), dtype))
+    return tuple(out)
+
+
+def load_manifest(model_dir: str | Path) -> ModelManifest:
+    """Parse and validate `model_dir/manifest.toml` (the model file itself is checked by read_verified)."""
+    model_dir = Path(model_dir)
+    path = model_dir / "manifest.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"no manifest at {path}; `edgert models add` writes one for an ONNX file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ModelError(f"{path}: not valid TOML: {e}") from None
+    model = _req(raw, "model", "manifest", dict)
+    sha = _req(model, "sha256", "model", str).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ModelError(f"model.sha256: {sha!r} is not a hex sha256 digest")
+    try:
+        pre = PreprocessSpec.from_dict(_req(raw, "preprocess", "manifest", dict))
+    except ValueError as e:
+        raise ModelError(f"{path}: {e}") from None
+    dec = _req(raw, "decoder", "manifest", dict)
+    decoder = Decoder(kind=_req(dec, "kind", "decoder", str), output=_req(dec, "output", "decoder", str),
+                      index=int(dec.get("index", 0)), scale=float(dec.get("scale", 1.0)))
+    if decoder.kind != "steering":
+        raise ModelError(f"decoder.kind: {decoder.kind!r} is not one of 'steering'")
+    m = ModelManifest(
+        dir=model_dir, name=_req(model, "name", "model", str), version=_req(model, "version", "model", str),
+        file=model.get("file", "model.onnx"), sha256=sha, markets=tuple(model.get("markets", [])),
+        license=model.get("license", ""), provenance=model.get("provenance", ""),
+        inputs=_tensors(raw.get("inputs"), "inputs"), outputs=_tensors(raw.get("outputs"), "outputs"),
+        preprocess=pre, decoder=decoder)
+    if decoder.output not in {o.name for o in m.outputs}:
+        raise ModelError(f"decoder.output: {decoder.output!r} is not an output; outputs: "
+                         f"{', '.join(o.name for o in m.outputs)}")
+    return m

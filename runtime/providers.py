@@ -1,0 +1,83 @@
+"""Execution-provider policy: the best accelerator present, else CPU, and always say why.
+
+`onnxruntime.get_available_providers()` lists what the *build* contains, not what the
+machine can run: onnxruntime-gpu lists CUDA and TensorRT on a machine without a GPU.
+So each candidate is also checked against the machine (an NVIDIA driver for CUDA and
+TensorRT) before a session is tried, and the session's real providers are checked
+after, so a provider that fails to initialise falls back with a logged reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+# Vendors differ by market and supply can be cut off: no single vendor is assumed.
+PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "ROCMExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "QNNExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+)
+_NVIDIA = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+
+
+@functools.lru_cache(maxsize=None)
+def nvidia_driver() -> str | None:
+    """None if an NVIDIA driver is loadable, else the reason it is not."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        return f"no NVIDIA driver ({e})"
+    return None
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    wanted: list[str]  # the requested order, "auto" expanded
+    chosen: list[str]  # what can be tried on this build and machine, CPU last
+    skipped: dict[str, str]  # provider -> why it is not tried
+
+
+def plan(requested: list[str] | tuple[str, ...]) -> ProviderPlan:
+    """Ordered providers to try, and for every provider left out, why."""
+    wanted: list[str] = []
+    for name in requested:
+        for p in (PREFERENCE if name == "auto" else (name,)):
+            if p not in wanted:
+                wanted.append(p)
+    built = set(ort.get_available_providers())
+    chosen, skipped = [], {}
+    for p in wanted:
+        if p not in built:
+            skipped[p] = f"not in this onnxruntime build ({ort.__version__}, {ort.get_device()})"
+        elif p in _NVIDIA and (why := nvidia_driver()):
+            skipped[p] = why
+        else:
+            chosen.append(p)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")  # the CPU path must always work
+    return ProviderPlan(wanted, chosen, skipped)
+
+
+def describe(p: ProviderPlan, used: list[str]) -> str:
+    """One log line: which provider runs the model and why the ones asked for before it do not."""
+    why = dict(p.skipped)
+    for name in p.chosen:
+        if name not in used:
+            why.setdefault(name, "failed to initialise (see onnxruntime's log above)")
+    order = p.wanted if used[0] in p.wanted else p.wanted + [used[0]]
+    before = order[: order.index(used[0])]
+    reasons = "; ".join(f"{name} skipped: {why[name]}" for name in before if name in why)
+    return f"using {used[0]}" + (f" ({reasons})" if reasons else " (the first provider asked for)")

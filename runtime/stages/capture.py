@@ -1,0 +1,128 @@
+"""capture: the road-camera simulator, closing the loop through the vehicle model.
+
+Each tick it applies the newest command to a kinematic bicycle model (zero-order hold,
+sim time advances exactly one frame period), renders the camera image at the new pose
+straight into a frame-pool slot, and publishes the slot's descriptor and the vehicle's
+ground truth (lane error) for telemetry. Ticks are paced in real time at camera.fps.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from runtime import wire
+from runtime.framepool import FramePool
+from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
+from runtime.stage import Stage
+from runtime.transport import LatestReader, publisher, subscriber
+from runtime.wire import CommandFlags, MsgType, Stamp, StageState, WireError
+
+CAMERA_STREAM = "camera"
+STREAM_IDS = {"camera": 1, "tensor": 2}
+
+
+class CaptureStage(Stage):
+    name = "capture"
+
+    def setup(self) -> None:
+        cam, sim = self.cfg.camera, self.cfg.sim
+        self.period_ns = int(1e9 / cam.fps)
+        self.dt = 1.0 / cam.fps
+        self.shape = (cam.height, cam.width, 3)
+        self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        self.road = Road(seed=sim.road_seed, lane_width_m=sim.lane_width_m)
+        self.camera = PinholeCamera(width=cam.width, height=cam.height, hfov_deg=sim.hfov_deg,
+                                    height_m=sim.camera_height_m, pitch_deg=sim.camera_pitch_deg)
+        self.renderer = Renderer(self.road, self.camera)  # compiles and warms the render kernel
+        self.vehicle = BicycleModel(wheelbase_m=sim.wheelbase_m, max_steer_rad=self.cfg.control.max_steer_rad)
+        self.state: VehicleState = initial_state(self.road, s=sim.start_s_m, lateral_m=sim.start_lateral_m,
+                                                 heading_err=sim.start_heading_rad, speed=sim.speed_mps)
+        self.s_hint = sim.start_s_m
+        self.steer = 0.0
+        self.accel = 0.0
+        self.cmd_capture_ns = 0
+        self.overruns = 0
+        ctx, ep = self.ctx.zmq, self.ctx.endpoints
+        self.pub_frames = self.own(publisher(ctx, ep, "frames"))
+        self.pub_vehicle = self.own(publisher(ctx, ep, "vehicle"))
+        self.commands = self.own(LatestReader(subscriber(ctx, ep, "commands")))
+        self.supervisor = self.own(LatestReader(subscriber(ctx, ep, "supervisor")))
+        self.frame = wire.new_message(MsgType.FRAME)
+        self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
+        self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
+        self.frame["ndim"] = 3
+        self.frame["shape"][:3] = self.shape
+        self.veh = wire.new_message(MsgType.VEHICLE)
+        self.started = False
+        self.next_tick = 0
+
+    def _wait_for_start(self) -> None:
+        """Frames flow only once the supervisor says every stage is ready."""
+        msg = self.supervisor.recv(50)
+        if msg is None:
+            return
+        try:
+            rec = wire.decode(msg, MsgType.HEARTBEAT)
+        except WireError as e:
+            self.reject(e)
+            return
+        if int(rec["state"]) == StageState.RUNNING:
+            self.started = True
+            self.next_tick = time.monotonic_ns()
+            self.log.info("started: %dx%d at %.1f fps", self.shape[1], self.shape[0], self.cfg.camera.fps)
+
+    def _apply_latest_command(self) -> None:
+        msg = self.commands.drain()
+        if msg is None:
+            return
+        try:
+            rec = wire.decode(msg, MsgType.COMMAND)
+        except WireError as e:
+            self.reject(e)
+            return
+        self.steer = float(rec["steer"])
+        self.accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0
+        self.cmd_capture_ns = int(rec["stamps"][Stamp.CAPTURE])
+
+    def step(self) -> None:
+        if not self.started:
+            self._wait_for_start()
+            return
+        wait_s = (self.next_tick - time.monotonic_ns()) / 1e9
+        if wait_s > 0 and self.ctx.stop.wait(wait_s):
+            return
+        self.next_tick += self.period_ns
+        if time.monotonic_ns() > self.next_tick:  # a whole period late: don't try to catch up
+            self.overruns += 1
+            self.next_tick = time.monotonic_ns() + self.period_ns
+
+        self._apply_latest_command()
+        act_ns = time.monotonic_ns()
+        st = self.vehicle.step(self.state, self.steer, self.dt)
+        if self.accel:
+            st = VehicleState(st.x, st.y, st.yaw, max(0.0, st.speed + self.accel * self.dt))
+        self.state = st
+
+        slot = self.pool.acquire()
+        self.renderer.render(st.x, st.y, st.yaw, self.pool.view(slot, self.shape, np.uint8))
+        gen = self.pool.publish(slot)
+        now = time.monotonic_ns()
+        self.frames += 1
+        f = self.frame
+        f["slot"], f["generation"], f["frame_id"] = slot, gen, self.frames
+        f["stamps"][:] = 0
+        f["stamps"][Stamp.CAPTURE] = now
+        self.pub_frames.send(wire.encode(f))
+
+        s, lateral, road_heading = self.road.project(st.x, st.y, self.s_hint)
+        self.s_hint = s
+        v = self.veh
+        v["frame_id"], v["t_ns"] = self.frames, now
+        v["x"], v["y"], v["yaw"], v["speed"] = st.x, st.y, st.yaw, st.speed
+        v["s"], v["lateral"] = s, lateral
+        v["heading_err"] = (st.yaw - road_heading + np.pi) % (2 * np.pi) - np.pi
+        v["steer"] = self.steer
+        v["cmd_age_ns"] = act_ns - self.cmd_capture_ns if self.cmd_capture_ns else 0
+        self.pub_vehicle.send(wire.encode(v))

@@ -1,0 +1,68 @@
+"""infer: model input slot -> validated model outputs, through ONNX Runtime.
+
+One I/O binding per tensor-pool slot, made at setup: a frame is one
+`run_with_iobinding` on memory the preprocess stage already wrote. Outputs with NaN or
+Inf are never passed on as values: the result says NONFINITE and control fails safe.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from runtime import wire
+from runtime.engine import Engine
+from runtime.frameinput import FrameInput
+from runtime.framepool import FramePool
+from runtime.manifest import load_manifest
+from runtime.stage import Stage
+from runtime.stages.capture import STREAM_IDS
+from runtime.stages.preprocess import TENSOR_STREAM
+from runtime.transport import publisher
+from runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
+
+
+class InferStage(Stage):
+    name = "infer"
+
+    def setup(self) -> None:
+        icfg = self.cfg.infer
+        manifest = load_manifest(self.cfg.model_dir())
+        self.engine = Engine(manifest, providers=icfg.providers, intra_op_threads=icfg.intra_op_threads)
+        self.engine.warmup(icfg.warmup_runs)
+        spec = manifest.inputs[0]
+        pool = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
+        self.bindings = [self.engine.bind({spec.name: pool.view(s, spec.shape, spec.dtype)})
+                         for s in range(pool.n_slots)]
+        self.input = FrameInput(self, "tensors", pool, STREAM_IDS[TENSOR_STREAM], spec.shape, spec.dtype)
+        self.output = self.engine.outputs[manifest.decoder.output].reshape(-1)
+        self.values = self.output[:MAX_VALUES]
+        self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "results"))
+        self.res = wire.new_message(MsgType.RESULT)
+        self.res["n_values"] = len(self.values)
+        self.nonfinite = 0
+
+    def step(self) -> None:
+        got = self.input.next(100)
+        if got is None:
+            return
+        rec, _ = got
+        t_recv = time.monotonic_ns()
+        self.engine.run(self.bindings[int(rec["slot"])])
+        if not self.input.still_valid(rec):
+            return
+        r = self.res
+        if np.isfinite(self.output).all():
+            r["status"] = ResultStatus.OK
+            r["values"][: len(self.values)] = self.values
+        else:
+            self.nonfinite += 1
+            r["status"] = ResultStatus.NONFINITE
+            r["values"][:] = 0.0
+        r["frame_id"] = rec["frame_id"]
+        r["stamps"][:] = rec["stamps"]
+        r["stamps"][Stamp.INFER_RECV] = t_recv
+        r["stamps"][Stamp.INFER_DONE] = time.monotonic_ns()
+        self.pub.send(wire.encode(r))
+        self.frames += 1

@@ -1,0 +1,69 @@
+"""preprocess: camera slot -> model input slot, in one fused Numba pass.
+
+The kernel is specialised for the model's manifest spec and the camera's frame size,
+and compiled (or loaded from Numba's cache) and warmed up in setup, never on a frame.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+from kernels import Preprocessor
+from runtime import wire
+from runtime.frameinput import FrameInput
+from runtime.framepool import FramePool
+from runtime.manifest import load_manifest
+from runtime.stage import Stage
+from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from runtime.transport import publisher
+from runtime.wire import MsgType, Stamp
+
+TENSOR_STREAM = "tensor"
+
+
+class PreprocessStage(Stage):
+    name = "preprocess"
+
+    def setup(self) -> None:
+        cam = self.cfg.camera
+        manifest = load_manifest(self.cfg.model_dir())
+        self.src_shape = (cam.height, cam.width, 3)
+        numba.set_num_threads(min(self.cfg.preprocess.threads, numba.config.NUMBA_NUM_THREADS))
+        self.pre = Preprocessor(manifest.preprocess, self.src_shape, threads=self.cfg.preprocess.threads)
+        self.pre.warmup()
+        self.out_shape = tuple(manifest.inputs[0].shape)
+        if tuple(self.pre.out_shape) != self.out_shape:
+            raise ValueError(f"model input {manifest.inputs[0].name!r} is {self.out_shape} but the manifest's "
+                             f"preprocess spec produces {tuple(self.pre.out_shape)}; fix {manifest.dir}/manifest.toml")
+        self.out_dtype = np.dtype(manifest.inputs[0].dtype)
+        cam_pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        self.tensors = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
+        self.input = FrameInput(self, "frames", cam_pool, STREAM_IDS[CAMERA_STREAM], self.src_shape, np.uint8)
+        self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "tensors"))
+        self.out = wire.new_message(MsgType.FRAME)
+        self.out["stream"] = STREAM_IDS[TENSOR_STREAM]
+        self.out["dtype"] = wire.CODE_OF_DTYPE[self.out_dtype]
+        self.out["ndim"] = len(self.out_shape)
+        self.out["shape"][: len(self.out_shape)] = self.out_shape
+
+    def step(self) -> None:
+        got = self.input.next(100)
+        if got is None:
+            return
+        rec, src = got
+        t_recv = time.monotonic_ns()
+        slot = self.tensors.acquire()
+        self.pre(src, self.tensors.view(slot, self.out_shape, self.out_dtype))
+        if not self.input.still_valid(rec):
+            return  # the camera overwrote the frame while we read it; the tensor slot is reused later
+        gen = self.tensors.publish(slot)
+        o = self.out
+        o["slot"], o["generation"], o["frame_id"] = slot, gen, rec["frame_id"]
+        o["stamps"][:] = rec["stamps"]
+        o["stamps"][Stamp.PRE_RECV] = t_recv
+        o["stamps"][Stamp.PRE_DONE] = time.monotonic_ns()
+        self.pub.send(wire.encode(o))
+        self.frames += 1

@@ -1,0 +1,395 @@
+"""The supervisor: owns a pipeline run from start to a clean end.
+
+It creates the run's shared memory and socket directory, starts every stage (as
+processes named edgert-<stage>, or as threads), waits until all report ready, then
+tells the camera to start. It watches heartbeats and processes, restarts a dead stage
+with back-off (and gives up on one that keeps crashing), and on SIGINT/SIGTERM or at
+the end of the duration stops every stage, kills what does not stop, and removes the
+shared memory and sockets whatever happened: no orphans, no leaks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from runtime import shm, wire
+from runtime.config import PipelineConfig
+from runtime.framepool import FramePool
+from runtime.manifest import load_manifest
+from runtime.stage import StageContext, run_stage
+from runtime.stages import STAGE_NAMES, stage_class
+from runtime.stages.capture import CAMERA_STREAM
+from runtime.stages.preprocess import TENSOR_STREAM
+from runtime.telemetry import Telemetry
+from runtime.transport import Endpoints, LatestReader, publisher, subscriber
+from runtime.wire import MsgType, StageState, WireError
+
+log = logging.getLogger("edgert.supervisor")
+
+STOP_TIMEOUT_S = 5.0
+MAX_RESTARTS = 3
+BACKOFF_S = 0.5
+
+
+class StageFailed(RuntimeError):
+    """A stage could not start, or kept crashing; the message says which and why."""
+
+
+class ProcessHandle:
+    """A stage in its own process (`python -m runtime.stage_main`)."""
+
+    def __init__(self, name: str, run_dir: Path, run_id: str) -> None:
+        self.name, self.run_dir, self.run_id = name, run_dir, run_id
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.stage_main", self.name,
+                                      str(self.run_dir), self.run_id])
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exitcode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+
+    def join(self, timeout: float) -> bool:
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ThreadHandle:
+    """A stage on a thread of the supervisor's process (threads mode, inproc:// sockets)."""
+
+    def __init__(self, name: str, make_ctx: Any) -> None:
+        self.name, self.make_ctx = name, make_ctx
+        self.thread: threading.Thread | None = None
+        self.stop_event = threading.Event()
+        self.code: int | None = None
+        self.pid = None
+
+    def start(self) -> None:
+        self.stop_event = threading.Event()
+        self.code = None
+        self.thread = threading.Thread(target=self._run, name=f"edgert-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.code = run_stage(stage_class(self.name)(self.make_ctx(self.name, self.stop_event)))
+        except Exception:
+            log.exception("stage %s crashed", self.name)
+            self.code = 1
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def exitcode(self) -> int | None:
+        return None if self.alive() else self.code
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float) -> bool:
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.alive()
+
+    def kill(self) -> None:
+        log.error("stage %s did not stop within %.0f s; a thread cannot be killed, abandoning it",
+                  self.name, STOP_TIMEOUT_S)
+
+
+@dataclass
+class StageStatus:
+    state: StageState = StageState.STARTING
+    last_seen: float = 0.0
+    counters: dict[str, int] | None = None
+    restarts: int = 0
+    given_up: bool = False
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, config: PipelineConfig, duration_s: float | None = None, mode: str | None = None) -> None:
+        self.cfg = config if mode is None else config.replace(pipeline={"mode": mode})
+        self.duration_s = self.cfg.pipeline.duration_s if duration_s is None else duration_s
+        self.mode = self.cfg.pipeline.mode
+        self.run_id = shm.new_run_id()
+        self.status = {name: StageStatus() for name in STAGE_NAMES}
+        self.stop_requested = threading.Event()
+        self.exit_reason = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the pipeline to its end and return the summary (raises StageFailed at start-up)."""
+        shm.sweep_stale()
+        sweep_stale_run_dirs()
+        manifest = load_manifest(self.cfg.model_dir())
+        manifest.read_verified()  # a corrupt model fails here, before any stage starts
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
+        (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
+        cam = self.cfg.camera
+        spec = manifest.inputs[0]
+        self.pools = [
+            FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots, cam.width * cam.height * 3),
+            FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
+                             int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize),
+        ]
+        transport = "inproc" if self.mode == "threads" else self.cfg.pipeline.transport
+        p = self.cfg.pipeline
+        self.endpoints = Endpoints(transport, self.run_id, str(self.run_dir), p.tcp_host, p.tcp_base_port)
+        self.zmq = zmq.Context()
+        self.handles: dict[str, ProcessHandle | ThreadHandle] = {}
+        self.telemetry: Telemetry | None = None
+        started = time.monotonic()
+        try:
+            self._start()
+            self._wait_ready()
+            self.ready_s = time.monotonic() - started
+            self._loop()
+        finally:
+            self._shutdown()
+        return self.summary()
+
+    def _make_ctx(self, name: str, stop: threading.Event) -> StageContext:
+        return StageContext(name, self.cfg, self.run_id, self.endpoints, self.zmq, stop)
+
+    def _start(self) -> None:
+        self.heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")
+        self.hb_reader = LatestReader(self.heartbeats)
+        self.pub = publisher(self.zmq, self.endpoints, "supervisor")
+        self.go = wire.new_message(MsgType.HEARTBEAT)
+        self.go["stage"] = b"supervisor"
+        sim = self.cfg.sim
+        self.telemetry = Telemetry(self.zmq, self.endpoints, self.cfg.control.max_steer_rad,
+                                   (sim.lane_width_m - sim.vehicle_width_m) / 2)
+        self.telemetry.start()
+        for name in STAGE_NAMES:
+            h = (ThreadHandle(name, self._make_ctx) if self.mode == "threads"
+                 else ProcessHandle(name, self.run_dir, self.run_id))
+            h.start()
+            self.handles[name] = h
+        log.info("run %s: started %s in %s mode (%s)", self.run_id, ", ".join(STAGE_NAMES), self.mode,
+                 self.endpoints("frames").split("://")[0] + "://")
+
+    def _poll_heartbeats(self, timeout_ms: int) -> None:
+        poller = self.hb_reader.poller
+        if not poller.poll(timeout_ms):
+            return
+        while True:
+            try:
+                msg = self.heartbeats.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                rec = wire.decode(msg, MsgType.HEARTBEAT)
+            except WireError as e:
+                log.warning("rejected heartbeat: %s", e)
+                continue
+            name = bytes(rec["stage"]).decode()
+            st = self.status.get(name)
+            if st is None:
+                log.warning("heartbeat from unknown stage %r", name)
+                continue
+            st.state = StageState(int(rec["state"]))
+            st.last_seen = time.monotonic()
+            st.counters = {k: int(rec[k]) for k in ("frames", "dropped", "rejected", "errors")}
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.cfg.pipeline.ready_timeout_s
+        next_note = time.monotonic() + 10
+        while True:
+            self._poll_heartbeats(50)
+            for name, h in self.handles.items():
+                st = self.status[name]
+                if st.state == StageState.FAILED or not h.alive():
+                    raise StageFailed(f"stage {name} failed during start-up (exit code {h.exitcode()}); "
+                                      "its log above says why")
+            waiting = [n for n, s in self.status.items() if s.state not in (StageState.READY, StageState.RUNNING)]
+            if not waiting:
+                log.info("all stages ready")
+                return
+            if self.stop_requested.is_set():
+                raise StageFailed("stopped by signal before the pipeline was ready")
+            now = time.monotonic()
+            if now > deadline:
+                raise StageFailed(f"stages not ready after {self.cfg.pipeline.ready_timeout_s:.0f} s: "
+                                  f"{', '.join(waiting)} (raise pipeline.ready_timeout_s if the machine is slow)")
+            if now > next_note:
+                log.info("waiting for %s (a first run compiles the Numba kernels and caches them)", ", ".join(waiting))
+                next_note = now + 10
+
+    def _loop(self) -> None:
+        end = time.monotonic() + self.duration_s if self.duration_s else math.inf
+        self.started_at = time.monotonic()
+        last_go = 0.0
+        while not self.stop_requested.is_set():
+            now = time.monotonic()
+            if now >= end:
+                self.exit_reason = f"duration {self.duration_s:g} s reached"
+                break
+            if now - last_go >= 0.1:
+                self.go["state"] = int(StageState.RUNNING)
+                self.go["seq"] += 1
+                self.go["t_ns"] = time.monotonic_ns()
+                self.pub.send(wire.encode(self.go))
+                last_go = now
+            self._poll_heartbeats(20)
+            self._watch(now)
+        if not self.exit_reason:
+            self.exit_reason = "stop requested (signal)"
+        self.run_s = time.monotonic() - self.started_at
+
+    def _watch(self, now: float) -> None:
+        """Restart a dead stage with exponential back-off; give up after MAX_RESTARTS."""
+        for name, h in self.handles.items():
+            st = self.status[name]
+            if h.alive() or st.given_up:
+                continue
+            if st.restart_at == 0.0:
+                code = h.exitcode()
+                if st.restarts >= MAX_RESTARTS:
+                    st.given_up = True
+                    log.error("stage %s keeps crashing (exit code %s after %d restarts): giving up on it; "
+                              "control stays in fail-safe", name, code, st.restarts)
+                    continue
+                delay = BACKOFF_S * 2 ** st.restarts
+                log.error("stage %s died (exit code %s); restarting in %.1f s", name, code, delay)
+                st.restart_at = now + delay
+            elif now >= st.restart_at:
+                st.restarts += 1
+                st.restart_at = 0.0
+                st.state = StageState.STARTING
+                h.start()
+
+    def _shutdown(self) -> None:
+        handles = getattr(self, "handles", {})
+        for h in handles.values():
+            h.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for name, h in handles.items():
+            if not h.join(max(0.0, deadline - time.monotonic())):
+                log.warning("stage %s did not stop within %.0f s; killing it", name, STOP_TIMEOUT_S)
+                h.kill()
+        if hasattr(self, "heartbeats"):
+            self._poll_heartbeats(0)  # the stages' final counters
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        for attr in ("heartbeats", "pub"):
+            if hasattr(self, attr):
+                getattr(self, attr).close(linger=0)
+        if any(h.alive() for h in handles.values()):
+            log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
+        else:
+            self.zmq.term()
+        for pool in getattr(self, "pools", []):
+            pool.close()
+            pool.unlink()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        leaked = shm.list_segments(self.run_id)
+        if leaked:
+            log.error("shared memory still present after shutdown: %s", leaked)
+
+    # -- report ------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        tel = self.telemetry.summary() if self.telemetry else {}
+        run_s = getattr(self, "run_s", 0.0)
+        frames = (self.status["capture"].counters or {}).get("frames", 0)
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "exit_reason": self.exit_reason,
+            "ready_s": round(getattr(self, "ready_s", 0.0), 2),
+            "duration_s": round(run_s, 2),
+            "frames": frames,
+            "fps": round(frames / run_s, 2) if run_s else 0.0,
+            "stages": {n: {**(s.counters or {}), "restarts": s.restarts, "given_up": s.given_up}
+                       for n, s in self.status.items()},
+            **tel,
+            "leaked_segments": shm.list_segments(self.run_id),
+        }
+
+
+def sweep_stale_run_dirs() -> None:
+    """Remove socket/config directories of runs whose supervisor is dead (e.g. SIGKILLed)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{shm.PREFIX}.*.*.*"):
+        pid = d.name.split(".")[1]
+        if pid.isdigit() and not shm.pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def install_signal_handlers(sup: Supervisor) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        sup.stop_requested.set()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human-readable end-of-run report."""
+    lines = [f"edgert run {s['run_id']} ({s['mode']}): {s['exit_reason']}",
+             f"  ready in {s['ready_s']:.1f} s; ran {s['duration_s']:.1f} s; "
+             f"{s['frames']} frames at {s['fps']:.1f} fps"]
+    lines.append("  stage        frames  dropped  rejected  errors  restarts")
+    for n, c in s["stages"].items():
+        lines.append(f"  {n:<11} {c.get('frames', 0):>7} {c.get('dropped', 0):>8} {c.get('rejected', 0):>9} "
+                     f"{c.get('errors', 0):>7} {c.get('restarts', 0):>9}")
+    e2e = s.get("end_to_end", {})
+    if e2e.get("n"):
+        lines.append(f"  end-to-end latency (capture -> command), {e2e['n']} commands: p50 {e2e['p50_ms']:.2f} ms, "
+                     f"p99 {e2e['p99_ms']:.2f} ms, max {e2e['max_ms']:.2f} ms")
+        lines.append("  per stage (p50 / p99 / max, ms):")
+        for name, st in s["stage_latency"].items():
+            lines.append(f"    {name:<20} {st['p50_ms']:7.3f} {st['p99_ms']:7.3f} {st['max_ms']:7.3f}")
+    c = s.get("commands", {})
+    if c:
+        lines.append(f"  commands: {c['commands']} ({c['model_commands']} from the model, {c['failsafe_commands']} "
+                     f"fail-safe {c['takeover_reasons'] or ''}); out of range {c['out_of_range']}, "
+                     f"stamps out of order {c['non_monotone_stamps']}")
+    lane = s.get("lane", {})
+    if lane.get("frames"):
+        verdict = "stayed in lane" if lane["departures"] == 0 else f"LEFT THE LANE {lane['departures']} time(s)"
+        lines.append(f"  lane error over {lane['frames']} frames: mean {lane['mean_abs_m']:.3f} m, "
+                     f"rms {lane['rms_m']:.3f} m, max {lane['max_abs_m']:.3f} m -> {verdict} "
+                     f"(departure = |error| > {lane['departure_threshold_m']:.2f} m)")
+    if s.get("leaked_segments"):
+        lines.append(f"  LEAKED shared memory: {s['leaked_segments']}")
+    return "\n".join(lines)
+
+
+def dump_json(summary: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(summary, indent=2, default=float))

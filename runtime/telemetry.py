@@ -1,0 +1,155 @@
+"""Run telemetry: end-to-end and per-stage latency, command checks and lane error.
+
+Every command carries the `monotonic_ns` stamps of all stages that touched its frame
+(CLOCK_MONOTONIC is shared by all processes on the host), so one subscriber to the
+command topic sees the whole pipeline's timing without asking any stage. Lane error
+comes from the simulator's ground-truth topic. Counters come from stage heartbeats.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from runtime import wire
+from runtime.stats import Samples, summarize_ns
+from runtime.transport import Endpoints, subscriber
+from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, WireError
+
+# (name, from stamp, to stamp): the hops and stages a frame passes, in order.
+SEGMENTS = (
+    ("capture->preprocess", Stamp.CAPTURE, Stamp.PRE_RECV),
+    ("preprocess", Stamp.PRE_RECV, Stamp.PRE_DONE),
+    ("preprocess->infer", Stamp.PRE_DONE, Stamp.INFER_RECV),
+    ("infer", Stamp.INFER_RECV, Stamp.INFER_DONE),
+    ("infer->control", Stamp.INFER_DONE, Stamp.CTRL_RECV),
+    ("control", Stamp.CTRL_RECV, Stamp.CTRL_SEND),
+)
+_ORDER = [Stamp.CAPTURE, Stamp.PRE_RECV, Stamp.PRE_DONE, Stamp.INFER_RECV, Stamp.INFER_DONE,
+          Stamp.CTRL_RECV, Stamp.CTRL_SEND]
+
+
+@dataclass
+class CommandChecks:
+    commands: int = 0
+    model_commands: int = 0
+    failsafe_commands: int = 0
+    takeover_reasons: dict[str, int] = field(default_factory=dict)
+    out_of_range: int = 0
+    non_monotone_stamps: int = 0
+    seq_gaps: int = 0
+    rejected: int = 0
+
+
+class Telemetry:
+    """Subscribes to `commands` and `vehicle` on a thread of its own until `stop()`."""
+
+    def __init__(self, ctx: zmq.Context, endpoints: Endpoints, max_steer: float, lane_half_margin_m: float) -> None:
+        self.ctx, self.endpoints = ctx, endpoints
+        self.max_steer = max_steer
+        self.departure_m = lane_half_margin_m
+        self.stamps = Samples(width=wire.N_STAMPS)
+        self.lateral = Samples()
+        self.actuation_age = Samples()
+        self.checks = CommandChecks()
+        self.departures = 0
+        self._out_of_lane = False
+        self._last_seq = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        cmds = subscriber(self.ctx, self.endpoints, "commands")
+        veh = subscriber(self.ctx, self.endpoints, "vehicle")
+        poller = zmq.Poller()
+        poller.register(cmds, zmq.POLLIN)
+        poller.register(veh, zmq.POLLIN)
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(50):
+                    while True:
+                        try:
+                            msg = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if sock is cmds:
+                            self._on_command(msg)
+                        else:
+                            self._on_vehicle(msg)
+        finally:
+            cmds.close(linger=0)
+            veh.close(linger=0)
+
+    def _on_command(self, msg: bytes) -> None:
+        c = self.checks
+        try:
+            rec = wire.decode(msg, MsgType.COMMAND)
+        except WireError:
+            c.rejected += 1
+            return
+        c.commands += 1
+        seq = int(rec["seq"])
+        if self._last_seq and seq != self._last_seq + 1:
+            c.seq_gaps += 1
+        self._last_seq = seq
+        if abs(float(rec["steer"])) > self.max_steer + 1e-6:
+            c.out_of_range += 1
+        if int(rec["flags"]) & CommandFlags.FAILSAFE:
+            c.failsafe_commands += 1
+            reason = TakeoverReason(int(rec["reason"])).name
+            c.takeover_reasons[reason] = c.takeover_reasons.get(reason, 0) + 1
+            return
+        c.model_commands += 1
+        st = rec["stamps"]
+        ordered = st[_ORDER]
+        if (ordered == 0).any() or (np.diff(ordered.astype(np.int64)) < 0).any():
+            c.non_monotone_stamps += 1
+        self.stamps.append(st)
+
+    def _on_vehicle(self, msg: bytes) -> None:
+        try:
+            rec = wire.decode(msg, MsgType.VEHICLE)
+        except WireError:
+            self.checks.rejected += 1
+            return
+        lat = float(rec["lateral"])
+        self.lateral.append(lat)
+        out = abs(lat) > self.departure_m
+        if out and not self._out_of_lane:
+            self.departures += 1
+        self._out_of_lane = out
+        if int(rec["cmd_age_ns"]):
+            self.actuation_age.append(float(rec["cmd_age_ns"]))
+
+    def summary(self) -> dict[str, Any]:
+        st = self.stamps.data.astype(np.int64)
+        lat = self.lateral.data[:, 0]
+        out: dict[str, Any] = {
+            "end_to_end": summarize_ns(st[:, Stamp.CTRL_SEND] - st[:, Stamp.CAPTURE]) if len(st) else summarize_ns([]),
+            "stage_latency": {name: summarize_ns(st[:, b] - st[:, a]) for name, a, b in SEGMENTS} if len(st) else {},
+            "actuation_age": summarize_ns(self.actuation_age.data[:, 0]),
+            "commands": vars(self.checks),
+            "lane": {
+                "frames": int(lat.size),
+                "mean_abs_m": float(np.abs(lat).mean()) if lat.size else float("nan"),
+                "rms_m": float(np.sqrt((lat ** 2).mean())) if lat.size else float("nan"),
+                "max_abs_m": float(np.abs(lat).max()) if lat.size else float("nan"),
+                "departures": self.departures,
+                "departure_threshold_m": self.departure_m,
+            },
+        }
+        return out

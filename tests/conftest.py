@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny real ONNX models with manifests, and a harness to run one stage on real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import zmq
+from onnx import TensorProto, helper
+
+from runtime import config as config_mod
+from runtime import shm
+from runtime.stage import StageContext, run_stage
+from runtime.transport import Endpoints
+
+IR_VERSION = 10  # onnx >= 1.18 writes IR 11+ by default, newer than some onnxruntime releases read
+
+
+def make_steer_model(path: Path, in_shape=(1, 3, 8, 8), weight: float = 0.5, op: str = "ReduceMean") -> None:
+    """steer = weight * mean(image) (or NaN for op='NaN'): a real graph with a known answer."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, list(in_shape))
+    y = helper.make_tensor_value_info("steer", TensorProto.FLOAT, [1, 1])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [], [weight])
+    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
+             helper.make_node("Reshape", ["m", "shape"], ["m2"]),
+             helper.make_node("Mul", ["m2", "w"], ["y0"])]
+    inits = [w, helper.make_tensor("shape", TensorProto.INT64, [2], [1, 1])]
+    if op == "NaN":  # sqrt(-1 - |y0|) is NaN for every input
+        inits.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
+        nodes += [helper.make_node("Abs", ["y0"], ["a"]), helper.make_node("Add", ["a", "one"], ["b"]),
+                  helper.make_node("Neg", ["b"], ["c"]), helper.make_node("Sqrt", ["c"], ["steer"])]
+    else:
+        nodes[-1] = helper.make_node("Mul", ["m2", "w"], ["steer"])
+    graph = helper.make_graph(nodes, "steer", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def write_manifest(model_dir: Path, in_shape=(1, 3, 8, 8), input_name: str = "image", sha: str | None = None,
+                   src_size=(64, 48)) -> None:
+    data = (model_dir / "model.onnx").read_bytes()
+    sha = sha or hashlib.sha256(data).hexdigest()
+    shape = ", ".join(map(str, in_shape))
+    (model_dir / "manifest.toml").write_text(f"""
+[model]
+name = "tiny"
+version = "0.0.1"
+file = "model.onnx"
+sha256 = "{sha}"
+markets = ["EU"]
+
+[[inputs]]
+name = "{input_name}"
+shape = [{shape}]
+dtype = "float32"
+
+[[outputs]]
+name = "steer"
+shape = [1, 1]
+dtype = "float32"
+
+[preprocess]
+src_format = "bgr"
+out_width = {in_shape[3]}
+out_height = {in_shape[2]}
+resize = "area"
+color = "rgb"
+layout = "nchw"
+dtype = "float32"
+
+[decoder]
+kind = "steering"
+output = "steer"
+""")
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    d = tmp_path / "tiny"
+    d.mkdir()
+    make_steer_model(d / "model.onnx")
+    write_manifest(d)
+    return d
+
+
+class StageHarness:
+    """Runs one real stage on a thread with inproc:// sockets, driven by the test."""
+
+    def __init__(self, cfg: config_mod.PipelineConfig) -> None:
+        self.cfg = cfg
+        self.run_id = shm.new_run_id()
+        self.zmq = zmq.Context()
+        self.endpoints = Endpoints("inproc", self.run_id)
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.code: int | None = None
+
+    def start(self, stage_cls: type) -> None:
+        ctx = StageContext(stage_cls.name, self.cfg, self.run_id, self.endpoints, self.zmq, self.stop)
+        self.stage = stage_cls(ctx)
+
+        def target() -> None:
+            self.code = run_stage(self.stage)
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join(10)
+        self.zmq.term()
+        for name in shm.list_segments(self.run_id):
+            (shm.SHM_DIR / name).unlink(missing_ok=True)

@@ -1,0 +1,65 @@
+"""Config: the default loads, and every kind of bad key or value is named in the error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.config import DEFAULT_CONFIG, ConfigError, load
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    return p
+
+
+def test_default_config_loads():
+    cfg = load(DEFAULT_CONFIG)
+    assert cfg.camera.width == 1920 and cfg.camera.height == 1080 and cfg.camera.fps == 30
+    assert cfg.deadline_ns == pytest.approx(2e9 / 30, rel=1e-6)  # default: two frame periods
+    assert (cfg.model_dir() / "manifest.toml").is_file()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[camera]\nfsp = 30\n", r"unknown key 'camera.fsp' \(did you mean 'fps'\?\)"),
+    ("[camra]\nfps = 30\n", r"unknown key 'camra' \(did you mean 'camera'\?\)"),
+    ("[camera]\nfps = 'fast'\n", r"camera.fps: expected a number, got 'fast'"),
+    ("[camera]\nwidth = 19.5\n", r"camera.width: expected an integer"),
+    ("[camera]\nfps = -1\n", r"camera.fps: must be > 0, got -1"),
+    ("[camera]\npool_slots = 1\n", r"camera.pool_slots: need at least 2"),
+    ("[pipeline]\nmode = 'fibers'\n", r"pipeline.mode: 'fibers' is not one of 'processes', 'threads'"),
+    ("[pipeline]\nduration_s = -5\n", r"pipeline.duration_s: must be >= 0"),
+    ("[pipeline.affinity]\ninfer = [999]\n", r"pipeline.affinity.infer: cores \[999\] invalid"),
+    ("[pipeline.affinity]\ninfre = [0]\n", r"unknown key 'pipeline.affinity.infre' \(did you mean 'infer'\?\)"),
+    ("[infer]\nmodel = 'nosuchmodel'\n", r"infer.model: no manifest.toml in .*nosuchmodel.*zoo's: pilotnet"),
+    ("[infer]\nproviders = []\n", r"infer.providers: empty"),
+    ("camera = 3\n", r"\[camera\] must be a table"),
+    ("[camera\n", r"not valid TOML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load(_write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found; the default closed loop is"):
+        load(tmp_path / "absent.toml")
+
+
+def test_relative_model_path_resolves_against_the_config_file(tmp_path):
+    model = Path(DEFAULT_CONFIG).parent.parent / "models" / "pilotnet"
+    (tmp_path / "m").symlink_to(model)
+    cfg = load(_write(tmp_path, "[infer]\nmodel = './m'\n"))
+    assert cfg.model_dir().resolve() == model.resolve()
+
+
+def test_cli_reports_config_error_and_exits_2(tmp_path):
+    p = _write(tmp_path, "[control]\nmax_steer_rad = 0\n")
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(p)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "control.max_steer_rad: must be > 0, got 0" in r.stderr

@@ -1,0 +1,149 @@
+"""Control stage on real sockets: clamping, rate limits, the deadline watchdog and takeover reasons."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from conftest import StageHarness
+from runtime import wire
+from runtime.config import from_dict
+from runtime.stages.control import ControlStage
+from runtime.transport import publisher, subscriber
+from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+
+PERIOD_S = 1 / 30
+
+
+@pytest.fixture
+def control(tiny_model):
+    # A roomier deadline than the default two frame periods: the tests share 2 busy cores.
+    cfg = from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}})
+    h = StageHarness(cfg)
+    pub = publisher(h.zmq, h.endpoints, "results")
+    h.start(ControlStage)
+    time.sleep(0.3)  # setup done and sockets connected
+    cmds = subscriber(h.zmq, h.endpoints, "commands")
+    time.sleep(0.2)  # subscription propagated
+    rec = wire.new_message(MsgType.RESULT)
+    rec["n_values"] = 1
+    state = {"fid": 0}
+
+    def send(value: float = 0.2, status: ResultStatus = ResultStatus.OK, age_s: float = 0.0,
+             fid: int | None = None, raw: bytes | None = None) -> None:
+        if raw is not None:
+            pub.send(raw)
+            return
+        state["fid"] = fid if fid is not None else state["fid"] + 1
+        rec["frame_id"], rec["status"] = state["fid"], int(status)
+        rec["values"][0] = value
+        rec["stamps"][:] = 0
+        rec["stamps"][Stamp.CAPTURE] = time.monotonic_ns() - int(age_s * 1e9)
+        pub.send(wire.encode(rec))
+
+    def recv(timeout_s: float = 1.0) -> list:
+        out, end = [], time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if cmds.poll(10):
+                out.append(wire.decode(cmds.recv(), MsgType.COMMAND))
+        return out
+
+    yield h, send, recv
+    pub.close(0)
+    cmds.close(0)
+    h.close()
+    assert h.code == 0
+
+
+def _drive(send, n: int, value: float = 0.2, **kw) -> None:
+    for _ in range(n):
+        send(value, **kw)
+        time.sleep(PERIOD_S)
+
+
+def test_commands_clamped_rate_limited_and_traceable(control):
+    h, send, recv = control
+    _drive(send, 15, value=5.0)  # far beyond max_steer: must be clamped and ramped
+    cmds = recv(0.1)
+    assert len(cmds) >= 12
+    steers = [float(c["steer"]) for c in cmds]
+    assert max(steers) <= h.cfg.control.max_steer_rad + 1e-6
+    assert all(b >= a - 1e-6 for a, b in zip(steers, steers[1:]))  # ramps up, never jumps
+    max_step = h.cfg.control.max_steer_rate_rad_s * 0.2  # dt is capped at 0.2 s
+    assert all(b - a <= max_step + 1e-6 for a, b in zip(steers, steers[1:]))
+    assert steers[0] < 0.5  # the first command cannot jump straight to the limit after neutral
+    seqs = [int(c["seq"]) for c in cmds]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    for c in cmds:
+        assert int(c["flags"]) == 0 and int(c["frame_id"]) > 0
+        st = c["stamps"]
+        assert st[Stamp.CAPTURE] <= st[Stamp.CTRL_RECV] <= st[Stamp.CTRL_SEND]
+        assert int(c["age_ns"]) == int(st[Stamp.CTRL_SEND] - st[Stamp.CAPTURE])
+
+
+def test_deadline_watchdog_fails_safe_then_recovers(control):
+    h, send, recv = control
+    _drive(send, 10)
+    cmds = recv(1.0)  # results stopped after the 10th
+    t_last = max(int(c["stamps"][Stamp.CTRL_RECV]) for c in cmds if int(c["flags"]) == 0) / 1e9
+    fs = [c for c in cmds if int(c["flags"]) & CommandFlags.FAILSAFE]
+    assert fs, "no fail-safe command after results stopped"
+    first = fs[0]
+    assert int(first["flags"]) == int(CommandFlags.TAKEOVER | CommandFlags.FAILSAFE)
+    assert int(first["reason"]) == TakeoverReason.DEADLINE
+    assert float(first["accel"]) < 0
+    # Within the deadline (+ one 10 ms poll and scheduling slack on a shared machine).
+    t_first = first["stamps"][Stamp.CTRL_SEND] / 1e9
+    assert h.cfg.deadline_ns / 1e9 <= t_first - t_last <= h.cfg.deadline_ns / 1e9 + 0.1
+    # Fail-safe commands keep coming once per frame period, steering ramps toward neutral, never a re-send.
+    assert len(fs) >= 8
+    steers = [abs(float(c["steer"])) for c in fs]
+    assert all(b <= a + 1e-6 for a, b in zip(steers, steers[1:]))
+    assert len({int(c["seq"]) for c in fs}) == len(fs)
+    assert all(int(c["frame_id"]) == 0 for c in fs)  # not computed from any frame
+    # Recovery only after `recover_after` consecutive good results.
+    _drive(send, 6)
+    after = recv(0.2)
+    normal = [c for c in after if int(c["flags"]) == 0]
+    assert normal, "did not recover after good results"
+    good_before_recovery = int(normal[0]["frame_id"]) - 10  # frames 11.. were sent after the gap
+    assert good_before_recovery >= h.cfg.control.recover_after
+
+
+def test_nonfinite_model_output_is_a_takeover(control):
+    h, send, recv = control
+    _drive(send, 5)
+    send(0.0, status=ResultStatus.NONFINITE)
+    cmds = recv(0.2)
+    fs = [c for c in cmds if int(c["flags"]) & CommandFlags.FAILSAFE]
+    assert fs and int(fs[0]["reason"]) == TakeoverReason.INVALID_RESULT
+    assert h.stage.invalid == 1
+
+
+def test_stale_and_backwards_frames_never_commanded(control):
+    h, send, recv = control
+    _drive(send, 5)
+    recv(0.05)
+    send(0.4, age_s=1.0)  # captured a second ago: far beyond the deadline
+    time.sleep(0.05)
+    send(0.4, fid=2)  # frame id going backwards
+    time.sleep(0.05)
+    cmds = recv(0.05)
+    assert all(abs(float(c["steer"]) - 0.4) > 1e-3 for c in cmds if int(c["flags"]) == 0)
+    assert h.stage.stale == 1
+    assert h.stage.rejected >= 1
+
+
+def test_malformed_results_rejected_and_counted(control):
+    h, send, recv = control
+    send(raw=b"garbage")
+    time.sleep(0.05)  # latest-only: a message still queued behind a newer one is skipped, never decoded
+    good = wire.new_message(MsgType.RESULT)
+    bad = bytearray(wire.encode(good))
+    bad[30] ^= 0x55
+    send(raw=bytes(bad))
+    time.sleep(0.1)
+    assert h.stage.rejected == 2
+    assert recv(0.05) == []  # nothing commanded from garbage, and no watchdog before a first result

@@ -1,0 +1,105 @@
+"""Engine and provider policy on real ONNX Runtime sessions with small real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import make_steer_model, write_manifest
+from runtime.engine import Engine
+from runtime.manifest import ModelError, load_manifest
+from runtime.providers import describe, nvidia_driver, plan
+
+
+def test_io_binding_equals_plain_session_run(tiny_model):
+    eng = Engine(load_manifest(tiny_model), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    binding = eng.bind({"image": x})
+    got = eng.run(binding)["steer"].copy()
+    bare = ort.InferenceSession(str(tiny_model / "model.onnx"), providers=["CPUExecutionProvider"])
+    (want,) = bare.run(None, {"image": x})
+    assert np.array_equal(got, want)
+    assert got[0, 0] == pytest.approx(0.5 * x.mean(), rel=1e-5)
+    # The binding reads the caller's buffer in place: a new frame written there is seen on the next run.
+    x[:] = 1.0
+    assert eng.run(binding)["steer"][0, 0] == pytest.approx(0.5)
+
+
+def test_sha256_mismatch_refused(tiny_model):
+    write_manifest(tiny_model, sha="0" * 64)
+    with pytest.raises(ModelError, match="sha256 .* does not match the manifest"):
+        Engine(load_manifest(tiny_model))
+
+
+def test_missing_model_file(tiny_model):
+    (tiny_model / "model.onnx").unlink()
+    with pytest.raises(ModelError, match="model file .* is missing"):
+        Engine(load_manifest(tiny_model))
+
+
+def test_corrupt_model_with_matching_hash_refused_by_onnxruntime(tiny_model):
+    (tiny_model / "model.onnx").write_bytes(b"this is not a protobuf")
+    write_manifest(tiny_model)
+    with pytest.raises(ModelError, match="onnxruntime cannot load it"):
+        Engine(load_manifest(tiny_model))
+
+
+def test_manifest_input_name_mismatch(tiny_model):
+    write_manifest(tiny_model, input_name="img")
+    with pytest.raises(ModelError, match=r"manifest declares inputs \['img'\], the graph has \['image'\]"):
+        Engine(load_manifest(tiny_model))
+
+
+def test_manifest_shape_mismatch(tiny_model):
+    make_steer_model(tiny_model / "model.onnx", in_shape=(1, 3, 16, 16))
+    write_manifest(tiny_model, in_shape=(1, 3, 8, 8))
+    with pytest.raises(ModelError, match="has shape .*16, 16.* in the graph"):
+        Engine(load_manifest(tiny_model))
+
+
+def test_bind_rejects_wrong_buffer(tiny_model):
+    eng = Engine(load_manifest(tiny_model))
+    with pytest.raises(ModelError, match="expected a C-contiguous float32 array of shape"):
+        eng.bind({"image": np.zeros((1, 3, 8, 8), np.float64)})
+    with pytest.raises(ModelError, match="input 'image' not given"):
+        eng.bind({})
+
+
+def test_manifest_errors_name_the_key(tiny_model):
+    text = (tiny_model / "manifest.toml").read_text()
+    (tiny_model / "manifest.toml").write_text(text.replace('dtype = "float32"\n\n[[outputs]]',
+                                                           'dtype = "float64"\n\n[[outputs]]'))
+    with pytest.raises(ModelError, match=r"inputs\[0\].dtype: 'float64' is not one of"):
+        load_manifest(tiny_model)
+    (tiny_model / "manifest.toml").write_text(text.replace('resize = "area"', 'resize = "cubic"'))
+    with pytest.raises(ModelError, match="resize"):
+        load_manifest(tiny_model)
+
+
+def test_provider_plan_always_ends_on_cpu_and_says_why():
+    p = plan(["auto"])
+    assert p.chosen[-1] == "CPUExecutionProvider"
+    assert all(p.skipped.values())
+    if nvidia_driver() is not None:  # no GPU here: CUDA/TensorRT must be skipped, with the reason
+        gpu = [n for n in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if n in ort.get_available_providers()]
+        for n in gpu:
+            assert "no NVIDIA driver" in p.skipped[n]
+        line = describe(p, ["CPUExecutionProvider"])
+        assert line.startswith("using CPUExecutionProvider")
+        for n in gpu:
+            assert f"{n} skipped: no NVIDIA driver" in line
+
+
+def test_unknown_provider_requested_is_skipped_not_fatal(tiny_model):
+    eng = Engine(load_manifest(tiny_model), providers=["NoSuchExecutionProvider"])
+    assert eng.providers == ["CPUExecutionProvider"]
+    assert "NoSuchExecutionProvider skipped: not in this onnxruntime build" in eng.provider_note
+
+
+@pytest.mark.gpu
+def test_cuda_provider_used_when_a_gpu_is_present(tiny_model):
+    if nvidia_driver() is not None:
+        pytest.skip(f"needs an NVIDIA GPU: {nvidia_driver()}")
+    eng = Engine(load_manifest(tiny_model), providers=["CUDAExecutionProvider"])
+    assert eng.providers[0] == "CUDAExecutionProvider"

@@ -1,0 +1,153 @@
+"""The real pipeline, end to end: processes and threads, signals, a killed stage, a killed supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime import shm
+from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
+from runtime.supervisor import Supervisor
+
+STAGE_TITLES = {"edgert-capture", "edgert-preprocess", "edgert-infer", "edgert-control"}
+
+
+def edgert_processes() -> dict[int, str]:
+    """pid -> name of every live process named edgert-<stage> (what ps and top show)."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                comm = (p / "comm").read_text().strip()
+                state = next(line for line in (p / "status").read_text().splitlines() if line.startswith("State:"))
+            except (OSError, StopIteration):
+                continue
+            if comm.startswith("edgert-") and "zombie" not in state:
+                out[int(p.name)] = comm
+    return out
+
+
+def _check_summary(s: dict, min_frames: int) -> None:
+    assert s["frames"] >= min_frames, s
+    c = s["commands"]
+    assert c["model_commands"] >= min_frames // 2, c  # frames flowed through every stage to a command
+    assert c["out_of_range"] == 0 and c["rejected"] == 0, c
+    assert c["non_monotone_stamps"] == 0, c  # every frame's stamps increase stage by stage
+    assert s["end_to_end"]["n"] == c["model_commands"]
+    for name, st in s["stage_latency"].items():
+        assert st["n"] == c["model_commands"] and st["p50_ms"] >= 0, name
+    assert s["lane"]["frames"] >= min_frames and s["lane"]["departures"] == 0, s["lane"]
+    for name, st in s["stages"].items():
+        assert st["rejected"] == 0 and st["errors"] == 0 and st["restarts"] == 0, (name, st)
+    assert s["leaked_segments"] == []
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_closed_loop_end_to_end(mode):
+    before = edgert_processes()
+    cfg = load(DEFAULT_CONFIG)
+    sup = Supervisor(cfg, duration_s=4.0, mode=mode)
+    s = sup.run()
+    assert s["exit_reason"] == "duration 4 s reached"
+    _check_summary(s, min_frames=60)
+    assert not sup.run_dir.exists()  # sockets and config removed
+    assert shm.list_segments(sup.run_id) == []
+    assert set(edgert_processes()) <= set(before)  # no orphans
+
+
+def _start_cli(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(DEFAULT_CONFIG), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT, env=env)
+
+
+def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120.0) -> list[str]:
+    lines, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(lines)}")
+
+
+def test_sigint_stops_cleanly_with_named_processes():
+    before = edgert_processes()
+    proc = _start_cli("--duration", "60")
+    try:
+        out = _wait_for(proc, "all stages ready")
+        time.sleep(1.5)
+        names = set(edgert_processes().values())
+        assert STAGE_TITLES <= names, names  # each stage shows its name in ps/top
+        echo = subprocess.run([sys.executable, "-m", "runtime.cli", "echo", "commands", "--count", "3"],
+                              capture_output=True, text=True, timeout=30, cwd=PROJECT_ROOT)
+        msgs = [json.loads(line) for line in echo.stdout.splitlines()]
+        assert echo.returncode == 0 and len(msgs) == 3, echo.stderr
+        assert all(abs(m["steer"]) <= 0.5 and m["seq"] > 0 for m in msgs)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    text = "".join(out) + rest
+    assert proc.returncode == 0, text
+    assert "stop requested (signal)" in text and "lane error over" in text
+    run_id = next(line.split("run ")[1].split(":")[0] for line in out if "started capture" in line)
+    assert shm.list_segments(run_id) == []
+    assert not list(Path(tempfile.gettempdir()).glob(f"edgert.{run_id}.*"))
+    assert set(edgert_processes()) <= set(before)
+
+
+def test_killed_stage_is_restarted_and_control_fails_safe():
+    cfg = load(DEFAULT_CONFIG)
+    sup = Supervisor(cfg, duration_s=9.0, mode="processes")
+    import threading
+
+    def killer() -> None:
+        while not hasattr(sup, "started_at"):
+            time.sleep(0.05)
+        time.sleep(2.0)
+        os.kill(sup.handles["infer"].pid, signal.SIGKILL)
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join()
+    assert s["stages"]["infer"]["restarts"] == 1, s["stages"]
+    assert s["commands"]["takeover_reasons"].get("DEADLINE", 0) >= 1, s["commands"]
+    # The pipeline resumed: model commands came back after the restart.
+    assert s["stages"]["control"]["frames"] > 0 and s["commands"]["model_commands"] > 100
+    assert s["leaked_segments"] == []
+
+
+def test_supervisor_sigkill_leaves_no_orphans_and_sweep_cleans_memory():
+    before = edgert_processes()
+    proc = _start_cli("--duration", "60")
+    out = _wait_for(proc, "all stages ready")
+    run_id = next(line.split("run ")[1].split(":")[0] for line in out if "started capture" in line)
+    children = set(edgert_processes()) - set(before)
+    assert len(children) == 4
+    proc.kill()
+    proc.wait(10)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and set(edgert_processes()) & children:
+        time.sleep(0.1)
+    assert not set(edgert_processes()) & children, "stage processes outlived their supervisor"
+    # Nobody was left to unlink the run's memory; the next run's sweep does.
+    assert shm.list_segments(run_id)
+    shm.sweep_stale()
+    assert shm.list_segments(run_id) == []
+
+
+def test_doctor_explains_the_provider_choice():
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", "doctor"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "CPUExecutionProvider" in r.stdout and "the policy would try" in r.stdout
