@@ -31,7 +31,8 @@ class PreprocessStage(Stage):
         cam = self.cfg.camera
         manifest = load_manifest(self.cfg.model_dir())
         self.src_shape = (cam.height, cam.width, 3)
-        numba.set_num_threads(min(self.cfg.preprocess.threads, numba.config.NUMBA_NUM_THREADS))
+        if self.cfg.preprocess.threads > 1:  # a serial kernel needs no thread pool
+            numba.set_num_threads(min(self.cfg.preprocess.threads, numba.config.NUMBA_NUM_THREADS))
         self.pre = Preprocessor(manifest.preprocess, self.src_shape, threads=self.cfg.preprocess.threads)
         self.pre.warmup()
         self.out_shape = tuple(manifest.inputs[0].shape)
