@@ -86,7 +86,7 @@ class Segment:
         (SHM_DIR / self.name).unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -103,7 +103,7 @@ def sweep_stale() -> list[str]:
         return removed
     for path in SHM_DIR.iterdir():
         m = _NAME_RE.match(path.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     if removed:

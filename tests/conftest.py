@@ -6,7 +6,6 @@ import hashlib
 import threading
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import zmq

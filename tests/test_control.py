@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import zmq
 
 from conftest import StageHarness
 from runtime import wire

@@ -13,7 +13,6 @@ Tolerances (see kernels/preprocess.py for the derivation), in 8-bit steps before
 from __future__ import annotations
 
 import sys
-import time
 import tracemalloc
 
 import cv2
@@ -392,28 +391,3 @@ def test_hundred_calls_allocate_nothing(dtype: str, layout: str, pad: int) -> No
         tracemalloc.stop()
     assert after - before < 10 * 1024, f"{after - before} bytes kept over 100 calls"
     assert peak - before < 10 * 1024, f"{peak - before} bytes allocated transiently by one call"
-
-
-# --- speed (excluded by default: `pytest -m slow`) -----------------------------------------------
-
-
-def _p50_ms(fn, n: int = 200) -> float:
-    fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter_ns()
-        fn()
-        ts.append(time.perf_counter_ns() - t)
-    return float(np.percentile(ts, 50)) / 1e6
-
-
-@pytest.mark.slow
-def test_pilotnet_kernel_is_faster_than_reference() -> None:
-    pre = Preprocessor(PILOTNET, (1080, 1920, 3))
-    pre.warmup()
-    src = frame(np.random.default_rng(5), 1080, 1920, 0, "noise")
-    out = np.empty(pre.out_shape, np.float32)
-    kernel = _p50_ms(lambda: pre(src, out))
-    reference = _p50_ms(lambda: reference_preprocess(PILOTNET, src))
-    assert kernel < reference, f"kernel p50 {kernel:.3f} ms vs reference {reference:.3f} ms"
-
