@@ -58,6 +58,7 @@ class CameraSection:
 @dataclass(frozen=True)
 class SimSection:
     road_seed: int = 7
+    road_length_m: float = 20000.0  # at the end the car is carried back to the start
     speed_mps: float = 15.0
     start_s_m: float = 0.0
     start_lateral_m: float = 0.0
@@ -147,7 +148,7 @@ _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots",
              "infer.intra_op_threads", "preprocess.threads", "control.max_steer_rad",
              "control.max_steer_rate_rad_s", "control.recover_after", "pipeline.ready_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
-             "sim.vehicle_width_m"}
+             "sim.vehicle_width_m", "sim.road_length_m"}
 _NON_NEGATIVE = {"pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
                  "infer.warmup_runs", "sim.speed_mps", "sim.start_s_m"}
 

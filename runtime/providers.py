@@ -79,5 +79,9 @@ def describe(p: ProviderPlan, used: list[str]) -> str:
             why.setdefault(name, "failed to initialise (see onnxruntime's log above)")
     order = p.wanted if used[0] in p.wanted else p.wanted + [used[0]]
     before = order[: order.index(used[0])]
-    reasons = "; ".join(f"{name} skipped: {why[name]}" for name in before if name in why)
+    grouped: dict[str, list[str]] = {}
+    for name in before:
+        if name in why:
+            grouped.setdefault(why[name], []).append(name)
+    reasons = "; ".join(f"{', '.join(names)} skipped: {reason}" for reason, names in grouped.items())
     return f"using {used[0]}" + (f" ({reasons})" if reasons else " (the first provider asked for)")

@@ -377,9 +377,10 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"    {name:<20} {st['p50_ms']:7.3f} {st['p99_ms']:7.3f} {st['max_ms']:7.3f}")
     c = s.get("commands", {})
     if c:
+        reasons = ", ".join(f"{k.lower()} {v}" for k, v in c["takeover_reasons"].items())
         lines.append(f"  commands: {c['commands']} ({c['model_commands']} from the model, {c['failsafe_commands']} "
-                     f"fail-safe {c['takeover_reasons'] or ''}); out of range {c['out_of_range']}, "
-                     f"stamps out of order {c['non_monotone_stamps']}")
+                     f"fail-safe in {c['takeover_events']} takeover request(s){': ' + reasons if reasons else ''}); "
+                     f"out of range {c['out_of_range']}, stamps out of order {c['non_monotone_stamps']}")
     lane = s.get("lane", {})
     if lane.get("frames"):
         verdict = "stayed in lane" if lane["departures"] == 0 else f"LEFT THE LANE {lane['departures']} time(s)"

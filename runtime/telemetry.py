@@ -38,7 +38,8 @@ class CommandChecks:
     commands: int = 0
     model_commands: int = 0
     failsafe_commands: int = 0
-    takeover_reasons: dict[str, int] = field(default_factory=dict)
+    takeover_events: int = 0  # transitions into fail-safe
+    takeover_reasons: dict[str, int] = field(default_factory=dict)  # takeover events by reason
     out_of_range: int = 0
     non_monotone_stamps: int = 0
     seq_gaps: int = 0
@@ -59,6 +60,7 @@ class Telemetry:
         self.departures = 0
         self._out_of_lane = False
         self._last_seq = 0
+        self._in_failsafe = False
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
@@ -108,10 +110,14 @@ class Telemetry:
         self._last_seq = seq
         if abs(float(rec["steer"])) > self.max_steer + 1e-6:
             c.out_of_range += 1
-        if int(rec["flags"]) & CommandFlags.FAILSAFE:
-            c.failsafe_commands += 1
+        failsafe = bool(int(rec["flags"]) & CommandFlags.FAILSAFE)
+        if failsafe and not self._in_failsafe:  # a takeover request begins: count it by its reason
+            c.takeover_events += 1
             reason = TakeoverReason(int(rec["reason"])).name
             c.takeover_reasons[reason] = c.takeover_reasons.get(reason, 0) + 1
+        self._in_failsafe = failsafe
+        if failsafe:
+            c.failsafe_commands += 1
             return
         c.model_commands += 1
         st = rec["stamps"]

@@ -41,6 +41,7 @@ SPEED = 15.0
 DEMO_ROAD_SEED = 7  # held out: never trained on
 WHEELBASE = 2.7
 MAX_STEER = 0.5
+TARGET_SCALE = 0.05  # train on steer / 0.05 rad (unit-scale targets); folded back into the last layer
 
 
 def _pose(road: Road, s: float, lateral: float, heading_err: float) -> VehicleState:
@@ -103,8 +104,8 @@ def train(x: np.ndarray, y: np.ndarray, seed: int, epochs: int):  # type: ignore
     torch.set_num_threads(2)
     model = build_model()
     n_val = len(x) // 10
-    xt, yt = torch.from_numpy(x[n_val:]), torch.from_numpy(y[n_val:])
-    xv, yv = torch.from_numpy(x[:n_val]).float(), torch.from_numpy(y[:n_val])
+    xt, yt = torch.from_numpy(x[n_val:]), torch.from_numpy(y[n_val:] / TARGET_SCALE)
+    xv, yv = torch.from_numpy(x[:n_val]).float(), torch.from_numpy(y[:n_val] / TARGET_SCALE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     gen = torch.Generator().manual_seed(seed)
@@ -115,17 +116,20 @@ def train(x: np.ndarray, y: np.ndarray, seed: int, epochs: int):  # type: ignore
         for i in range(0, len(perm), 128):
             idx = perm[i:i + 128]
             pred = model(xt[idx].float()).squeeze(1)
-            loss = torch.mean((pred - yt[idx]) ** 2) * 100.0
+            loss = torch.mean((pred - yt[idx]) ** 2)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         sched.step()
         model.eval()
         with torch.no_grad():
-            val = torch.sqrt(torch.mean((model(xv).squeeze(1) - yv) ** 2)).item()
+            val = torch.sqrt(torch.mean((model(xv).squeeze(1) - yv) ** 2)).item() * TARGET_SCALE
         print(f"epoch {ep + 1}/{epochs}: train loss {total / len(perm):.4f}, "
               f"val steer RMSE {val * 1000:.2f} mrad ({time.time() - t0:.0f} s)", flush=True)
+    with torch.no_grad():  # the exported model outputs radians
+        model[-1].weight.mul_(TARGET_SCALE)
+        model[-1].bias.mul_(TARGET_SCALE)
     return model, val
 
 
@@ -209,9 +213,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--cache", type=Path, default=None, help="save/load the rendered dataset here (.npz)")
     a = ap.parse_args()
     t0 = time.time()
-    x, y = make_dataset(a.samples, a.seed, a.workers)
+    if a.cache and a.cache.is_file():
+        with np.load(a.cache) as z:
+            x, y = z["x"], z["y"]
+    else:
+        x, y = make_dataset(a.samples, a.seed, a.workers)
+        if a.cache:
+            np.savez(a.cache, x=x, y=y)
     print(f"{len(x)} samples in {time.time() - t0:.0f} s; steer label std {y.std():.3f} rad", flush=True)
     model, val = train(x, y, a.seed, a.epochs)
     onnx_path = a.out / "model.onnx"

@@ -32,7 +32,7 @@ class CaptureStage(Stage):
         self.dt = 1.0 / cam.fps
         self.shape = (cam.height, cam.width, 3)
         self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
-        self.road = Road(seed=sim.road_seed, lane_width_m=sim.lane_width_m)
+        self.road = Road(seed=sim.road_seed, length_m=sim.road_length_m, lane_width_m=sim.lane_width_m)
         self.camera = PinholeCamera(width=cam.width, height=cam.height, hfov_deg=sim.hfov_deg,
                                     height_m=sim.camera_height_m, pitch_deg=sim.camera_pitch_deg)
         self.renderer = Renderer(self.road, self.camera)  # compiles and warms the render kernel
@@ -43,7 +43,7 @@ class CaptureStage(Stage):
         self.steer = 0.0
         self.accel = 0.0
         self.cmd_capture_ns = 0
-        self.overruns = 0
+        self.new_command = False  # the age of a held command is not a new latency sample
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
         self.pub_frames = self.own(publisher(ctx, ep, "frames"))
         self.pub_vehicle = self.own(publisher(ctx, ep, "vehicle"))
@@ -57,6 +57,7 @@ class CaptureStage(Stage):
         self.veh = wire.new_message(MsgType.VEHICLE)
         self.started = False
         self.next_tick = 0
+        self.id_base = 0
 
     def _wait_for_start(self) -> None:
         """Frames flow only once the supervisor says every stage is ready."""
@@ -71,6 +72,10 @@ class CaptureStage(Stage):
         if int(rec["state"]) == StageState.RUNNING:
             self.started = True
             self.next_tick = time.monotonic_ns()
+            # Frame ids count produced frames from a base on the host's clock (in frame
+            # periods), so they stay consecutive yet keep increasing after a restart of this
+            # stage: a camera cannot produce frames faster than periods pass.
+            self.id_base = self.next_tick // self.period_ns
             self.log.info("started: %dx%d at %.1f fps", self.shape[1], self.shape[0], self.cfg.camera.fps)
 
     def _apply_latest_command(self) -> None:
@@ -85,6 +90,7 @@ class CaptureStage(Stage):
         self.steer = float(rec["steer"])
         self.accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0
         self.cmd_capture_ns = int(rec["stamps"][Stamp.CAPTURE])
+        self.new_command = True
 
     def step(self) -> None:
         if not self.started:
@@ -94,9 +100,12 @@ class CaptureStage(Stage):
         if wait_s > 0 and self.ctx.stop.wait(wait_s):
             return
         self.next_tick += self.period_ns
-        if time.monotonic_ns() > self.next_tick:  # a whole period late: don't try to catch up
-            self.overruns += 1
-            self.next_tick = time.monotonic_ns() + self.period_ns
+        late = time.monotonic_ns() - self.next_tick
+        if late > 0:  # a whole period late: skip the missed ticks rather than catch up
+            missed = 1 + late // self.period_ns
+            self.dropped += missed
+            self.next_tick += missed * self.period_ns
+        frame_id = self.id_base + self.frames + 1
 
         self._apply_latest_command()
         act_ns = time.monotonic_ns()
@@ -105,24 +114,31 @@ class CaptureStage(Stage):
             st = VehicleState(st.x, st.y, st.yaw, max(0.0, st.speed + self.accel * self.dt))
         self.state = st
 
+        s, lateral, road_heading = self.road.project(st.x, st.y, self.s_hint)
+        heading_err = (st.yaw - road_heading + np.pi) % (2 * np.pi) - np.pi
+        if s > self.road.length - self.renderer.max_range - 50.0:
+            self.log.warning("end of the simulated road (%.0f m): carrying the car back to the start", s)
+            st = self.state = initial_state(self.road, 0.0, lateral, heading_err, st.speed)
+            s = 0.0
+        self.s_hint = s
+
         slot = self.pool.acquire()
-        self.renderer.render(st.x, st.y, st.yaw, self.pool.view(slot, self.shape, np.uint8))
+        self.renderer.render(st.x, st.y, st.yaw, self.pool.view(slot, self.shape, np.uint8), s_hint=s)
         gen = self.pool.publish(slot)
         now = time.monotonic_ns()
         self.frames += 1
         f = self.frame
-        f["slot"], f["generation"], f["frame_id"] = slot, gen, self.frames
+        f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
         f["stamps"][:] = 0
         f["stamps"][Stamp.CAPTURE] = now
         self.pub_frames.send(wire.encode(f))
 
-        s, lateral, road_heading = self.road.project(st.x, st.y, self.s_hint)
-        self.s_hint = s
         v = self.veh
-        v["frame_id"], v["t_ns"] = self.frames, now
+        v["frame_id"], v["t_ns"] = frame_id, now
         v["x"], v["y"], v["yaw"], v["speed"] = st.x, st.y, st.yaw, st.speed
         v["s"], v["lateral"] = s, lateral
-        v["heading_err"] = (st.yaw - road_heading + np.pi) % (2 * np.pi) - np.pi
+        v["heading_err"] = heading_err
         v["steer"] = self.steer
-        v["cmd_age_ns"] = act_ns - self.cmd_capture_ns if self.cmd_capture_ns else 0
+        v["cmd_age_ns"] = act_ns - self.cmd_capture_ns if self.new_command else 0
+        self.new_command = False
         self.pub_vehicle.send(wire.encode(v))
