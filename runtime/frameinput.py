@@ -13,7 +13,7 @@ from runtime import wire
 from runtime.framepool import FramePool, SlotError
 from runtime.stage import Stage
 from runtime.transport import LatestReader, subscriber
-from runtime.wire import MsgType, WireError
+from runtime.wire import MsgType
 
 
 class FrameInput:
@@ -34,10 +34,8 @@ class FrameInput:
         if msg is None:
             return None
         st = self.stage
-        try:
-            rec = wire.decode(msg, MsgType.FRAME)
-        except WireError as e:
-            st.reject(e)
+        rec = st.decode(msg, MsgType.FRAME)
+        if rec is None:
             return None
         ndim = int(rec["ndim"])
         shape = tuple(int(d) for d in rec["shape"][:ndim])

@@ -18,7 +18,9 @@ import zmq
 from runtime import wire
 from runtime.config import PipelineConfig
 from runtime.transport import Endpoints, publisher
-from runtime.wire import MsgType, StageState
+import numpy as np
+
+from runtime.wire import MsgType, StageState, WireError
 
 HEARTBEAT_PERIOD_NS = 100_000_000
 
@@ -96,6 +98,14 @@ class Stage:
     def reject(self, why: object) -> None:
         self.rejected += 1
         self._warn_reject("rejected input: %s", why)
+
+    def decode(self, msg: bytes, msg_type: MsgType) -> "np.void | None":
+        """The validated message, or None after counting and logging why it was rejected."""
+        try:
+            return wire.decode(msg, msg_type)
+        except WireError as e:
+            self.reject(e)
+            return None
 
     def accept_frame_id(self, frame_id: int) -> bool:
         """Count frames never seen between this one and the last; refuse ids going backwards."""

@@ -17,7 +17,7 @@ from runtime.framepool import FramePool
 from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
 from runtime.stage import Stage
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, Stamp, StageState, WireError
+from runtime.wire import CommandFlags, MsgType, Stamp, StageState
 
 CAMERA_STREAM = "camera"
 STREAM_IDS = {"camera": 1, "tensor": 2}
@@ -64,12 +64,8 @@ class CaptureStage(Stage):
         msg = self.supervisor.recv(50)
         if msg is None:
             return
-        try:
-            rec = wire.decode(msg, MsgType.HEARTBEAT)
-        except WireError as e:
-            self.reject(e)
-            return
-        if int(rec["state"]) == StageState.RUNNING:
+        rec = self.decode(msg, MsgType.HEARTBEAT)
+        if rec is not None and int(rec["state"]) == StageState.RUNNING:
             self.started = True
             self.next_tick = time.monotonic_ns()
             # Frame ids count produced frames from a base on the host's clock (in frame
@@ -82,10 +78,8 @@ class CaptureStage(Stage):
         msg = self.commands.drain()
         if msg is None:
             return
-        try:
-            rec = wire.decode(msg, MsgType.COMMAND)
-        except WireError as e:
-            self.reject(e)
+        rec = self.decode(msg, MsgType.COMMAND)
+        if rec is None:
             return
         self.steer = float(rec["steer"])
         self.accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0

@@ -18,7 +18,7 @@ from runtime import wire
 from runtime.manifest import load_manifest
 from runtime.stage import Stage
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason, WireError
+from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 
 class ControlStage(Stage):
@@ -94,12 +94,8 @@ class ControlStage(Stage):
             self._failsafe_command(now)
 
     def _on_result(self, msg: bytes, now: int) -> None:
-        try:
-            rec = wire.decode(msg, MsgType.RESULT)
-        except WireError as e:
-            self.reject(e)
-            return
-        if not self.accept_frame_id(int(rec["frame_id"])):
+        rec = self.decode(msg, MsgType.RESULT)
+        if rec is None or not self.accept_frame_id(int(rec["frame_id"])):
             return
         age = now - int(rec["stamps"][Stamp.CAPTURE])
         if age > self.deadline_ns:
