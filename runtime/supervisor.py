@@ -42,6 +42,7 @@ from runtime.wire import MsgType, StageState, WireError
 log = logging.getLogger("edgert.supervisor")
 
 STOP_TIMEOUT_S = 5.0
+HEARTBEAT_TIMEOUT_S = 2.0  # a stage alive but silent this long is hung: kill it, then restart it
 MAX_RESTARTS = 3
 BACKOFF_S = 0.5
 
@@ -274,9 +275,14 @@ class Supervisor:
         self.run_s = time.monotonic() - self.started_at
 
     def _watch(self, now: float) -> None:
-        """Restart a dead stage with exponential back-off; give up after MAX_RESTARTS."""
+        """Kill a hung stage; restart a dead one with exponential back-off; give up after MAX_RESTARTS."""
         for name, h in self.handles.items():
             st = self.status[name]
+            if (h.alive() and isinstance(h, ProcessHandle) and st.state in (StageState.READY, StageState.RUNNING)
+                    and now - st.last_seen > HEARTBEAT_TIMEOUT_S):
+                log.error("stage %s sent no heartbeat for %.1f s: hung, killing it", name, now - st.last_seen)
+                st.state = StageState.FAILED
+                h.kill()
             if h.alive() or st.given_up:
                 continue
             if st.restart_at == 0.0:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,17 +22,23 @@ STAGE_TITLES = {"edgert-capture", "edgert-preprocess", "edgert-infer", "edgert-c
 
 
 def edgert_processes() -> dict[int, str]:
-    """pid -> name of every live process named edgert-<stage> (what ps and top show)."""
+    """pid -> title of every live edgert-<stage> process.
+
+    `top` shows /proc/PID/comm, which the kernel cuts at 15 characters (edgert-preproce);
+    `ps` shows the full title from the command line, which is what this returns.
+    """
     out = {}
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
                 comm = (p / "comm").read_text().strip()
+                title = (p / "cmdline").read_bytes().split(b"\0")[0].decode().strip()
                 state = next(line for line in (p / "status").read_text().splitlines() if line.startswith("State:"))
-            except (OSError, StopIteration):
+            except (OSError, StopIteration, UnicodeDecodeError):
                 continue
-            if comm.startswith("edgert-") and "zombie" not in state:
-                out[int(p.name)] = comm
+            if comm.startswith("edgert-") and "zombie" not in state and title:  # no title: exiting
+                assert title.startswith(comm), (comm, title)
+                out[int(p.name)] = title
     return out
 
 
@@ -110,7 +117,6 @@ def test_sigint_stops_cleanly_with_named_processes():
 def test_killed_stage_is_restarted_and_control_fails_safe():
     cfg = load(DEFAULT_CONFIG)
     sup = Supervisor(cfg, duration_s=9.0, mode="processes")
-    import threading
 
     def killer() -> None:
         while not hasattr(sup, "started_at"):
@@ -125,6 +131,24 @@ def test_killed_stage_is_restarted_and_control_fails_safe():
     assert s["commands"]["takeover_reasons"].get("DEADLINE", 0) >= 1, s["commands"]
     # The pipeline resumed: model commands came back after the restart.
     assert s["stages"]["control"]["frames"] > 0 and s["commands"]["model_commands"] > 100
+    assert s["leaked_segments"] == []
+
+
+def test_hung_stage_is_killed_and_restarted():
+    """A stage frozen with SIGSTOP is alive but silent: the heartbeat watch must catch it."""
+    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=8.0, mode="processes")
+
+    def freezer() -> None:
+        while not hasattr(sup, "started_at"):
+            time.sleep(0.05)
+        time.sleep(1.5)
+        os.kill(sup.handles["preprocess"].pid, signal.SIGSTOP)
+    t = threading.Thread(target=freezer, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join()
+    assert s["stages"]["preprocess"]["restarts"] == 1, s["stages"]
+    assert s["commands"]["takeover_reasons"].get("DEADLINE", 0) >= 1
     assert s["leaked_segments"] == []
 
 

@@ -172,7 +172,7 @@ name = "pilotnet"
 version = "1.0.0"
 file = "model.onnx"
 sha256 = "{sha}"
-markets = ["EU", "US", "CN", "JP", "KR"]
+markets = ["sim"]  # trained and validated on the simulator only: approved for no real market
 license = "Apache-2.0"
 provenance = "trained by models/pilotnet/train.py --seed {seed} on edgert simulator frames (roads 100-111)"
 
