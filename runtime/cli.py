@@ -3,6 +3,7 @@
     edgert run [CONFIG.toml] [--duration S] [--mode processes|threads] [--report FILE]
     edgert echo TOPIC [--run RUN_ID] [--count N]
     edgert doctor
+    edgert bench NAME|all [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -115,6 +116,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmarks() -> list[str]:
+    import bench
+
+    skip = {"__init__", "report"}
+    return sorted(p.stem for p in Path(bench.__file__).parent.glob("*.py") if p.stem not in skip)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark (or `all`) and write NAME.json, NAME.md and NAME.png to --out."""
+    import importlib
+
+    names = _benchmarks()
+    todo = names if args.name == "all" else [args.name]
+    for name in todo:
+        if name not in names:
+            print(f"edgert: error: no benchmark {name!r}; benchmarks: {', '.join(names) or 'none yet'}, all",
+                  file=sys.stderr)
+            return 2
+        report = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        for path in report.write(args.out):
+            print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgert", description="Edge inference runtime for in-vehicle computers.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -132,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(func=cmd_echo)
     d = sub.add_parser("doctor", help="show the accelerators present and what the provider policy picks")
     d.set_defaults(func=cmd_doctor)
+    b = sub.add_parser("bench", help="run a benchmark against its same-run baselines; write JSON, Markdown, PNG")
+    b.add_argument("name", help="a benchmark in bench/, or 'all'")
+    b.add_argument("--quick", action="store_true", help="a short run (CI); the default is long enough for p99.9")
+    b.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    b.set_defaults(func=cmd_bench)
     args = ap.parse_args(argv)
     setup_logging("INFO")
     try:
