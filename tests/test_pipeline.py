@@ -70,6 +70,39 @@ def test_closed_loop_end_to_end(mode):
     assert set(edgert_processes()) <= set(before)  # no orphans
 
 
+def _free_port_block(n: int) -> int:
+    """A base port with n consecutive free loopback ports (tcp endpoints are base + topic index)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randint(20000, 60000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of loopback ports")
+
+
+def test_closed_loop_over_tcp_loopback():
+    from runtime.topics import TOPICS
+
+    cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "tcp_host": "127.0.0.1",
+                                                 "tcp_base_port": _free_port_block(len(TOPICS))})
+    sup = Supervisor(cfg, duration_s=3.0, mode="processes")
+    s = sup.run()
+    assert sup.endpoints("frames").startswith("tcp://127.0.0.1:")
+    _check_summary(s, min_frames=45)
+
+
 def _start_cli(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(DEFAULT_CONFIG), *args],
@@ -88,7 +121,8 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120.0) -> li
     raise AssertionError(f"{needle!r} not seen; output:\n{''.join(lines)}")
 
 
-def test_sigint_stops_cleanly_with_named_processes():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_with_named_processes(sig):
     before = edgert_processes()
     proc = _start_cli("--duration", "60")
     try:
@@ -101,7 +135,7 @@ def test_sigint_stops_cleanly_with_named_processes():
         msgs = [json.loads(line) for line in echo.stdout.splitlines()]
         assert echo.returncode == 0 and len(msgs) == 3, echo.stderr
         assert all(abs(m["steer"]) <= 0.5 and m["seq"] > 0 for m in msgs)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
