@@ -133,6 +133,7 @@ class Report:
         data = [np.maximum(self.samples[k] / 1e6, 1e-6) for k in names]
         ax.boxplot(data, orientation="horizontal", whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
         ax.set_yticks(range(1, len(names) + 1), names)
+        ax.invert_yaxis()  # first case at the top, as in the table
         ax.set_xscale("log")
         ax.set_xlabel("latency, ms (log scale; box = p25-p75, whiskers = p1-p99, dots beyond)")
         ax.set_title(f"{self.benchmark}: {self.machine['cpu']}, {self.machine['cores']} cores")

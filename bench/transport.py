@@ -39,6 +39,7 @@ SIZES = {  # name -> shape (uint8)
 }
 ZMQ_CASES = ("zmq_copy_ipc", "zmq_nocopy_ipc", "zmq_copy_tcp")
 ACK = b"k"
+WARMUP = 20  # unrecorded messages per case: the receiver's connect and first-touch costs
 
 
 def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Connection") -> None:
@@ -51,9 +52,9 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
         if job is None:
             break
         case, size, shape, n = job
-        lat = np.empty(n, dtype=np.int64)
+        lat = np.empty(WARMUP + n, dtype=np.int64)
         if case == "pickle_pipe":
-            for i in range(n):
+            for i in range(WARMUP + n):
                 t_send, arr = conn.recv()
                 lat[i] = time.monotonic_ns() - t_send
                 ack.send(ACK)
@@ -61,7 +62,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
             pool = FramePool.attach(run_id, size)
             sock = ctx.socket(zmq.PULL)
             sock.connect(endpoints["shm"])
-            for i in range(n):
+            for i in range(WARMUP + n):
                 rec = wire.decode(sock.recv(), MsgType.FRAME)
                 slot, gen = int(rec["slot"]), int(rec["generation"])
                 if not pool.is_current(slot, gen):
@@ -76,7 +77,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
             copy = case != "zmq_nocopy_ipc"
             sock = ctx.socket(zmq.PULL)
             sock.connect(endpoints[case])
-            for i in range(n):
+            for i in range(WARMUP + n):
                 stamp, payload = sock.recv_multipart(copy=copy)
                 buf = payload if copy else payload.buffer
                 arr = np.frombuffer(buf, dtype=np.uint8).reshape(shape)
@@ -84,7 +85,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
                 del arr
                 ack.send(ACK)
             sock.close(0)
-        conn.send(lat)
+        conn.send(lat[WARMUP:])
     ack.close(0)
     ctx.term()
 
@@ -141,7 +142,7 @@ def run(quick: bool = False, n: int | None = None) -> Report:
                        **{c: (lambda c=c: send_zmq(c)) for c in ZMQ_CASES}}
             for case, send in senders.items():
                 parent.send((case, size, shape, count))
-                for _ in range(count):
+                for _ in range(WARMUP + count):
                     send()
                     ack.recv()
                 report.add(f"{case}@{size}", parent.recv())

@@ -1,0 +1,175 @@
+"""`edgert bench preprocess`: the fused kernel against the chains people actually ship.
+
+Per case, on the same frames and interleaved round-robin in one run (bench/report.py):
+  fused    kernels.Preprocessor into a preallocated output (threads = the cores we have)
+  naive    the plain cv2 + NumPy chain (resize, cvtColor, astype, normalise, transpose,
+           ascontiguousarray): kernels.reference_preprocess, after a cv2 YUV->BGR for YUV input
+  blob     cv2.dnn.blobFromImage(s) with the matching scale/mean/size/swapRB (bilinear)
+  memcpy   np.copyto of the source frame(s): the floor for touching the input once
+Ratios are p50/p50 (and p99/p99 with the _p99 suffix) within this run.
+
+`EDGERT_BENCH_N` overrides the sample count (the tests use it to run in a second).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numba
+import numpy as np
+
+from bench.report import Report, interleaved_ns
+from kernels import PreprocessSpec, Preprocessor, reference_preprocess
+
+N_FULL = 2000  # p99.9 from 2000 samples rests on the 2 worst: stable enough to compare same-run cases
+N_QUICK = 60
+
+
+@dataclass
+class Case:
+    """One benchmark case: a name, and the four callables timed against each other."""
+
+    name: str
+    fns: dict[str, Callable[[], object]]
+    note: str = ""
+
+
+def _frames(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Noise frames: the kernel's work does not depend on content, and noise defeats no cache."""
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def _spec(**kw: object) -> PreprocessSpec:
+    base = dict(src_format="bgr", out_width=640, out_height=384, resize="bilinear", color="rgb", scale=1 / 255,
+                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="nchw", dtype="float32")
+    base.update(kw)
+    return PreprocessSpec(**base)  # type: ignore[arg-type]
+
+
+def _fused(spec: PreprocessSpec, src: object, threads: int, shape: tuple[int, ...], **kw: object) -> Callable[[], None]:
+    pre = Preprocessor(spec, shape, threads=threads, **kw)  # type: ignore[arg-type]
+    pre.warmup()
+    out = np.empty(pre.out_shape, pre.out_dtype)
+    return lambda: pre(src, out)  # type: ignore[arg-type]
+
+
+def _memcpy(src: np.ndarray) -> Callable[[], None]:
+    dst = np.empty_like(src)
+    return lambda: np.copyto(dst, src)
+
+
+def case_bgr(rng: np.random.Generator, threads: int) -> Case:
+    """1920x1080 BGR -> 1x3x384x640 float32, (v/255 - 0.5)/0.5, RGB order, bilinear."""
+    spec = _spec()
+    src = _frames(rng, (1080, 1920, 3))
+    return Case("bgr1080_to_384x640", {
+        "fused": _fused(spec, src, threads, src.shape),
+        "naive": lambda: reference_preprocess(spec, src),
+        "blob": lambda: cv2.dnn.blobFromImage(src, 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
+        "memcpy": _memcpy(src),
+    })
+
+
+def case_nv12(rng: np.random.Generator, threads: int) -> Case | None:
+    """1920x1080 NV12 (BT.601 limited, as cv2's COLOR_YUV2*_NV12) -> the same tensor."""
+    spec = _spec(src_format="nv12")
+    src = _frames(rng, (1620, 1920))
+    rgb = _spec(src_format="rgb")  # the same tensor from the cv2-converted RGB frame
+
+    def naive() -> np.ndarray:
+        return reference_preprocess(rgb, cv2.cvtColor(src, cv2.COLOR_YUV2RGB_NV12))
+
+    def blob() -> np.ndarray:
+        return cv2.dnn.blobFromImage(cv2.cvtColor(src, cv2.COLOR_YUV2BGR_NV12), 2 / 255, (640, 384),
+                                     (127.5, 127.5, 127.5), swapRB=True)
+
+    return Case("nv12_1080_to_384x640", {"fused": _fused(spec, src, threads, src.shape), "naive": naive,
+                                         "blob": blob, "memcpy": _memcpy(src)})
+
+
+def case_pilotnet(rng: np.random.Generator, threads: int) -> Case:
+    """1920x1080 BGR -> PilotNet's crop, area resize to 66x200, YUV, float32 (the shipped manifest)."""
+    spec = PreprocessSpec(src_format="bgr", out_width=200, out_height=66, roi=(0, 460, 1920, 620), resize="area",
+                          color="yuv601", scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                          layout="nchw", dtype="float32")
+    src = _frames(rng, (1080, 1920, 3))
+    crop = src[460:1080]
+
+    def blob() -> np.ndarray:  # blobFromImage resizes bilinearly and knows no YUV: convert the crop first
+        return cv2.dnn.blobFromImage(cv2.cvtColor(crop, cv2.COLOR_BGR2YUV), 4 / 255, (200, 66),
+                                     (127.5, 127.5, 127.5), swapRB=False)
+
+    return Case("pilotnet_bgr1080_to_66x200_yuv", {
+        "fused": _fused(spec, src, threads, src.shape),
+        "naive": lambda: reference_preprocess(spec, src),
+        "blob": blob,
+        "memcpy": _memcpy(src),
+    }, note="pilotnet: blob = cvtColor(crop, BGR2YUV) + blobFromImage, bilinear (blobFromImage has no area "
+            "resize and no YUV), so it does slightly different work from fused/naive")
+
+
+def case_batch(rng: np.random.Generator, threads: int) -> Case:
+    """8 cameras 1280x720 BGR -> 8x3x256x512 float32 in one batched tensor."""
+    spec = _spec(out_width=512, out_height=256)
+    frames = [_frames(rng, (720, 1280, 3)) for _ in range(8)]
+    stacked = np.stack(frames)
+
+    def naive() -> np.ndarray:
+        return np.concatenate([reference_preprocess(spec, f) for f in frames])
+
+    return Case("8cam_720p_to_8x3x256x512", {
+        "fused": _fused(spec, frames, threads, frames[0].shape, batch=8),
+        "naive": naive,
+        "blob": lambda: cv2.dnn.blobFromImages(frames, 2 / 255, (512, 256), (127.5, 127.5, 127.5), swapRB=True),
+        "memcpy": _memcpy(stacked),
+    })
+
+
+def _supports(**kw: object) -> bool:
+    try:
+        _spec(**kw)
+        return True
+    except ValueError:
+        return False
+
+
+def _batches_supported() -> bool:
+    import inspect
+    return "batch" in inspect.signature(Preprocessor.__init__).parameters
+
+
+def run(quick: bool = False) -> Report:
+    """Time every case; ratios per case. Threads: all cores this process may use."""
+    n = int(os.environ.get("EDGERT_BENCH_N", N_QUICK if quick else N_FULL))
+    threads = max(1, min(len(os.sched_getaffinity(0)), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    report = Report("preprocess", {"n": n, "quick": quick, "threads": threads, "cv2": cv2.__version__,
+                                   "cv2_threads": cv2.getNumThreads(),
+                                   "numba_threading_layer": numba.config.THREADING_LAYER})
+    builders: list[Callable[[], Case | None]] = [lambda: case_bgr(rng, threads)]
+    if _supports(src_format="nv12"):
+        builders.append(lambda: case_nv12(rng, threads))
+    else:
+        report.notes.append("nv12 case left out: the kernel does not read NV12 yet")
+    builders.append(lambda: case_pilotnet(rng, threads))
+    if _batches_supported():
+        builders.append(lambda: case_batch(rng, threads))
+    else:
+        report.notes.append("8-camera case left out: the kernel has no batches yet")
+    for build in builders:
+        case = build()
+        if case is None:
+            continue
+        samples = interleaved_ns(case.fns, n, warmup=3 if quick else 10)
+        for k, v in samples.items():
+            report.add(f"{case.name}:{k}", v)
+        for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
+            for p99 in (False, True):
+                report.ratio(f"{case.name}:{a}", f"{case.name}:{b}", p99=p99)
+        if case.note:
+            report.notes.append(case.note)
+    return report
