@@ -62,7 +62,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
     from runtime.topics import topic
     from runtime.transport import Endpoints, subscriber
 
-    topic(args.topic)
+    if topic(args.topic).bound_by_subscriber:
+        print(f"edgert: error: {args.topic!r} is read by the supervisor, which binds its socket; echo would "
+              "take that socket over. Its counters are in the run summary.", file=sys.stderr)
+        return 2
     runs = [r for r in _live_runs() if args.run is None or f".{args.run}." in r.name]
     if not runs:
         print("edgert: error: no running pipeline found; start one with `edgert run`", file=sys.stderr)

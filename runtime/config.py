@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import sys
 import typing
@@ -156,8 +157,8 @@ _NON_NEGATIVE = {"pipeline.duration_s", "control.deadline_ms", "control.failsafe
 def _check_type(key: str, value: Any, want: Any) -> Any:
     origin = getattr(want, "__origin__", None)
     if want is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if want is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -227,6 +228,12 @@ def _cross_check(cfg: PipelineConfig) -> None:
         bad = [c for c in cores if not 0 <= c < ncpu]
         if bad or not cores:
             raise ConfigError(f"pipeline.affinity.{stage}: cores {cores} invalid on this {ncpu}-core machine")
+    if cfg.camera.fps < 1:
+        raise ConfigError(f"camera.fps: {cfg.camera.fps} is below 1 frame per second; the deadline and "
+                          "heartbeats assume at least 1")
+    if not 1024 <= cfg.pipeline.tcp_base_port <= 65535 - 16:
+        raise ConfigError(f"pipeline.tcp_base_port: {cfg.pipeline.tcp_base_port} outside 1024..65519 "
+                          "(each topic uses base + its index)")
     if cfg.camera.pool_slots < 2:
         raise ConfigError(f"camera.pool_slots: need at least 2 so the camera never waits, got {cfg.camera.pool_slots}")
     if cfg.infer.pool_slots < 2:

@@ -43,16 +43,17 @@ class FrameInput:
             st.reject(f"descriptor for stream {int(rec['stream'])} {shape} dtype code {int(rec['dtype'])}; "
                       f"this stage reads stream {self.stream_id} {self.shape} {self.dtype}")
             return None
-        if not st.accept_frame_id(int(rec["frame_id"])):
-            return None
         try:
             current = self.pool.is_current(int(rec["slot"]), int(rec["generation"]))
         except SlotError as e:
             st.reject(e)
             return None
-        if not current:
+        if not current:  # overwritten already; the id gap it leaves is counted as a drop
             self.overwritten += 1
-            st.dropped += 1
+            return None
+        # Only a descriptor whose slot really holds that frame may advance the frame id,
+        # so a bogus id cannot lock the stage out of the real ones.
+        if not st.accept_frame_id(int(rec["frame_id"])):
             return None
         return rec, self.pool.view(int(rec["slot"]), self.shape, self.dtype)
 

@@ -8,12 +8,14 @@ variant is approved for. `verify()` hashes the file before any session is create
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kernels import PreprocessSpec
+from runtime.wire import MAX_VALUES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,7 +136,13 @@ def load_manifest(model_dir: str | Path) -> ModelManifest:
         license=model.get("license", ""), provenance=model.get("provenance", ""),
         inputs=_tensors(raw.get("inputs"), "inputs"), outputs=_tensors(raw.get("outputs"), "outputs"),
         preprocess=pre, decoder=decoder)
-    if decoder.output not in {o.name for o in m.outputs}:
-        raise ModelError(f"decoder.output: {decoder.output!r} is not an output; outputs: "
-                         f"{', '.join(o.name for o in m.outputs)}")
+    outputs = {o.name: o for o in m.outputs}
+    if decoder.output not in outputs:
+        raise ModelError(f"decoder.output: {decoder.output!r} is not an output; outputs: {', '.join(outputs)}")
+    size = math.prod(outputs[decoder.output].shape)
+    if not 0 <= decoder.index < min(size, MAX_VALUES):
+        raise ModelError(f"decoder.index: {decoder.index} outside output {decoder.output!r} "
+                         f"({size} values; results carry at most {MAX_VALUES})")
+    if not math.isfinite(decoder.scale) or decoder.scale == 0:
+        raise ModelError(f"decoder.scale: {decoder.scale} must be finite and non-zero")
     return m

@@ -49,7 +49,12 @@ class Segment:
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            try:
+                os.posix_fallocate(fd, 0, size)  # fail now with ENOSPC, not with SIGBUS on a later write
+            except OSError as e:
+                raise OSError(e.errno, f"cannot reserve {size / 2**20:.1f} MiB of shared memory in {SHM_DIR} "
+                                       f"for {name}: {e.strerror}; free /dev/shm, enlarge it, or use smaller "
+                                       "frames or fewer pool slots (camera.width/height, camera.pool_slots)") from None
             mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)

@@ -146,7 +146,7 @@ class Heartbeat:
             self.send(state)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.sock.close(linger=100)  # let the final counters reach the supervisor
 
 
 def run_stage(stage: Stage) -> int:

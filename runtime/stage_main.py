@@ -27,13 +27,13 @@ from runtime.transport import Endpoints
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(supervisor_pid: int) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: rely on the supervisor's own shutdown
         return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
+        sys.exit(f"edgert: supervisor {supervisor_pid} is gone; not starting")
 
 
 def apply_affinity(cores: list[int] | None, log: logging.Logger) -> None:
@@ -45,7 +45,7 @@ def apply_affinity(cores: list[int] | None, log: logging.Logger) -> None:
 def main(argv: list[str] | None = None) -> int:
     name, run_dir, run_id = (argv if argv is not None else sys.argv[1:])[:3]
     setproctitle.setproctitle(f"edgert-{name}")
-    _die_with_parent(os.getppid())
+    _die_with_parent(int(run_id.split(".")[0]))  # the run id starts with the supervisor's pid
     cfg = PipelineConfig.from_json((Path(run_dir) / "pipeline.json").read_text())
     setup_logging(cfg.pipeline.log_level)
     log = logging.getLogger(f"edgert.{name}")

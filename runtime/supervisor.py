@@ -137,7 +137,9 @@ class ThreadHandle:
 class StageStatus:
     state: StageState = StageState.STARTING
     last_seen: float = 0.0
-    counters: dict[str, int] | None = None
+    counters: dict[str, int] | None = None  # of the current instance of the stage
+    earlier: dict[str, int] | None = None  # summed over instances that died
+    pid: int = 0
     restarts: int = 0
     given_up: bool = False
     restart_at: float = 0.0
@@ -160,23 +162,23 @@ class Supervisor:
         sweep_stale_run_dirs()
         manifest = load_manifest(self.cfg.model_dir())
         manifest.read_verified()  # a corrupt model fails here, before any stage starts
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
-        (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
         cam = self.cfg.camera
         spec = manifest.inputs[0]
-        self.pools = [
-            FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots, cam.width * cam.height * 3),
-            FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
-                             int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize),
-        ]
-        transport = "inproc" if self.mode == "threads" else self.cfg.pipeline.transport
-        p = self.cfg.pipeline
-        self.endpoints = Endpoints(transport, self.run_id, str(self.run_dir), p.tcp_host, p.tcp_base_port)
-        self.zmq = zmq.Context()
+        self.pools: list[FramePool] = []
         self.handles: dict[str, ProcessHandle | ThreadHandle] = {}
         self.telemetry: Telemetry | None = None
+        self.zmq = zmq.Context()
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
         started = time.monotonic()
-        try:
+        try:  # from here on, whatever fails, _shutdown removes what was made
+            (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
+            self.pools.append(FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots,
+                                               cam.width * cam.height * 3))
+            self.pools.append(FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
+                                               int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize))
+            transport = "inproc" if self.mode == "threads" else self.cfg.pipeline.transport
+            p = self.cfg.pipeline
+            self.endpoints = Endpoints(transport, self.run_id, str(self.run_dir), p.tcp_host, p.tcp_base_port)
             self._start()
             self._wait_ready()
             self.ready_s = time.monotonic() - started
@@ -225,6 +227,9 @@ class Supervisor:
             if st is None:
                 log.warning("heartbeat from unknown stage %r", name)
                 continue
+            if st.pid and int(rec["pid"]) != st.pid and st.counters:  # a restarted instance: keep the old counts
+                st.earlier = {k: (st.earlier or {}).get(k, 0) + v for k, v in st.counters.items()}
+            st.pid = int(rec["pid"])
             st.state = StageState(int(rec["state"]))
             st.last_seen = time.monotonic()
             st.counters = {k: int(rec[k]) for k in ("frames", "dropped", "rejected", "errors")}
@@ -302,7 +307,7 @@ class Supervisor:
                 h.start()
 
     def _shutdown(self) -> None:
-        handles = getattr(self, "handles", {})
+        handles = self.handles
         for h in handles.values():
             h.stop()
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -321,7 +326,7 @@ class Supervisor:
             log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
         else:
             self.zmq.term()
-        for pool in getattr(self, "pools", []):
+        for pool in self.pools:
             pool.close()
             pool.unlink()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -333,7 +338,9 @@ class Supervisor:
     def summary(self) -> dict[str, Any]:
         tel = self.telemetry.summary() if self.telemetry else {}
         run_s = getattr(self, "run_s", 0.0)
-        frames = (self.status["capture"].counters or {}).get("frames", 0)
+        totals = {n: {k: (s.earlier or {}).get(k, 0) + (s.counters or {}).get(k, 0)
+                      for k in ("frames", "dropped", "rejected", "errors")} for n, s in self.status.items()}
+        frames = totals["capture"]["frames"]
         return {
             "run_id": self.run_id,
             "mode": self.mode,
@@ -342,7 +349,7 @@ class Supervisor:
             "duration_s": round(run_s, 2),
             "frames": frames,
             "fps": round(frames / run_s, 2) if run_s else 0.0,
-            "stages": {n: {**(s.counters or {}), "restarts": s.restarts, "given_up": s.given_up}
+            "stages": {n: {**totals[n], "restarts": s.restarts, "given_up": s.given_up}
                        for n, s in self.status.items()},
             **tel,
             "leaked_segments": shm.list_segments(self.run_id),

@@ -62,7 +62,8 @@ class TakeoverReason(enum.IntEnum):
     DEADLINE = 1  # no fresh valid result within the deadline
     INVALID_RESULT = 2  # NaN/Inf or out-of-range model output
     STALE_FRAME = 3  # result computed from a frame older than the deadline
-    STARTUP = 4  # no result yet since start
+    STARTUP = 4  # no valid result within the grace period after the pipeline started
+    SHUTDOWN = 5  # the control stage is stopping: nothing will steer after this command
 
 
 class StageState(enum.IntEnum):
@@ -237,12 +238,15 @@ def _validate_frame(rec: np.void) -> None:
 
 
 def _validate_result(rec: np.void) -> None:
-    if int(rec["n_values"]) > MAX_VALUES:
-        raise WireError(f"RESULT n_values {int(rec['n_values'])} > {MAX_VALUES}")
+    n = int(rec["n_values"])
+    if n > MAX_VALUES:
+        raise WireError(f"RESULT n_values {n} > {MAX_VALUES}")
     try:
-        ResultStatus(int(rec["status"]))
+        status = ResultStatus(int(rec["status"]))
     except ValueError:
         raise WireError(f"RESULT status {int(rec['status'])} unknown") from None
+    if status == ResultStatus.OK and not np.isfinite(rec["values"][:n]).all():
+        raise WireError("RESULT says OK but carries NaN/Inf values")
     _check_stamps(rec)
 
 

@@ -27,9 +27,12 @@ def test_default_config_loads():
 @pytest.mark.parametrize("text, match", [
     ("[camera]\nfsp = 30\n", r"unknown key 'camera.fsp' \(did you mean 'fps'\?\)"),
     ("[camra]\nfps = 30\n", r"unknown key 'camra' \(did you mean 'camera'\?\)"),
-    ("[camera]\nfps = 'fast'\n", r"camera.fps: expected a number, got 'fast'"),
+    ("[camera]\nfps = 'fast'\n", r"camera.fps: expected a finite number, got 'fast'"),
     ("[camera]\nwidth = 19.5\n", r"camera.width: expected an integer"),
     ("[camera]\nfps = -1\n", r"camera.fps: must be > 0, got -1"),
+    ("[camera]\nfps = 0.5\n", r"camera.fps: 0.5 is below 1 frame per second"),
+    ("[pipeline]\nduration_s = nan\n", r"pipeline.duration_s: expected a finite number, got nan"),
+    ("[pipeline]\ntcp_base_port = 65530\n", r"pipeline.tcp_base_port: 65530 outside"),
     ("[camera]\npool_slots = 1\n", r"camera.pool_slots: need at least 2"),
     ("[pipeline]\nmode = 'fibers'\n", r"pipeline.mode: 'fibers' is not one of 'processes', 'threads'"),
     ("[pipeline]\nduration_s = -5\n", r"pipeline.duration_s: must be >= 0"),

@@ -103,3 +103,13 @@ def test_cuda_provider_used_when_a_gpu_is_present(tiny_model):
         pytest.skip(f"needs an NVIDIA GPU: {nvidia_driver()}")
     eng = Engine(load_manifest(tiny_model), providers=["CUDAExecutionProvider"])
     assert eng.providers[0] == "CUDAExecutionProvider"
+
+
+def test_manifest_decoder_index_and_scale_validated(tiny_model):
+    text = (tiny_model / "manifest.toml").read_text()
+    (tiny_model / "manifest.toml").write_text(text.replace('output = "steer"', 'output = "steer"\nindex = 1'))
+    with pytest.raises(ModelError, match=r"decoder.index: 1 outside output 'steer' \(1 values"):
+        load_manifest(tiny_model)
+    (tiny_model / "manifest.toml").write_text(text.replace('output = "steer"', 'output = "steer"\nscale = inf'))
+    with pytest.raises(ModelError, match="decoder.scale: inf must be finite and non-zero"):
+        load_manifest(tiny_model)

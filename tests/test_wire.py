@@ -61,6 +61,16 @@ def test_result_round_trip(values, fid, st_):
     assert np.allclose(rec["values"][: len(values)], values)
 
 
+def test_result_ok_with_nonfinite_values_rejected():
+    r = wire.new_message(MsgType.RESULT)
+    r["n_values"], r["values"][0] = 1, math.nan
+    r["stamps"][:] = 1
+    with pytest.raises(WireError, match="OK but carries NaN"):
+        wire.decode(wire.encode(r))
+    r["status"] = int(wire.ResultStatus.NONFINITE)  # said honestly, it is a valid message
+    assert int(wire.decode(wire.encode(r))["status"]) == wire.ResultStatus.NONFINITE
+
+
 def test_heartbeat_and_vehicle_round_trip():
     h = wire.new_message(MsgType.HEARTBEAT)
     h["stage"], h["state"], h["frames"] = b"infer", int(wire.StageState.RUNNING), 42

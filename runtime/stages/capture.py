@@ -91,6 +91,9 @@ class CaptureStage(Stage):
             self._wait_for_start()
             return
         wait_s = (self.next_tick - time.monotonic_ns()) / 1e9
+        if wait_s > 0.1:  # wait in slices, so heartbeats and stop requests are never held up
+            self.ctx.stop.wait(0.1)
+            return
         if wait_s > 0 and self.ctx.stop.wait(wait_s):
             return
         self.next_tick += self.period_ns

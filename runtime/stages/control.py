@@ -1,24 +1,30 @@
 """control: model output -> steering command, clamped and rate-limited, with a deadline watchdog.
 
-A Level-2 assist must say the moment it cannot trust itself. Commands are computed
-only from fresh, valid results (frame id moving forward, captured within the deadline,
-finite). When none has arrived within the deadline, or a result is invalid, the stage
+A Level-2 assist must say the moment it cannot trust itself. Commands are computed only
+from fresh, valid results: frame id moving forward, captured within the deadline, status
+OK, the decoded value present and finite. The watchdog times the age of the frame behind
+the last command: once that frame is older than the deadline (or no valid result arrived
+within a grace period after the pipeline started, or a result was invalid) the stage
 publishes fail-safe commands (steering ramped to neutral at the rate limit, gentle
 deceleration) flagged TAKEOVER|FAILSAFE with the reason, once per frame period, and
-returns to normal only after `recover_after` consecutive good results. It never
-re-sends an old command as new: every command has a new sequence number and says
-which frame it came from and how old that frame was.
+returns to normal only after `recover_after` consecutive good results. It never re-sends
+an old command as new: every command has a new sequence number (unique across restarts of
+this stage) and says which frame it came from and how old that frame was. On shutdown it
+sends a last takeover request, so the car is never left holding a silent command.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 from runtime import wire
 from runtime.manifest import load_manifest
-from runtime.stage import Stage
+from runtime.stage import RateLimitedLog, Stage
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, StageState, TakeoverReason
+
+STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
 
 
 class ControlStage(Stage):
@@ -32,17 +38,23 @@ class ControlStage(Stage):
         self.max_steer = c.max_steer_rad
         self.max_rate = c.max_steer_rate_rad_s
         self.results = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "results")))
+        self.supervisor = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "supervisor")))
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.cmd = wire.new_message(MsgType.COMMAND)
+        # Sequence numbers continue from the clock (in ms) so a restarted stage never repeats one.
+        self.cmd["seq"] = time.monotonic_ns() // 1_000_000
         self.steer = 0.0
         self.last_cmd_ns = 0
-        self.last_valid_ns = 0  # 0 = watchdog not armed: no result yet since start
+        self.acted_capture_ns = 0  # capture stamp of the frame behind the last model command
+        self.watch_from_ns = 0  # 0 = watchdog not armed yet (the pipeline has not started)
         self.failsafe: TakeoverReason = TakeoverReason.NONE
         self.good_streak = 0
         self.stale = 0
         self.invalid = 0
         self.takeovers = 0
+        self._warn_stale = RateLimitedLog(self.log)
 
+    # -- commands ---------------------------------------------------------------------
     def _rate_limited(self, target: float, now: int) -> float:
         target = min(max(target, -self.max_steer), self.max_steer)
         # The first command starts from neutral as if one frame period had passed.
@@ -51,6 +63,8 @@ class ControlStage(Stage):
         return min(max(target, self.steer - step), self.steer + step)
 
     def _send(self, steer: float, now: int, stamps: object, frame_id: int) -> None:
+        if not math.isfinite(steer):  # unreachable by construction; a NaN must never leave this stage
+            raise AssertionError(f"non-finite steering command {steer}")
         self.steer = steer
         self.last_cmd_ns = now
         c = self.cmd
@@ -70,52 +84,86 @@ class ControlStage(Stage):
         self.good_streak = 0
         if not self.failsafe:
             self.takeovers += 1
-            self.log.warning("FAIL-SAFE, takeover requested: %s", detail)
+            self.log.warning("FAIL-SAFE, takeover requested (%s): %s", reason.name.lower(), detail)
         self.failsafe = reason
 
-    def _failsafe_command(self, now: int) -> None:
+    def _failsafe_command(self, now: int, force: bool = False) -> None:
         """A fresh fail-safe command (never a re-sent model command), at most once per frame period."""
-        if now - self.last_cmd_ns >= self.period_ns:
+        if force or now - self.last_cmd_ns >= self.period_ns:
             stamps = self.cmd["stamps"].copy()
             stamps[:] = 0
             stamps[Stamp.CTRL_RECV] = now
             self._send(self._rate_limited(0.0, now), now, stamps, 0)
 
+    # -- loop -------------------------------------------------------------------------
     def step(self) -> None:
+        if not self.watch_from_ns:
+            self._watch_for_start()
         msg = self.results.recv(10)
         now = time.monotonic_ns()
         if msg is not None:
             self._on_result(msg, now)
-        if self.last_valid_ns and now - self.last_valid_ns > self.deadline_ns:
-            self._enter_failsafe(TakeoverReason.DEADLINE,
-                                 f"no valid result for {(now - self.last_valid_ns) / 1e6:.1f} ms "
-                                 f"(deadline {self.deadline_ns / 1e6:.1f} ms)")
+        if self.watch_from_ns and not self.failsafe:  # in fail-safe, only good results matter (recovery)
+            if self.acted_capture_ns:
+                age = now - self.acted_capture_ns
+                if age > self.deadline_ns:
+                    self._enter_failsafe(TakeoverReason.DEADLINE,
+                                         f"the newest valid frame is {age / 1e6:.1f} ms old "
+                                         f"(deadline {self.deadline_ns / 1e6:.1f} ms)")
+            elif now > self.watch_from_ns:
+                self._enter_failsafe(TakeoverReason.STARTUP,
+                                     f"no valid result {STARTUP_GRACE_NS / 1e9:.1f} s after the pipeline "
+                                     f"started ({self.stale} stale, {self.invalid} invalid)")
         if self.failsafe:
             self._failsafe_command(now)
+
+    def _watch_for_start(self) -> None:
+        """Arm the watchdog when the supervisor starts the camera, with a grace period for the first frame."""
+        msg = self.supervisor.drain()
+        if msg is not None:
+            rec = self.decode(msg, MsgType.HEARTBEAT)
+            if rec is not None and int(rec["state"]) == StageState.RUNNING:
+                self.watch_from_ns = time.monotonic_ns() + STARTUP_GRACE_NS
+
+    def _not_acted_on(self) -> None:
+        self.good_streak = 0  # recovery needs *consecutive* good results
 
     def _on_result(self, msg: bytes, now: int) -> None:
         rec = self.decode(msg, MsgType.RESULT)
         if rec is None or not self.accept_frame_id(int(rec["frame_id"])):
+            self._not_acted_on()
             return
-        age = now - int(rec["stamps"][Stamp.CAPTURE])
-        if age > self.deadline_ns:
-            self.stale += 1  # too old to act on; the watchdog decides if this becomes a takeover
+        capture_ns = int(rec["stamps"][Stamp.CAPTURE])
+        if now - capture_ns > self.deadline_ns:
+            self.stale += 1
+            self.dropped += 1  # a frame never acted on
+            self._warn_stale("result for frame %d is %.1f ms old (deadline %.1f ms): not acted on",
+                             int(rec["frame_id"]), (now - capture_ns) / 1e6, self.deadline_ns / 1e6)
+            self._not_acted_on()
             return
-        value = float(rec["values"][self.decoder.index]) * self.decoder.scale
-        if int(rec["status"]) != ResultStatus.OK:
+        index = self.decoder.index
+        value = float(rec["values"][index]) * self.decoder.scale if index < int(rec["n_values"]) else math.nan
+        if int(rec["status"]) != ResultStatus.OK or not math.isfinite(value):
             self.invalid += 1
-            self._enter_failsafe(TakeoverReason.INVALID_RESULT,
-                                 f"frame {int(rec['frame_id'])}: model output status "
-                                 f"{ResultStatus(int(rec['status'])).name}")
+            why = (f"status {ResultStatus(int(rec['status'])).name}" if int(rec["status"]) != ResultStatus.OK
+                   else f"decoded value {value} (index {index} of {int(rec['n_values'])} values)")
+            self._enter_failsafe(TakeoverReason.INVALID_RESULT, f"frame {int(rec['frame_id'])}: {why}")
             return
         self.frames += 1
-        self.last_valid_ns = now
         if self.failsafe:
             self.good_streak += 1
             if self.good_streak < self.cfg.control.recover_after:
                 return
             self.log.warning("recovered after %d consecutive good results", self.good_streak)
             self.failsafe = TakeoverReason.NONE
+        self.acted_capture_ns = capture_ns
         stamps = rec["stamps"].copy()
         stamps[Stamp.CTRL_RECV] = now
         self._send(self._rate_limited(value, now), now, stamps, int(rec["frame_id"]))
+
+    def teardown(self) -> None:
+        """Say so before going silent: a last fail-safe command with a SHUTDOWN takeover request."""
+        if hasattr(self, "pub") and self.watch_from_ns:
+            self.failsafe = TakeoverReason.SHUTDOWN
+            self._failsafe_command(time.monotonic_ns(), force=True)
+        super().teardown()
