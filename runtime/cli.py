@@ -4,6 +4,8 @@
     edgert echo TOPIC [--run RUN_ID] [--count N]
     edgert doctor
     edgert bench NAME|all [--quick] [--out DIR]
+    edgert models list | info NAME | verify [NAME] | add PATH.onnx [--name N]
+    edgert infer --model PATH.onnx|MODEL_DIR --input IN.npz|IN.npy --output OUT.npz
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(func=cmd_echo)
     d = sub.add_parser("doctor", help="show the accelerators present and what the provider policy picks")
     d.set_defaults(func=cmd_doctor)
+    from runtime.cli_models import add_commands
+
+    add_commands(sub)  # models list|info|verify|add, infer
     b = sub.add_parser("bench", help="run a benchmark against its same-run baselines; write JSON, Markdown, PNG")
     b.add_argument("name", help="a benchmark in bench/, or 'all'")
     b.add_argument("--quick", action="store_true", help="a short run (CI); the default is long enough for p99.9")
