@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.report import Report, interleaved_ns
-from runtime.engine import Engine
+from runtime.engine import Engine, session_options
 from runtime.manifest import ModelManifest, load_manifest
 from runtime.providers import plan
 from runtime.zoo import ZOO
@@ -33,21 +33,6 @@ THREADS = 1  # the infer stage's default: one pinned core
 
 def _short(variant: str) -> str:
     return variant.replace("pilotnet-", "").replace("pilotnet", "fp32")
-
-
-def _options(optimize: bool = True, save_to: Path | None = None) -> ort.SessionOptions:
-    """The Engine's session options (see runtime/engine.py), so bare and engine differ only in the call."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if save_to is not None:
-        so.optimized_model_filepath = str(save_to)
-        so.log_severity_level = 3  # ORT warns the saved model is hardware-specific: it is, a per-machine cache
-    return so
 
 
 def _inputs(m: ModelManifest, seed: int = 0) -> dict[str, np.ndarray]:
@@ -86,7 +71,7 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 if eng.providers[0] != prov:
                     rep.notes.append(f"{tag}: {prov} did not initialise ({eng.provider_note}); skipped")
                     continue
-                bare = ort.InferenceSession(data, sess_options=_options(), providers=[prov])
+                bare = ort.InferenceSession(data, sess_options=session_options(THREADS), providers=[prov])
                 binding = eng.bind(x)
                 keep += [eng, bare, binding]  # alive until the timing ends
                 feed = dict(x)
@@ -98,12 +83,12 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                     if not np.array_equal(v, w):
                         raise AssertionError(f"{tag}: engine output {k} differs from session.run")
                 cache = Path(tmp) / f"{tag}.opt.onnx"
-                ort.InferenceSession(data, sess_options=_options(save_to=cache), providers=[prov])
+                ort.InferenceSession(data, sess_options=session_options(THREADS, save_to=cache), providers=[prov])
                 cold[f"cold_{tag}"] = _cold_ns(
-                    lambda d=data, p=prov: ort.InferenceSession(d, sess_options=_options(), providers=[p]),
+                    lambda d=data, p=prov: ort.InferenceSession(d, sess_options=session_options(THREADS), providers=[p]),
                     feed, cold_n)
                 cold[f"cold_cached_{tag}"] = _cold_ns(
-                    lambda c=cache, p=prov: ort.InferenceSession(str(c), sess_options=_options(optimize=False),
+                    lambda c=cache, p=prov: ort.InferenceSession(str(c), sess_options=session_options(THREADS, optimize=False),
                                                                  providers=[p]), feed, cold_n)
         samples = interleaved_ns(fns, n, warmup=max(10, n // 20))
     for case, s in samples.items():

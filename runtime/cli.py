@@ -118,6 +118,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         mark = "try " if name in chosen else "skip"
         print(f"  {mark} {name}" + (f": {skipped[name]}" if name in skipped else ""))
     print(f"the policy would try, in order: {', '.join(chosen)}")
+    if args.profile:
+        from runtime.config import DEFAULT_CONFIG, load
+        from runtime.profiles import resolve
+
+        cache = load(DEFAULT_CONFIG).cache_dir() or Path(tempfile.gettempdir()) / "edgert-nocache"
+        prof = resolve(args.profile, cache)
+        tried = plan(list(prof.providers))
+        print(f"profile {args.profile}: providers {', '.join(prof.providers)} -> here: {', '.join(tried.chosen)}")
+        for name, opts in prof.provider_options.items():
+            print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
     return 0
 
 
@@ -161,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--count", type=int, default=0, help="stop after N messages (0 = until Ctrl-C)")
     e.set_defaults(func=cmd_echo)
     d = sub.add_parser("doctor", help="show the accelerators present and what the provider policy picks")
+    d.add_argument("--profile", choices=("auto", "cpu", "x86-nvidia", "jetson-orin"),
+                   help="also show what this device profile would ask for, and get here")
     d.set_defaults(func=cmd_doctor)
     from runtime.cli_models import add_commands
 

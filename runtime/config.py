@@ -81,7 +81,9 @@ class PreprocessSection:
 class InferSection:
     model: str = "pilotnet"  # a zoo name (models/<name>) or a path to a model folder
     providers: list[str] = field(default_factory=lambda: ["auto"])
-    intra_op_threads: int = 1
+    intra_op_threads: int = 1  # 0 = as many as the cores this stage is pinned to
+    profile: str = "auto"  # auto | cpu | x86-nvidia | jetson-orin (runtime/profiles.py)
+    cache_dir: str = ""  # optimised graphs and TensorRT engines; "" = $XDG_CACHE_HOME/edgert, "off" = none
     pool_slots: int = 3
     warmup_runs: int = 5
 
@@ -109,6 +111,15 @@ class PipelineConfig:
     def deadline_ns(self) -> int:
         ms = self.control.deadline_ms or 2000.0 / self.camera.fps
         return int(ms * 1e6)
+
+    def cache_dir(self) -> Path | None:
+        c = self.infer.cache_dir
+        if c == "off":
+            return None
+        if not c:
+            return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgert"
+        p = Path(c).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
 
     def model_dir(self) -> Path:
         m = self.infer.model
@@ -144,13 +155,14 @@ _CHOICES = {
     "pipeline.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "camera.source": ("sim",),
     "camera.format": ("bgr",),
+    "infer.profile": ("auto", "cpu", "x86-nvidia", "jetson-orin"),
 }
 _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots", "infer.pool_slots",
-             "infer.intra_op_threads", "preprocess.threads", "control.max_steer_rad",
+             "preprocess.threads", "control.max_steer_rad",
              "control.max_steer_rate_rad_s", "control.recover_after", "pipeline.ready_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
              "sim.vehicle_width_m", "sim.road_length_m"}
-_NON_NEGATIVE = {"pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
+_NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
                  "infer.warmup_runs", "sim.speed_mps", "sim.start_s_m"}
 
 

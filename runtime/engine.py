@@ -2,15 +2,20 @@
 
 Inputs are bound where the preprocessing stage wrote them (a frame-pool slot), outputs
 land in buffers allocated once, so a frame costs one `run_with_iobinding` and no copies.
+With a cache directory, the optimised graph is kept on disk (runtime/ortcache.py) and
+TensorRT keeps its engines there (runtime/profiles.py), so a restart is warm.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from runtime import ortcache
 from runtime.manifest import ModelError, ModelManifest
 from runtime.providers import describe, plan
 
@@ -20,28 +25,72 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int32)": "int32"}
 
 
+def session_options(intra_op_threads: int, optimize: bool = True, save_to: Path | None = None) -> ort.SessionOptions:
+    """The options every edgert session uses (benchmarks use them too, so bare and engine compare fairly)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = 1
+    # Spinning worker threads would steal the cores the other stages run on.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if save_to is not None:
+        so.optimized_model_filepath = str(save_to)
+        so.log_severity_level = 3  # ORT warns the saved graph is hardware-specific: it is a per-machine cache
+    return so
+
+
+def ort_reason(e: Exception) -> str:
+    """onnxruntime's message without its C++ source location and function signature."""
+    msg = str(e)
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"^/onnxruntime_src/\S+ [^(]*\([^)]*\)\s*", "", msg)
+    return msg.strip()
+
+
 class Engine:
     """One verified model in one ONNX Runtime session."""
 
     def __init__(self, manifest: ModelManifest, providers: list[str] | tuple[str, ...] = ("auto",),
-                 intra_op_threads: int = 1) -> None:
+                 intra_op_threads: int = 1, provider_options: dict[str, dict[str, str]] | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         self.manifest = manifest
         data = manifest.read_verified()
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = intra_op_threads
-        so.inter_op_num_threads = 1
-        # Spinning worker threads would steal the cores the other stages run on.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.plan = plan(providers)
-        try:
-            self.session = ort.InferenceSession(data, sess_options=so, providers=self.plan.chosen)
-        except Exception as e:  # onnxruntime raises its own exception types without a common base
-            raise ModelError(f"{manifest.path}: onnxruntime cannot load it: {e}") from None
+        options = provider_options or {}
+        for opts in options.values():  # TensorRT writes its engine/timing caches there
+            for key, value in opts.items():
+                if key.endswith("_cache_path"):
+                    Path(value).mkdir(parents=True, exist_ok=True)
+        chosen = [(p, options.get(p, {})) for p in self.plan.chosen]
+        self.cache_hit = False
+        cache = None
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            cache = ortcache.cache_path(Path(cache_dir), manifest.sha256, self.plan.chosen)
+            cached = ortcache.load(cache)
+            if cached is not None:
+                try:
+                    self.session = ort.InferenceSession(cached, sess_options=session_options(
+                        intra_op_threads, optimize=False), providers=chosen)
+                    self.cache_hit = True
+                except Exception as e:  # a cache ORT cannot read is rebuilt, not fatal
+                    log.warning("optimised-model cache %s unusable (%s): rebuilding it", cache, ort_reason(e))
+        if not self.cache_hit:
+            try:
+                self.session = ort.InferenceSession(data, sess_options=session_options(
+                    intra_op_threads, save_to=cache), providers=chosen)
+            except Exception as e:  # onnxruntime raises its own exception types without a common base
+                raise ModelError(f"{manifest.path}: onnxruntime {ort.__version__} cannot load it with "
+                                 f"{', '.join(self.plan.chosen)}: {ort_reason(e)}. Check the model's opset and "
+                                 "operators against this onnxruntime, or choose another provider") from None
+            if cache is not None:
+                ortcache.seal(cache)
         self.providers = self.session.get_providers()
         self.provider_note = describe(self.plan, self.providers)
-        log.info("model %s %s: %s", manifest.name, manifest.version, self.provider_note)
+        log.info("model %s %s: %s%s", manifest.name, manifest.version, self.provider_note,
+                 "; optimised graph loaded from cache" if self.cache_hit else "")
         self._check_io()
         self.outputs = {o.name: np.zeros(o.shape, dtype=o.dtype) for o in manifest.outputs}
 

@@ -41,7 +41,7 @@ def test_missing_model_file(tiny_model):
 def test_corrupt_model_with_matching_hash_refused_by_onnxruntime(tiny_model):
     (tiny_model / "model.onnx").write_bytes(b"this is not a protobuf")
     write_manifest(tiny_model)
-    with pytest.raises(ModelError, match="onnxruntime cannot load it"):
+    with pytest.raises(ModelError, match="onnxruntime .* cannot load it"):
         Engine(load_manifest(tiny_model))
 
 
@@ -113,3 +113,62 @@ def test_manifest_decoder_index_and_scale_validated(tiny_model):
     (tiny_model / "manifest.toml").write_text(text.replace('output = "steer"', 'output = "steer"\nscale = inf'))
     with pytest.raises(ModelError, match="decoder.scale: inf must be finite and non-zero"):
         load_manifest(tiny_model)
+
+
+def test_unsupported_opset_and_operator_named_without_cpp_noise(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("steer", TensorProto.FLOAT, [1, 1])
+    for opset, op, match in ((99, "Relu", "Opset 99"), (17, "NoSuchOp", "No Op registered for NoSuchOp")):
+        d = tmp_path / f"m{opset}"
+        d.mkdir()
+        g = helper.make_graph([helper.make_node(op, ["image"], ["steer"])], "g", [x], [y])
+        (d / "model.onnx").write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                                                         ir_version=10).SerializeToString())
+        write_manifest(d)
+        with pytest.raises(ModelError, match=match) as info:
+            Engine(load_manifest(d), providers=["CPUExecutionProvider"])
+        assert "/onnxruntime_src/" not in str(info.value) and "or choose another provider" in str(info.value)
+
+
+def test_optimised_model_cache_is_used_and_checked(tiny_model, tmp_path):
+    cache = tmp_path / "cache"
+    m = load_manifest(tiny_model)
+    first = Engine(m, providers=["CPUExecutionProvider"], cache_dir=cache)
+    assert not first.cache_hit
+    files = sorted(cache.glob("*.onnx"))
+    assert len(files) == 1 and files[0].with_suffix(".sha256").is_file()
+    second = Engine(m, providers=["CPUExecutionProvider"], cache_dir=cache)
+    assert second.cache_hit
+    x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
+    assert np.array_equal(first.run(first.bind({"image": x}))["steer"], second.run(second.bind({"image": x}))["steer"])
+    files[0].write_bytes(files[0].read_bytes() + b"tampered")  # a corrupt cache is rebuilt, never loaded
+    third = Engine(m, providers=["CPUExecutionProvider"], cache_dir=cache)
+    assert not third.cache_hit and Engine(m, providers=["CPUExecutionProvider"], cache_dir=cache).cache_hit
+
+
+def test_profiles_keep_every_vendor_and_set_nvidia_caches(tmp_path):
+    from runtime.profiles import resolve
+
+    auto = resolve("auto", tmp_path)
+    assert auto.providers == ("auto",)  # the whole vendor-neutral preference, not NVIDIA-or-CPU
+    orin = resolve("jetson-orin", tmp_path)
+    trt = orin.provider_options["TensorrtExecutionProvider"]
+    assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert resolve("cpu", tmp_path).providers == ("CPUExecutionProvider",)
+    with pytest.raises(ValueError, match="infer.profile: 'tpu' is not one of"):
+        resolve("tpu", tmp_path)
+    # NVIDIA options on a machine without NVIDIA are carried but unused; the session still runs on CPU.
+    eng = Engine(load_manifest_for_tiny(tmp_path), providers=list(orin.providers),
+                 provider_options=orin.provider_options)
+    assert eng.providers[-1] == "CPUExecutionProvider"
+
+
+def load_manifest_for_tiny(tmp_path):
+    d = tmp_path / "tiny2"
+    d.mkdir()
+    make_steer_model(d / "model.onnx")
+    write_manifest(d)
+    return load_manifest(d)

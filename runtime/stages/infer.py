@@ -7,7 +7,10 @@ Inf are never passed on as values: the result says NONFINITE and control fails s
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +19,7 @@ from runtime.engine import Engine
 from runtime.frameinput import FrameInput
 from runtime.framepool import FramePool
 from runtime.manifest import load_manifest
+from runtime.profiles import resolve
 from runtime.stage import Stage
 from runtime.stages.capture import STREAM_IDS
 from runtime.stages.preprocess import TENSOR_STREAM
@@ -29,7 +33,13 @@ class InferStage(Stage):
     def setup(self) -> None:
         icfg = self.cfg.infer
         manifest = load_manifest(self.cfg.model_dir())
-        self.engine = Engine(manifest, providers=icfg.providers, intra_op_threads=icfg.intra_op_threads)
+        cache = self.cfg.cache_dir()
+        profile = resolve(icfg.profile, cache or Path(tempfile.gettempdir()) / "edgert-nocache")
+        providers = icfg.providers if icfg.providers != ["auto"] else list(profile.providers)
+        # 0 threads = one per core this stage is pinned to (pipeline.affinity), so it never oversubscribes
+        threads = icfg.intra_op_threads or len(os.sched_getaffinity(0))
+        self.engine = Engine(manifest, providers=providers, intra_op_threads=threads,
+                             provider_options=profile.provider_options, cache_dir=cache)
         self.engine.warmup(icfg.warmup_runs)
         spec = manifest.inputs[0]
         pool = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
