@@ -198,7 +198,7 @@ class Supervisor:
         self.go["stage"] = b"supervisor"
         sim = self.cfg.sim
         self.telemetry = Telemetry(self.zmq, self.endpoints, self.cfg.control.max_steer_rad,
-                                   (sim.lane_width_m - sim.vehicle_width_m) / 2)
+                                   (sim.lane_width_m - sim.vehicle_width_m) / 2, self.cfg.deadline_ns)
         self.telemetry.start()
         for name in STAGE_NAMES:
             h = (ThreadHandle(name, self._make_ctx) if self.mode == "threads"

@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from runtime import wire
+from runtime.e2e import CommandChecker, Verdict
 from runtime.stats import Samples, summarize_ns
 from runtime.transport import Endpoints, subscriber
 from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, WireError
@@ -42,14 +43,13 @@ class CommandChecks:
     takeover_reasons: dict[str, int] = field(default_factory=dict)  # takeover events by reason
     out_of_range: int = 0
     non_monotone_stamps: int = 0
-    seq_gaps: int = 0
-    rejected: int = 0
 
 
 class Telemetry:
     """Subscribes to `commands` and `vehicle` on a thread of its own until `stop()`."""
 
-    def __init__(self, ctx: zmq.Context, endpoints: Endpoints, max_steer: float, lane_half_margin_m: float) -> None:
+    def __init__(self, ctx: zmq.Context, endpoints: Endpoints, max_steer: float, lane_half_margin_m: float,
+                 deadline_ns: int) -> None:
         self.ctx, self.endpoints = ctx, endpoints
         self.max_steer = max_steer
         self.departure_m = lane_half_margin_m
@@ -57,9 +57,11 @@ class Telemetry:
         self.lateral = Samples()
         self.actuation_age = Samples()
         self.checks = CommandChecks()
+        self.e2e = CommandChecker(max_age_ns=deadline_ns)  # sees every command: loss here is real loss
+        self.takeovers: list[dict[str, Any]] = []  # when each began, why, and when model commands resumed
+        self.vehicle_rejected = 0
         self.departures = 0
         self._out_of_lane = False
-        self._last_seq = 0
         self._in_failsafe = False
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -98,23 +100,21 @@ class Telemetry:
 
     def _on_command(self, msg: bytes) -> None:
         c = self.checks
-        try:
-            rec = wire.decode(msg, MsgType.COMMAND)
-        except WireError:
-            c.rejected += 1
+        rec, verdict = self.e2e.check(msg)
+        if rec is None or verdict in (Verdict.REPEATED, Verdict.REORDERED):
             return
         c.commands += 1
-        seq = int(rec["seq"])
-        if self._last_seq and seq != self._last_seq + 1:
-            c.seq_gaps += 1
-        self._last_seq = seq
         if abs(float(rec["steer"])) > self.max_steer + 1e-6:
             c.out_of_range += 1
+        sent = int(rec["stamps"][Stamp.CTRL_SEND])
         failsafe = bool(int(rec["flags"]) & CommandFlags.FAILSAFE)
         if failsafe and not self._in_failsafe:  # a takeover request begins: count it by its reason
             c.takeover_events += 1
             reason = TakeoverReason(int(rec["reason"])).name
             c.takeover_reasons[reason] = c.takeover_reasons.get(reason, 0) + 1
+            self.takeovers.append({"t_ns": sent, "reason": reason, "resumed_ns": None})
+        if not failsafe and self._in_failsafe and self.takeovers:
+            self.takeovers[-1]["resumed_ns"] = sent
         self._in_failsafe = failsafe
         if failsafe:
             c.failsafe_commands += 1
@@ -130,7 +130,7 @@ class Telemetry:
         try:
             rec = wire.decode(msg, MsgType.VEHICLE)
         except WireError:
-            self.checks.rejected += 1
+            self.vehicle_rejected += 1
             return
         lat = float(rec["lateral"])
         self.lateral.append(lat)
@@ -149,6 +149,10 @@ class Telemetry:
             "stage_latency": {name: summarize_ns(st[:, b] - st[:, a]) for name, a, b in SEGMENTS} if len(st) else {},
             "actuation_age": summarize_ns(self.actuation_age.data[:, 0]),
             "commands": vars(self.checks),
+            "e2e": vars(self.e2e.counters),
+            "takeovers": [{"t_ns": t["t_ns"], "reason": t["reason"],
+                           "resumed_after_s": None if t["resumed_ns"] is None else (t["resumed_ns"] - t["t_ns"]) / 1e9}
+                          for t in self.takeovers],
             "lane": {
                 "frames": int(lat.size),
                 "mean_abs_m": float(np.abs(lat).mean()) if lat.size else float("nan"),

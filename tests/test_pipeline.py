@@ -47,7 +47,9 @@ def _check_summary(s: dict, min_frames: int) -> None:
     assert s["frames"] >= min_frames, s
     c = s["commands"]
     assert c["model_commands"] >= min_frames // 2, c  # frames flowed through every stage to a command
-    assert c["out_of_range"] == 0 and c["rejected"] == 0, c
+    assert c["out_of_range"] == 0, c
+    e2e = s["e2e"]  # every command reached telemetry intact, once, in order, fresh
+    assert e2e["corrupted"] == e2e["repeated"] == e2e["reordered"] == e2e["stale"] == e2e["lost"] == 0, e2e
     assert c["non_monotone_stamps"] == 0, c  # every frame's stamps increase stage by stage
     assert set(c["takeover_reasons"]) <= {"SHUTDOWN"}, c  # a healthy run hands over only when it stops
     assert s["end_to_end"]["n"] == c["model_commands"]
@@ -152,24 +154,40 @@ def test_signal_stops_cleanly_with_named_processes(sig):
     assert set(edgert_processes()) <= set(before)
 
 
-def test_killed_stage_is_restarted_and_control_fails_safe():
+@pytest.mark.parametrize("stage", ["capture", "preprocess", "infer", "control"])
+def test_killed_stage_fails_safe_within_a_deadline_and_resumes(stage):
+    """SIGKILL one stage mid-run: control hands over within one deadline, the stage is restarted,
+    model commands resume, nothing leaks."""
     cfg = load(DEFAULT_CONFIG)
-    sup = Supervisor(cfg, duration_s=9.0, mode="processes")
+    sup = Supervisor(cfg, duration_s=8.0, mode="processes")
+    killed = {}
 
     def killer() -> None:
         while not hasattr(sup, "started_at"):
             time.sleep(0.05)
         time.sleep(2.0)
-        os.kill(sup.handles["infer"].pid, signal.SIGKILL)
+        killed["t_ns"] = time.monotonic_ns()
+        os.kill(sup.handles[stage].pid, signal.SIGKILL)
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     s = sup.run()
     t.join()
-    assert s["stages"]["infer"]["restarts"] == 1, s["stages"]
-    assert s["commands"]["takeover_reasons"].get("DEADLINE", 0) >= 1, s["commands"]
-    # The pipeline resumed: model commands came back after the restart.
-    assert s["stages"]["control"]["frames"] > 0 and s["commands"]["model_commands"] > 100
+    assert s["stages"][stage]["restarts"] == 1, s["stages"]
     assert s["leaked_segments"] == []
+    takeovers = [x for x in s["takeovers"] if x["t_ns"] >= killed["t_ns"] and x["reason"] != "SHUTDOWN"]
+    if stage == "control":  # the dead stage is the one that would hand over: it resumes from STARTUP
+        assert s["stages"]["control"]["frames"] > 0
+    else:
+        assert takeovers, s["takeovers"]
+        first = takeovers[0]
+        assert first["reason"] == "DEADLINE"
+        delay_s = (first["t_ns"] - killed["t_ns"]) / 1e9
+        # the frame behind the last command was captured before the kill, so the takeover comes
+        # within one deadline of it; 0.1 s of slack for a shared 2-core machine
+        assert delay_s <= cfg.deadline_ns / 1e9 + 0.1, delay_s
+        assert first["resumed_after_s"] is not None, "model commands never resumed after the restart"
+        print(f"{stage}: takeover {delay_s * 1000:.0f} ms after SIGKILL, resumed after {first['resumed_after_s']:.2f} s")
+        assert first["resumed_after_s"] < 6.0
 
 
 def test_hung_stage_is_killed_and_restarted():

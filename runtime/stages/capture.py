@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from runtime import wire
+from runtime.e2e import CommandChecker, Verdict
 from runtime.framepool import FramePool
 from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
 from runtime.stage import Stage
@@ -48,6 +49,7 @@ class CaptureStage(Stage):
         self.pub_frames = self.own(publisher(ctx, ep, "frames"))
         self.pub_vehicle = self.own(publisher(ctx, ep, "vehicle"))
         self.commands = self.own(LatestReader(subscriber(ctx, ep, "commands")))
+        self.e2e = CommandChecker(max_age_ns=self.cfg.deadline_ns)
         self.supervisor = self.own(LatestReader(subscriber(ctx, ep, "supervisor")))
         self.frame = wire.new_message(MsgType.FRAME)
         self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
@@ -78,8 +80,9 @@ class CaptureStage(Stage):
         msg = self.commands.drain()
         if msg is None:
             return
-        rec = self.decode(msg, MsgType.COMMAND)
-        if rec is None:
+        rec, verdict = self.e2e.check(msg)
+        if verdict is not Verdict.OK:  # corrupted, repeated, reordered or stale: never acted on
+            self.reject(f"command {verdict.value}")
             return
         self.steer = float(rec["steer"])
         self.accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0
