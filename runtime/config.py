@@ -95,6 +95,9 @@ class ControlSection:
     max_steer_rate_rad_s: float = 2.0
     failsafe_decel_mps2: float = 2.0
     recover_after: int = 3  # consecutive good results before leaving fail-safe
+    can_interface: str = ""  # "" = no CAN output; "socketcan" or "virtual" (python-can interfaces)
+    can_channel: str = ""  # e.g. "can0", "vcan0"
+    can_id: int = 0x2E4  # standard 11-bit id of the command frame
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ _CHOICES = {
     "camera.source": ("sim",),
     "camera.format": ("bgr",),
     "infer.profile": ("auto", "cpu", "x86-nvidia", "jetson-orin"),
+    "control.can_interface": ("", "socketcan", "virtual"),
 }
 _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots", "infer.pool_slots",
              "preprocess.threads", "control.max_steer_rad",
@@ -246,6 +250,10 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not 1024 <= cfg.pipeline.tcp_base_port <= 65535 - 16:
         raise ConfigError(f"pipeline.tcp_base_port: {cfg.pipeline.tcp_base_port} outside 1024..65519 "
                           "(each topic uses base + its index)")
+    if cfg.control.can_interface and not cfg.control.can_channel:
+        raise ConfigError(f"control.can_channel: required with can_interface = {cfg.control.can_interface!r}")
+    if not 0 <= cfg.control.can_id <= 0x7FF:
+        raise ConfigError(f"control.can_id: {cfg.control.can_id:#x} is not a standard 11-bit CAN id (0..0x7ff)")
     if cfg.camera.pool_slots < 2:
         raise ConfigError(f"camera.pool_slots: need at least 2 so the camera never waits, got {cfg.camera.pool_slots}")
     if cfg.infer.pool_slots < 2:

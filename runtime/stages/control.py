@@ -40,6 +40,11 @@ class ControlStage(Stage):
         self.results = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "results")))
         self.supervisor = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "supervisor")))
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "commands"))
+        self.can = None
+        if c.can_interface:  # the same commands on a CAN bus, E2E-protected (runtime/canbus.py)
+            from runtime.canbus import CanSink
+
+            self.can = self.own(CanSink(c.can_interface, c.can_channel, c.can_id))
         self.cmd = wire.new_message(MsgType.COMMAND)
         # Sequence numbers continue from the clock (in ms) so a restarted stage never repeats one.
         self.cmd["seq"] = time.monotonic_ns() // 1_000_000
@@ -79,6 +84,8 @@ class ControlStage(Stage):
         c["stamps"][Stamp.CTRL_SEND] = sent
         c["age_ns"] = sent - int(c["stamps"][Stamp.CAPTURE]) if c["stamps"][Stamp.CAPTURE] else 0
         self.pub.send(wire.encode(c))
+        if self.can is not None:
+            self.can.send(steer, float(c["accel"]), int(c["flags"]), int(c["reason"]), int(c["seq"]), int(c["age_ns"]))
 
     def _enter_failsafe(self, reason: TakeoverReason, detail: str) -> None:
         self.good_streak = 0
