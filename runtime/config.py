@@ -92,6 +92,7 @@ class InferSection:
 class ControlSection:
     deadline_ms: float = 0.0  # 0 = two frame periods
     max_steer_rad: float = 0.5
+    plausible_steer_rad: float = 1.0  # a model output beyond this is invalid (a takeover), not clamped
     max_steer_rate_rad_s: float = 2.0
     failsafe_decel_mps2: float = 2.0
     recover_after: int = 3  # consecutive good results before leaving fail-safe
@@ -163,7 +164,7 @@ _CHOICES = {
 }
 _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots", "infer.pool_slots",
              "preprocess.threads", "control.max_steer_rad",
-             "control.max_steer_rate_rad_s", "control.recover_after", "pipeline.ready_timeout_s",
+             "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad", "pipeline.ready_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
              "sim.vehicle_width_m", "sim.road_length_m"}
 _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
@@ -250,6 +251,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not 1024 <= cfg.pipeline.tcp_base_port <= 65535 - 16:
         raise ConfigError(f"pipeline.tcp_base_port: {cfg.pipeline.tcp_base_port} outside 1024..65519 "
                           "(each topic uses base + its index)")
+    if cfg.control.plausible_steer_rad < cfg.control.max_steer_rad:
+        raise ConfigError(f"control.plausible_steer_rad: {cfg.control.plausible_steer_rad} is below max_steer_rad "
+                          f"{cfg.control.max_steer_rad}: every saturated command would be a takeover")
     if cfg.control.can_interface and not cfg.control.can_channel:
         raise ConfigError(f"control.can_channel: required with can_interface = {cfg.control.can_interface!r}")
     if not 0 <= cfg.control.can_id <= 0x7FF:

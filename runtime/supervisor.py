@@ -43,7 +43,8 @@ log = logging.getLogger("edgert.supervisor")
 
 STOP_TIMEOUT_S = 5.0
 HEARTBEAT_TIMEOUT_S = 2.0  # a stage alive but silent this long is hung: kill it, then restart it
-MAX_RESTARTS = 3
+MAX_RESTARTS = 3  # within RESTART_WINDOW_S: crashes days apart do not add up to giving up
+RESTART_WINDOW_S = 60.0
 BACKOFF_S = 0.5
 
 
@@ -140,7 +141,8 @@ class StageStatus:
     counters: dict[str, int] | None = None  # of the current instance of the stage
     earlier: dict[str, int] | None = None  # summed over instances that died
     pid: int = 0
-    restarts: int = 0
+    restarts: int = 0  # over the whole run (reported)
+    recent: list[float] | None = None  # when restarts happened, for the give-up budget
     given_up: bool = False
     restart_at: float = 0.0
 
@@ -292,16 +294,24 @@ class Supervisor:
                 continue
             if st.restart_at == 0.0:
                 code = h.exitcode()
-                if st.restarts >= MAX_RESTARTS:
+                st.recent = [t for t in (st.recent or []) if now - t < RESTART_WINDOW_S]
+                if len(st.recent) >= MAX_RESTARTS:
                     st.given_up = True
-                    log.error("stage %s keeps crashing (exit code %s after %d restarts): giving up on it; "
-                              "control stays in fail-safe", name, code, st.restarts)
+                    if name == "control":  # nothing would command the car: end the run
+                        log.error("stage control keeps crashing (exit code %s, %d restarts in %.0f s): giving up "
+                                  "and stopping the pipeline", code, len(st.recent), RESTART_WINDOW_S)
+                        self.exit_reason = "control stage given up"
+                        self.stop_requested.set()
+                    else:
+                        log.error("stage %s keeps crashing (exit code %s, %d restarts in %.0f s): giving up on it; "
+                                  "control stays in fail-safe", name, code, len(st.recent), RESTART_WINDOW_S)
                     continue
-                delay = BACKOFF_S * 2 ** st.restarts
+                delay = BACKOFF_S * 2 ** len(st.recent)
                 log.error("stage %s died (exit code %s); restarting in %.1f s", name, code, delay)
                 st.restart_at = now + delay
             elif now >= st.restart_at:
                 st.restarts += 1
+                st.recent = (st.recent or []) + [now]
                 st.restart_at = 0.0
                 st.state = StageState.STARTING
                 h.start()

@@ -71,7 +71,7 @@ def _drive(send, n: int, value: float = 0.2, **kw) -> None:
 
 def test_commands_clamped_rate_limited_and_traceable(control):
     h, send, recv = control
-    _drive(send, 15, value=5.0)  # far beyond max_steer: must be clamped and ramped
+    _drive(send, 15, value=0.9)  # beyond max_steer but plausible: clamped and ramped
     cmds = recv(0.1)
     assert len(cmds) >= 12
     steers = [float(c["steer"]) for c in cmds]
@@ -220,3 +220,13 @@ def test_shutdown_sends_a_last_takeover_and_seq_survives_restart(tiny_model):
         sup.close(0)
         h.close()
     assert seqs[1] > seqs[0]  # a restarted stage never reuses a sequence number
+
+
+def test_implausible_model_output_is_a_takeover_not_a_clamp(control):
+    h, send, recv = control
+    _drive(send, 3)
+    send(5.0)  # 5 rad of steering: no model output means that
+    cmds = recv(0.2)
+    fs = [c for c in cmds if int(c["flags"]) & CommandFlags.FAILSAFE]
+    assert fs and int(fs[0]["reason"]) == TakeoverReason.INVALID_RESULT
+    assert not [c for c in cmds if int(c["frame_id"]) == 4]

@@ -18,6 +18,7 @@ import pytest
 from runtime import shm
 from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
 from runtime.supervisor import Supervisor
+from runtime.wire import StageState
 
 STAGE_TITLES = {"edgert-capture", "edgert-preprocess", "edgert-infer", "edgert-control"}
 
@@ -240,3 +241,28 @@ def test_echo_refuses_a_topic_whose_socket_the_supervisor_binds():
     r = subprocess.run([sys.executable, "-m", "runtime.cli", "echo", "heartbeat"], capture_output=True, text=True,
                        timeout=60, cwd=PROJECT_ROOT)
     assert r.returncode == 2 and "echo would take that socket over" in r.stderr
+
+
+def test_control_that_keeps_crashing_ends_the_run():
+    """Without a control stage nothing commands the car: after 3 restarts the run stops, saying why."""
+    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=30.0, mode="processes")
+    kills = []
+
+    def killer() -> None:
+        while not hasattr(sup, "started_at"):
+            time.sleep(0.05)
+        while not sup.stop_requested.is_set() and len(kills) < 6:
+            h = sup.handles["control"]
+            if h.alive() and sup.status["control"].state == StageState.RUNNING and h.pid not in kills:
+                kills.append(h.pid)
+                os.kill(h.pid, signal.SIGKILL)
+            time.sleep(0.05)
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    started = time.monotonic()
+    s = sup.run()
+    t.join(5)
+    assert s["exit_reason"] == "control stage given up", s["exit_reason"]
+    assert s["stages"]["control"]["given_up"] and s["stages"]["control"]["restarts"] == 3
+    assert time.monotonic() - started < 25
+    assert s["leaked_segments"] == []

@@ -150,10 +150,12 @@ class ControlStage(Stage):
             return
         index = self.decoder.index
         value = float(rec["values"][index]) * self.decoder.scale if index < int(rec["n_values"]) else math.nan
-        if int(rec["status"]) != ResultStatus.OK or not math.isfinite(value):
+        plausible = math.isfinite(value) and abs(value) <= self.cfg.control.plausible_steer_rad
+        if int(rec["status"]) != ResultStatus.OK or not plausible:
             self.invalid += 1
             why = (f"status {ResultStatus(int(rec['status'])).name}" if int(rec["status"]) != ResultStatus.OK
-                   else f"decoded value {value} (index {index} of {int(rec['n_values'])} values)")
+                   else f"decoded value {value} (index {index} of {int(rec['n_values'])} values; plausible "
+                        f"|value| <= {self.cfg.control.plausible_steer_rad} rad)")
             self._enter_failsafe(TakeoverReason.INVALID_RESULT, f"frame {int(rec['frame_id'])}: {why}")
             return
         self.frames += 1
