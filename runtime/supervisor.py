@@ -36,7 +36,7 @@ from runtime.stages import STAGE_NAMES, stage_class
 from runtime.stages.capture import CAMERA_STREAM
 from runtime.stages.preprocess import TENSOR_STREAM
 from runtime.telemetry import Telemetry
-from runtime.transport import Endpoints, LatestReader, publisher, subscriber
+from runtime.transport import Endpoints, publisher, subscriber
 from runtime.wire import MsgType, StageState, WireError
 
 log = logging.getLogger("edgert.supervisor")
@@ -194,7 +194,6 @@ class Supervisor:
 
     def _start(self) -> None:
         self.heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")
-        self.hb_reader = LatestReader(self.heartbeats)
         self.pub = publisher(self.zmq, self.endpoints, "supervisor")
         self.go = wire.new_message(MsgType.HEARTBEAT)
         self.go["stage"] = b"supervisor"
@@ -211,8 +210,7 @@ class Supervisor:
                  self.endpoints("frames").split("://")[0] + "://")
 
     def _poll_heartbeats(self, timeout_ms: int) -> None:
-        poller = self.hb_reader.poller
-        if not poller.poll(timeout_ms):
+        if not self.heartbeats.poll(timeout_ms):
             return
         while True:
             try:
