@@ -79,9 +79,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
         print("edgert: error: a threads-mode pipeline uses inproc:// sockets, visible only inside its process",
               file=sys.stderr)
         return 1
-    p = cfg.pipeline
     ctx = zmq.Context()
-    sock = subscriber(ctx, Endpoints(p.transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port), args.topic)
+    sock = subscriber(ctx, Endpoints.for_run(cfg, run_id, run_dir), args.topic)
     n = 0
     try:
         while args.count == 0 or n < args.count:

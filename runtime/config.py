@@ -40,6 +40,7 @@ class PipelineSection:
     transport: str = "ipc"  # ipc | tcp (threads mode always uses inproc)
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5550
+    curve: bool = False  # tcp only: encrypt and authenticate every socket with ZeroMQ CURVE
     duration_s: float = 0.0  # 0 = until SIGINT/SIGTERM
     ready_timeout_s: float = 180.0
     log_level: str = "INFO"
@@ -173,6 +174,10 @@ _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadl
 
 def _check_type(key: str, value: Any, want: Any) -> Any:
     origin = getattr(want, "__origin__", None)
+    if want is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
     if want is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
@@ -245,6 +250,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
         bad = [c for c in cores if not 0 <= c < ncpu]
         if bad or not cores:
             raise ConfigError(f"pipeline.affinity.{stage}: cores {cores} invalid on this {ncpu}-core machine")
+    if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
+        raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
+                          "(ipc:// sockets are protected by the run directory's 0700 permissions)")
     if cfg.camera.fps < 1:
         raise ConfigError(f"camera.fps: {cfg.camera.fps} is below 1 frame per second; the deadline and "
                           "heartbeats assume at least 1")

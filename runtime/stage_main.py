@@ -54,10 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     apply_affinity(cfg.pipeline.affinity.get(name), log)
     ctx = zmq.Context()
-    endpoints = Endpoints(cfg.pipeline.transport, run_id, run_dir, cfg.pipeline.tcp_host, cfg.pipeline.tcp_base_port)
+    endpoints = Endpoints.for_run(cfg, run_id, run_dir)
+    auth = None
+    if endpoints.curve_dir:  # this process binds sockets too: only the run's own keys may connect
+        from runtime.curve import start_authenticator
+
+        auth = start_authenticator(ctx, endpoints.curve_dir)
     try:
         return run_stage(stage_class(name)(StageContext(name, cfg, run_id, endpoints, ctx, stop)))
     finally:
+        if auth is not None:
+            auth.stop()
         ctx.term()
 
 

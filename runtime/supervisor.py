@@ -169,6 +169,7 @@ class Supervisor:
         self.pools: list[FramePool] = []
         self.handles: dict[str, ProcessHandle | ThreadHandle] = {}
         self.telemetry: Telemetry | None = None
+        self.auth = None
         self.zmq = zmq.Context()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
         started = time.monotonic()
@@ -178,9 +179,12 @@ class Supervisor:
                                                cam.width * cam.height * 3))
             self.pools.append(FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
                                                int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize))
-            transport = "inproc" if self.mode == "threads" else self.cfg.pipeline.transport
-            p = self.cfg.pipeline
-            self.endpoints = Endpoints(transport, self.run_id, str(self.run_dir), p.tcp_host, p.tcp_base_port)
+            self.endpoints = Endpoints.for_run(self.cfg, self.run_id, self.run_dir)
+            if self.endpoints.curve_dir:
+                from runtime import curve
+
+                curve.make_keys(self.run_dir)
+                self.auth = curve.start_authenticator(self.zmq, self.endpoints.curve_dir)
             self._start()
             self._wait_ready()
             self.ready_s = time.monotonic() - started
@@ -330,6 +334,8 @@ class Supervisor:
         for attr in ("heartbeats", "pub"):
             if hasattr(self, attr):
                 getattr(self, attr).close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         if any(h.alive() for h in handles.values()):
             log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
         else:

@@ -9,10 +9,15 @@ on close, so a stopping stage cannot hang on undelivered messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
 from runtime.topics import TOPICS, topic
+
+if TYPE_CHECKING:
+    from runtime.config import PipelineConfig
 
 SNDHWM = 64
 RCVHWM = 64
@@ -27,6 +32,15 @@ class Endpoints:
     run_dir: str = ""
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5550
+    curve_dir: str = ""  # tcp only: this run's CURVE keys (runtime/curve.py); "" = plain tcp
+
+    @classmethod
+    def for_run(cls, cfg: "PipelineConfig", run_id: str, run_dir: str | Path) -> "Endpoints":
+        """A run's endpoints: inproc:// in threads mode, else the config's transport (CURVE on tcp if asked)."""
+        p = cfg.pipeline
+        transport = "inproc" if p.mode == "threads" else p.transport
+        curve_dir = str(Path(run_dir) / "curve") if p.curve and transport == "tcp" else ""
+        return cls(transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port, curve_dir)
 
     def __call__(self, name: str) -> str:
         topic(name)  # unknown names fail here, with the list of known ones
@@ -39,16 +53,21 @@ class Endpoints:
         raise ValueError(f"transport {self.transport!r} is not one of 'ipc', 'inproc', 'tcp'")
 
 
+def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> zmq.Socket:
+    """Bind or connect; with CURVE, the binding side is the server, the connecting side the client."""
+    if endpoints.curve_dir:
+        from runtime import curve
+
+        (curve.as_server if binds else curve.as_client)(sock, endpoints.curve_dir)
+    (sock.bind if binds else sock.connect)(endpoints(name))
+    return sock
+
+
 def publisher(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
-    addr = endpoints(name)
-    if topic(name).bound_by_subscriber:
-        sock.connect(addr)
-    else:
-        sock.bind(addr)
-    return sock
+    return _attach(sock, endpoints, name, binds=not topic(name).bound_by_subscriber)
 
 
 def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
@@ -56,12 +75,7 @@ def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    addr = endpoints(name)
-    if topic(name).bound_by_subscriber:
-        sock.bind(addr)
-    else:
-        sock.connect(addr)
-    return sock
+    return _attach(sock, endpoints, name, binds=topic(name).bound_by_subscriber)
 
 
 class LatestReader:

@@ -108,6 +108,56 @@ def test_closed_loop_over_tcp_loopback():
     _check_summary(s, min_frames=45)
 
 
+def test_curve_pipeline_runs_and_refuses_outsiders(tmp_path):
+    """tcp:// with CURVE: a client with this run's keys receives commands; one without receives nothing."""
+    import zmq
+    import zmq.auth
+
+    from runtime import curve
+    from runtime.topics import TOPICS
+    from runtime.transport import Endpoints
+
+    cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True,
+                                                 "tcp_base_port": _free_port_block(len(TOPICS))})
+    sup = Supervisor(cfg, duration_s=4.0, mode="processes")
+    got = {"insider": 0, "plain": 0, "foreign": 0}
+    finished = threading.Event()
+
+    def listeners() -> None:
+        while not hasattr(sup, "started_at"):
+            time.sleep(0.05)
+        ctx = zmq.Context()
+        ep = Endpoints.for_run(sup.cfg, sup.run_id, sup.run_dir)
+        socks = {name: ctx.socket(zmq.SUB) for name in got}
+        curve.as_client(socks["insider"], ep.curve_dir)  # the run's own client keys: the control case
+        zmq.auth.create_certificates(str(tmp_path), "intruder")  # valid CURVE keys, just not this run's
+        f = socks["foreign"]
+        f.curve_publickey, f.curve_secretkey = zmq.auth.load_certificate(str(tmp_path / "intruder.key_secret"))
+        f.curve_serverkey, _ = zmq.auth.load_certificate(str(sup.run_dir / "curve" / "server.key_secret"))
+        for sock in socks.values():
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(ep("commands"))
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            for name, sock in socks.items():
+                while sock.poll(10):
+                    sock.recv()
+                    got[name] += 1
+        for sock in socks.values():
+            sock.close(0)
+        ctx.term()
+        finished.set()
+    t = threading.Thread(target=listeners, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join(10)
+    assert finished.is_set(), "the listener thread failed"
+    assert sup.endpoints.curve_dir
+    _check_summary(s, min_frames=60)  # the run's own stages got everything through
+    assert got["insider"] > 20, got  # commands were flowing on that endpoint meanwhile
+    assert got["plain"] == 0 and got["foreign"] == 0, got
+
+
 def _start_cli(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(DEFAULT_CONFIG), *args],
