@@ -8,14 +8,17 @@ Per case, on the same frames and interleaved round-robin in one run (bench/repor
   memcpy   np.copyto of the source frame(s): the floor for touching the input once
 Ratios are p50/p50 (and p99/p99 with the _p99 suffix) within this run.
 
-`EDGERT_BENCH_N` overrides the sample count (the tests use it to run in a second).
+Cold start (compile vs. load from Numba's cache) is measured in fresh subprocesses with a
+fresh NUMBA_CACHE_DIR and written to the notes and config["cold_start_s"].
+`EDGERT_BENCH_N` overrides the sample count (the tests use it to run in a second);
+`EDGERT_BENCH_NO_COLDSTART=1` skips the cold-start subprocesses.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numba
@@ -43,8 +46,9 @@ def _frames(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _spec(**kw: object) -> PreprocessSpec:
-    base = dict(src_format="bgr", out_width=640, out_height=384, resize="bilinear", color="rgb", scale=1 / 255,
-                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="nchw", dtype="float32")
+    base: dict[str, object] = {"src_format": "bgr", "out_width": 640, "out_height": 384, "resize": "bilinear",
+                               "color": "rgb", "scale": 1 / 255, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                               "layout": "nchw", "dtype": "float32"}
     base.update(kw)
     return PreprocessSpec(**base)  # type: ignore[arg-type]
 
@@ -65,8 +69,11 @@ def case_bgr(rng: np.random.Generator, threads: int) -> Case:
     """1920x1080 BGR -> 1x3x384x640 float32, (v/255 - 0.5)/0.5, RGB order, bilinear."""
     spec = _spec()
     src = _frames(rng, (1080, 1920, 3))
+    fns = {"fused": _fused(spec, src, threads, src.shape)}
+    if threads > 1:  # what the threads buy, and what they cost in tail on a busy machine
+        fns["fused_1t"] = _fused(spec, src, 1, src.shape)
     return Case("bgr1080_to_384x640", {
-        "fused": _fused(spec, src, threads, src.shape),
+        **fns,
         "naive": lambda: reference_preprocess(spec, src),
         "blob": lambda: cv2.dnn.blobFromImage(src, 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
         "memcpy": _memcpy(src),
@@ -128,6 +135,43 @@ def case_batch(rng: np.random.Generator, threads: int) -> Case:
     })
 
 
+_COLD = """
+import time, json
+t0 = time.perf_counter()
+import numpy as np
+from kernels import PreprocessSpec, Preprocessor
+t1 = time.perf_counter()
+spec = PreprocessSpec(src_format={fmt!r}, out_width=640, out_height=384, resize="bilinear", color="rgb",
+                      layout="nchw", dtype="float32")
+pre = Preprocessor(spec, {shape!r}, threads={threads})
+pre.warmup()
+t2 = time.perf_counter()
+print(json.dumps({{"import_s": t1 - t0, "build_warmup_s": t2 - t1}}))
+"""
+
+
+def cold_start(threads: int) -> dict[str, dict[str, float]]:
+    """Seconds to import and to build + warm up a Preprocessor in a fresh process, with an empty
+    Numba cache (compiles) and then with the cache it left (loads), per kernel family."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out: dict[str, dict[str, float]] = {}
+    for fmt, shape in (("bgr", (1080, 1920, 3)), ("nv12", (1620, 1920))):
+        with tempfile.TemporaryDirectory(prefix="edgert-numba-cache-") as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            for label in ("cold", "warm"):
+                code = _COLD.format(fmt=fmt, shape=shape, threads=threads)
+                res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                                     timeout=600, check=True)
+                out[f"{fmt}_{label}_cache"] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 def _supports(**kw: object) -> bool:
     try:
         _spec(**kw)
@@ -147,6 +191,7 @@ def run(quick: bool = False) -> Report:
     threads = max(1, min(len(os.sched_getaffinity(0)), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(threads)
     rng = np.random.default_rng(0)
+    load0 = os.getloadavg()
     report = Report("preprocess", {"n": n, "quick": quick, "threads": threads, "cv2": cv2.__version__,
                                    "cv2_threads": cv2.getNumThreads(),
                                    "numba_threading_layer": numba.config.THREADING_LAYER})
@@ -160,6 +205,13 @@ def run(quick: bool = False) -> Report:
         builders.append(lambda: case_batch(rng, threads))
     else:
         report.notes.append("8-camera case left out: the kernel has no batches yet")
+    if os.environ.get("EDGERT_BENCH_NO_COLDSTART") != "1":
+        cold = cold_start(threads)
+        report.config["cold_start_s"] = cold
+        for k, v in cold.items():
+            report.notes.append(f"cold start, {k.replace('_', ' ')}: import {v['import_s']:.2f} s, build + warm-up "
+                                f"{v['build_warmup_s']:.2f} s (fresh process, NUMBA_CACHE_DIR "
+                                f"{'empty' if 'cold' in k else 'left by the previous run'})")
     for build in builders:
         case = build()
         if case is None:
@@ -170,6 +222,13 @@ def run(quick: bool = False) -> Report:
         for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
             for p99 in (False, True):
                 report.ratio(f"{case.name}:{a}", f"{case.name}:{b}", p99=p99)
+        if f"{case.name}:fused_1t" in report.cases:
+            report.ratio(f"{case.name}:fused_1t", f"{case.name}:fused")
+            report.ratio(f"{case.name}:fused_1t", f"{case.name}:fused", p99=True)
         if case.note:
             report.notes.append(case.note)
+    load1 = os.getloadavg()
+    report.config["loadavg_before_after"] = [round(load0[0], 2), round(load1[0], 2)]
+    report.notes.append(f"1-min load average {load0[0]:.2f} before, {load1[0]:.2f} after, on {threads} cores: the "
+                        "machine is shared, so tails (p99+) include other people's work; ratios are same-run")
     return report

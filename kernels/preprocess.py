@@ -1,5 +1,12 @@
 """The fused preprocessing kernel: camera bytes -> model input tensor in one pass.
 
+This module holds the packed BGR/RGB kernel (bit-for-bit pinned: the shipped PilotNet was
+trained on its output, tests/test_kernels_pin.py) and `Preprocessor`, which also drives the
+GRAY/NV12/I420/YUYV kernel (kernels/yuvkernel.py), batches (one kernel call per frame into
+out[i]), letterbox (the kernel writes the fitted image at an offset, the borders are filled
+with the normalised pad value) and uint8 output (kernels/store.py). docs/kernels.md has the
+formats, conventions, tolerances and measured figures.
+
 ROI crop, resize (area or bilinear), colour conversion, scale/mean/std normalisation, layout
 and dtype happen in one Numba-compiled loop over output rows that writes straight into a
 caller-provided buffer (a frame-pool slot bound to the inference session), so a frame costs
@@ -49,13 +56,16 @@ NUMBA_THREADING_LAYER for that).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numba
 import numpy as np
 from numba import njit, prange, types
 
-from kernels.resample import tap_tables, window_starts
+from kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
+from kernels.resample import letterbox_size, tap_tables, window_starts
 from kernels.spec import PreprocessSpec
+from kernels.store import KIND, _half_bits, store_row  # noqa: F401 (_half_bits: re-exported for tests)
 
 # --- colour -------------------------------------------------------------------------------
 
@@ -68,6 +78,8 @@ _TARGETS = {
                np.array([0.0, 128.0, 128.0])),
 }
 _TO_RGB = {"rgb": np.eye(3), "bgr": np.eye(3)[::-1]}  # source channel order -> (R, G, B)
+# gray and YUV sources are decoded to R, G, B before the matrix (kernels/yuvkernel.py)
+_TO_RGB.update({f: np.eye(3) for f in ("gray", "nv12", "i420", "yuyv")})
 
 
 def color_coefficients(spec: PreprocessSpec) -> np.ndarray:
@@ -91,24 +103,8 @@ def color_coefficients(spec: PreprocessSpec) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _half_bits(x):  # pragma: no cover - compiled
-    """float32 -> IEEE half bits, round to nearest even (F. Giesen's float_to_half_fast3_rtne)."""
-    u = np.float32(x).view(np.uint32)
-    sign = u & np.uint32(0x80000000)
-    u = np.uint32(u ^ sign)
-    if u >= np.uint32(0x47800000):  # too big for half: inf, or NaN stays NaN
-        o = np.uint32(0x7E00) if u > np.uint32(0x7F800000) else np.uint32(0x7C00)
-    elif u < np.uint32(0x38800000):  # subnormal half or zero: let the FPU round
-        f = np.float32(np.uint32(u).view(np.float32) + np.float32(0.5))
-        o = np.uint32(f.view(np.uint32) - np.uint32(0x3F000000))
-    else:
-        odd = (u >> np.uint32(13)) & np.uint32(1)
-        o = (u + np.uint32(0xC8000FFF) + odd) >> np.uint32(13)  # rebias exponent (-112 << 23), round
-    return np.uint16(o | (sign >> np.uint32(16)))
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, nchw, f16, r0, r1):  # pragma: no cover
+def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, out8, kind, nchw, oy0, ox0, r0,
+          r1):  # pragma: no cover
     """Output rows [r0, r1) using scratch row `buf` (rw3 floats + 3 * taps zeros) and `pix` ([3, out_w])."""
     ty = yidx.shape[1]
     ow, tx = xw.shape
@@ -174,37 +170,23 @@ def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, nchw
             p0[ox] = min(max(m00 * a0 + m01 * a1 + m02 * a2 + d0, lo), hi) * g0 + b0
             p1[ox] = min(max(m10 * a0 + m11 * a1 + m12 * a2 + d1, lo), hi) * g1 + b1
             p2[ox] = min(max(m20 * a0 + m21 * a1 + m22 * a2 + d2, lo), hi) * g2 + b2
-        # 4. layout + dtype
-        if f16:
-            if nchw:
-                for c in range(3):
-                    for ox in range(ow):
-                        out16[c, oy, ox] = _half_bits(pix[c, ox])
-            else:
-                for ox in range(ow):
-                    for c in range(3):
-                        out16[oy, ox, c] = _half_bits(pix[c, ox])
-        else:
-            if nchw:
-                for c in range(3):
-                    for ox in range(ow):
-                        out32[c, oy, ox] = pix[c, ox]
-            else:
-                for ox in range(ow):
-                    for c in range(3):
-                        out32[oy, ox, c] = pix[c, ox]
+        # 4. layout + dtype (kernels/store.py)
+        store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
 
 
-def _serial(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, nchw, f16):  # pragma: no cover
-    _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf[0], pixbuf[0], out32, out16, nchw, f16, 0, yidx.shape[0])
+def _serial(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, out8, kind, nchw, oy0,
+            ox0):  # pragma: no cover
+    _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf[0], pixbuf[0], out32, out16, out8, kind, nchw, oy0, ox0,
+          0, yidx.shape[0])
 
 
-def _parallel(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, nchw, f16):  # pragma: no cover
+def _parallel(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, out8, kind, nchw, oy0,
+              ox0):  # pragma: no cover
     n = rowbuf.shape[0]
     oh = yidx.shape[0]
     for t in prange(n):
-        _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf[t], pixbuf[t], out32, out16, nchw, f16,
-              t * oh // n, (t + 1) * oh // n)
+        _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf[t], pixbuf[t], out32, out16, out8, kind, nchw, oy0,
+              ox0, t * oh // n, (t + 1) * oh // n)
 
 
 # One signature for every spec: specs differ only in the tables and flags passed in. The
@@ -216,7 +198,8 @@ _SIGNATURE = types.void(
     types.Array(types.uint8, 2, "A", readonly=True), types.intp, types.intp,
     _C2[types.int32], _C2[types.float32], types.Array(types.uint32, 1, "C"), _C2[types.float32], _C2[types.float32],
     _C2[types.float32], types.Array(types.float32, 3, "C"),
-    types.Array(types.float32, 3, "C"), types.Array(types.uint16, 3, "C"), types.boolean, types.boolean)
+    types.Array(types.float32, 3, "C"), types.Array(types.uint16, 3, "C"), types.Array(types.uint8, 3, "C"),
+    types.intp, types.boolean, types.intp, types.intp)
 
 _kernels: dict[bool, numba.core.dispatcher.Dispatcher] = {}
 _kernels_lock = threading.Lock()
@@ -245,85 +228,175 @@ class Preprocessor:
     instance must not be called from two threads at once (build one per thread).
     """
 
-    def __init__(self, spec: PreprocessSpec, src_shape: tuple[int, int, int], *, threads: int = 1) -> None:
+    def __init__(self, spec: PreprocessSpec, src_shape: tuple[int, ...], *, threads: int = 1,
+                 batch: int = 1) -> None:
         if not isinstance(spec, PreprocessSpec):
             raise ValueError(f"spec: expected a PreprocessSpec, got {type(spec).__name__}; "
                              "build one with PreprocessSpec(...) or PreprocessSpec.from_dict(table)")
-        shape = tuple(src_shape)
-        if len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
-            raise ValueError(f"src_shape: expected (height, width, 3) positive integers, got {src_shape!r}")
-        h, w, ch = (int(d) for d in shape)
-        if ch != 3:
-            raise ValueError(f"src_shape: {spec.src_format!r} frames have 3 channels, got {ch} in {shape}; "
-                             "convert the camera to BGR/RGB or fix preprocess.src_format")
+        shape = tuple(src_shape) if isinstance(src_shape, (tuple, list)) else src_shape
+        if not isinstance(shape, tuple):
+            raise ValueError(f"src_shape: expected a tuple of positive integers, got {src_shape!r}")
+        h, w = frame_size(spec, shape)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch: expected an integer >= 1 (frames per output tensor), got {batch!r}")
         rx, ry, rw, rh = spec.roi if spec.roi is not None else (0, 0, w, h)
         if rx + rw > w or ry + rh > h:
             raise ValueError(f"preprocess.roi: (x={rx}, y={ry}, w={rw}, h={rh}) reaches column {rx + rw} and row "
                              f"{ry + rh}, outside the {w}x{h} frame; shrink the roi or fix the camera size")
         self.spec = spec
-        self.src_shape: tuple[int, int, int] = (h, w, 3)
+        self.batch = batch
+        self.frame_size: tuple[int, int] = (h, w)  # (height, width) of the picture
+        self.src_shape: tuple[int, ...] = tuple(int(d) for d in shape)
         ow, oh = spec.out_width, spec.out_height
-        self.out_shape: tuple[int, int, int, int] = spec.out_shape
+        self.out_shape: tuple[int, int, int, int] = (batch,) + spec.out_shape[1:]
         self.out_dtype: np.dtype = np.dtype(spec.dtype)
         self._out3 = self.out_shape[1:]
-        (xi, xw), (yi, yw) = tap_tables(spec.resize, rw, rh, ow, oh)
+        # Letterbox: the ROI is resized to (cw, ch) and placed at (ox0, oy0); the rest is padding.
+        cw, ch = letterbox_size(spec, rw, rh)
+        self._ox0, self._oy0 = (ow - cw) // 2, (oh - ch) // 2
+        self._cw, self._ch = cw, ch
+        self._roi = (rx, ry, rw, rh)
+        (xi, xw), (yi, yw) = tap_tables(spec.resize, rw, rh, cw, ch)
         self._xstart = window_starts(xi, xw) * np.uint32(3)  # element offset of each window in the row buffer
         self._xw = np.ascontiguousarray(xw, np.float32)
         self._yidx = np.ascontiguousarray(yi + ry, np.int32)  # absolute source row
         self._yw = np.ascontiguousarray(yw, np.float32)
-        self._x0 = rx * 3
+        self._packed = spec.src_format in ("bgr", "rgb")
+        self._fmt = FORMAT_CODE.get(spec.src_format, -1)
+        self._x0 = rx * 3 if self._packed else rx
+        self._rw = rw
         self._rw3 = rw * 3
-        self._rw3_full = w * 3  # bytes in a packed source row
+        # bytes in one (unpadded) row of the 2-D view the kernel reads
+        self._row_bytes = w * {"bgr": 3, "rgb": 3, "yuyv": 2}.get(spec.src_format, 1)
+        self._rows2d = self.src_shape[0]
         self._coef = color_coefficients(spec)
-        self.threads = min(threads, oh)
+        self._yc = yuv_coefficients(spec.yuv_matrix, spec.yuv_range)
+        self.threads = min(threads, ch)
         # Zero tail: a window's zero-weight padding taps may run past the ROI's last pixel.
         self._rowbuf = np.zeros((self.threads, self._rw3 + 3 * xw.shape[1]), np.float32)
-        self._pixbuf = np.zeros((self.threads, 3, ow), np.float32)
+        self._pixbuf = np.zeros((self.threads, 3, cw), np.float32)
+        self._rgbbuf = np.zeros((self.threads, self._rw3), np.float32)  # one decoded source row (YUV/GRAY)
         self._dummy32 = np.zeros((1, 1, 1), np.float32)
         self._dummy16 = np.zeros((1, 1, 1), np.uint16)
+        self._dummy8 = np.zeros((1, 1, 1), np.uint8)
         self._nchw = spec.layout == "nchw"
-        self._f16 = self.out_dtype == np.float16
-        self._kernel = _kernel(self.threads > 1)
+        self._kind = KIND[spec.dtype]
+        self._padded = (cw, ch) != (ow, oh)
+        # the padding, normalised and cast like a pixel, written once per call into the borders
+        pad = np.full((3, 1), spec.pad_value, np.float32) * self._coef[:, 4:5] + self._coef[:, 5:6]
+        if self._kind == 2:
+            pad = np.clip(np.rint(pad), 0, 255)
+        self._pad = pad.reshape(3).astype(self.out_dtype)
+        if self._packed:
+            self._kernel = _kernel(self.threads > 1)
+        else:
+            from kernels.yuvkernel import kernel as yuv_kernel  # it imports _half_bits from here
+
+            self._kernel = yuv_kernel(self.threads > 1)
 
     def warmup(self) -> None:
         """Run once on zeros, on each kind of source view a frame pool hands out (contiguous,
         row-padded, read-only), so compilation, cache load and Numba's argument conversions are
         done at stage start, not on the first frame."""
-        h, w, _ = self.src_shape
-        out = np.empty(self.out_shape, self.out_dtype)
-        padded = np.zeros((h, w * 3 + 64), np.uint8)[:, : w * 3].reshape(h, w, 3)
+        out = np.empty(self.out_shape[1:], self.out_dtype)
+        rows = self.src_shape[0]
+        padded = np.zeros((rows, self._row_bytes + 64), np.uint8)[:, : self._row_bytes].reshape(self.src_shape)
         readonly = np.zeros(self.src_shape, np.uint8)
         readonly.flags.writeable = False
         for src in (np.zeros(self.src_shape, np.uint8), padded, readonly):
-            self(src, out)
+            self._one(src, out)
 
-    def __call__(self, src: np.ndarray, out: np.ndarray) -> None:
-        """Preprocess frame `src` (uint8 HxWx3, rows may be padded) into `out` (out_shape or
-        out_shape[1:], out_dtype, C-contiguous). Returns nothing; `out` holds the tensor."""
-        if not isinstance(src, np.ndarray) or src.shape != self.src_shape or src.dtype != np.uint8:
-            got = f"{src.shape} {src.dtype}" if isinstance(src, np.ndarray) else type(src).__name__
-            raise ValueError(f"src: expected a uint8 array of shape {self.src_shape} (H, W, 3), got {got}; "
-                             "build the Preprocessor for this camera's frame size and channel count")
-        s0, s1, s2 = src.strides
-        if s2 != 1 or s1 != 3 or s0 < self._rw3_full:
-            raise ValueError(f"src: strides {src.strides} unsupported; pixels must be packed (strides (row, 3, 1) "
-                             f"with row >= {self._rw3_full}; rows may be padded); pass a copy or a slot view")
-        if not isinstance(out, np.ndarray) or out.dtype != self.out_dtype or (out.shape != self.out_shape
-                                                                             and out.shape != self._out3):
+    def __call__(self, src: np.ndarray | Sequence[np.ndarray], out: np.ndarray) -> None:
+        """Preprocess `src` into `out` (out_dtype, C-contiguous). Returns nothing; `out` holds the tensor.
+
+        batch == 1: `src` is one frame (src_shape; rows may be padded), `out` is out_shape or
+        out_shape[1:]. batch == N: `src` is a list/tuple of N frames or an (N, *src_shape) array,
+        and `out` is out_shape; frame i goes to out[i]."""
+        self._check_out(out)
+        if self.batch == 1 and not isinstance(src, (list, tuple)):
+            self._one(src, out.reshape(self._out3))
+            return
+        n = len(src) if isinstance(src, (list, tuple)) else (src.shape[0] if isinstance(src, np.ndarray)
+                                                             and src.ndim == len(self.src_shape) + 1 else -1)
+        if n != self.batch:
+            got = f"{n} frames" if n >= 0 else (f"an array of shape {src.shape}" if isinstance(src, np.ndarray)
+                                                else type(src).__name__)
+            raise ValueError(f"src: expected {self.batch} frames (a list/tuple, or an array of shape "
+                             f"({self.batch}, *{self.src_shape})), got {got}; build the Preprocessor with "
+                             "batch= the number of cameras")
+        if out.shape != self.out_shape:
+            raise ValueError(f"out: a batch needs shape {self.out_shape}, got {out.shape}")
+        for i in range(n):
+            self._one(src[i], out[i])
+
+    def _check_out(self, out: np.ndarray) -> None:
+        if not isinstance(out, np.ndarray) or out.dtype != self.out_dtype or (
+                out.shape != self.out_shape and not (self.batch == 1 and out.shape == self._out3)):
             got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise ValueError(f"out: expected a {self.out_dtype} array of shape {self.out_shape} or {self._out3}, "
+            alt = f" or {self._out3}" if self.batch == 1 else ""
+            raise ValueError(f"out: expected a {self.out_dtype} array of shape {self.out_shape}{alt}, "
                              f"got {got}; allocate it as np.empty(pre.out_shape, pre.out_dtype)")
         if not (out.flags.c_contiguous and out.flags.writeable and out.flags.aligned):
             raise ValueError("out: must be C-contiguous, writeable and aligned (the kernel writes it in place); "
                              "pass np.empty(pre.out_shape, pre.out_dtype) or a whole slot view, not a slice")
-        o = out.reshape(self._out3)
-        s = src.reshape(self.src_shape[0], self._rw3_full)
-        if self._f16:
-            self._kernel(s, self._x0, self._rw3, self._yidx, self._yw, self._xstart, self._xw, self._coef,
-                         self._rowbuf, self._pixbuf, self._dummy32, o.view(np.uint16), self._nchw, True)
-        else:
-            self._kernel(s, self._x0, self._rw3, self._yidx, self._yw, self._xstart, self._xw, self._coef,
-                         self._rowbuf, self._pixbuf, o, self._dummy16, self._nchw, False)
 
+    def _one(self, src: np.ndarray, o: np.ndarray) -> None:
+        """One frame into `o` (shape out_shape[1:], checked by the caller)."""
+        if not isinstance(src, np.ndarray) or src.shape != self.src_shape or src.dtype != np.uint8:
+            got = f"{src.shape} {src.dtype}" if isinstance(src, np.ndarray) else type(src).__name__
+            raise ValueError(f"src: expected a uint8 array of shape {self.src_shape} {LAYOUT_OF[self.spec.src_format]}, "
+                             f"got {got}; build the Preprocessor for this camera's frame size and format")
+        if self._packed:
+            s0, s1, s2 = src.strides
+            if s2 != 1 or s1 != 3 or s0 < self._row_bytes:
+                raise ValueError(f"src: strides {src.strides} unsupported; pixels must be packed (strides (row, 3, 1) "
+                                 f"with row >= {self._row_bytes}; rows may be padded); pass a copy or a slot view")
+        else:
+            check_strides(self.spec.src_format, src)
+        if self._padded:
+            self._fill_borders(o)
+        o32, o16, o8 = self._dummy32, self._dummy16, self._dummy8
+        if self._kind == 1:
+            o16 = o.view(np.uint16)
+        elif self._kind == 2:
+            o8 = o
+        else:
+            o32 = o
+        s = src.reshape(self._rows2d, self._row_bytes)
+        if self._packed:
+            self._kernel(s, self._x0, self._rw3, self._yidx, self._yw, self._xstart, self._xw, self._coef,
+                         self._rowbuf, self._pixbuf, o32, o16, o8, self._kind, self._nchw, self._oy0, self._ox0)
+            return
+        self._kernel(s, self._fmt, self.frame_size[0], self._x0, self._rw, self._yidx, self._yw, self._xstart,
+                     self._xw, self._yc, self._coef, self._rgbbuf, self._rowbuf, self._pixbuf, o32, o16, o8,
+                     self._kind, self._nchw, self._oy0, self._ox0)
+
+    def _fill_borders(self, o: np.ndarray) -> None:
+        """Letterbox padding: the bands above/below and left/right of the placed image."""
+        ch, cw, y0, x0 = self._ch, self._cw, self._oy0, self._ox0
+        if self._nchw:
+            p = self._pad[:, None, None]
+            o[:, :y0] = p
+            o[:, y0 + ch:] = p
+            o[:, y0:y0 + ch, :x0] = p
+            o[:, y0:y0 + ch, x0 + cw:] = p
+        else:
+            o[:y0] = self._pad
+            o[y0 + ch:] = self._pad
+            o[y0:y0 + ch, :x0] = self._pad
+            o[y0:y0 + ch, x0 + cw:] = self._pad
+
+    @property
+    def letterbox(self) -> tuple[float, float, int, int]:
+        """(scale_x, scale_y, offset_x, offset_y): output pixel edges map to source pixel edges as
+        src_x = roi_x + (out_x - offset_x) / scale_x (same for y). Identity offsets and the plain
+        stretch factors when the spec has no letterbox."""
+        _, _, rw, rh = self._roi
+        return self._cw / rw, self._ch / rh, self._ox0, self._oy0
+
+    def to_source(self, x: float, y: float) -> tuple[float, float]:
+        """A point in output pixel coordinates (continuous, pixel edges at integers) -> source frame."""
+        sx, sy, ox, oy = self.letterbox
+        return self._roi[0] + (x - ox) / sx, self._roi[1] + (y - oy) / sy

@@ -8,9 +8,13 @@ do on 8-bit images); the kernel does not, hence the tolerance in kernels/preproc
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 
+from kernels.formats import yuv_to_rgb_reference
+from kernels.resample import letterbox_size
 from kernels.spec import PreprocessSpec
 
 _INTERP = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR}
@@ -20,17 +24,47 @@ _CVT = {  # (src_format, color) -> cv2 code, None = already in that order
 }
 
 
+_DECODE = {"nv12": cv2.COLOR_YUV2RGB_NV12, "i420": cv2.COLOR_YUV2RGB_I420, "yuyv": cv2.COLOR_YUV2RGB_YUYV}
+
+
+def decode_to_rgb(spec: PreprocessSpec, src: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) RGB from a gray or YUV buffer: cv2.cvtColor where OpenCV has the
+    conversion (BT.601 limited range), else the NumPy matrix of kernels/formats.py, rounded."""
+    if spec.src_format == "gray":
+        return cv2.cvtColor(np.ascontiguousarray(src.reshape(src.shape[0], src.shape[1])), cv2.COLOR_GRAY2RGB)
+    if spec.yuv_matrix == "bt601" and spec.yuv_range == "limited":
+        return cv2.cvtColor(src, _DECODE[spec.src_format])
+    rgb = yuv_to_rgb_reference(spec.src_format, src, spec.yuv_matrix, spec.yuv_range)
+    return np.rint(rgb).astype(np.uint8)
+
+
 def reference_preprocess(spec: PreprocessSpec, src: np.ndarray) -> np.ndarray:
-    """Crop, cv2.resize, cv2.cvtColor, float32 normalise, transpose: a new spec.out_shape array."""
+    """Crop, cv2.resize, cv2.cvtColor, float32 normalise, transpose: a new spec.out_shape array.
+
+    Gray and YUV sources are first decoded to an RGB image (`decode_to_rgb`), as a user would."""
+    if spec.src_format not in ("bgr", "rgb"):
+        src = decode_to_rgb(spec, src)
+        spec = replace(spec, src_format="rgb")
     h, w = src.shape[:2]
     x, y, rw, rh = spec.roi if spec.roi is not None else (0, 0, w, h)
     img = src[y:y + rh, x:x + rw]
-    img = cv2.resize(img, (spec.out_width, spec.out_height), interpolation=_INTERP[spec.resize])
+    ow, oh = spec.out_width, spec.out_height
+    cw, ch = letterbox_size(spec, rw, rh)
+    img = cv2.resize(img, (cw, ch), interpolation=_INTERP[spec.resize])
     code = _CVT[(spec.src_format, spec.color)]
     if code is not None:
         img = cv2.cvtColor(img, code)
+    if (cw, ch) != (ow, oh):  # letterbox: paste into a canvas of pad_value
+        canvas = np.full((oh, ow, 3), spec.pad_value, np.float32)
+        x0, y0 = (ow - cw) // 2, (oh - ch) // 2
+        canvas[y0:y0 + ch, x0:x0 + cw] = img
+        img = canvas
     img = img.astype(np.float32) * np.float32(spec.scale)
     img = (img - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     if spec.layout == "nchw":
         img = img.transpose(2, 0, 1)
-    return np.ascontiguousarray(img[None]).astype(spec.dtype)
+    img = np.ascontiguousarray(img[None])
+    if spec.dtype == "uint8":
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return img.astype(spec.dtype)
+

@@ -128,3 +128,13 @@ def tap_tables(resize: str, src_w: int, src_h: int, dst_w: int, dst_h: int) -> t
             return area_taps(src_w, dst_w), area_taps(src_h, dst_h)
         return area_linear_taps(src_w, dst_w), area_linear_taps(src_h, dst_h)
     raise ValueError(f"resize: {resize!r} is not one of 'area', 'bilinear'")
+
+
+def letterbox_size(spec, rw: int, rh: int) -> tuple[int, int]:  # spec: PreprocessSpec (no import cycle)
+    """(width, height) the ROI is resized to: the output size, or with `letterbox` the largest
+    aspect-keeping fit, round(rw * s) x round(rh * s), s = min(out_w / rw, out_h / rh)."""
+    ow, oh = spec.out_width, spec.out_height
+    if not spec.letterbox:
+        return ow, oh
+    k = min(ow / rw, oh / rh)
+    return max(1, min(ow, round(rw * k))), max(1, min(oh, round(rh * k)))

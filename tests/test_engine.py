@@ -116,7 +116,6 @@ def test_manifest_decoder_index_and_scale_validated(tiny_model):
 
 
 def test_unsupported_opset_and_operator_named_without_cpp_noise(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])

@@ -282,8 +282,11 @@ def test_spec_round_trips_through_toml_table() -> None:
     ({"resize": "cubic"}, "preprocess.resize: 'cubic' is not one of 'area', 'bilinear'"),
     ({"color": "hsv"}, "preprocess.color: 'hsv' is not one of 'rgb', 'bgr', 'yuv601'"),
     ({"layout": "chw"}, "preprocess.layout: 'chw' is not one of 'nchw', 'nhwc'"),
-    ({"dtype": "uint8"}, "preprocess.dtype: 'uint8' is not one of 'float32', 'float16'"),
-    ({"src_format": "nv12"}, "preprocess.src_format: 'nv12' is not one of 'bgr', 'rgb'"),
+    ({"dtype": "int8"}, "preprocess.dtype: 'int8' is not one of 'float32', 'float16', 'uint8'"),
+    ({"src_format": "hevc"}, ("preprocess.src_format: 'hevc' is not one of 'bgr', 'rgb', 'gray', 'nv12', 'i420', "
+                              "'yuyv'")),
+    ({"yuv_matrix": "bt2020"}, "preprocess.yuv_matrix: 'bt2020' is not one of 'bt601', 'bt709'"),
+    ({"yuv_range": "tv"}, "preprocess.yuv_range: 'tv' is not one of 'limited', 'full'"),
     ({"std": [0.25, 0, 0.25]}, "preprocess.std[1]: 0 must be non-zero"),
     ({"std": [0.25, 0.25]}, "preprocess.std: [0.25, 0.25] must be 3 numbers"),
     ({"out_width": 0}, "preprocess.out_width: 0 must be positive"),
@@ -297,7 +300,9 @@ def test_spec_round_trips_through_toml_table() -> None:
     ({"roi": [0, -1, 10, 10]}, "preprocess.roi.y: -1 must be >= 0"),
     ({"roi": [0, 0, 0, 10]}, "preprocess.roi.w: 0 must be positive"),
     ({"stdev": [1, 1, 1]}, "preprocess: unknown key 'stdev' (did you mean 'std'?); allowed: src_format,"),
-    ({"letterbox": True}, "preprocess: unknown key 'letterbox'; allowed:"),
+    ({"letterboxing": True}, "preprocess: unknown key 'letterboxing' (did you mean 'letterbox'?); allowed:"),
+    ({"letterbox": "yes"}, "preprocess.letterbox: 'yes' must be true or false"),
+    ({"pad_value": 300}, "preprocess.pad_value: 300 must be in [0, 255]"),
 ])
 def test_bad_spec_names_key_value_and_allowed(change: dict, message: str) -> None:
     with pytest.raises(ValueError) as e:

@@ -199,6 +199,9 @@ scale = 1.0
 
 
 def _toml_value(v: object) -> str:
+    """A TOML literal for the manifest's simple values (bool before int: True is an int in Python)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, str):
         return f'"{v}"'
     if isinstance(v, (tuple, list)):

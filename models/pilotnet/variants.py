@@ -34,7 +34,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from train import CAMERA, DEMO_ROAD_SEED, SPEC, _pose, closed_loop
+from train import CAMERA, DEMO_ROAD_SEED, SPEC, _pose, _toml_value, closed_loop
 
 VARIANTS = ("fp16", "int8")
 TRAIN_ROADS = tuple(range(100, 112))
@@ -194,7 +194,7 @@ def main() -> None:
     calib = render_frames(TRAIN_ROADS, a.calib, rng_seed=4242)
     held = held_out_frames(a.eval)
     ref = steer(src, held)
-    pre = "\n".join(f"{k} = {_toml(v)}" for k, v in SPEC.to_dict().items())
+    pre = "\n".join(f"{k} = {_toml_value(v)}" for k, v in SPEC.to_dict().items())
     date = datetime.date.today().isoformat()
     loop32 = None if a.no_closed_loop else closed_loop(src, 60.0)
     for variant in VARIANTS:
@@ -238,14 +238,6 @@ def main() -> None:
                                                      size32=src.stat().st_size / 1e6, **fig))
         print(f"pilotnet-{variant}: RMSE {rmse:.4f} mrad, max {mx:.4f} mrad vs float32 on {a.eval} held-out "
               f"frames; tolerance {tol} mrad; {path.stat().st_size / 1e6:.2f} MB", flush=True)
-
-
-def _toml(v: object) -> str:
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(_toml(i) for i in v) + "]"
-    return repr(v)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""bench/preprocess.py runs end to end and writes the one report shape (tiny n: no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import preprocess
+
+CASES = ("bgr1080_to_384x640", "nv12_1080_to_384x640", "pilotnet_bgr1080_to_66x200_yuv", "8cam_720p_to_8x3x256x512")
+
+
+def test_quick_run_has_every_case_baseline_and_ratio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGERT_BENCH_N", "3")
+    monkeypatch.setenv("EDGERT_BENCH_NO_COLDSTART", "1")
+    report = preprocess.run(quick=True)
+    for case in CASES:
+        for impl in ("fused", "naive", "blob", "memcpy"):
+            assert report.cases[f"{case}:{impl}"]["n"] == 3
+        for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
+            for suffix in ("", "_p99"):
+                assert report.ratios[f"{case}:{a}/{case}:{b}{suffix}"] > 0
+    paths = report.write(tmp_path)
+    data = json.loads(paths[0].read_text())
+    assert set(data) >= {"benchmark", "machine", "config", "cases", "ratios"}
+    assert data["benchmark"] == "preprocess" and data["config"]["n"] == 3
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
