@@ -230,3 +230,30 @@ def test_implausible_model_output_is_a_takeover_not_a_clamp(control):
     fs = [c for c in cmds if int(c["flags"]) & CommandFlags.FAILSAFE]
     assert fs and int(fs[0]["reason"]) == TakeoverReason.INVALID_RESULT
     assert not [c for c in cmds if int(c["frame_id"]) == 4]
+
+
+def test_first_command_ramps_from_the_measured_steer_not_from_neutral(tiny_model):
+    """A restarted control stage finds the wheels at 0.3 rad: its first command must not step to 0."""
+    cfg = from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}})
+    h = StageHarness(cfg)
+    results = publisher(h.zmq, h.endpoints, "results")
+    vehicle = publisher(h.zmq, h.endpoints, "vehicle")
+    h.start(ControlStage)
+    time.sleep(0.3)
+    cmds = subscriber(h.zmq, h.endpoints, "commands")
+    time.sleep(0.2)
+    v = wire.new_message(MsgType.VEHICLE)
+    v["steer"] = 0.3
+    for _ in range(3):
+        vehicle.send(wire.encode(v))
+        time.sleep(0.02)
+    r = wire.new_message(MsgType.RESULT)
+    r["frame_id"], r["n_values"], r["values"][0] = 1, 1, 0.3
+    r["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+    results.send(wire.encode(r))
+    assert cmds.poll(1000)
+    first = wire.decode(cmds.recv(), MsgType.COMMAND)
+    for s in (results, vehicle, cmds):
+        s.close(0)
+    h.close()
+    assert float(first["steer"]) == pytest.approx(0.3, abs=1e-6)  # no step: it starts where the wheels are

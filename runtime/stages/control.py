@@ -39,6 +39,9 @@ class ControlStage(Stage):
         self.max_rate = c.max_steer_rate_rad_s
         self.results = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "results")))
         self.supervisor = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "supervisor")))
+        # The steering the vehicle reports: a (re)started stage ramps from where the wheels are,
+        # not from neutral, so its first command is never a step.
+        self.vehicle = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "vehicle")))
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.can = None
         if c.can_interface:  # the same commands on a CAN bus, E2E-protected (runtime/canbus.py)
@@ -106,6 +109,8 @@ class ControlStage(Stage):
     def step(self) -> None:
         if not self.watch_from_ns:
             self._watch_for_start()
+        if not self.last_cmd_ns:
+            self._follow_vehicle_steer()
         msg = self.results.recv(10)
         now = time.monotonic_ns()
         if msg is not None:
@@ -131,6 +136,14 @@ class ControlStage(Stage):
             rec = self.decode(msg, MsgType.HEARTBEAT)
             if rec is not None and int(rec["state"]) == StageState.RUNNING:
                 self.watch_from_ns = time.monotonic_ns() + STARTUP_GRACE_NS
+
+    def _follow_vehicle_steer(self) -> None:
+        """Until this stage has commanded anything, the rate limiter starts from the measured steer."""
+        msg = self.vehicle.drain()
+        if msg is not None:
+            rec = self.decode(msg, MsgType.VEHICLE)
+            if rec is not None and abs(float(rec["steer"])) <= self.max_steer:
+                self.steer = float(rec["steer"])
 
     def _not_acted_on(self) -> None:
         self.good_streak = 0  # recovery needs *consecutive* good results
