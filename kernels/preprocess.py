@@ -65,7 +65,7 @@ from numba import njit, prange, types
 from kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
 from kernels.resample import letterbox_size, tap_tables, window_starts
 from kernels.spec import PreprocessSpec
-from kernels.store import KIND, _half_bits, store_row  # noqa: F401 (_half_bits: re-exported for tests)
+from kernels.store import KIND, _half_bits, store_row, taps_and_colour  # noqa: F401 (_half_bits: re-exported for tests)
 
 # --- colour -------------------------------------------------------------------------------
 
@@ -107,15 +107,6 @@ def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, out8
           r1):  # pragma: no cover
     """Output rows [r0, r1) using scratch row `buf` (rw3 floats + 3 * taps zeros) and `pix` ([3, out_w])."""
     ty = yidx.shape[1]
-    ow, tx = xw.shape
-    one = np.uint64(1)
-    two = np.uint64(2)
-    three = np.uint64(3)
-    lo = np.float32(0.0)
-    hi = np.float32(255.0)
-    m00, m01, m02, d0, g0, b0 = coef[0, 0], coef[0, 1], coef[0, 2], coef[0, 3], coef[0, 4], coef[0, 5]
-    m10, m11, m12, d1, g1, b1 = coef[1, 0], coef[1, 1], coef[1, 2], coef[1, 3], coef[1, 4], coef[1, 5]
-    m20, m21, m22, d2, g2, b2 = coef[2, 0], coef[2, 1], coef[2, 2], coef[2, 3], coef[2, 4], coef[2, 5]
     for oy in range(r0, r1):
         # 1. vertical: weighted sum of the source rows into buf, two rows per sweep (halves the
         #    buf traffic); a contiguous multiply-add that the compiler vectorises.
@@ -143,33 +134,8 @@ def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, out8
                 for j in range(rw3):
                     buf[j] += w0 * np.float32(s0[j])
             k += 2
-        # 2. horizontal: each output pixel's taps are consecutive pixels of buf from xstart[ox].
-        #    Unsigned indices spare the negative-index wraparound checks (about 2x here).
-        for ox in range(ow):
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            i = np.uint64(xstart[ox])
-            for k in range(tx):
-                w = xw[ox, k]
-                a0 += w * buf[i]
-                a1 += w * buf[i + one]
-                a2 += w * buf[i + two]
-                i += three
-            pix[0, ox] = a0
-            pix[1, ox] = a1
-            pix[2, ox] = a2
-        # 3. colour, saturate, normalise: in place, one vectorisable sweep over the row
-        p0 = pix[0]
-        p1 = pix[1]
-        p2 = pix[2]
-        for ox in range(ow):
-            a0 = p0[ox]
-            a1 = p1[ox]
-            a2 = p2[ox]
-            p0[ox] = min(max(m00 * a0 + m01 * a1 + m02 * a2 + d0, lo), hi) * g0 + b0
-            p1[ox] = min(max(m10 * a0 + m11 * a1 + m12 * a2 + d1, lo), hi) * g1 + b1
-            p2[ox] = min(max(m20 * a0 + m21 * a1 + m22 * a2 + d2, lo), hi) * g2 + b2
+        # 2-3. horizontal taps, colour, saturation, normalisation (kernels/store.py)
+        taps_and_colour(buf, xstart, xw, coef, pix)
         # 4. layout + dtype (kernels/store.py)
         store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
 

@@ -71,3 +71,47 @@ def store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0):  # pragma: no 
             for ox in range(ow):
                 for c in range(3):
                     out32[y, ox + ox0, c] = pix[c, ox]
+
+
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def taps_and_colour(buf, xstart, xw, coef, pix):  # pragma: no cover - compiled
+    """Both kernels' steps 2-3 for one output row, into `pix` ([3, out_w]).
+
+    2. horizontal: each output pixel's taps are consecutive pixels of the summed source row
+       `buf` from xstart[ox]; unsigned indices spare the negative-index wraparound checks.
+    3. colour, saturate to [0, 255] as OpenCV's 8-bit cvtColor does, normalise: one
+       vectorisable sweep with the coefficients (see preprocess._coefficients) in registers.
+    """
+    ow, tx = xw.shape
+    one = np.uint64(1)
+    two = np.uint64(2)
+    three = np.uint64(3)
+    for ox in range(ow):
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        i = np.uint64(xstart[ox])
+        for k in range(tx):
+            w = xw[ox, k]
+            a0 += w * buf[i]
+            a1 += w * buf[i + one]
+            a2 += w * buf[i + two]
+            i += three
+        pix[0, ox] = a0
+        pix[1, ox] = a1
+        pix[2, ox] = a2
+    lo = np.float32(0.0)
+    hi = np.float32(255.0)
+    m00, m01, m02, d0, g0, b0 = coef[0, 0], coef[0, 1], coef[0, 2], coef[0, 3], coef[0, 4], coef[0, 5]
+    m10, m11, m12, d1, g1, b1 = coef[1, 0], coef[1, 1], coef[1, 2], coef[1, 3], coef[1, 4], coef[1, 5]
+    m20, m21, m22, d2, g2, b2 = coef[2, 0], coef[2, 1], coef[2, 2], coef[2, 3], coef[2, 4], coef[2, 5]
+    p0 = pix[0]
+    p1 = pix[1]
+    p2 = pix[2]
+    for ox in range(ow):
+        a0 = p0[ox]
+        a1 = p1[ox]
+        a2 = p2[ox]
+        p0[ox] = min(max(m00 * a0 + m01 * a1 + m02 * a2 + d0, lo), hi) * g0 + b0
+        p1[ox] = min(max(m10 * a0 + m11 * a1 + m12 * a2 + d1, lo), hi) * g1 + b1
+        p2[ox] = min(max(m20 * a0 + m21 * a1 + m22 * a2 + d2, lo), hi) * g2 + b2

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 
-from kernels.store import store_row
+from kernels.store import store_row, taps_and_colour
 
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
@@ -124,16 +124,7 @@ def _decode_row(src, fmt, h, sy, x0, rw, yc, rgb):  # pragma: no cover - compile
 def _rows(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgb, buf, pix, out32, out16, out8, kind, nchw,
           oy0, ox0, r0, r1):  # pragma: no cover - compiled
     ty = yidx.shape[1]
-    ow, tx = xw.shape
     rw3 = 3 * rw
-    one = np.uint64(1)
-    two = np.uint64(2)
-    three = np.uint64(3)
-    lo = np.float32(0.0)
-    hi = np.float32(255.0)
-    m00, m01, m02, d0, g0, b0 = coef[0, 0], coef[0, 1], coef[0, 2], coef[0, 3], coef[0, 4], coef[0, 5]
-    m10, m11, m12, d1, g1, b1 = coef[1, 0], coef[1, 1], coef[1, 2], coef[1, 3], coef[1, 4], coef[1, 5]
-    m20, m21, m22, d2, g2, b2 = coef[2, 0], coef[2, 1], coef[2, 2], coef[2, 3], coef[2, 4], coef[2, 5]
     for oy in range(r0, r1):
         for j in range(rw3):
             buf[j] = np.float32(0.0)
@@ -144,31 +135,7 @@ def _rows(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgb, buf, pix, ou
             _decode_row(src, fmt, h, yidx[oy, k], x0, rw, yc, rgb)
             for j in range(rw3):
                 buf[j] += w0 * rgb[j]
-        for ox in range(ow):
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            i = np.uint64(xstart[ox])
-            for k in range(tx):
-                w = xw[ox, k]
-                a0 += w * buf[i]
-                a1 += w * buf[i + one]
-                a2 += w * buf[i + two]
-                i += three
-            pix[0, ox] = a0
-            pix[1, ox] = a1
-            pix[2, ox] = a2
-        # colour, saturate, normalise: one vectorisable sweep with the coefficients in registers
-        p0 = pix[0]
-        p1 = pix[1]
-        p2 = pix[2]
-        for ox in range(ow):
-            a0 = p0[ox]
-            a1 = p1[ox]
-            a2 = p2[ox]
-            p0[ox] = min(max(m00 * a0 + m01 * a1 + m02 * a2 + d0, lo), hi) * g0 + b0
-            p1[ox] = min(max(m10 * a0 + m11 * a1 + m12 * a2 + d1, lo), hi) * g1 + b1
-            p2[ox] = min(max(m20 * a0 + m21 * a1 + m22 * a2 + d2, lo), hi) * g2 + b2
+        taps_and_colour(buf, xstart, xw, coef, pix)  # kernels/store.py, shared with the BGR kernel
         store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
 
 
