@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import onnx
@@ -13,8 +14,10 @@ from onnx import TensorProto, helper
 
 from runtime import config as config_mod
 from runtime import shm
+from runtime import wire
 from runtime.stage import StageContext, run_stage
-from runtime.transport import Endpoints
+from runtime.transport import Endpoints, publisher
+from runtime.wire import MsgType, StageState
 
 IR_VERSION = 10  # onnx >= 1.18 writes IR 11+ by default, newer than some onnxruntime releases read
 
@@ -98,6 +101,15 @@ class StageHarness:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.code: int | None = None
+        self.supervisor = publisher(self.zmq, self.endpoints, "supervisor")  # bound before the stage connects
+
+    def send_start(self) -> None:
+        """The supervisor's start signal (RUNNING), as the real one sends it once all stages are ready."""
+        go = wire.new_message(MsgType.HEARTBEAT)
+        go["stage"], go["state"] = b"supervisor", int(StageState.RUNNING)
+        for _ in range(3):  # a few times, as the supervisor repeats it: one may precede the subscription
+            self.supervisor.send(wire.encode(go))
+            time.sleep(0.01)
 
     def start(self, stage_cls: type) -> None:
         ctx = StageContext(stage_cls.name, self.cfg, self.run_id, self.endpoints, self.zmq, self.stop)
@@ -112,6 +124,7 @@ class StageHarness:
         self.stop.set()
         if self.thread:
             self.thread.join(10)
+        self.supervisor.close(0)
         self.zmq.term()
         for name in shm.list_segments(self.run_id):
             (shm.SHM_DIR / name).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from runtime import canbus, wire
 from runtime.config import ConfigError, from_dict
 from runtime.stages.control import ControlStage
 from runtime.transport import publisher
-from runtime.wire import MsgType, StageState, Stamp
+from runtime.wire import MsgType, Stamp
 
 
 def test_crc_is_sae_j1850():
@@ -67,12 +67,9 @@ def test_control_stage_sends_checked_frames_on_a_virtual_bus(tiny_model):
     rx = can.Bus(interface="virtual", channel=channel)
     h = StageHarness(cfg)
     pub = publisher(h.zmq, h.endpoints, "results")
-    sup = publisher(h.zmq, h.endpoints, "supervisor")
     h.start(ControlStage)
     time.sleep(0.4)
-    go = wire.new_message(MsgType.HEARTBEAT)
-    go["stage"], go["state"] = b"supervisor", int(StageState.RUNNING)
-    sup.send(wire.encode(go))
+    h.send_start()
     rec = wire.new_message(MsgType.RESULT)
     rec["n_values"] = 1
     for i in range(10):
@@ -82,7 +79,6 @@ def test_control_stage_sends_checked_frames_on_a_virtual_bus(tiny_model):
         time.sleep(1 / 30)
     time.sleep(0.05)
     pub.close(0)
-    sup.close(0)
     h.close()  # the stage stops: its last frame is the SHUTDOWN takeover
     checker = canbus.CanChecker(cfg.control.can_id)
     got = []

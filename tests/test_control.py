@@ -11,7 +11,7 @@ from runtime import wire
 from runtime.config import from_dict
 from runtime.stages.control import ControlStage
 from runtime.transport import publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, StageState, TakeoverReason
+from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 PERIOD_S = 1 / 30
 
@@ -22,16 +22,11 @@ def control(tiny_model):
     cfg = from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}})
     h = StageHarness(cfg)
     pub = publisher(h.zmq, h.endpoints, "results")
-    sup = publisher(h.zmq, h.endpoints, "supervisor")
     h.start(ControlStage)
     time.sleep(0.3)  # setup done and sockets connected
     cmds = subscriber(h.zmq, h.endpoints, "commands")
     time.sleep(0.2)  # subscription propagated
-    go = wire.new_message(MsgType.HEARTBEAT)  # the supervisor's start signal arms the watchdog
-    go["stage"], go["state"] = b"supervisor", int(StageState.RUNNING)
-    for _ in range(3):
-        sup.send(wire.encode(go))
-        time.sleep(0.01)
+    h.send_start()  # the supervisor's start signal arms the watchdog
     rec = wire.new_message(MsgType.RESULT)
     rec["n_values"] = 1
     state = {"fid": 0}
@@ -56,7 +51,6 @@ def control(tiny_model):
         return out
 
     yield h, send, recv
-    sup.close(0)
     pub.close(0)
     cmds.close(0)
     h.close()
@@ -201,14 +195,11 @@ def test_shutdown_sends_a_last_takeover_and_seq_survives_restart(tiny_model):
     seqs = []
     for _ in range(2):  # the same stage twice, as after a restart
         h = StageHarness(cfg)
-        sup = publisher(h.zmq, h.endpoints, "supervisor")
         h.start(ControlStage)
         time.sleep(0.3)
         cmds = subscriber(h.zmq, h.endpoints, "commands")
         time.sleep(0.2)
-        go = wire.new_message(MsgType.HEARTBEAT)
-        go["stage"], go["state"] = b"supervisor", int(StageState.RUNNING)
-        sup.send(wire.encode(go))
+        h.send_start()
         time.sleep(0.1)
         h.stop.set()
         h.thread.join(10)
@@ -217,7 +208,6 @@ def test_shutdown_sends_a_last_takeover_and_seq_survives_restart(tiny_model):
         assert int(last["reason"]) == TakeoverReason.SHUTDOWN and int(last["flags"]) & CommandFlags.TAKEOVER
         seqs.append(int(last["seq"]))
         cmds.close(0)
-        sup.close(0)
         h.close()
     assert seqs[1] > seqs[0]  # a restarted stage never reuses a sequence number
 
