@@ -376,23 +376,28 @@ def test_roi_outside_frame_and_bad_source_shape_are_rejected_at_construction() -
 # --- no allocation per frame --------------------------------------------------------------------
 
 
+def allocations(pre: Preprocessor, src: object, out: np.ndarray, calls: int = 50) -> tuple[int, int]:
+    """(bytes kept, bytes peak) over `calls` calls after warm-up, as tracemalloc sees them."""
+    for _ in range(3):
+        pre(src, out)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(calls):
+            pre(src, out)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before, peak - before
+
+
 @pytest.mark.parametrize("dtype, layout, pad", [("float32", "nchw", 0), ("float16", "nhwc", 64)])
 def test_hundred_calls_allocate_nothing(dtype: str, layout: str, pad: int) -> None:
     spec = PreprocessSpec(**{**PILOTNET.to_dict(), "dtype": dtype, "layout": layout})
     pre = Preprocessor(spec, (1080, 1920, 3))
     pre.warmup()
     src = frame(np.random.default_rng(4), 1080, 1920, pad, "noise")
-    out = np.empty(pre.out_shape, pre.out_dtype)
-    tracemalloc.start()
-    try:
-        for _ in range(3):
-            pre(src, out)
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        for _ in range(100):
-            pre(src, out)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert after - before < 10 * 1024, f"{after - before} bytes kept over 100 calls"
-    assert peak - before < 10 * 1024, f"{peak - before} bytes allocated transiently by one call"
+    kept, peak = allocations(pre, src, np.empty(pre.out_shape, pre.out_dtype), calls=100)
+    assert kept < 10 * 1024, f"{kept} bytes kept over 100 calls"
+    assert peak < 10 * 1024, f"{peak} bytes allocated transiently by one call"

@@ -12,7 +12,6 @@ Tolerances, in 8-bit steps before normalisation:
 
 from __future__ import annotations
 
-import tracemalloc
 from dataclasses import replace
 
 import cv2
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_kernels import FLOAT_STEPS, TOLERANCE_STEPS, assert_close, float_chain, steps_to_out
+from test_kernels import FLOAT_STEPS, TOLERANCE_STEPS, allocations, assert_close, float_chain, steps_to_out
 
 from kernels import PreprocessSpec, Preprocessor, reference_preprocess
 from kernels.formats import yuv_to_rgb_reference
@@ -208,21 +207,6 @@ def test_bad_batches_are_rejected() -> None:
 # --- no allocation per frame --------------------------------------------------------------------
 
 
-def _allocations(pre: Preprocessor, src: object, out: np.ndarray) -> tuple[int, int]:
-    for _ in range(3):
-        pre(src, out)
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        for _ in range(50):
-            pre(src, out)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return after - before, peak - before
-
-
 @pytest.mark.parametrize("fmt, batch", [("nv12", 1), ("i420", 1), ("yuyv", 1), ("gray", 1), ("bgr", 4),
                                         ("nv12", 4)])
 def test_new_paths_allocate_nothing(fmt: str, batch: int) -> None:
@@ -231,7 +215,7 @@ def test_new_paths_allocate_nothing(fmt: str, batch: int) -> None:
     pre.warmup()
     frames = [yuv_frame(np.random.default_rng(8), shape, 32) for _ in range(batch)]
     src = frames[0] if batch == 1 else frames
-    kept, peak = _allocations(pre, src, np.empty(pre.out_shape, pre.out_dtype))
+    kept, peak = allocations(pre, src, np.empty(pre.out_shape, pre.out_dtype))
     assert kept < 10 * 1024 and peak < 10 * 1024, (kept, peak)
     assert len(pre._kernel.signatures) == 1  # nothing compiled for a frame
 

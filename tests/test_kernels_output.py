@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import tracemalloc
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_kernels import TOLERANCE_STEPS, assert_close, cases, frame, steps_to_out
+from test_kernels import TOLERANCE_STEPS, allocations, assert_close, cases, frame, steps_to_out
 
 from kernels import PreprocessSpec, Preprocessor, reference_preprocess
 
@@ -109,19 +108,8 @@ def test_uint8_and_letterbox_allocate_nothing() -> None:
     pre = Preprocessor(spec, (480, 640, 3))
     pre.warmup()
     src = frame(np.random.default_rng(9), 480, 640, 16, "noise")
-    out = np.empty(pre.out_shape, pre.out_dtype)
-    for _ in range(3):
-        pre(src, out)
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        for _ in range(50):
-            pre(src, out)
-        after, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert after - before < 10 * 1024 and peak - before < 10 * 1024, (after - before, peak - before)
+    kept, peak = allocations(pre, src, np.empty(pre.out_shape, pre.out_dtype))
+    assert kept < 10 * 1024 and peak < 10 * 1024, (kept, peak)
     assert len(pre._kernel.signatures) == 1
 
 
