@@ -44,22 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _live_runs() -> list[Path]:
-    from runtime import shm
-
-    runs = []
-    for d in Path(tempfile.gettempdir()).glob("edgert.*.*.*"):
-        pid = d.name.split(".")[1]
-        if pid.isdigit() and shm.pid_alive(int(pid)) and (d / "pipeline.json").is_file():
-            runs.append(d)
-    return sorted(runs, key=lambda p: p.stat().st_mtime)
-
-
 def cmd_echo(args: argparse.Namespace) -> int:
     """Print a live topic as JSON lines, like the topic tools of robotics stacks."""
     import zmq
 
-    from runtime import wire
+    from runtime import shm, wire
     from runtime.config import PipelineConfig
     from runtime.topics import topic
     from runtime.transport import Endpoints, subscriber
@@ -68,12 +57,12 @@ def cmd_echo(args: argparse.Namespace) -> int:
         print(f"edgert: error: {args.topic!r} is read by the supervisor, which binds its socket; echo would "
               "take that socket over. Its counters are in the run summary.", file=sys.stderr)
         return 2
-    runs = [r for r in _live_runs() if args.run is None or f".{args.run}." in r.name]
+    runs = [(d, rid) for d, rid, alive in shm.run_dirs()
+            if alive and (d / "pipeline.json").is_file() and (args.run is None or f".{args.run}." in d.name)]
     if not runs:
         print("edgert: error: no running pipeline found; start one with `edgert run`", file=sys.stderr)
         return 1
-    run_dir = runs[-1]
-    run_id = ".".join(run_dir.name.split(".")[1:3])
+    run_dir, run_id = runs[-1]
     cfg = PipelineConfig.from_json((run_dir / "pipeline.json").read_text())
     if cfg.pipeline.mode == "threads":
         print("edgert: error: a threads-mode pipeline uses inproc:// sockets, visible only inside its process",

@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,17 @@ def sweep_stale() -> list[str]:
         log.warning("removed %d shared-memory segment(s) left by a dead run: %s",
                     len(removed), ", ".join(removed))
     return removed
+
+
+def run_dirs() -> list[tuple[Path, str, bool]]:
+    """Every run's socket/config directory (the supervisor's mkdtemp `edgert.<run id>.<random>`),
+    as (path, run id, whether its supervisor is alive), oldest first."""
+    out = []
+    for d in Path(tempfile.gettempdir()).glob(f"{PREFIX}.*.*.*"):
+        pid, token = d.name.split(".")[1:3]
+        if pid.isdigit():
+            out.append((d, f"{pid}.{token}", pid_alive(int(pid))))
+    return sorted(out, key=lambda r: r[0].stat().st_mtime)
 
 
 def list_segments(run_id: str) -> list[str]:

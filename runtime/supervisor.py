@@ -372,9 +372,8 @@ class Supervisor:
 
 def sweep_stale_run_dirs() -> None:
     """Remove socket/config directories of runs whose supervisor is dead (e.g. SIGKILLed)."""
-    for d in Path(tempfile.gettempdir()).glob(f"{shm.PREFIX}.*.*.*"):
-        pid = d.name.split(".")[1]
-        if pid.isdigit() and not shm.pid_alive(int(pid)):
+    for d, _, alive in shm.run_dirs():
+        if not alive:
             shutil.rmtree(d, ignore_errors=True)
 
 
