@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from runtime.config import DEFAULT_CONFIG, ConfigError, load
@@ -110,8 +109,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         from runtime.config import DEFAULT_CONFIG, load
         from runtime.profiles import resolve
 
-        cache = load(DEFAULT_CONFIG).cache_dir() or Path(tempfile.gettempdir()) / "edgert-nocache"
-        prof = resolve(args.profile, cache)
+        prof = resolve(args.profile, load(DEFAULT_CONFIG).cache_dir())
         tried = plan(list(prof.providers))
         print(f"profile {args.profile}: providers {', '.join(prof.providers)} -> here: {', '.join(tried.chosen)}")
         for name, opts in prof.provider_options.items():

@@ -9,6 +9,7 @@ not ["auto"], overrides a profile's order but keeps its options.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +32,14 @@ def _nvidia(name: str, cache: Path, fp16: bool, cuda_graph: bool) -> DeviceProfi
                          {"TensorrtExecutionProvider": trt, "CUDAExecutionProvider": cuda})
 
 
-def resolve(name: str, cache_dir: Path, cuda_graph: bool = False) -> DeviceProfile:
-    """The profile `name` with its caches under `cache_dir`.
+def resolve(name: str, cache_dir: Path | None, cuda_graph: bool = False) -> DeviceProfile:
+    """The profile `name` with its caches under `cache_dir` (None, cache off: a scratch folder).
 
     `auto` keeps the whole vendor-neutral preference (providers.PREFERENCE: TensorRT, CUDA,
     MIGraphX, ROCm, OpenVINO, ...), with the NVIDIA options ready in case one is present.
     """
+    if cache_dir is None:
+        cache_dir = Path(tempfile.gettempdir()) / "edgert-nocache"
     if name == "auto":
         nv = _nvidia("auto", cache_dir, fp16=False, cuda_graph=cuda_graph)
         return DeviceProfile("auto", ("auto",), nv.provider_options)

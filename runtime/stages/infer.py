@@ -8,9 +8,7 @@ Inf are never passed on as values: the result says NONFINITE and control fails s
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +32,7 @@ class InferStage(Stage):
         icfg = self.cfg.infer
         manifest = load_manifest(self.cfg.model_dir())
         cache = self.cfg.cache_dir()
-        profile = resolve(icfg.profile, cache or Path(tempfile.gettempdir()) / "edgert-nocache")
+        profile = resolve(icfg.profile, cache)
         providers = icfg.providers if icfg.providers != ["auto"] else list(profile.providers)
         # 0 threads = one per core this stage is pinned to (pipeline.affinity), so it never oversubscribes
         threads = icfg.intra_op_threads or len(os.sched_getaffinity(0))
