@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.sources import CAPTURE_SOURCES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -158,7 +160,7 @@ _CHOICES = {
     "pipeline.mode": ("processes", "threads"),
     "pipeline.transport": ("ipc", "tcp"),
     "pipeline.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
-    "camera.source": ("sim",),
+    "camera.source": tuple(CAPTURE_SOURCES),
     "camera.format": ("bgr",),
     "infer.profile": ("auto", "cpu", "x86-nvidia", "jetson-orin"),
     "control.can_interface": ("", "socketcan", "virtual"),

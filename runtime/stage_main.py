@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         auth = start_authenticator(ctx, endpoints.curve_dir)
     try:
-        return run_stage(stage_class(name)(StageContext(name, cfg, run_id, endpoints, ctx, stop)))
+        return run_stage(stage_class(name, cfg.camera.source)(StageContext(name, cfg, run_id, endpoints, ctx, stop)))
     finally:
         if auth is not None:
             auth.stop()

@@ -110,7 +110,8 @@ class ThreadHandle:
 
     def _run(self) -> None:
         try:
-            self.code = run_stage(stage_class(self.name)(self.make_ctx(self.name, self.stop_event)))
+            ctx = self.make_ctx(self.name, self.stop_event)
+            self.code = run_stage(stage_class(self.name, ctx.cfg.camera.source)(ctx))
         except Exception:
             log.exception("stage %s crashed", self.name)
             self.code = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from runtime.sources import CAPTURE_SOURCES
 from runtime.stage import Stage
 
 _CLASSES = {
@@ -16,9 +17,14 @@ _CLASSES = {
 STAGE_NAMES = tuple(_CLASSES)
 
 
-def stage_class(name: str) -> type[Stage]:
+
+def stage_class(name: str, source: str = "sim") -> type[Stage]:
+    """The class of stage `name`; for "capture", the class of camera source `source`."""
     try:
-        module, cls = _CLASSES[name].split(":")
+        target = CAPTURE_SOURCES[source] if name == "capture" else _CLASSES[name]
     except KeyError:
+        if name == "capture":
+            raise KeyError(f"unknown camera source {source!r}; sources are: {', '.join(CAPTURE_SOURCES)}") from None
         raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(_CLASSES)}") from None
+    module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,10 @@
+"""Camera sources, by the name `camera.source` uses, and the stage class that implements each.
+
+Every source publishes the same topics (frames into the camera pool, vehicle ground truth where it
+has one), so the rest of the pipeline does not know which one runs. Kept free of imports so that
+config validation and the stage registry can both read it.
+"""
+
+CAPTURE_SOURCES = {
+    "sim": "runtime.stages.capture:CaptureStage",  # the road-camera simulator, closing the loop
+}
