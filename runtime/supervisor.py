@@ -111,7 +111,7 @@ class ThreadHandle:
     def _run(self) -> None:
         try:
             ctx = self.make_ctx(self.name, self.stop_event)
-            self.code = run_stage(stage_class(self.name, ctx.cfg.camera.source)(ctx))
+            self.code = run_stage(stage_class(self.name, ctx.config.camera.source)(ctx))
         except Exception:
             log.exception("stage %s crashed", self.name)
             self.code = 1
