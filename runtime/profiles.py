@@ -9,7 +9,6 @@ not ["auto"], overrides a profile's order but keeps its options.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,23 +22,22 @@ class DeviceProfile:
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _nvidia(name: str, cache: Path, fp16: bool, cuda_graph: bool) -> DeviceProfile:
-    trt = {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache / "trt"),
-           "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache / "trt"),
-           "trt_fp16_enable": "1" if fp16 else "0"}
+def _nvidia(name: str, cache: Path | None, fp16: bool, cuda_graph: bool) -> DeviceProfile:
+    trt = {"trt_fp16_enable": "1" if fp16 else "0"}
+    if cache is not None:  # cache off: TensorRT builds its engines at every start, and writes nothing
+        trt.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache / "trt"),
+                    "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache / "trt")})
     cuda = {"enable_cuda_graph": "1" if cuda_graph else "0"}
     return DeviceProfile(name, ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
                          {"TensorrtExecutionProvider": trt, "CUDAExecutionProvider": cuda})
 
 
 def resolve(name: str, cache_dir: Path | None, cuda_graph: bool = False) -> DeviceProfile:
-    """The profile `name` with its caches under `cache_dir` (None, cache off: a scratch folder).
+    """The profile `name` with its caches under `cache_dir` (None: cache off, no engine or timing cache).
 
     `auto` keeps the whole vendor-neutral preference (providers.PREFERENCE: TensorRT, CUDA,
     MIGraphX, ROCm, OpenVINO, ...), with the NVIDIA options ready in case one is present.
     """
-    if cache_dir is None:
-        cache_dir = Path(tempfile.gettempdir()) / "edgert-nocache"
     if name == "auto":
         nv = _nvidia("auto", cache_dir, fp16=False, cuda_graph=cuda_graph)
         return DeviceProfile("auto", ("auto",), nv.provider_options)

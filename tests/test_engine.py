@@ -157,6 +157,8 @@ def test_profiles_keep_every_vendor_and_set_nvidia_caches(tmp_path):
     trt = orin.provider_options["TensorrtExecutionProvider"]
     assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_path"] == str(tmp_path / "trt")
     assert resolve("cpu", tmp_path).providers == ("CPUExecutionProvider",)
+    off = resolve("jetson-orin", None).provider_options["TensorrtExecutionProvider"]  # infer.cache_dir = "off"
+    assert off == {"trt_fp16_enable": "1"}, "with the cache off TensorRT must not write engines anywhere"
     with pytest.raises(ValueError, match="infer.profile: 'tpu' is not one of"):
         resolve("tpu", tmp_path)
     # NVIDIA options on a machine without NVIDIA are carried but unused; the session still runs on CPU.
