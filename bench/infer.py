@@ -51,6 +51,27 @@ def _cold_ns(make_session, inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
     return out
 
 
+def _device_cases(fns: dict, m: ModelManifest, prov: str, tag: str, x: dict[str, np.ndarray]) -> list:
+    """`device_TAG`: the engine's device binding (host-to-device copy + run + read-back);
+    `graph_TAG`: the same replaying a CUDA graph (CUDA provider only)."""
+    keep = []
+    key = {"CUDAExecutionProvider": "enable_cuda_graph", "TensorrtExecutionProvider": "trt_cuda_graph_enable"}[prov]
+    for case, graph in ((f"device_{tag}", "0"), (f"graph_{tag}", "1")):
+        eng = Engine(m, providers=[prov], intra_op_threads=THREADS, provider_options={prov: {key: graph}})
+        io = eng.bind_device()
+        for name, arr in x.items():
+            io.load(name, arr)
+        io.run()  # a graph is captured here, before timing
+
+        def step(io=io, x=x) -> None:  # type: ignore[no-untyped-def]
+            for name, arr in x.items():
+                io.load(name, arr)
+            io.run()
+        fns[case] = step
+        keep += [eng, io]
+    return keep
+
+
 def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
         variants: tuple[str, ...] = VARIANTS, zoo: Path = ZOO) -> Report:
     """Warm latency (bare vs engine, interleaved) and cold start (with and without cache) per variant."""
@@ -77,6 +98,8 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 feed = dict(x)
                 fns[f"bare_{tag}"] = (lambda s=bare, f=feed: s.run(None, f))
                 fns[f"engine_{tag}"] = (lambda e=eng, b=binding: e.run(b))
+                if eng.device != "cpu":  # on a GPU: tensors on the device, with and without a CUDA graph
+                    keep += _device_cases(fns, m, prov, tag, x)
                 # Same answer both ways, or the timing compares different work.
                 got, want = eng.run(binding), bare.run(None, feed)
                 for (k, v), w in zip(got.items(), want):
@@ -103,6 +126,9 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 if r > 1.05:
                     rep.notes.append(f"{case}/bare_{tag}{'_p99' if p99 else ''} = {r:.3f} exceeds the 1.05 target")
             rep.ratio(f"cold_cached_{tag}", f"cold_{tag}")
+            if f"graph_{tag}" in samples:
+                rep.ratio(f"graph_{tag}", f"device_{tag}")
+                rep.ratio(f"device_{tag}", f"bare_{tag}")
     rep.notes.append("cold = new session from the verified bytes + first run, in a warm process; cold_cached = "
                      "the same from ORT's saved optimised model (graph optimisations off)")
     return rep

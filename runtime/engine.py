@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import ortcache
+from runtime.deviceio import DeviceIO, cuda_graph_enabled, session_device
 from runtime.manifest import ModelError, ModelManifest
 from runtime.providers import describe, plan
 
@@ -93,6 +94,8 @@ class Engine:
                  "; optimised graph loaded from cache" if self.cache_hit else "")
         self._check_io()
         self.outputs = {o.name: np.zeros(o.shape, dtype=o.dtype) for o in manifest.outputs}
+        self.device = session_device(self.providers)  # "cuda": bind_device() keeps tensors on the GPU
+        self.cuda_graph = cuda_graph_enabled(self.providers, options)
 
     def _check_io(self) -> None:
         m = self.manifest
@@ -129,6 +132,15 @@ class Engine:
         for name, out in self.outputs.items():
             binding.bind_output(name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
         return binding
+
+    def bind_device(self) -> DeviceIO:
+        """Inputs and outputs as OrtValues on the session's device (CUDA graphs when enabled).
+
+        On a GPU this is the binding to use: `load()` a host tensor (or write the device input
+        with a CUDA kernel), then `run()`. On the CPU, `bind()` over the caller's buffers copies less.
+        """
+        return DeviceIO(self.session, list(self.manifest.inputs), self.outputs, self.device,
+                        cuda_graph=self.cuda_graph)
 
     def run(self, binding: ort.IOBinding) -> dict[str, np.ndarray]:
         """Run on the bound buffers; results are in `self.outputs` (overwritten next run)."""

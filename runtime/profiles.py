@@ -27,6 +27,7 @@ def _nvidia(name: str, cache: Path | None, fp16: bool, cuda_graph: bool) -> Devi
     if cache is not None:  # cache off: TensorRT builds its engines at every start, and writes nothing
         trt.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache / "trt"),
                     "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache / "trt")})
+    trt["trt_cuda_graph_enable"] = "1" if cuda_graph else "0"
     cuda = {"enable_cuda_graph": "1" if cuda_graph else "0"}
     return DeviceProfile(name, ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
                          {"TensorrtExecutionProvider": trt, "CUDAExecutionProvider": cuda})
