@@ -89,6 +89,7 @@ class InferSection:
     cache_dir: str = ""  # optimised graphs and TensorRT engines; "" = $XDG_CACHE_HOME/edgert, "off" = none
     pool_slots: int = 3
     warmup_runs: int = 5
+    cuda_graph: bool = False  # on an NVIDIA GPU: capture the model once as a CUDA graph, replay it per frame
 
 
 @dataclass(frozen=True)
