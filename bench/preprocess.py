@@ -38,6 +38,24 @@ class Case:
     name: str
     fns: dict[str, Callable[[], object]]
     note: str = ""
+    floor_bytes: tuple[int, int, int] | None = None  # (bytes the kernel must read, write; memcpy'd frame bytes)
+
+
+def floor_bytes(pre: Preprocessor, frame_bytes: int) -> tuple[int, int, int]:
+    """(read, written, frame): bytes fused must move for one frame. Read = the 64-byte cache lines
+    of the source rows its y taps weigh, across the span of columns its x taps weigh (a 3:1
+    pick still touches every line: pixels 9 bytes apart); written = the output tensor."""
+    weighted = np.unique(pre._yidx[pre._yw != 0])
+    rows = weighted.size
+    if pre._packed:
+        span = pre._rw3
+    else:  # YUV/GRAY: bytes across the kept columns' span; a 4:2:0 chroma row (as wide in bytes:
+        # interleaved UV, or half-width U + V) serves two luma rows
+        span = int(pre._cols[-1] - pre._cols[0] + 1) * (2 if pre.spec.src_format == "yuyv" else 1)
+        if pre.spec.src_format in ("nv12", "i420"):
+            rows += np.unique(weighted // 2).size
+    lines = (span + 63) // 64 + 1  # a span rarely starts on a line boundary
+    return rows * lines * 64, int(np.prod(pre.out_shape)) * pre.out_dtype.itemsize, frame_bytes
 
 
 def _frames(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -77,7 +95,7 @@ def case_bgr(rng: np.random.Generator, threads: int) -> Case:
         "naive": lambda: reference_preprocess(spec, src),
         "blob": lambda: cv2.dnn.blobFromImage(src, 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
         "memcpy": _memcpy(src),
-    })
+    }, floor_bytes=floor_bytes(Preprocessor(spec, src.shape), src.nbytes))
 
 
 def case_nv12(rng: np.random.Generator, threads: int) -> Case | None:
@@ -94,7 +112,8 @@ def case_nv12(rng: np.random.Generator, threads: int) -> Case | None:
                                      (127.5, 127.5, 127.5), swapRB=True)
 
     return Case("nv12_1080_to_384x640", {"fused": _fused(spec, src, threads, src.shape), "naive": naive,
-                                         "blob": blob, "memcpy": _memcpy(src)})
+                                         "blob": blob, "memcpy": _memcpy(src)},
+                floor_bytes=floor_bytes(Preprocessor(spec, src.shape), src.nbytes))
 
 
 def case_pilotnet(rng: np.random.Generator, threads: int) -> Case:
@@ -185,6 +204,25 @@ def _batches_supported() -> bool:
     return "batch" in inspect.signature(Preprocessor.__init__).parameters
 
 
+def _floor(report: Report, case: Case) -> None:
+    """The memory floor, derived (not timed): the bytes fused must move, at the bandwidth memcpy
+    achieved in this run (memcpy reads and writes the frame: 2 x its bytes)."""
+    read, written, frame = case.floor_bytes  # type: ignore[misc]
+    memcpy_ms = report.cases[f"{case.name}:memcpy"]["p50_ms"]
+    gbps = 2 * frame / (memcpy_ms * 1e6)
+    floor_ms = (read + written) / (gbps * 1e6)
+    p50 = {k: report.cases[f"{case.name}:{k}"]["p50_ms"] for k in ("fused", "blob", "naive")}
+    report.config.setdefault("floor", {})[case.name] = {
+        "read_bytes": read, "written_bytes": written, "memcpy_gbps": round(gbps, 2), "floor_ms": round(floor_ms, 4),
+        "fused/floor": round(p50["fused"] / floor_ms, 2), "blob/floor": round(p50["blob"] / floor_ms, 2)}
+    report.notes.append(
+        f"{case.name} floor (derived): fused must read {read / 1e6:.2f} MB (cache lines of the weighted source rows) "
+        f"and write {written / 1e6:.2f} MB; at memcpy's {gbps:.1f} GB/s in this run that is {floor_ms:.3f} ms. fused "
+        f"p50 = {p50['fused'] / floor_ms:.2f}x the floor; blob p50 = {p50['blob'] / floor_ms:.2f}x it, so one thread "
+        f"can be at most {p50['blob'] / floor_ms:.1f}x faster than blob and {p50['naive'] / floor_ms:.1f}x faster than "
+        "naive on this machine (memcpy is one thread: a multi-threaded fused may draw more bandwidth than it)")
+
+
 def run(quick: bool = False) -> Report:
     """Time every case; ratios per case. Threads: all cores this process may use."""
     n = int(os.environ.get("EDGERT_BENCH_N", N_QUICK if quick else N_FULL))
@@ -225,8 +263,14 @@ def run(quick: bool = False) -> Report:
         if f"{case.name}:fused_1t" in report.cases:
             report.ratio(f"{case.name}:fused_1t", f"{case.name}:fused")
             report.ratio(f"{case.name}:fused_1t", f"{case.name}:fused", p99=True)
+            # the serial kernel is what the pipeline runs by default (preprocess.threads = 1)
+            for a in ("blob", "naive"):
+                for p99 in (False, True):
+                    report.ratio(f"{case.name}:{a}", f"{case.name}:fused_1t", p99=p99)
         if case.note:
             report.notes.append(case.note)
+        if case.floor_bytes is not None:
+            _floor(report, case)
     load1 = os.getloadavg()
     report.config["loadavg_before_after"] = [round(load0[0], 2), round(load1[0], 2)]
     report.notes.append(f"1-min load average {load0[0]:.2f} before, {load1[0]:.2f} after, on {threads} cores: the "

@@ -12,16 +12,21 @@ and dtype happen in one Numba-compiled loop over output rows that writes straigh
 caller-provided buffer (a frame-pool slot bound to the inference session), so a frame costs
 no allocation and no intermediate image. Per output row:
   1. vertical pass: the row's source rows (its y taps) are summed, weighted, into a float32
-     row buffer as wide as the ROI, two source rows per sweep. A contiguous multiply-add the
-     compiler vectorises; it is most of the work (every ROI byte is read once, twice at most
-     for an area boundary row) and runs close to memcpy speed;
-  2. horizontal pass: each output pixel sums its consecutive x taps from the row buffer,
-     walking from a precomputed start with unsigned indices (no wraparound checks);
+     row buffer spanning the columns the x taps weigh, two source rows per sweep. A
+     contiguous multiply-add the compiler vectorises (every needed byte is read once, twice
+     at most for an area boundary row);
+  2. horizontal pass: each output pixel sums its consecutive weighted x taps from the row
+     buffer (zero-weight taps dropped: kernels/resample.trim_taps; 1920 -> 640 is a 3:1 pick
+     with one tap of weight 1), walking from a precomputed start with unsigned indices;
   3. colour + normalisation, one vectorised sweep over the row: a 3x3 matrix + offset (the
      source channel order and the target colour space folded together), saturated to
      [0, 255] as OpenCV's 8-bit cvtColor does, then v * (scale / std) + (-mean / std);
   4. layout (NCHW or NHWC) and dtype: float32, or float16 rounded to nearest even exactly as
      NumPy's astype (Numba has no CPU float16, so the bits are computed).
+A constant-step x pick (one x tap of weight 1 per output, e.g. 1920 -> 640 bilinear, and two y
+taps) skips the row buffer: `_pick_row` blends only the picked pixels' bytes of the two source
+rows and applies step 3 in SIMD blocks (kernels/simd.py), writing float32 NCHW straight into
+the output planes; the same operations in the same order, so bit-identical to the above.
 Resampling before colour conversion is exact because the conversion is affine and the tap
 weights sum to 1 (the [0, 255] saturation is applied after resampling, as in cv2). Tap tables
 (kernels/resample.py), colour coefficients and scratch rows are built in __init__.
@@ -60,12 +65,15 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 
 from kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
-from kernels.resample import letterbox_size, tap_tables, window_starts
+from kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
+from kernels.resample import compact_columns, letterbox_size, tap_tables, trim_taps
 from kernels.spec import PreprocessSpec
-from kernels.store import KIND, _half_bits, store_row, taps_and_colour  # noqa: F401 (_half_bits: re-exported for tests)
+from kernels.simd import (LANES, STEPS, block_bytes, permutation, pick_step1, pick_step3, pick_step3_same,
+                          pick_step3_swap)
+from kernels.store import KIND, _half_bits, colour_span, store_row, taps_and_colour  # noqa: F401 (_half_bits: tests)
 
 # --- colour -------------------------------------------------------------------------------
 
@@ -102,12 +110,88 @@ def color_coefficients(spec: PreprocessSpec) -> np.ndarray:
 # --- the kernel ---------------------------------------------------------------------------
 
 
+def pick_step(start: np.ndarray, tw: np.ndarray, yw: np.ndarray) -> int:
+    """The pixel step of a constant-step x pick that kernels/simd.py has a block for, else 0.
+
+    A pick: every output pixel has one x tap, of weight exactly 1, `step` source pixels after
+    the previous one's (1920 -> 640 bilinear: step 3; an unscaled width: step 1), and every
+    output row two y taps (bilinear); the kernel then blends only the picked pixels."""
+    if tw.shape[1] != 1 or not np.all(tw == 1) or yw.shape[1] != 2:
+        return 0
+    if start.size == 1:
+        return 1  # one output pixel: any step (the scalar tail computes it)
+    d = np.diff(start.astype(np.int64))
+    return int(d[0]) if d[0] in STEPS and np.all(d == d[0]) else 0
+
+
+
+
+_B1 = block_bytes(1)
+_B3 = block_bytes(3)
+
+
+@njit(cache=True, nogil=True, fastmath=False, inline="always")
+def _pick_row(src, base, step, perm, yidx, yw, oy, coef, d0, d1, d2):  # pragma: no cover - compiled
+    """Steps 1-3 when x is a constant-step pick (one tap of weight 1 per output pixel, every
+    `step` source pixels from byte `base`; two y taps), into the planar rows d0, d1, d2:
+    the vertical sum w0 * s0 + w1 * s1 of byte base + 3 * step * ox + c for the picked pixels
+    only, then colour + normalisation, in SIMD blocks (kernels/simd.py), then a scalar tail.
+    Bit-identical to the general path: the same vertical sum (w0 * a + w1 * b), an x weight
+    of exactly 1 that changes no value, and the same colour operations in the same order."""
+    s0 = src[yidx[oy, 0]]
+    s1 = src[yidx[oy, 1]]
+    w0 = yw[oy, 0]
+    w1 = yw[oy, 1]
+    ow = d0.shape[0]
+    n = src.shape[1]
+    s3 = 3 * step
+    ox = 0
+    if step == 3:
+        if perm == 1:
+            while ox + LANES <= ow and base + s3 * ox + _B3 <= n:
+                pick_step3_same(s0, s1, base + s3 * ox, w0, w1, coef, d0, d1, d2, ox)
+                ox += LANES
+        elif perm == 2:
+            while ox + LANES <= ow and base + s3 * ox + _B3 <= n:
+                pick_step3_swap(s0, s1, base + s3 * ox, w0, w1, coef, d0, d1, d2, ox)
+                ox += LANES
+        else:
+            while ox + LANES <= ow and base + s3 * ox + _B3 <= n:
+                pick_step3(s0, s1, base + s3 * ox, w0, w1, coef, d0, d1, d2, ox)
+                ox += LANES
+    elif step == 1:
+        while ox + LANES <= ow and base + s3 * ox + _B1 <= n:
+            pick_step1(s0, s1, base + s3 * ox, w0, w1, coef, d0, d1, d2, ox)
+            ox += LANES
+    one = np.uint64(1)
+    two = np.uint64(2)
+    for o in range(ox, ow):
+        i = np.uint64(base + s3 * o)
+        d0[o] = w0 * np.float32(s0[i]) + w1 * np.float32(s1[i])
+        d1[o] = w0 * np.float32(s0[i + one]) + w1 * np.float32(s1[i + one])
+        d2[o] = w0 * np.float32(s0[i + two]) + w1 * np.float32(s1[i + two])
+    colour_span(coef, d0, d1, d2, ox, ow)
+
+
 @njit(cache=True, nogil=True, fastmath=False)
-def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, out8, kind, nchw, oy0, ox0, r0,
+def _rows(src, x0, rw3, pick, perm, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, out8, kind, nchw, oy0, ox0, r0,
           r1):  # pragma: no cover
-    """Output rows [r0, r1) using scratch row `buf` (rw3 floats + 3 * taps zeros) and `pix` ([3, out_w])."""
+    """Output rows [r0, r1) using scratch row `buf` (rw3 floats + 3 * taps zeros) and `pix` ([3, out_w]).
+    pick != 0: x is a constant-step pick of `pick` pixels (see _pick_row), starting at byte
+    x0 + xstart[0]; buf is then unused."""
     ty = yidx.shape[1]
     for oy in range(r0, r1):
+        if pick != 0:
+            base = x0 + np.intp(xstart[0])
+            if kind == 0 and nchw:  # float32 NCHW: straight into the output's three planes
+                y = oy + oy0
+                cw = pix.shape[1]
+                _pick_row(src, base, pick, perm, yidx, yw, oy, coef, out32[0, y, ox0:ox0 + cw],
+                          out32[1, y, ox0:ox0 + cw], out32[2, y, ox0:ox0 + cw])
+            else:
+                _pick_row(src, base, pick, perm, yidx, yw, oy, coef, pix[0], pix[1], pix[2])
+                store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
+            continue
         # 1. vertical: weighted sum of the source rows into buf, two rows per sweep (halves the
         #    buf traffic); a contiguous multiply-add that the compiler vectorises.
         w0 = yw[oy, 0]
@@ -140,19 +224,19 @@ def _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, buf, pix, out32, out16, out8
         store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
 
 
-def _serial(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, out8, kind, nchw, oy0,
+def _serial(src, x0, rw3, pick, perm, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, out8, kind, nchw, oy0,
             ox0):  # pragma: no cover
-    _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf[0], pixbuf[0], out32, out16, out8, kind, nchw, oy0, ox0,
-          0, yidx.shape[0])
+    _rows(src, x0, rw3, pick, perm, yidx, yw, xstart, xw, coef, rowbuf[0], pixbuf[0], out32, out16, out8, kind, nchw,
+          oy0, ox0, 0, yidx.shape[0])
 
 
-def _parallel(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, out8, kind, nchw, oy0,
+def _parallel(src, x0, rw3, pick, perm, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, out16, out8, kind, nchw, oy0,
               ox0):  # pragma: no cover
     n = rowbuf.shape[0]
     oh = yidx.shape[0]
     for t in prange(n):
-        _rows(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf[t], pixbuf[t], out32, out16, out8, kind, nchw, oy0,
-              ox0, t * oh // n, (t + 1) * oh // n)
+        _rows(src, x0, rw3, pick, perm, yidx, yw, xstart, xw, coef, rowbuf[t], pixbuf[t], out32, out16, out8, kind,
+              nchw, oy0, ox0, t * oh // n, (t + 1) * oh // n)
 
 
 # One signature for every spec: specs differ only in the tables and flags passed in. The
@@ -161,7 +245,7 @@ def _parallel(src, x0, rw3, yidx, yw, xstart, xw, coef, rowbuf, pixbuf, out32, o
 # raises instead of compiling on a frame.
 _C2 = {t: types.Array(t, 2, "C") for t in (types.int32, types.float32)}
 _SIGNATURE = types.void(
-    types.Array(types.uint8, 2, "A", readonly=True), types.intp, types.intp,
+    types.Array(types.uint8, 2, "A", readonly=True), types.intp, types.intp, types.intp, types.intp,
     _C2[types.int32], _C2[types.float32], types.Array(types.uint32, 1, "C"), _C2[types.float32], _C2[types.float32],
     _C2[types.float32], types.Array(types.float32, 3, "C"),
     types.Array(types.float32, 3, "C"), types.Array(types.uint16, 3, "C"), types.Array(types.uint8, 3, "C"),
@@ -225,25 +309,37 @@ class Preprocessor:
         self._cw, self._ch = cw, ch
         self._roi = (rx, ry, rw, rh)
         (xi, xw), (yi, yw) = tap_tables(spec.resize, rw, rh, cw, ch)
-        self._xstart = window_starts(xi, xw) * np.uint32(3)  # element offset of each window in the row buffer
-        self._xw = np.ascontiguousarray(xw, np.float32)
+        self._packed = spec.src_format in ("bgr", "rgb")
+        if self._packed:
+            # zero-weight taps dropped; the vertical pass sweeps only the weighted span of columns
+            first, span, start, tw = trim_taps(xi, xw)
+            self._x0, self._rw3, n_buf = (rx + first) * 3, span * 3, span
+            self._pick = pick_step(start, tw, yw)
+        else:
+            # YUV/GRAY decode is per pixel: decode only the pixels some x tap weighs (all of
+            # them unless x is downscaled more than 2:1); windows index the compacted row
+            cols, start, tw = compact_columns(xi, xw)
+            self._cols = (cols + np.uint32(rx)).astype(np.uint32)  # absolute pixel columns
+            self._dense = bool(cols[-1] - cols[0] + 1 == cols.size)
+            self._x0, self._rw3, n_buf = rx, rw * 3, cols.size
+            self._pick = 0
+        self._xstart = start * np.uint32(3)  # element offset of each window in the row buffer
+        self._xw = np.ascontiguousarray(tw, np.float32)
         self._yidx = np.ascontiguousarray(yi + ry, np.int32)  # absolute source row
         self._yw = np.ascontiguousarray(yw, np.float32)
-        self._packed = spec.src_format in ("bgr", "rgb")
         self._fmt = FORMAT_CODE.get(spec.src_format, -1)
-        self._x0 = rx * 3 if self._packed else rx
         self._rw = rw
-        self._rw3 = rw * 3
         # bytes in one (unpadded) row of the 2-D view the kernel reads
         self._row_bytes = w * {"bgr": 3, "rgb": 3, "yuyv": 2}.get(spec.src_format, 1)
         self._rows2d = self.src_shape[0]
         self._coef = color_coefficients(spec)
+        self._perm = permutation(self._coef)  # the pick's colour step as a channel permutation (kernels/simd.py)
         self._yc = yuv_coefficients(spec.yuv_matrix, spec.yuv_range)
         self.threads = min(threads, ch)
-        # Zero tail: a window's zero-weight padding taps may run past the ROI's last pixel.
-        self._rowbuf = np.zeros((self.threads, self._rw3 + 3 * xw.shape[1]), np.float32)
+        # Zero tail: a window's zero-weight padding taps may run past the last kept pixel.
+        self._rowbuf = np.zeros((self.threads, 3 * n_buf + 3 * tw.shape[1]), np.float32)
+        self._rgbbuf = np.zeros((self.threads, 3 * n_buf), np.float32)  # one decoded source row (YUV/GRAY)
         self._pixbuf = np.zeros((self.threads, 3, cw), np.float32)
-        self._rgbbuf = np.zeros((self.threads, self._rw3), np.float32)  # one decoded source row (YUV/GRAY)
         self._dummy32 = np.zeros((1, 1, 1), np.float32)
         self._dummy16 = np.zeros((1, 1, 1), np.uint16)
         self._dummy8 = np.zeros((1, 1, 1), np.uint8)
@@ -332,10 +428,11 @@ class Preprocessor:
             o32 = o
         s = src.reshape(self._rows2d, self._row_bytes)
         if self._packed:
-            self._kernel(s, self._x0, self._rw3, self._yidx, self._yw, self._xstart, self._xw, self._coef,
-                         self._rowbuf, self._pixbuf, o32, o16, o8, self._kind, self._nchw, self._oy0, self._ox0)
+            self._kernel(s, self._x0, self._rw3, self._pick, self._perm, self._yidx, self._yw, self._xstart, self._xw,
+                         self._coef, self._rowbuf, self._pixbuf, o32, o16, o8, self._kind, self._nchw, self._oy0,
+                         self._ox0)
             return
-        self._kernel(s, self._fmt, self.frame_size[0], self._x0, self._rw, self._yidx, self._yw, self._xstart,
+        self._kernel(s, self._fmt, self.frame_size[0], self._cols, self._dense, self._yidx, self._yw, self._xstart,
                      self._xw, self._yc, self._coef, self._rgbbuf, self._rowbuf, self._pixbuf, o32, o16, o8,
                      self._kind, self._nchw, self._oy0, self._ox0)
 

@@ -116,6 +116,64 @@ def window_starts(idx: np.ndarray, w: np.ndarray) -> np.ndarray:
     return start.astype(np.uint32)
 
 
+def trim_taps(idx: np.ndarray, w: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Drop zero-weight taps: (first, span, start, tw).
+
+    first, span  the source samples any tap weighs lie in [first, first + span);
+    start        uint32 [n_out]: each output's first weighted sample, relative to `first`;
+    tw           float32 [n_out, t]: its weights in order, padded with 0 to the widest row.
+    cv2's bilinear pads every row to 2 taps even when the phase is integral: 1920 -> 640 has
+    x weights (1, 0) throughout, so trimming halves the horizontal work there. Dropping a tap
+    of weight 0 changes no sum (x + 0 * finite == x): results stay bit-identical. The
+    weighted taps of a row must be consecutive samples (both resize modes guarantee it).
+    """
+    nz = w != 0
+    if not nz.any(axis=1).all():
+        raise ValueError("every output sample needs a non-zero tap")
+    first = int(idx[nz].min())
+    span = int(idx[nz].max()) - first + 1
+    width = int(nz.sum(axis=1).max())
+    start = np.empty(idx.shape[0], np.uint32)
+    tw = np.zeros((idx.shape[0], width), np.float32)
+    for i in range(idx.shape[0]):
+        ks = np.flatnonzero(nz[i])
+        if np.any(idx[i, ks] != idx[i, ks[0]] + np.arange(ks.size)):
+            raise ValueError(f"tap row {i}: weighted samples {idx[i, ks].tolist()} are not consecutive")
+        start[i] = idx[i, ks[0]] - first
+        tw[i, : ks.size] = w[i, ks]
+    return first, span, start, tw
+
+
+def compact_columns(idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep only the source samples some tap actually weighs: (cols, start, cw).
+
+    cols   uint32 [n]: the distinct source indices with a non-zero weight, ascending;
+    start  uint32 [n_out]: each output's first non-zero tap, as an index into `cols`;
+    cw     float32 [n_out, t]: its non-zero weights in order, padded with 0 to the widest row.
+    A strong bilinear downscale weighs at most 2 samples per output (1920 -> 640 weighs
+    exactly one: 1 in 3 columns, every x weight is 0 or 1), so a kernel that filters only
+    `cols` vertically does that much less work. Dropping zero-weight taps changes no sum
+    (x + 0 * finite == x), so results are bit-identical to the full table's. The kept taps
+    of each row must be consecutive in `cols`, which both resize modes guarantee (checked).
+    """
+    nz = w != 0
+    if not nz.any(axis=1).all():
+        raise ValueError("every output sample needs a non-zero tap")
+    cols = np.unique(idx[nz])
+    pos = np.searchsorted(cols, idx)
+    width = int(nz.sum(axis=1).max())
+    start = np.empty(idx.shape[0], np.uint32)
+    cw = np.zeros((idx.shape[0], width), np.float32)
+    for i in range(idx.shape[0]):
+        ks = np.flatnonzero(nz[i])
+        p = pos[i, ks]
+        if np.any(p != p[0] + np.arange(p.size)):
+            raise ValueError(f"tap row {i}: weighted samples {idx[i, ks].tolist()} are not consecutive")
+        start[i] = p[0]
+        cw[i, : ks.size] = w[i, ks]
+    return cols.astype(np.uint32), start, cw
+
+
 def tap_tables(resize: str, src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[TapTable, TapTable]:
     """(x table, y table) for resizing a src_w x src_h region to dst_w x dst_h, as cv2.resize does."""
     if min(src_w, src_h, dst_w, dst_h) <= 0:

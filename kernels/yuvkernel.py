@@ -3,7 +3,9 @@
 Same pass as kernels/preprocess.py (vertical taps into a float row, horizontal taps,
 colour matrix + normalisation, layout + dtype), with one step in front: each source row a
 vertical tap needs is decoded to float RGB (kernels/formats.py), saturated, into a one-row
-scratch, then accumulated, weighted, into the row buffer; no RGB image is ever built.
+scratch, then accumulated, weighted, into the row buffer; no RGB image is ever built. Only
+the pixels some x tap weighs are decoded (kernels/resample.compact_columns: 1 in 3 for
+1920 -> 640); when those are all the columns, a pair loop shares each chroma sample.
 (Decoding straight into the row buffer through an inlined helper was tried: Numba 0.68 then
 leaked a reference per call, ~400 B/frame, caught by the tracemalloc tests; the scratch row
 costs no measurable time.) Decoding must precede resampling
@@ -21,8 +23,9 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 
+from kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
 from kernels.store import store_row, taps_and_colour
 
 
@@ -121,9 +124,55 @@ def _decode_row(src, fmt, h, sy, x0, rw, yc, rgb):  # pragma: no cover - compile
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _rows(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgb, buf, pix, out32, out16, out8, kind, nchw,
+def _decode_cols(src, fmt, h, sy, cols, yc, rgb):  # pragma: no cover - compiled
+    """Like _decode_row, for the kept pixel columns `cols` only (a strong x downscale weighs
+    1 or 2 pixels per output, kernels/resample.compact_columns): pixel k into rgb[3k : 3k + 3].
+    One loop per format; each pixel reads its own chroma sample (neighbours are rarely kept)."""
+    if fmt == 0:  # gray
+        for k in range(cols.shape[0]):
+            g = np.float32(src[sy, cols[k]])
+            rgb[3 * k] = g
+            rgb[3 * k + 1] = g
+            rgb[3 * k + 2] = g
+        return
+    yoff, ys, rv, gu, gv, bu = yc[0], yc[1], yc[2], yc[3], yc[4], yc[5]
+    half = np.float32(128.0)
+    one = np.uint64(1)
+    if fmt == 1:  # nv12
+        crow = h + sy // 2
+        for k in range(cols.shape[0]):
+            x = np.uint64(cols[k])
+            p = x & ~one
+            u = np.float32(src[crow, p]) - half
+            v = np.float32(src[crow, p + one]) - half
+            _put(rgb, k, np.float32(src[sy, x]), rv * v, gu * u + gv * v, bu * u, yoff, ys)
+    elif fmt == 2:  # i420
+        hw = src.shape[1] // 2
+        hu = 2 * h + sy // 2
+        hv = hu + h // 2
+        ur, uc = hu // 2, np.uint64((hu & 1) * hw)
+        vr, vc = hv // 2, np.uint64((hv & 1) * hw)
+        for k in range(cols.shape[0]):
+            x = np.uint64(cols[k])
+            c = x >> one
+            u = np.float32(src[ur, uc + c]) - half
+            v = np.float32(src[vr, vc + c]) - half
+            _put(rgb, k, np.float32(src[sy, x]), rv * v, gu * u + gv * v, bu * u, yoff, ys)
+    else:  # yuyv
+        for k in range(cols.shape[0]):
+            x = np.uint64(cols[k])
+            q = (x >> one) << np.uint64(2)
+            u = np.float32(src[sy, q + one]) - half
+            v = np.float32(src[sy, q + np.uint64(3)]) - half
+            _put(rgb, k, np.float32(src[sy, x << one]), rv * v, gu * u + gv * v, bu * u, yoff, ys)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows(src, fmt, h, cols, dense, yidx, yw, xstart, xw, yc, coef, rgb, buf, pix, out32, out16, out8, kind, nchw,
           oy0, ox0, r0, r1):  # pragma: no cover - compiled
     ty = yidx.shape[1]
+    x0 = np.intp(cols[0])
+    rw = cols.shape[0]
     rw3 = 3 * rw
     for oy in range(r0, r1):
         for j in range(rw3):
@@ -132,31 +181,35 @@ def _rows(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgb, buf, pix, ou
             w0 = yw[oy, k]
             if w0 == 0.0:
                 continue
-            _decode_row(src, fmt, h, yidx[oy, k], x0, rw, yc, rgb)
+            if dense:
+                _decode_row(src, fmt, h, yidx[oy, k], x0, rw, yc, rgb)
+            else:
+                _decode_cols(src, fmt, h, yidx[oy, k], cols, yc, rgb)
             for j in range(rw3):
                 buf[j] += w0 * rgb[j]
         taps_and_colour(buf, xstart, xw, coef, pix)  # kernels/store.py, shared with the BGR kernel
         store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
 
 
-def _serial(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgbbuf, rowbuf, pixbuf, out32, out16, out8, kind,
+def _serial(src, fmt, h, cols, dense, yidx, yw, xstart, xw, yc, coef, rgbbuf, rowbuf, pixbuf, out32, out16, out8, kind,
             nchw, oy0, ox0):  # pragma: no cover
-    _rows(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgbbuf[0], rowbuf[0], pixbuf[0], out32, out16, out8,
+    _rows(src, fmt, h, cols, dense, yidx, yw, xstart, xw, yc, coef, rgbbuf[0], rowbuf[0], pixbuf[0], out32, out16, out8,
           kind, nchw, oy0, ox0, 0, yidx.shape[0])
 
 
-def _parallel(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgbbuf, rowbuf, pixbuf, out32, out16, out8, kind,
-              nchw, oy0, ox0):  # pragma: no cover
+def _parallel(src, fmt, h, cols, dense, yidx, yw, xstart, xw, yc, coef, rgbbuf, rowbuf, pixbuf, out32, out16, out8,
+              kind, nchw, oy0, ox0):  # pragma: no cover
     n = rowbuf.shape[0]
     oh = yidx.shape[0]
     for t in prange(n):
-        _rows(src, fmt, h, x0, rw, yidx, yw, xstart, xw, yc, coef, rgbbuf[t], rowbuf[t], pixbuf[t], out32, out16,
+        _rows(src, fmt, h, cols, dense, yidx, yw, xstart, xw, yc, coef, rgbbuf[t], rowbuf[t], pixbuf[t], out32, out16,
               out8, kind, nchw, oy0, ox0, t * oh // n, (t + 1) * oh // n)
 
 
 _C2 = {t: types.Array(t, 2, "C") for t in (types.int32, types.float32)}
 _SIGNATURE = types.void(
-    types.Array(types.uint8, 2, "A", readonly=True), types.intp, types.intp, types.intp, types.intp,
+    types.Array(types.uint8, 2, "A", readonly=True), types.intp, types.intp, types.Array(types.uint32, 1, "C"),
+    types.boolean,
     _C2[types.int32], _C2[types.float32], types.Array(types.uint32, 1, "C"), _C2[types.float32],
     types.Array(types.float32, 1, "C"), _C2[types.float32],
     _C2[types.float32], _C2[types.float32], types.Array(types.float32, 3, "C"),

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from kernels import PreprocessSpec, Preprocessor, reference_preprocess
 from kernels.preprocess import _half_bits
-from kernels.resample import tap_tables, window_starts
+from kernels.resample import compact_columns, tap_tables, trim_taps, window_starts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -401,3 +401,82 @@ def test_hundred_calls_allocate_nothing(dtype: str, layout: str, pad: int) -> No
     kept, peak = allocations(pre, src, np.empty(pre.out_shape, pre.out_dtype), calls=100)
     assert kept < 10 * 1024, f"{kept} bytes kept over 100 calls"
     assert peak < 10 * 1024, f"{peak} bytes allocated transiently by one call"
+
+
+def test_trimmed_and_compacted_tables_keep_only_weighted_taps() -> None:
+    """1920 -> 640 bilinear is an integral 3:1 pick under the half-pixel convention: cv2's table
+    pads each row with a zero-weight tap, which trim_taps drops; compact_columns keeps 1 column in 3."""
+    (xi, xw), _ = tap_tables("bilinear", 1920, 1080, 640, 384)
+    assert xw.shape == (640, 2) and np.all(xw[:, 1] == 0)
+    first, span, start, tw = trim_taps(xi, xw)
+    assert tw.shape == (640, 1) and np.all(tw == 1) and first == 1 and span == 1918
+    np.testing.assert_array_equal(start, 3 * np.arange(640))
+    cols, cstart, cw = compact_columns(xi, xw)
+    np.testing.assert_array_equal(cols, 3 * np.arange(640) + 1)
+    np.testing.assert_array_equal(cstart, np.arange(640))
+    # a general table keeps its weights and order, and every weighted tap is still addressed
+    for mode, n_src, n_dst in (("area", 1920, 200), ("bilinear", 37, 90), ("area", 50, 7)):
+        (xi, xw), _ = tap_tables(mode, n_src, 10, n_dst, 10)
+        first, span, start, tw = trim_taps(xi, xw)
+        cols, cstart, cw = compact_columns(xi, xw)
+        np.testing.assert_array_equal(tw, cw)
+        for i in range(n_dst):
+            k = np.flatnonzero(xw[i])
+            np.testing.assert_array_equal(first + start[i] + np.arange(k.size), xi[i, k])
+            np.testing.assert_array_equal(cols[cstart[i] + np.arange(k.size)], xi[i, k])
+            np.testing.assert_array_equal(tw[i, : k.size], xw[i, k])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([1, 3]), st.integers(1, 70), st.integers(1, 40), st.integers(0, 9), st.integers(0, 3),
+       st.sampled_from(["rgb", "bgr", "yuv601"]), st.sampled_from([("float32", "nchw"), ("float32", "nhwc"),
+                                                                   ("float16", "nchw"), ("uint8", "nhwc")]),
+       st.booleans(), st.sampled_from([0, 7]), st.integers(0, 2**32 - 1))
+def test_constant_step_pick_is_bit_identical_to_the_general_path(step: int, ow: int, oh: int, x: int, extra: int,
+                                                                color: str, out: tuple[str, str], letterbox: bool,
+                                                                pad: int, seed: int) -> None:
+    """1920 -> 640 (step 3) and an unscaled width (step 1) take kernels/simd.py's SIMD block path;
+    it must give the general path's bits, for every colour, dtype, layout, the letterbox offset,
+    ROIs ending at the frame's right edge (extra = 0: the last blocks run out of row) and padded rows."""
+    rw, rh = step * ow, 2 * oh + 3
+    src = frame(np.random.default_rng(seed), rh + 2, x + rw + extra, pad, "noise")
+    dtype, layout = out
+    spec = PreprocessSpec(src_format="bgr", out_width=ow + (6 if letterbox else 0), out_height=oh,
+                          roi=(x, 1, rw, rh), resize="bilinear", letterbox=letterbox, color=color,
+                          scale=1 / 255 if dtype != "uint8" else 1.0,
+                          mean=(0.485, 0.456, 0.406) if dtype != "uint8" else (0.0, 0.0, 0.0),
+                          std=(0.229, 0.224, 0.225) if dtype != "uint8" else (1.0, 1.0, 1.0), layout=layout,
+                          dtype=dtype)
+    fast = Preprocessor(spec, src.shape)
+    general = Preprocessor(spec, src.shape)
+    assert fast._pick == (step if ow > 1 else 1) or letterbox  # a letterboxed fit may not be an exact step
+    general._pick = 0
+    got, want = np.empty(fast.out_shape, fast.out_dtype), np.empty(fast.out_shape, fast.out_dtype)
+    fast(src, got)
+    general(src, want)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_1080p_to_640_takes_the_pick_path_and_matches_the_float_chain() -> None:
+    spec = PreprocessSpec(src_format="bgr", out_width=640, out_height=384, resize="bilinear", color="rgb",
+                          scale=1 / 255, mean=(0.5,) * 3, std=(0.5,) * 3, layout="nchw", dtype="float32")
+    src = frame(np.random.default_rng(5), 1080, 1920, 0, "noise")
+    pre = Preprocessor(spec, src.shape)
+    assert pre._pick == 3
+    general = Preprocessor(spec, src.shape)
+    general._pick = 0
+    got, want = run(spec, src), np.empty(general.out_shape, np.float32)
+    general(src, want)
+    np.testing.assert_array_equal(got, want)
+    assert_close(spec, got, float_chain(spec, src), FLOAT_STEPS)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        np.testing.assert_array_equal(run(spec, src, threads=2), got)
+    finally:
+        numba.set_num_threads(before)
+    for s in (spec, PreprocessSpec(**{**spec.to_dict(), "dtype": "uint8", "layout": "nhwc", "scale": 1.0,
+                                      "mean": [0.0] * 3, "std": [1.0] * 3})):  # into the planes / through pix
+        p = Preprocessor(s, src.shape)
+        kept, peak = allocations(p, src, np.empty(p.out_shape, p.out_dtype), calls=50)
+        assert kept < 10 * 1024 and peak < 10 * 1024, (kept, peak)

@@ -22,6 +22,12 @@ def test_quick_run_has_every_case_baseline_and_ratio(tmp_path: Path, monkeypatch
         for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
             for suffix in ("", "_p99"):
                 assert report.ratios[f"{case}:{a}/{case}:{b}{suffix}"] > 0
+    for case in ("bgr1080_to_384x640", "nv12_1080_to_384x640"):  # the derived memory floor
+        floor = report.config["floor"][case]
+        assert floor["read_bytes"] > 0 and floor["written_bytes"] > 0 and floor["floor_ms"] > 0
+    # 1920x1080 BGR -> 384 rows: 768 weighted source rows of 5760 bytes (+ a line), 3x384x640 float32
+    assert report.config["floor"]["bgr1080_to_384x640"]["read_bytes"] == 768 * (5760 // 64 + 1) * 64
+    assert report.config["floor"]["bgr1080_to_384x640"]["written_bytes"] == 3 * 384 * 640 * 4
     paths = report.write(tmp_path)
     data = json.loads(paths[0].read_text())
     assert set(data) >= {"benchmark", "machine", "config", "cases", "ratios"}

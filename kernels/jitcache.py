@@ -1,0 +1,98 @@
+"""`njit` for the kernels, with Numba's on-disk cache keyed on all of kernels/*.py.
+
+Why: Numba's cache index is stamped with the hash of the *defining* module's file only. The
+kernels inline helpers from other modules (kernels/store.py into both kernels), so after a
+change to store.py alone Numba would load the old compiled kernel from its cache and run it:
+stale machine code, silently, in development and after an upgrade alike.
+
+Fix: every cached kernel function here is compiled with its cache in a directory named after
+a sha256 of the sources of the whole package, `<root>/kernels-<hash12>`, so any edit to any
+kernels/*.py file starts from an empty cache (one compile, ~5 s per kernel family), and two
+versions installed side by side never share compiled code. <root> is NUMBA_CACHE_DIR when the
+user set it (their choice of place is kept; the keyed sub-directory is added), else
+$XDG_CACHE_HOME/edgert/numba (~/.cache/edgert/numba), else a per-user folder in the temp dir
+when that is not writable. Old `kernels-*` directories are left behind (a few MB each);
+deleting them is always safe.
+
+How: Numba picks a function's cache directory once, when the dispatcher is created with
+cache=True (numba.core.caching.UserProvidedCacheLocator reads numba.config.CACHE_DIR then).
+`njit` below sets config.CACHE_DIR for the duration of that call only, under a lock, and
+restores it, so other Numba users in the process (runtime/sim) keep their own cache place.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+from numba.core import config
+
+_PACKAGE = Path(__file__).resolve().parent
+_lock = threading.Lock()
+
+
+def source_hash(package: Path = _PACKAGE) -> str:
+    """First 12 hex digits of the sha256 over the package's *.py files (names and bytes, sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(package.glob("*.py")):
+        h.update(f.name.encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def cache_dir() -> str:
+    """The directory the kernels' compiled code is cached in (created; see the module docstring)."""
+    name = f"kernels-{source_hash()}"
+    user = os.environ.get("NUMBA_CACHE_DIR", "")
+    if user:
+        root = Path(user)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "edgert" / "numba"
+    path = root / name
+    if not _writable(path):
+        path = Path(tempfile.gettempdir()) / f"edgert-numba-{os.getuid() if hasattr(os, 'getuid') else 0}" / name
+        if not _writable(path):
+            raise OSError(f"kernels: cannot create a Numba cache directory at {root / name} or {path}; "
+                          "set NUMBA_CACHE_DIR to a writable directory")
+    return str(path)
+
+
+def njit(*args: Any, **kwargs: Any) -> Any:
+    """numba.njit, with cache=True caching under `cache_dir()` (the kernels' source hash)."""
+    if not kwargs.get("cache"):
+        return numba.njit(*args, **kwargs)
+    if len(args) == 1 and callable(args[0]) and not isinstance(args[0], (list, tuple, str)):
+        return _keyed(numba.njit(**kwargs))(args[0])  # bare @njit(cache=True) on a function
+    return _keyed(numba.njit(*args, **kwargs))
+
+
+def _keyed(decorate: Callable[[Callable], Any]) -> Callable[[Callable], Any]:
+    def wrap(py_func: Callable) -> Any:
+        path = cache_dir()
+        with _lock:
+            saved = config.CACHE_DIR
+            config.CACHE_DIR = path
+            try:
+                return decorate(py_func)  # the dispatcher's cache locator reads CACHE_DIR here
+            finally:
+                config.CACHE_DIR = saved
+    return wrap
