@@ -19,7 +19,7 @@ from runtime import wire
 from runtime.e2e import CommandChecker, Verdict
 from runtime.stats import Samples, summarize_ns
 from runtime.transport import Endpoints, subscriber
-from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, WireError
+from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, VehicleFlags, WireError
 
 # (name, from stamp, to stamp): the hops and stages a frame passes, in order.
 SEGMENTS = (
@@ -45,6 +45,30 @@ class CommandChecks:
     non_monotone_stamps: int = 0
 
 
+_FAULTS = (VehicleFlags.CAMERA_BLACKOUT, VehicleFlags.CAMERA_FROZEN, VehicleFlags.FRAME_DROPPED)
+
+
+@dataclass
+class VehicleFlagCounts:
+    """From the simulator's VEHICLE flags: actuator timeouts, and the faults it injected (ground truth
+    to hold the takeover requests against: which fault, from when, for how many frames)."""
+
+    actuator_timeouts: dict[str, int] = field(default_factory=lambda: {"events": 0, "frames": 0})
+    faults: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> first_t_ns, frames
+    _timed_out: bool = False
+
+    def add(self, flags: int, t_ns: int) -> None:
+        timed_out = bool(flags & VehicleFlags.ACTUATOR_TIMEOUT)
+        if timed_out:
+            self.actuator_timeouts["frames"] += 1
+            self.actuator_timeouts["events"] += not self._timed_out
+        self._timed_out = timed_out
+        for f in _FAULTS:
+            if flags & f:
+                rec = self.faults.setdefault(f.name, {"first_t_ns": t_ns, "frames": 0})
+                rec["frames"] += 1
+
+
 class Telemetry:
     """Subscribes to `commands` and `vehicle` on a thread of its own until `stop()`."""
 
@@ -61,6 +85,8 @@ class Telemetry:
         self.takeovers: list[dict[str, Any]] = []  # when each began, why, and when model commands resumed
         self.vehicle_rejected = 0
         self.departures = 0
+        self.departure_t_ns: list[int] = []  # when each departure began (first 100)
+        self.vehicle_flags = VehicleFlagCounts()
         self._out_of_lane = False
         self._in_failsafe = False
         self._stop = threading.Event()
@@ -137,9 +163,12 @@ class Telemetry:
         out = abs(lat) > self.departure_m
         if out and not self._out_of_lane:
             self.departures += 1
+            if len(self.departure_t_ns) < 100:
+                self.departure_t_ns.append(int(rec["t_ns"]))
         self._out_of_lane = out
         if int(rec["cmd_age_ns"]):
             self.actuation_age.append(float(rec["cmd_age_ns"]))
+        self.vehicle_flags.add(int(rec["flags"]), int(rec["t_ns"]))
 
     def summary(self) -> dict[str, Any]:
         st = self.stamps.data.astype(np.int64)
@@ -159,7 +188,10 @@ class Telemetry:
                 "rms_m": float(np.sqrt((lat ** 2).mean())) if lat.size else float("nan"),
                 "max_abs_m": float(np.abs(lat).max()) if lat.size else float("nan"),
                 "departures": self.departures,
+                "departure_t_ns": self.departure_t_ns,
                 "departure_threshold_m": self.departure_m,
             },
+            "actuator_timeouts": self.vehicle_flags.actuator_timeouts,
+            "injected_faults": self.vehicle_flags.faults,
         }
         return out

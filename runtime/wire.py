@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"EDRT"
-VERSION = 1
+VERSION = 2  # 2: camera-health flags and statuses, camera takeover reasons, VEHICLE flags (docs/wire.md)
 N_STAMPS = 8
 MAX_VALUES = 16
 MAX_DIMS = 4
@@ -49,6 +49,26 @@ class ResultStatus(enum.IntEnum):
     OK = 0
     NONFINITE = 1  # NaN/Inf in the model output: never passed on as a value
     ERROR = 2
+    CAMERA_BLACKOUT = 3  # the frame behind it was black (FrameFlags.CAMERA_DARK): no output computed
+    CAMERA_FROZEN = 4  # the frame repeated the previous ones (FrameFlags.CAMERA_FROZEN): no output computed
+
+
+class FrameFlags(enum.IntFlag):
+    """Camera health, set by preprocess from a sampled statistic of the camera frame."""
+
+    NONE = 0
+    CAMERA_DARK = 1  # the image is black: a blackout, a covered lens, a dead sensor
+    CAMERA_FROZEN = 2  # the image is bit-identical to the previous ones: a stuck camera or link
+
+
+class VehicleFlags(enum.IntFlag):
+    """What the simulated car's actuator did, and which faults the simulator injected (ground truth)."""
+
+    NONE = 0
+    ACTUATOR_TIMEOUT = 1  # no valid command within the actuator's timeout: it ramps steering to neutral itself
+    CAMERA_BLACKOUT = 2  # injected: this frame was rendered black
+    CAMERA_FROZEN = 4  # injected: this frame repeats the previous image
+    FRAME_DROPPED = 8  # injected: this frame was rendered but never published
 
 
 class CommandFlags(enum.IntFlag):
@@ -64,6 +84,8 @@ class TakeoverReason(enum.IntEnum):
     STALE_FRAME = 3  # result computed from a frame older than the deadline
     STARTUP = 4  # no valid result within the grace period after the pipeline started
     SHUTDOWN = 5  # the control stage is stopping: nothing will steer after this command
+    CAMERA_BLACKOUT = 6  # the camera delivers black frames
+    CAMERA_FROZEN = 7  # the camera repeats the same image
 
 
 class StageState(enum.IntEnum):
@@ -155,7 +177,8 @@ LAYOUTS: dict[MsgType, np.dtype] = {
             ("heading_err", "<f8"),
             ("steer", "<f4"),
             ("cmd_age_ns", "<u8"),
-            ("_pad", "<u4"),
+            ("flags", "<u2"),  # VehicleFlags
+            ("_pad", "<u2"),
         ]
     ),
 }
@@ -234,6 +257,8 @@ def _validate_frame(rec: np.void) -> None:
     shape = rec["shape"]
     if any(int(d) == 0 for d in shape[:ndim]) or any(int(d) != 0 for d in shape[ndim:]):
         raise WireError(f"FRAME shape {tuple(int(d) for d in shape)} inconsistent with ndim {ndim}")
+    if int(rec["flags"]) & ~int(FrameFlags.CAMERA_DARK | FrameFlags.CAMERA_FROZEN):
+        raise WireError(f"FRAME flags {int(rec['flags']):#x} has unknown bits")
     _check_stamps(rec)
 
 
@@ -275,6 +300,9 @@ def _validate_vehicle(rec: np.void) -> None:
     for key in ("x", "y", "yaw", "speed", "s", "lateral", "heading_err", "steer"):
         if not math.isfinite(float(rec[key])):
             raise WireError(f"VEHICLE {key} not finite")
+    if int(rec["flags"]) & ~int(VehicleFlags.ACTUATOR_TIMEOUT | VehicleFlags.CAMERA_BLACKOUT
+                                | VehicleFlags.CAMERA_FROZEN | VehicleFlags.FRAME_DROPPED):
+        raise WireError(f"VEHICLE flags {int(rec['flags']):#x} has unknown bits")
 
 
 _VALIDATORS = {

@@ -258,3 +258,76 @@ def test_expert_keeps_the_car_in_lane(road, lat0, heading0):
     settled = lateral[5 * 30:] if lat0 else lateral  # an offset start gets 5 s to recover
     assert settled.max() < 0.3
     assert s == pytest.approx(120 * 15.0, rel=0.01)  # it drove the road, 120 s at 15 m/s
+
+
+# --- explicit roads, unmarked stretches, camera effects (the scenarios' building blocks) -----
+
+def test_road_from_segments_holds_each_curvature_with_ramps_between():
+    segs = [(30.0, 0.0), (80.0, 1 / 200), (80.0, -1 / 150)]
+    r = Road(length_m=500.0, segments=segs)
+    k = r.curvature
+    assert np.all(k[r.s <= 30.0] == 0.0)
+    assert np.abs(np.diff(k)).max() / r.ds < 3e-4  # clothoid ramps, never a jump
+    # each hold is reached and held for its length (ramps: 30 m in, 60 m through the reversal)
+    assert np.isclose(k, 1 / 200).sum() * r.ds == pytest.approx(80.0, abs=0.5)
+    assert np.isclose(k, -1 / 150).sum() * r.ds == pytest.approx(80.0, abs=0.5)
+    assert np.all(k[r.s > 30 + 30 + 80 + 60 + 80 + 60] == 0.0)  # ramps out, then straight to the end
+    assert r.length == pytest.approx(500.0)
+    step = np.hypot(np.diff(r.x), np.diff(r.y))
+    assert np.allclose(step, r.ds, rtol=1e-6)
+    assert Road(seed=7).unmarked.shape == (0, 2)  # the random road is unchanged and fully marked
+    for bad, msg in (([], "empty"), ([(0.0, 0.0)], "length 0.0 m must be > 0"),
+                     ([(50.0, 0.1)], "curvature 0.1 1/m outside"), ([(50.0,)], "not a \\(length_m, curvature\\) pair")):
+        with pytest.raises(ValueError, match=msg):
+            Road(length_m=500.0, segments=bad)
+    with pytest.raises(ValueError, match="unmarked stretch 0"):
+        Road(length_m=500.0, segments=segs, unmarked=[(50.0, 40.0)])
+
+
+def test_unmarked_stretch_has_no_paint():
+    cam = SMALL
+    row = cam.height - 12
+    plain = Road(length_m=400.0, segments=[(400.0, 0.0)])
+    worn = Road(length_m=400.0, segments=[(400.0, 0.0)], unmarked=[(20.0, 60.0)])
+    assert not worn.is_marked(40.0) and worn.is_marked(60.0)
+    a, b = _frame(), _frame()
+    forward = cam.ground_rows()[0][row]
+    st = initial_state(plain, _dash_start(plain, row, cam))  # the row sees a dash and both edge lines
+    assert 20.0 < st.x + forward < 60.0
+    Renderer(plain, cam).render(st.x, st.y, st.yaw, a)
+    Renderer(worn, cam).render(st.x, st.y, st.yaw, b)
+    assert len(_peaks(a, row)) == 2 and _peaks(b, row) == []  # lines there on one road, none on the other
+    far = cam.ground_rows()[0]
+    beyond = int(np.flatnonzero(np.isfinite(far) & (st.x + far > 70.0) & (far < 120.0))[-1])
+    assert _peaks(a, beyond) and np.array_equal(a[beyond], b[beyond])  # past the stretch: painted the same
+
+
+def test_frame_effects_gain_noise_and_salt():
+    from runtime.sim.effects import FrameEffects
+
+    fx = FrameEffects(seed=3)
+    base = np.full((180, 320, 3), 100, np.uint8)
+    img = base.copy()
+    fx.apply(img, gain=0.5)
+    assert (img == 50).all()
+    img = base.copy()
+    fx.apply(img, gain=3.0)
+    assert (img == 255).all()  # saturates, never wraps
+    img = base.copy()
+    fx.apply(img, sigma=10.0)
+    assert img.astype(float).mean() == pytest.approx(100.0, abs=0.3)
+    assert img.astype(float).std() == pytest.approx(10.0, rel=0.05)
+    img2 = base.copy()
+    fx.apply(img2, sigma=10.0)
+    assert not np.array_equal(img, img2)  # new noise every frame
+    img = base.copy()
+    fx.apply(img, salt=0.01)
+    stuck = (img == 0) | (img == 255)
+    assert stuck.mean() == pytest.approx(0.01, rel=0.15) and (img[~stuck] == 100).all()
+    again = base.copy()
+    FrameEffects(seed=3).apply(again, gain=0.5)
+    other = base.copy()
+    FrameEffects(seed=3).apply(other, sigma=10.0)
+    first = base.copy()
+    FrameEffects(seed=3).apply(first, sigma=10.0)
+    assert np.array_equal(other, first)  # a seed gives the same noise: runs repeat

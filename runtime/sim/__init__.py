@@ -1,9 +1,28 @@
-"""The road-camera simulator: the embedded default camera source and the closed loop's car."""
+"""The road-camera simulator: the embedded default camera source and the closed loop's car.
 
-from runtime.sim.camera import PinholeCamera
-from runtime.sim.expert import expert_steer
-from runtime.sim.render import Renderer
-from runtime.sim.road import Road
-from runtime.sim.vehicle import BicycleModel, VehicleState, initial_state
+Attributes load lazily (PEP 562), so config validation can read the scenario table
+(runtime.sim.scenarios) without importing Numba and compiling the renderer.
+"""
 
-__all__ = ["BicycleModel", "PinholeCamera", "Renderer", "Road", "VehicleState", "expert_steer", "initial_state"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "PinholeCamera": "runtime.sim.camera",
+    "expert_steer": "runtime.sim.expert",
+    "Renderer": "runtime.sim.render",
+    "Road": "runtime.sim.road",
+    "BicycleModel": "runtime.sim.vehicle",
+    "VehicleState": "runtime.sim.vehicle",
+    "initial_state": "runtime.sim.vehicle",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'runtime.sim' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -15,7 +15,8 @@ So a frame is drawn row by row:
      pixel's footprint in d, the line smeared by how far it slants across the pixel's height),
      so a line thinner than a pixel is drawn faint, with the same total paint wherever it
      falls, instead of flickering in and out; the centre line's 3 m dash /
-     9 m gap is box-filtered along the road over the row's footprint in X. Grass and asphalt
+     9 m gap is box-filtered along the road over the row's footprint in X; on the road's
+     unmarked stretches (`Road.unmarked`, worn-away paint) no line is painted. Grass and asphalt
      carry a mild noise texture in road coordinates (arc length, d), so motion shows; it is
      mip-mapped by the row's ground footprint, so it fades with distance instead of
      shimmering. Distance haze is folded into each row's colours.
@@ -179,8 +180,17 @@ def _span(lo_f, hi_f, w):
 
 
 @njit(cache=True, nogil=True)
+def _unmarked(s, gaps):
+    """Whether arc length s lies in one of the (s0, s1) rows of `gaps` (no paint there)."""
+    for i in range(gaps.shape[0]):
+        if gaps[i, 0] <= s < gaps[i, 1]:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def _render_frame(out, static, x, y, yaw, hint, rs, rx, ry, rh, poly, rows_f, rows_i, pose, uline, tex,
-                  scratch, cx, lane_w, ahead_m, ds):
+                  scratch, cx, lane_w, ahead_m, ds, gaps):
     h_img, w_img = out.shape[0], out.shape[1]
     flat = out.reshape((h_img, w_img * 3))
     nrows = rows_f.shape[0]
@@ -289,8 +299,10 @@ def _render_frame(out, static, x, y, yaw, hint, rs, rx, ry, rh, poly, rows_f, ro
         for q in range(3):
             centre = (q - 0.5) * lane_w
             alpha = 1.0
+            s_line = s_row + centre * math.tan(psi)  # the arc length where this line crosses the row
+            if gaps.shape[0] and _unmarked(s_line, gaps):
+                continue
             if q == 1:  # dashed: the painted fraction of this row's stretch of road
-                s_line = s_row + centre * math.tan(psi)
                 alpha = (_dash_integral(s_line + 0.5 * foot) - _dash_integral(s_line - 0.5 * foot)) / foot
                 if alpha <= 1e-3:
                     continue
@@ -398,4 +410,4 @@ class Renderer:
         r = self.road
         _render_frame(out, self._static, float(x), float(y), float(yaw), self._hint, r.s, r.x, r.y, r.heading,
                       self._poly, self._rows_f, self._rows_i, self._pose, self._uline, self._tex, self._scratch,
-                      float(self.camera.cx), float(r.lane_width), float(self._ahead_m), float(r.ds))
+                      float(self.camera.cx), float(r.lane_width), float(self._ahead_m), float(r.ds), r.unmarked)

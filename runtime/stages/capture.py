@@ -1,13 +1,19 @@
 """capture: the road-camera simulator, closing the loop through the vehicle model.
 
-Each tick it applies the newest command to a kinematic bicycle model (zero-order hold,
-sim time advances exactly one frame period), renders the camera image at the new pose
-straight into a frame-pool slot, and publishes the slot's descriptor and the vehicle's
-ground truth (lane error) for telemetry. Ticks are paced in real time at camera.fps.
+Each tick it hands the newest valid command to the simulated steering actuator (which may
+lag it by `sim.added_latency_ms`, and ramps to neutral by itself when commands stop for
+`sim.actuator_timeout_ms`), moves a kinematic bicycle model by the actuator's steering
+(zero-order hold, sim time advances exactly one frame period), renders the camera image at
+the new pose straight into a frame-pool slot, and publishes the slot's descriptor and the
+vehicle's ground truth (lane error, actuator and injected-fault flags) for telemetry. With
+`sim.scenario` the road and the camera's conditions over time (light, noise, blackout,
+frozen frames) come from runtime/sim/scenarios.py; `sim.drop_rate` drops a fraction of
+frames before publishing. Ticks are paced in real time at camera.fps.
 """
 
 from __future__ import annotations
 
+import random
 import time
 
 import numpy as np
@@ -16,9 +22,14 @@ from runtime import wire
 from runtime.e2e import CommandChecker, Verdict
 from runtime.framepool import FramePool
 from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
+from runtime.sim import scenarios
+from runtime.sim.actuator import Actuator
+from runtime.sim.effects import FrameEffects
 from runtime.stage import Stage
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, Stamp, StageState
+from runtime.wire import CommandFlags, MsgType, Stamp, StageState, VehicleFlags
+
+ACTUATOR_TIMEOUT_PERIODS = 6  # sim.actuator_timeout_ms = 0: six frame periods (200 ms at 30 fps)
 
 CAMERA_STREAM = "camera"
 STREAM_IDS = {"camera": 1, "tensor": 2}
@@ -33,7 +44,17 @@ class CaptureStage(Stage):
         self.dt = 1.0 / cam.fps
         self.shape = (cam.height, cam.width, 3)
         self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
-        self.road = Road(seed=sim.road_seed, length_m=sim.road_length_m, lane_width_m=sim.lane_width_m)
+        self.scenario = scenarios.get(sim.scenario) if sim.scenario else None
+        if self.scenario is None:
+            self.road = Road(seed=sim.road_seed, length_m=sim.road_length_m, lane_width_m=sim.lane_width_m)
+        else:
+            scn = self.scenario
+            self.road = Road(length_m=scn.road_length(sim.speed_mps, sim.start_s_m), lane_width_m=sim.lane_width_m,
+                             segments=scn.segments, unmarked=scn.unmarked)
+        self.condition = scenarios.CameraCondition()
+        needs_fx = self.scenario is not None and any(e.kind in ("gain", "noise") for e in self.scenario.effects)
+        self.effects = FrameEffects(seed=0) if needs_fx else None
+        self.drop_rng = random.Random(0)  # sim.drop_rate: the same frames drop in every run
         self.camera = PinholeCamera(width=cam.width, height=cam.height, hfov_deg=sim.hfov_deg,
                                     height_m=sim.camera_height_m, pitch_deg=sim.camera_pitch_deg)
         self.renderer = Renderer(self.road, self.camera)  # compiles and warms the render kernel
@@ -41,10 +62,11 @@ class CaptureStage(Stage):
         self.state: VehicleState = initial_state(self.road, s=sim.start_s_m, lateral_m=sim.start_lateral_m,
                                                  heading_err=sim.start_heading_rad, speed=sim.speed_mps)
         self.s_hint = sim.start_s_m
-        self.steer = 0.0
-        self.accel = 0.0
-        self.cmd_capture_ns = 0
-        self.new_command = False  # the age of a held command is not a new latency sample
+        timeout_ms = sim.actuator_timeout_ms or ACTUATOR_TIMEOUT_PERIODS * 1000.0 / cam.fps
+        self.actuator = Actuator(int(timeout_ms * 1e6), self.cfg.control.max_steer_rate_rad_s,
+                                 delay_ns=int(sim.added_latency_ms * 1e6), period_ns=self.period_ns)
+        self.last_slot = -1
+        self.produced = 0  # frames made, published or (sim.drop_rate) dropped: frame ids count these
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
         self.pub_frames = self.own(publisher(ctx, ep, "frames"))
         self.pub_vehicle = self.own(publisher(ctx, ep, "vehicle"))
@@ -76,7 +98,7 @@ class CaptureStage(Stage):
             self.id_base = self.next_tick // self.period_ns
             self.log.info("started: %dx%d at %.1f fps", self.shape[1], self.shape[0], self.cfg.camera.fps)
 
-    def _apply_latest_command(self) -> None:
+    def _receive_command(self) -> None:
         msg = self.commands.drain()
         if msg is None:
             return
@@ -84,10 +106,27 @@ class CaptureStage(Stage):
         if verdict is not Verdict.OK:  # corrupted, repeated, reordered or stale: never acted on
             self.reject(f"command {verdict.value}")
             return
-        self.steer = float(rec["steer"])
-        self.accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0
-        self.cmd_capture_ns = int(rec["stamps"][Stamp.CAPTURE])
-        self.new_command = True
+        accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0
+        self.actuator.receive(float(rec["steer"]), accel, int(rec["stamps"][Stamp.CAPTURE]), time.monotonic_ns())
+
+    def _draw(self, slot: int, st: VehicleState, s: float) -> int:
+        """Render (or black out, or repeat) the camera image into the slot; VehicleFlags of what was injected."""
+        view = self.pool.view(slot, self.shape, np.uint8)
+        cond = self.condition
+        if self.scenario is not None:
+            self.scenario.condition_at(self.produced / self.cfg.camera.fps, cond)
+        flags = 0
+        if cond.blackout:
+            view.fill(0)
+            flags |= VehicleFlags.CAMERA_BLACKOUT
+        elif cond.frozen and self.last_slot >= 0:
+            np.copyto(view, self.pool.view(self.last_slot, self.shape, np.uint8))
+            flags |= VehicleFlags.CAMERA_FROZEN
+        else:
+            self.renderer.render(st.x, st.y, st.yaw, view, s_hint=s)
+        if self.effects is not None:
+            self.effects.apply(view, cond.gain, cond.sigma, cond.salt)
+        return flags
 
     def step(self) -> None:
         if not self.started:
@@ -105,13 +144,19 @@ class CaptureStage(Stage):
             missed = 1 + late // self.period_ns
             self.dropped += missed
             self.next_tick += missed * self.period_ns
-        frame_id = self.id_base + self.frames + 1
+        frame_id = self.id_base + self.produced + 1
 
-        self._apply_latest_command()
+        self._receive_command()
         act_ns = time.monotonic_ns()
-        st = self.vehicle.step(self.state, self.steer, self.dt)
-        if self.accel:
-            st = VehicleState(st.x, st.y, st.yaw, max(0.0, st.speed + self.accel * self.dt))
+        act = self.actuator
+        timeouts = act.timeouts
+        new_command = act.update(act_ns, self.dt)
+        if act.timeouts != timeouts:
+            self.log.warning("actuator timeout: no valid command for %.0f ms; ramping the steering to neutral",
+                             (act_ns - act.last_rx_ns) / 1e6)
+        st = self.vehicle.step(self.state, act.steer, self.dt)
+        if act.accel:
+            st = VehicleState(st.x, st.y, st.yaw, max(0.0, st.speed + act.accel * self.dt))
         self.state = st
 
         s, lateral, road_heading = self.road.project(st.x, st.y, self.s_hint)
@@ -123,22 +168,30 @@ class CaptureStage(Stage):
         self.s_hint = s
 
         slot = self.pool.acquire()
-        self.renderer.render(st.x, st.y, st.yaw, self.pool.view(slot, self.shape, np.uint8), s_hint=s)
+        flags = self._draw(slot, st, s)
         gen = self.pool.publish(slot)
+        self.last_slot = slot
         now = time.monotonic_ns()
-        self.frames += 1
-        f = self.frame
-        f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
-        f["stamps"][:] = 0
-        f["stamps"][Stamp.CAPTURE] = now
-        self.pub_frames.send(wire.encode(f))
+        self.produced += 1
+        if self.cfg.sim.drop_rate and self.drop_rng.random() < self.cfg.sim.drop_rate:
+            flags |= VehicleFlags.FRAME_DROPPED  # rendered, never published: a lossy camera link
+            self.dropped += 1
+        else:
+            self.frames += 1
+            f = self.frame
+            f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
+            f["stamps"][:] = 0
+            f["stamps"][Stamp.CAPTURE] = now
+            self.pub_frames.send(wire.encode(f))
+        if act.timed_out:
+            flags |= VehicleFlags.ACTUATOR_TIMEOUT
 
         v = self.veh
         v["frame_id"], v["t_ns"] = frame_id, now
         v["x"], v["y"], v["yaw"], v["speed"] = st.x, st.y, st.yaw, st.speed
         v["s"], v["lateral"] = s, lateral
         v["heading_err"] = heading_err
-        v["steer"] = self.steer
-        v["cmd_age_ns"] = act_ns - self.cmd_capture_ns if self.new_command else 0
-        self.new_command = False
+        v["steer"] = act.steer
+        v["cmd_age_ns"] = act_ns - act.capture_ns if new_command else 0  # a held command is no new sample
+        v["flags"] = flags
         self.pub_vehicle.send(wire.encode(v))

@@ -25,6 +25,9 @@ from runtime.transport import LatestReader, publisher, subscriber
 from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, StageState, TakeoverReason
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
+# A result made from a black or frozen camera image hands over with the camera's own reason.
+_CAMERA_REASONS = {ResultStatus.CAMERA_BLACKOUT: TakeoverReason.CAMERA_BLACKOUT,
+                   ResultStatus.CAMERA_FROZEN: TakeoverReason.CAMERA_FROZEN}
 
 
 class ControlStage(Stage):
@@ -169,7 +172,8 @@ class ControlStage(Stage):
             why = (f"status {ResultStatus(int(rec['status'])).name}" if int(rec["status"]) != ResultStatus.OK
                    else f"decoded value {value} (index {index} of {int(rec['n_values'])} values; plausible "
                         f"|value| <= {self.cfg.control.plausible_steer_rad} rad)")
-            self._enter_failsafe(TakeoverReason.INVALID_RESULT, f"frame {int(rec['frame_id'])}: {why}")
+            reason = _CAMERA_REASONS.get(int(rec["status"]), TakeoverReason.INVALID_RESULT)
+            self._enter_failsafe(reason, f"frame {int(rec['frame_id'])}: {why}")
             return
         self.frames += 1
         if self.failsafe:

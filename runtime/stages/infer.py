@@ -16,13 +16,13 @@ from runtime import wire
 from runtime.engine import Engine
 from runtime.frameinput import FrameInput
 from runtime.framepool import FramePool
-from runtime.manifest import load_manifest
+from runtime.signing import approved_manifest
 from runtime.profiles import resolve
 from runtime.stage import Stage
 from runtime.stages.capture import STREAM_IDS
 from runtime.stages.preprocess import TENSOR_STREAM
 from runtime.transport import publisher
-from runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
+from runtime.wire import MAX_VALUES, FrameFlags, MsgType, ResultStatus, Stamp
 
 
 class InferStage(Stage):
@@ -30,7 +30,7 @@ class InferStage(Stage):
 
     def setup(self) -> None:
         icfg = self.cfg.infer
-        manifest = load_manifest(self.cfg.model_dir())
+        manifest = approved_manifest(self.cfg)  # signed, unaltered, approved for pipeline.market
         cache = self.cfg.cache_dir()
         profile = resolve(icfg.profile, cache, cuda_graph=icfg.cuda_graph)
         providers = icfg.providers if icfg.providers != ["auto"] else list(profile.providers)
@@ -74,7 +74,12 @@ class InferStage(Stage):
         if not self.input.still_valid(rec):
             return
         r = self.res
-        if np.isfinite(self.output).all():
+        camera = int(rec["flags"])  # preprocess's camera-health verdict (runtime/camhealth.py)
+        if camera:  # a black or frozen image: whatever the model made of it is not passed on
+            r["status"] = (ResultStatus.CAMERA_BLACKOUT if camera & FrameFlags.CAMERA_DARK
+                           else ResultStatus.CAMERA_FROZEN)
+            r["values"][:] = 0.0
+        elif np.isfinite(self.output).all():
             r["status"] = ResultStatus.OK
             r["values"][: len(self.values)] = self.values
         else:
