@@ -52,6 +52,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']}, "
+            f"numba {m['numba']}, onnxruntime {m['onnxruntime']}; GPU: {m['gpu'] or 'none'}.")
+
+
 def time_ns(fn: Callable[[], object], n: int, warmup: int = 10) -> np.ndarray:
     """n timings of fn() in nanoseconds (monotonic clock), after `warmup` untimed calls."""
     for _ in range(warmup):
@@ -104,11 +109,11 @@ class Report:
                 "cases": self.cases, "ratios": self.ratios, "notes": self.notes}
 
     def markdown(self) -> str:
-        m = self.machine
-        lines = [f"# Benchmark: {self.benchmark}", "",
-                 f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']}, "
-                 f"numba {m['numba']}, onnxruntime {m['onnxruntime']}; GPU: {m['gpu'] or 'none'}.", "",
-                 f"Config: `{json.dumps(self.config)}`", "",
+        return "\n".join([f"# Benchmark: {self.benchmark}", "", machine_line(self.machine), "", self.body(), ""])
+
+    def body(self) -> str:
+        """The report without its title and machine line: config, tables, ratios, notes, plots."""
+        lines = [f"Config: `{json.dumps(self.config)}`", "",
                  "| case | n | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | mean ms |",
                  "|---|---|---|---|---|---|---|---|"]
         for name, c in self.cases.items():
@@ -119,7 +124,7 @@ class Report:
             lines += [f"| {k} | {v:.3f} |" for k, v in self.ratios.items()]
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
-        lines += ["", f"![latency distributions]({self.benchmark}.png)", ""]
+        lines += ["", f"![latency distributions]({self.benchmark}.png)"]
         return "\n".join(lines)
 
     def plot(self, path: Path) -> None:
@@ -150,3 +155,25 @@ class Report:
         paths[1].write_text(self.markdown())
         self.plot(paths[2])
         return paths
+
+
+def write_index(reports: list[Report], out_dir: str | Path, quick: bool = False, failed: list[str] | None = None) -> Path:
+    """DIR/index.md: the machine once, then every report's config, tables, ratios, notes and plots."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = reports[0].machine if reports else machine_info()
+    lines = ["# edgert benchmarks" + (" (quick: CI-sized, says nothing about tails)" if quick else ""), "",
+             machine_line(machine), f"Providers: {', '.join(machine['providers'])}.", "",
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Every ratio compares two cases of the same run; "
+             "see docs/benchmarks.md for the method.", "",
+             "| benchmark | cases | ratios (same run) |", "|---|---|---|"]
+    for r in reports:
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in list(r.ratios.items())[:4])
+        lines.append(f"| [{r.benchmark}](#{r.benchmark}) | {len(r.cases)} | {ratios} |")
+    for f in failed or []:
+        lines.append(f"| FAILED: {f} | | |")
+    for r in reports:
+        lines += ["", f"## {r.benchmark}", "", r.body()]
+    path = out / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

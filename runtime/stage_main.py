@@ -1,4 +1,7 @@
-"""Entry point of one stage process: `python -m runtime.stage_main STAGE RUN_DIR RUN_ID`.
+"""Entry point of one stage process: `python -m runtime.stage_main STAGE RUN_DIR RUN_ID [MODULE:CLASS]`.
+
+MODULE:CLASS, given by the supervisor only (its `stage_classes`), runs that class instead of the
+registry's (a benchmark's baseline stage in the same process topology).
 
 The process names itself edgert-<stage> (ps, top), dies with its supervisor
 (PR_SET_PDEATHSIG), leaves SIGINT to the supervisor (a terminal Ctrl-C reaches the
@@ -8,6 +11,7 @@ whole process group; the supervisor orders the shutdown) and stops cleanly on SI
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import signal
@@ -42,8 +46,18 @@ def apply_affinity(cores: list[int] | None, log: logging.Logger) -> None:
         log.info("pinned to cores %s", cores)
 
 
+def load_stage_class(target: str) -> type:
+    """The class named "package.module:Class"."""
+    module, _, cls = target.partition(":")
+    if not module or not cls:
+        raise ValueError(f"stage class {target!r}: expected 'package.module:Class'")
+    return getattr(importlib.import_module(module), cls)
+
+
 def main(argv: list[str] | None = None) -> int:
-    name, run_dir, run_id = (argv if argv is not None else sys.argv[1:])[:3]
+    args = argv if argv is not None else sys.argv[1:]
+    name, run_dir, run_id = args[:3]
+    target = args[3] if len(args) > 3 else ""
     setproctitle.setproctitle(f"edgert-{name}")
     _die_with_parent(int(run_id.split(".")[0]))  # the run id starts with the supervisor's pid
     cfg = PipelineConfig.from_json((Path(run_dir) / "pipeline.json").read_text())
@@ -61,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
         auth = start_authenticator(ctx, endpoints.curve_dir)
     try:
-        return run_stage(stage_class(name, cfg.camera.source)(StageContext(name, cfg, run_id, endpoints, ctx, stop)))
+        cls = load_stage_class(target) if target else stage_class(name, cfg.camera.source)
+        return run_stage(cls(StageContext(name, cfg, run_id, endpoints, ctx, stop)))
     finally:
         if auth is not None:
             auth.stop()

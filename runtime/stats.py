@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
@@ -33,3 +35,80 @@ class Samples:
     @property
     def data(self) -> np.ndarray:
         return self._buf[: self.n]
+
+
+class LogHistogram:
+    """Latency counts in log-spaced buckets: mergeable across stages, runs and processes.
+
+    Bucket i >= 1 holds [lo * r^(i-1), lo * r^i) with r = 10^(1/per_decade) (100 per decade:
+    buckets 2.3 % wide); bucket 0 holds everything below `lo`, the last everything from `hi`
+    on. Two histograms with the same layout merge by adding counts, so the histogram of
+    concatenated samples is the sum of the parts, and a percentile read from it is within one
+    bucket of the exact one. (hdrhistogram does the same for integers with a C extension; this
+    one is a few NumPy lines and records whole arrays at once.)
+    """
+
+    def __init__(self, lo_ns: float = 1e3, hi_ns: float = 1e11, per_decade: int = 100) -> None:
+        if not 0 < lo_ns < hi_ns or per_decade < 1:
+            raise ValueError(f"LogHistogram: need 0 < lo_ns < hi_ns and per_decade >= 1, got {lo_ns}, {hi_ns}, "
+                             f"{per_decade}")
+        self.lo, self.hi, self.per_decade = float(lo_ns), float(hi_ns), int(per_decade)
+        n_log = int(math.ceil(math.log10(self.hi / self.lo) * per_decade))
+        self.edges = self.lo * 10.0 ** (np.arange(n_log + 1) / per_decade)  # ns; bucket i is [edges[i-1], edges[i])
+        self.counts = np.zeros(n_log + 2, dtype=np.int64)
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def record(self, samples_ns: np.ndarray | float) -> None:
+        x = np.asarray(samples_ns, dtype=np.float64).reshape(-1)
+        idx = np.searchsorted(self.edges, x, side="right")  # 0 below lo, len(edges) at or above hi
+        np.add.at(self.counts, idx, 1)
+
+    def _check_layout(self, other: "LogHistogram") -> None:
+        if (self.lo, self.hi, self.per_decade) != (other.lo, other.hi, other.per_decade):
+            raise ValueError(f"cannot merge histograms with different buckets: {(self.lo, self.hi, self.per_decade)} "
+                             f"vs {(other.lo, other.hi, other.per_decade)}; build both with the same lo/hi/per_decade")
+
+    def merge(self, other: "LogHistogram") -> "LogHistogram":
+        """Add `other`'s counts to this one (same layout); returns self."""
+        self._check_layout(other)
+        self.counts += other.counts
+        return self
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (nearest rank) in ns: the geometric middle of its bucket."""
+        n = self.n
+        if n == 0:
+            return float("nan")
+        rank = max(1, math.ceil(q / 100.0 * n))
+        i = int(np.searchsorted(np.cumsum(self.counts), rank))
+        if i == 0:
+            return self.lo
+        if i >= len(self.edges):
+            return self.hi
+        return float(math.sqrt(self.edges[i - 1] * self.edges[i]))
+
+    def to_dict(self) -> dict[str, object]:
+        """Sparse JSON form: layout and the non-empty buckets."""
+        nz = np.flatnonzero(self.counts)
+        return {"lo_ns": self.lo, "hi_ns": self.hi, "per_decade": self.per_decade,
+                "buckets": {str(int(i)): int(self.counts[i]) for i in nz}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> "LogHistogram":
+        h = cls(float(d["lo_ns"]), float(d["hi_ns"]), int(d["per_decade"]))  # type: ignore[arg-type]
+        for i, c in d["buckets"].items():  # type: ignore[union-attr]
+            h.counts[int(i)] = int(c)
+        return h
+
+
+def ipdv_ns(capture_ns: np.ndarray, sent_ns: np.ndarray) -> np.ndarray:
+    """Jitter of a command stream: |change in latency| between consecutive commands (RFC 3393 IPDV).
+
+    Equal to |interval between commands - interval between their frames|, so it measures what the
+    pipeline adds whatever the source's pacing (fixed, Poisson or closed loop).
+    """
+    lat = np.asarray(sent_ns, np.int64) - np.asarray(capture_ns, np.int64)
+    return np.abs(np.diff(lat))

@@ -13,9 +13,10 @@ import numpy as np
 
 from kernels import Preprocessor
 from runtime import wire
+from runtime.camhealth import CameraHealth
 from runtime.frameinput import FrameInput
 from runtime.framepool import FramePool
-from runtime.manifest import load_manifest
+from runtime.signing import approved_manifest
 from runtime.stage import Stage
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from runtime.transport import publisher
@@ -29,20 +30,27 @@ class PreprocessStage(Stage):
 
     def setup(self) -> None:
         cam = self.cfg.camera
-        manifest = load_manifest(self.cfg.model_dir())
+        manifest = approved_manifest(self.cfg)  # signed, unaltered, approved for pipeline.market
         self.src_shape = (cam.height, cam.width, 3)
         if self.cfg.preprocess.threads > 1:  # a serial kernel needs no thread pool
             numba.set_num_threads(min(self.cfg.preprocess.threads, numba.config.NUMBA_NUM_THREADS))
-        self.pre = Preprocessor(manifest.preprocess, self.src_shape, threads=self.cfg.preprocess.threads)
+        # N cameras in lock-step (camera.cameras): one (N, H, W, 3) slot in, one batch-N tensor out
+        self.pre = Preprocessor(manifest.preprocess, self.src_shape, threads=self.cfg.preprocess.threads,
+                                batch=cam.cameras)
         self.pre.warmup()
         self.out_shape = tuple(manifest.inputs[0].shape)
         if tuple(self.pre.out_shape) != self.out_shape:
+            fix = (f"use a model whose batch is camera.cameras = {cam.cameras}, or set camera.cameras to "
+                   f"{self.out_shape[0]}" if tuple(self.pre.out_shape[1:]) == self.out_shape[1:]
+                   else f"fix {manifest.dir}/manifest.toml")
             raise ValueError(f"model input {manifest.inputs[0].name!r} is {self.out_shape} but the manifest's "
-                             f"preprocess spec produces {tuple(self.pre.out_shape)}; fix {manifest.dir}/manifest.toml")
+                             f"preprocess spec produces {tuple(self.pre.out_shape)} for {cam.cameras} camera(s); {fix}")
+        frame_shape = self.src_shape if cam.cameras == 1 else (cam.cameras, *self.src_shape)
         self.out_dtype = np.dtype(manifest.inputs[0].dtype)
         cam_pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
         self.tensors = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
-        self.input = FrameInput(self, "frames", cam_pool, STREAM_IDS[CAMERA_STREAM], self.src_shape, np.uint8)
+        self.input = FrameInput(self, "frames", cam_pool, STREAM_IDS[CAMERA_STREAM], frame_shape, np.uint8)
+        self.health = CameraHealth(int(np.prod(frame_shape)), cam.dark_level, cam.frozen_frames)
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "tensors"))
         self.out = wire.new_message(MsgType.FRAME)
         self.out["stream"] = STREAM_IDS[TENSOR_STREAM]
@@ -58,11 +66,13 @@ class PreprocessStage(Stage):
         t_recv = time.monotonic_ns()
         slot = self.tensors.acquire()
         self.pre(src, self.tensors.view(slot, self.out_shape, self.out_dtype))
+        health = self.health.check(src)  # black or repeated image: FrameFlags (runtime/camhealth.py)
         if not self.input.still_valid(rec):
             return  # the camera overwrote the frame while we read it; the tensor slot is reused later
         gen = self.tensors.publish(slot)
         o = self.out
         o["slot"], o["generation"], o["frame_id"] = slot, gen, rec["frame_id"]
+        o["flags"] = health
         o["stamps"][:] = rec["stamps"]
         o["stamps"][Stamp.PRE_RECV] = t_recv
         o["stamps"][Stamp.PRE_DONE] = time.monotonic_ns()

@@ -1,0 +1,498 @@
+"""`edgert bench pipeline --scenario single-stream|multi-stream|server`: the whole pipeline, timed.
+
+The real pipeline (runtime.supervisor with its four stage processes) is fed by the "frames"
+source (runtime/stages/frames.py: the same pre-rendered frames every run) at a scenario's
+pacing, after MLPerf LoadGen:
+
+  single-stream  the next frame once the last command is out, at most `fps` frames a second
+  multi-stream   N cameras (default 4) in lock-step at a fixed `fps`: one (N, H, W, 3) slot per
+                 tick, one batched tensor, a batch-N model (bench/_batchmodel.py)
+  server         frames at a Poisson (or fixed) rate whatever the pipeline does; drops counted
+
+In the same call, on the same frames at the same rates, the naive baseline runs in the same
+process topology (bench/_naive.py: frames pickled through ZeroMQ, cv2 + NumPy preprocessing,
+plain `session.run`), and the standalone preprocessing kernel and engine (and the naive chain
+and bare session) are timed in this process on those frames. Runs alternate edgert / naive
+(`rounds`), so a noisy spell on a shared machine hits both.
+
+Each run lasts until it has `min_count` commands AND `min_duration_s` seconds after a warm-up
+(LoadGen's rule: whichever is longer); a run that cannot reach `min_count` within its time cap
+is marked INVALID in the notes. Per command, from the stamps every stage adds
+(time.monotonic_ns, one clock for all processes):
+
+  end-to-end     CTRL_SEND - CAPTURE                      cases "edgert", "naive"
+  per stage      the hops and stages between the stamps   cases "edgert:preprocess", ...
+  pipeline tax   end-to-end - (standalone preprocess p50 + standalone infer p50), both measured
+                 in this run on the same frames: what the runtime itself costs (hops, waits,
+                 contention, control)                      cases "edgert:tax", "naive:tax"
+  jitter         |change of latency between consecutive commands| (RFC 3393 IPDV), i.e.
+                 |command interval - frame interval|       cases "edgert:jitter", "naive:jitter"
+
+plus drops (frames the source skipped or whose command never came; frames captured but never
+commanded, by frame-id gaps at control), CPU % and peak RSS of each stage process, and
+throughput. Ratios: naive/edgert (p50) and naive/edgert_p99 for end-to-end, and the same for tax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import Report, interleaved_ns
+from runtime.config import DEFAULT_CONFIG, PipelineConfig, load
+from runtime.stats import LogHistogram, ipdv_ns, summarize_ns
+from runtime.telemetry import SEGMENTS
+from runtime.wire import Stamp
+
+STAGES = ("capture", "preprocess", "infer", "control")
+POISSON_DEADLINE_MS = 500.0
+PIPELINES = ("edgert", "naive")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    pacing: str  # camera.pacing of the frames source
+    cameras: int
+    fps: float
+    question: str
+
+
+SCENARIOS = {
+    "single-stream": Scenario("closed", 1, 30.0, "latency of one camera, next frame once the command is out"),
+    "multi-stream": Scenario("fixed", 4, 30.0, "N cameras in lock-step at a fixed rate, one batched model call"),
+    "server": Scenario("poisson", 1, 30.0, "arrivals at a rate that ignores the pipeline: latency and drops"),
+}
+# LoadGen-style minimums: a run ends when it has both (after WARMUP_S, not counted)
+FULL = {"min_count": 1024, "min_duration_s": 60.0, "rounds": 2, "standalone_n": 2000, "frames": 16, "warmup_s": 2.0}
+QUICK = {"min_count": 60, "min_duration_s": 2.0, "rounds": 1, "standalone_n": 100, "frames": 4, "warmup_s": 0.5}
+# Single-stream targets on the 2-core reference machine (issue 7)
+TARGETS = {"tax_p50_ms": 0.5, "tax_p99_ms": 2.0, "naive/edgert_p99": 3.0}
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One pipeline run: the measured window's command stamps, counters and resources."""
+
+    stamps: np.ndarray  # (n, N_STAMPS) int64, one row per model command in the window
+    window_s: float
+    counters: dict[str, dict[str, int]]  # per stage: frames/dropped/rejected/errors in the window
+    cpu_percent: dict[str, float]
+    rss_mb: dict[str, float]
+    machine_busy_percent: float
+    valid: bool
+    exit_reason: str
+
+
+def scenario_config(base: PipelineConfig, scenario: str, cameras: int | None = None, fps: float | None = None,
+                    arrival: str | None = None, frames: int = 8) -> PipelineConfig:
+    """The pipeline config of a scenario: the base config with the frames source and its pacing."""
+    sc = SCENARIOS[scenario]
+    pacing = sc.pacing
+    if arrival is not None:
+        if scenario != "server":
+            raise ValueError(f"--arrival applies to the server scenario only (this is {scenario}); remove it")
+        pacing = arrival
+    n = sc.cameras if cameras is None else cameras
+    if n != 1 and scenario != "multi-stream":
+        raise ValueError(f"--cameras applies to the multi-stream scenario only (this is {scenario}); remove it")
+    cfg = base.replace(camera={"source": "frames", "pacing": pacing, "cameras": n, "fps": fps or sc.fps,
+                               "frames": frames},
+                       pipeline={"mode": "processes", "transport": "ipc", "log_level": "WARNING", "curve": False})
+    if pacing == "poisson":
+        # Poisson gaps exceed two mean periods 13.5 % of the time: the watchdog would rightly take over
+        # for want of frames, and commands after a takeover wait for 3 good results. What is measured
+        # here is latency under bursts, so the deadline is one no gap reaches (P < 1e-6 at 30/s).
+        cfg = cfg.replace(control={"deadline_ms": max(POISSON_DEADLINE_MS, cfg.deadline_ns / 1e6)})
+    return cfg
+
+
+# -- one run ------------------------------------------------------------------------------
+
+class _Watcher(threading.Thread):
+    """Beside a running Supervisor: opens the measured window after the warm-up, samples each
+    stage's CPU time and RSS, drives the progress bar and ends the run once both minimums are met."""
+
+    def __init__(self, sup: Any, min_count: int, min_duration_s: float, warmup_s: float, bar: Any) -> None:
+        super().__init__(daemon=True, name="bench-watcher")
+        self.sup, self.min_count, self.min_duration_s, self.warmup_s, self.bar = \
+            sup, min_count, min_duration_s, warmup_s, bar
+        self.n0 = self.n1 = 0
+        self.t0 = self.t1 = 0.0
+        self.counters0: dict[str, dict[str, int]] = {}
+        self.counters1: dict[str, dict[str, int]] = {}
+        self.cpu0: dict[str, float] = {}
+        self.cpu1: dict[str, float] = {}
+        self.rss: dict[str, float] = {}
+        self.busy = float("nan")
+        self.done = False
+        self.procs: dict[str, Any] = {}
+
+    def _counters(self) -> dict[str, dict[str, int]]:
+        return {n: dict(self.sup.status[n].counters or {}) for n in STAGES}
+
+    def _cpu(self) -> dict[str, float]:
+        out = {}
+        for name, p in self.procs.items():
+            try:
+                t = p.cpu_times()
+                out[name] = t.user + t.system
+                self.rss[name] = max(self.rss.get(name, 0.0), p.memory_info().rss / 2 ** 20)
+            except Exception:  # a stage that died (the run reports it); psutil.Error and OSError
+                out[name] = float("nan")
+        return out
+
+    def run(self) -> None:
+        import psutil
+
+        sup = self.sup
+        while getattr(sup, "started_at", None) is None:  # the supervisor's loop: the camera is starting
+            if sup.stop_requested.is_set():
+                return
+            time.sleep(0.02)
+        self.procs = {n: psutil.Process(sup.handles[n].pid) for n in STAGES}
+        if sup.stop_requested.wait(self.warmup_s):
+            return
+        tel = sup.telemetry.stamps
+        sys0 = psutil.cpu_times()
+        self.n0, self.t0, self.counters0, self.cpu0 = tel.n, time.monotonic(), self._counters(), self._cpu()
+        while not sup.stop_requested.is_set():
+            time.sleep(0.1)
+            got = tel.n - self.n0
+            self.bar.update(min(got, self.min_count) - self.bar.n)
+            self._cpu()
+            if got >= self.min_count and time.monotonic() - self.t0 >= self.min_duration_s:
+                self.n1, self.t1, self.counters1, self.cpu1 = tel.n, time.monotonic(), self._counters(), self._cpu()
+                sys1 = psutil.cpu_times()
+                busy = lambda t: t.user + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)  # noqa: E731
+                total = sum(sys1) - sum(sys0)
+                self.busy = 100.0 * (busy(sys1) - busy(sys0)) / total if total > 0 else float("nan")
+                self.done = True
+                sup.exit_reason = "benchmark minimums reached"
+                sup.stop_requested.set()
+                return
+
+
+def run_once(cfg: PipelineConfig, stage_classes: dict[str, str] | None, min_count: int, min_duration_s: float,
+             warmup_s: float, desc: str = "", progress: bool = True) -> RunResult:
+    """Start the pipeline, measure one window that meets both minimums, stop it cleanly."""
+    from tqdm import tqdm
+
+    from runtime.supervisor import Supervisor
+
+    rate = cfg.camera.fps
+    cap_s = warmup_s + 3 * max(min_duration_s, min_count / rate) + 10  # then INVALID, not forever
+    sup = Supervisor(cfg, duration_s=cap_s, stage_classes=stage_classes)
+    with tqdm(total=min_count, desc=desc, unit="cmd", leave=False, disable=None if progress else True) as bar:
+        w = _Watcher(sup, min_count, min_duration_s, warmup_s, bar)
+        w.start()
+        try:
+            summary = sup.run()
+        finally:
+            sup.stop_requested.set()  # the watcher ends with the run, however it ended
+            w.join(5)
+    if not w.done:  # the cap came first: report what there is, marked invalid
+        w.n1, w.t1 = sup.telemetry.stamps.n, w.t0 + (summary["duration_s"] - warmup_s)
+        w.counters1, w.cpu1 = {n: summary["stages"][n] for n in STAGES}, w.cpu0
+    stamps = sup.telemetry.stamps.data[w.n0:w.n1].astype(np.int64)
+    window = max(w.t1 - w.t0, 1e-9)
+    counters = {n: {k: int(w.counters1.get(n, {}).get(k, 0)) - int(w.counters0.get(n, {}).get(k, 0))
+                    for k in ("frames", "dropped", "rejected", "errors")} for n in STAGES}
+    for n in STAGES:
+        counters[n]["restarts"] = int(summary["stages"][n]["restarts"])
+    cpu = {n: 100.0 * (w.cpu1.get(n, np.nan) - w.cpu0.get(n, np.nan)) / window for n in STAGES}
+    return RunResult(stamps, window, counters, cpu, dict(w.rss), w.busy,
+                     valid=w.done and len(stamps) >= min_count, exit_reason=summary["exit_reason"])
+
+
+# -- standalone timings ----------------------------------------------------------------------
+
+def standalone(cfg: PipelineConfig, images: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Preprocess and inference alone, edgert's and the naive ones, interleaved, on the run's frames."""
+    import onnxruntime as ort
+
+    from kernels import Preprocessor, reference_preprocess
+    from runtime.engine import Engine, session_options
+    from runtime.providers import plan
+    from runtime.signing import approved_manifest
+
+    m = approved_manifest(cfg)
+    cams, k = cfg.camera.cameras, len(images)
+    batches = [np.stack([images[(i + j) % k] for j in range(cams)]) if cams > 1 else images[i] for i in range(k)]
+    pre = Preprocessor(m.preprocess, images.shape[1:], threads=cfg.preprocess.threads, batch=cams)
+    pre.warmup()
+    spec = m.inputs[0]
+    tensor = np.zeros(spec.shape, spec.dtype)
+    providers = plan(cfg.infer.providers).chosen
+    threads = cfg.infer.intra_op_threads or 1
+    eng = Engine(m, providers=providers, intra_op_threads=threads)
+    binding = eng.bind({spec.name: tensor})
+    sess = ort.InferenceSession(m.read_verified(), sess_options=session_options(threads), providers=providers)
+    naive_tensor = np.concatenate([reference_preprocess(m.preprocess, f) for f in
+                                   (batches[0] if cams > 1 else [batches[0]])])
+    it = {"pre": 0, "naive": 0}
+
+    def run_pre() -> None:
+        it["pre"] = (it["pre"] + 1) % k
+        pre(batches[it["pre"]], tensor)
+
+    def run_naive_pre() -> None:
+        it["naive"] = (it["naive"] + 1) % k
+        b = batches[it["naive"]]
+        np.concatenate([reference_preprocess(m.preprocess, f) for f in (b if cams > 1 else [b])])
+
+    return interleaved_ns({
+        "standalone:preprocess": run_pre,
+        "standalone:infer": lambda: eng.run(binding),
+        "standalone:naive_preprocess": run_naive_pre,
+        "standalone:naive_infer": lambda: sess.run(None, {spec.name: naive_tensor}),
+    }, n, warmup=max(10, n // 20))
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+class PipelineReport(Report):
+    """A Report with the pipeline's extra tables (drops, CPU, RSS) and three more plots."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.details: dict[str, Any] = {}
+        self.timelines: dict[str, np.ndarray] = {}  # pipeline -> (2, n): capture time s, e2e ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "details": self.details}
+
+    def body(self) -> str:
+        d = self.details
+        lines = [super().body(), "", "| pipeline | stage | frames | dropped | CPU % | peak RSS MB |",
+                 "|---|---|---|---|---|---|"]
+        for p in PIPELINES:
+            for s in STAGES:
+                c = d["stages"][p][s]
+                lines.append(f"| {p} | {s} | {c['frames']} | {c['dropped']} | {c['cpu_percent']:.1f} | "
+                             f"{c['rss_mb']:.0f} |")
+        lines += ["", "| pipeline | commands/s | source drops | pipeline drops | jitter std ms | valid runs |",
+                  "|---|---|---|---|---|---|"]
+        for p in PIPELINES:
+            x = d["pipelines"][p]
+            lines.append(f"| {p} | {x['commands_per_s']:.1f} | {x['source_drops']} | {x['pipeline_drops']} | "
+                         f"{x['jitter_std_ms']:.3f} | {x['valid_runs']}/{x['runs']} |")
+        b = self.benchmark
+        lines += ["", f"![per-stage breakdown]({b}-stages.png)", "", f"![latency over time]({b}-time.png)"]
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        """Log-scale latency histograms of end-to-end and tax, edgert against naive."""
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for ax, suffix, title in ((axes[0], "", "end-to-end (capture -> command)"), (axes[1], ":tax", "pipeline tax")):
+            for p, colour in zip(PIPELINES, ("tab:blue", "tab:red")):
+                x = self.samples.get(p + suffix)
+                if x is None or not len(x):
+                    continue
+                h = LogHistogram(lo_ns=1e4, hi_ns=1e10, per_decade=20)
+                h.record(np.maximum(x, 1e4))
+                edges = np.concatenate([[h.lo], h.edges])
+                used = np.flatnonzero(h.counts)
+                lo, hi = used[0], used[-1] + 1
+                ax.stairs(h.counts[lo:hi], edges[lo:hi + 1] / 1e6, label=p, color=colour)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("ms (log scale; 20 bins per decade)")
+            ax.set_ylabel("commands")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"{self.benchmark}: {self.machine['cpu']}, {self.machine['cores']} cores")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    def plot_stages(self, path: Path) -> None:
+        """Stacked mean time per hop and stage (means add up to the end-to-end mean; p50s do not)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(11, 2.8))
+        segs = [name for name, _, _ in SEGMENTS]
+        colours = plt.get_cmap("tab10").colors
+        for row, p in enumerate(PIPELINES):
+            left = 0.0
+            for i, s in enumerate(segs):
+                w = self.cases[f"{p}:{s}"]["mean_ms"]
+                ax.barh(row, w, left=left, color=colours[i], label=s if row == 0 else None)
+                left += w
+        ax.set_yticks(range(len(PIPELINES)), PIPELINES)
+        ax.invert_yaxis()
+        ax.set_xlabel("mean ms per command, by hop and stage")
+        ax.legend(ncol=3, fontsize=8, loc="lower right")
+        ax.set_title(f"{self.benchmark}: where the time goes")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    def plot_time(self, path: Path) -> None:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(11, 3.2))
+        for p, colour in zip(PIPELINES, ("tab:blue", "tab:red")):
+            t = self.timelines.get(p)
+            if t is not None and t.shape[1]:
+                ax.plot(t[0], t[1], ".", ms=2, color=colour, label=p)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_xlabel("s since the measured window opened (runs concatenated)")
+        ax.set_ylabel("end-to-end ms (log)")
+        ax.set_title(f"{self.benchmark}: latency over time")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        paths = super().write(out_dir)
+        out = Path(out_dir)
+        extra = [out / f"{self.benchmark}-stages.png", out / f"{self.benchmark}-time.png"]
+        self.plot_stages(extra[0])
+        self.plot_time(extra[1])
+        return paths + extra
+
+
+def _aggregate(rep: PipelineReport, p: str, runs: list[RunResult], tax_floor_ns: float) -> None:
+    st = np.concatenate([r.stamps for r in runs]) if runs else np.zeros((0, 8), np.int64)
+    e2e = st[:, Stamp.CTRL_SEND] - st[:, Stamp.CAPTURE]
+    rep.add(p, e2e)
+    for name, a, b in SEGMENTS:
+        rep.add(f"{p}:{name}", st[:, b] - st[:, a])
+    rep.add(f"{p}:tax", e2e - tax_floor_ns)
+    jit = np.concatenate([ipdv_ns(r.stamps[:, Stamp.CAPTURE], r.stamps[:, Stamp.CTRL_SEND]) for r in runs])
+    rep.add(f"{p}:jitter", jit)
+    timeline, offset = [], 0.0
+    for r in runs:
+        if len(r.stamps):
+            t = (r.stamps[:, Stamp.CAPTURE] - r.stamps[0, Stamp.CAPTURE]) / 1e9 + offset
+            timeline.append(np.stack([t, (r.stamps[:, Stamp.CTRL_SEND] - r.stamps[:, Stamp.CAPTURE]) / 1e6]))
+            offset = float(t[-1]) + 1.0
+    rep.timelines[p] = np.concatenate(timeline, axis=1) if timeline else np.zeros((2, 0))
+    window = sum(r.window_s for r in runs)
+    stages = {}
+    for s in STAGES:
+        c = {k: sum(r.counters[s][k] for r in runs) for k in ("frames", "dropped", "rejected", "errors", "restarts")}
+        c["cpu_percent"] = float(np.nansum([r.cpu_percent[s] * r.window_s for r in runs]) / window)
+        c["rss_mb"] = float(max(r.rss_mb.get(s, 0.0) for r in runs))
+        stages[s] = c
+    rep.details.setdefault("stages", {})[p] = stages
+    hist = LogHistogram()
+    hist.record(e2e)
+    iv = np.concatenate([np.diff(r.stamps[:, Stamp.CAPTURE]) for r in runs]).astype(np.float64)
+    # frames captured before the previous frame's command went out: 0 in a closed loop
+    overlap = sum(int((r.stamps[1:, Stamp.CAPTURE] < r.stamps[:-1, Stamp.CTRL_SEND]).sum()) for r in runs)
+    rep.details.setdefault("pipelines", {})[p] = {
+        "runs": len(runs), "valid_runs": sum(r.valid for r in runs), "window_s": window,
+        "commands": int(len(e2e)), "commands_per_s": len(e2e) / window if window else 0.0,
+        "source_drops": stages["capture"]["dropped"],  # ticks skipped, or closed-loop commands that never came
+        "pipeline_drops": stages["control"]["dropped"],  # captured, never commanded (id gaps, stale results)
+        "jitter_std_ms": float(np.std(jit) / 1e6) if len(jit) else float("nan"),
+        "capture_interval_ms": {"mean": float(iv.mean() / 1e6) if len(iv) else float("nan"),
+                                "cv": float(iv.std() / iv.mean()) if len(iv) else float("nan")},
+        "overlapping_frames": overlap,
+        "machine_busy_percent": [r.machine_busy_percent for r in runs],
+        "exit_reasons": [r.exit_reason for r in runs],
+        "e2e_histogram": hist.to_dict(),
+    }
+
+
+def run(quick: bool = False, scenario: str = "single-stream", cameras: int | None = None, fps: float | None = None,
+        arrival: str | None = None, min_count: int | None = None, min_duration_s: float | None = None,
+        rounds: int | None = None, config: str | Path = DEFAULT_CONFIG, progress: bool = True) -> PipelineReport:
+    """One scenario, edgert and the naive baseline in the same call; see the module docstring."""
+    from runtime.stages.frames import render_frames
+
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
+    p = dict(QUICK if quick else FULL)
+    for key, value in (("min_count", min_count), ("min_duration_s", min_duration_s), ("rounds", rounds)):
+        if value is not None:
+            if value <= 0:
+                raise ValueError(f"{key}: must be > 0, got {value}")
+            p[key] = value
+    with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
+        cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])
+        if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
+            from bench._batchmodel import batch_variant
+
+            model_dir, keys = batch_variant(cfg.model_dir(), cfg.camera.cameras, tmp)
+            cfg = cfg.replace(infer={"model": str(model_dir), "trusted_keys": str(keys)})
+        conf = {"scenario": scenario, "question": SCENARIOS[scenario].question, "pacing": cfg.camera.pacing,
+                "cameras": cfg.camera.cameras, "fps": cfg.camera.fps, "frame": [cfg.camera.height, cfg.camera.width],
+                "model": Path(cfg.infer.model).name, "quick": quick, **p,
+                "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport}
+        rep = PipelineReport(f"pipeline-{scenario}", conf)
+        images = render_frames(cfg, cfg.camera.frames)
+        alone = standalone(cfg, images, p["standalone_n"])
+        del images
+        results: dict[str, list[RunResult]] = {k: [] for k in PIPELINES}
+        from bench._naive import STAGE_CLASSES
+
+        for r in range(p["rounds"]):
+            order = PIPELINES if r % 2 == 0 else PIPELINES[::-1]
+            for name in order:
+                results[name].append(run_once(cfg, STAGE_CLASSES if name == "naive" else None, p["min_count"],
+                                              p["min_duration_s"], p["warmup_s"],
+                                              desc=f"{scenario} {name} {r + 1}/{p['rounds']}", progress=progress))
+    floors = {"edgert": ("standalone:preprocess", "standalone:infer"),
+              "naive": ("standalone:naive_preprocess", "standalone:naive_infer")}
+    for name in PIPELINES:
+        floor = sum(float(np.percentile(alone[c], 50)) for c in floors[name])
+        _aggregate(rep, name, results[name], floor)
+        rep.details["pipelines"][name]["tax_floor_ms"] = floor / 1e6
+    for case, s in alone.items():
+        rep.add(case, s)
+    for p99 in (False, True):
+        rep.ratio("naive", "edgert", p99=p99)
+        rep.ratio("naive:tax", "edgert:tax", p99=p99)
+    _notes(rep, scenario, p["min_count"])
+    return rep
+
+
+def _notes(rep: PipelineReport, scenario: str, min_count: int) -> None:
+    d = rep.details["pipelines"]
+    for p in PIPELINES:
+        if d[p]["valid_runs"] < d[p]["runs"]:
+            rep.notes.append(f"INVALID: {d[p]['runs'] - d[p]['valid_runs']} {p} run(s) ended before {min_count} "
+                             f"commands ({', '.join(d[p]['exit_reasons'])})")
+    rep.notes.append("tax = end-to-end minus (standalone preprocess p50 + standalone infer p50), both measured in "
+                     "this run on the same frames; edgert against its kernel and engine, naive against the cv2 "
+                     "chain and bare session.run")
+    rep.notes.append("jitter = |latency of a command - latency of the previous one| (RFC 3393 IPDV); source drops "
+                     "= ticks the source skipped or closed-loop commands that never came; pipeline drops = frames "
+                     "captured but never commanded (frame-id gaps and stale results at control)")
+    if scenario == "single-stream":
+        t, tax = TARGETS, rep.cases["edgert:tax"]
+        checks = [(f"edgert drops {d['edgert']['source_drops'] + d['edgert']['pipeline_drops']} == 0",
+                   d["edgert"]["source_drops"] + d["edgert"]["pipeline_drops"] == 0),
+                  (f"tax p50 {tax['p50_ms']:.3f} ms <= {t['tax_p50_ms']}", tax["p50_ms"] <= t["tax_p50_ms"]),
+                  (f"tax p99 {tax['p99_ms']:.3f} ms <= {t['tax_p99_ms']}", tax["p99_ms"] <= t["tax_p99_ms"]),
+                  (f"naive/edgert_p99 {rep.ratios['naive/edgert_p99']:.2f} >= {t['naive/edgert_p99']}",
+                   rep.ratios["naive/edgert_p99"] >= t["naive/edgert_p99"])]
+        for text, ok in checks:
+            rep.notes.append(f"target {'met' if ok else 'MISSED'}: {text}")

@@ -1,0 +1,170 @@
+"""`edgert bench pipeline` and `bench all`: real pipelines (edgert and the naive baseline), short runs.
+
+Each scenario runs once, quick and with small minimums (about 10 s each on 2 cores), through a
+different entry point: single-stream through the CLI, multi-stream through bench.pipeline.run,
+server through `bench all`'s runner, so every path writes and reads back a real report.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import pytest
+
+from bench import pipeline
+from bench._batchmodel import batch_variant
+from bench._suite import benchmarks, run_all, steps
+from runtime import signing
+from runtime.cli import main as edgert
+from runtime.config import DEFAULT_CONFIG, ConfigError, load
+
+MIN = {"min_count": 30, "min_duration_s": 1.0}
+CASE_KEYS = {"n", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"}
+SEGMENTS = ("capture->preprocess", "preprocess", "preprocess->infer", "infer", "infer->control", "control")
+
+
+def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
+    assert data["benchmark"] == f"pipeline-{scenario}"
+    assert data["config"]["scenario"] == scenario and data["config"]["cameras"] == cameras
+    cases = data["cases"]
+    for p in ("edgert", "naive"):
+        assert cases[p]["n"] >= MIN["min_count"], (p, cases[p])
+        for s in SEGMENTS + ("tax", "jitter"):
+            assert set(cases[f"{p}:{s}"]) == CASE_KEYS, (p, s)
+        assert cases[f"{p}:jitter"]["n"] == cases[p]["n"] - 1
+        # the stages' own times fit inside the end-to-end time of the same commands
+        assert cases[f"{p}:preprocess"]["mean_ms"] + cases[f"{p}:infer"]["mean_ms"] < cases[p]["mean_ms"]
+        # CPU time is read in clock ticks (10 ms): the busy stages show, the whole pipeline surely does
+        assert sum(data["details"]["stages"][p][s]["cpu_percent"] for s in ("capture", "preprocess", "infer")) > 1
+        x = data["details"]["pipelines"][p]
+        assert x["valid_runs"] == x["runs"] == 1 and x["commands"] == cases[p]["n"], x
+        for stage in ("capture", "preprocess", "infer", "control"):
+            st = data["details"]["stages"][p][stage]
+            assert st["frames"] > 0 and st["cpu_percent"] >= 0 and st["rss_mb"] > 10, (p, stage, st)
+            assert st["errors"] == st["rejected"] == st["restarts"] == 0, (p, stage, st)
+    for c in ("standalone:preprocess", "standalone:infer", "standalone:naive_preprocess", "standalone:naive_infer"):
+        assert cases[c]["n"] >= 20
+    for key in ("naive/edgert", "naive/edgert_p99", "naive:tax/edgert:tax", "naive:tax/edgert:tax_p99"):
+        assert data["ratios"][key] > 0, key
+    assert data["ratios"]["naive/edgert"] == pytest.approx(cases["naive"]["p50_ms"] / cases["edgert"]["p50_ms"])
+    # tax is end-to-end minus the standalone floors, exactly
+    floor = data["details"]["pipelines"]["edgert"]["tax_floor_ms"]
+    assert cases["edgert:tax"]["p50_ms"] == pytest.approx(cases["edgert"]["p50_ms"] - floor, abs=1e-6)
+
+
+def test_single_stream_through_the_cli(tmp_path):
+    out = tmp_path / "out"
+    assert edgert(["bench", "pipeline", "--quick", "--scenario", "single-stream", "--min-count", "30",
+                   "--min-duration", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "pipeline-single-stream.json").read_text())
+    _check_report(data, "single-stream")
+    assert data["config"]["pacing"] == "closed"
+    md = (out / "pipeline-single-stream.md").read_text()
+    assert "| naive/edgert_p99 |" in md and "target" in md and "pipeline-single-stream-stages.png" in md
+    for png in ("pipeline-single-stream.png", "pipeline-single-stream-stages.png", "pipeline-single-stream-time.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for p in ("edgert", "naive"):
+        x = data["details"]["pipelines"][p]
+        # closed loop: no frame went out before the command for the one before it (LoadGen single-stream),
+        assert x["overlapping_frames"] == 0, x
+        # and never faster than the 30 fps cap
+        assert x["capture_interval_ms"]["mean"] >= 1000 / 30 * 0.95, x
+
+
+def test_multi_stream_batches_four_cameras_and_the_naive_baseline_keeps_up_or_drops(tmp_path):
+    rep = pipeline.run(quick=True, scenario="multi-stream", progress=False, **MIN)
+    data = json.loads(rep.write(tmp_path)[0].read_text())
+    _check_report(data, "multi-stream", cameras=4)
+    assert data["config"]["model"] == "pilotnet-x4"
+    # fixed pacing: a frame every 1/30 s, evenly (edgert's source keeps the rate with four 1080p copies a tick)
+    x = data["details"]["pipelines"]["edgert"]
+    assert x["capture_interval_ms"]["mean"] == pytest.approx(1000 / 30, rel=0.1) and x["capture_interval_ms"]["cv"] < 0.3
+    assert x["source_drops"] <= x["commands"] // 10, x  # a starved source skips ticks; not a tenth of them
+
+
+def test_server_through_bench_all_runner_writes_an_index(tmp_path, monkeypatch):
+    orig = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda **kw: orig(**kw, **MIN, progress=False))
+    index, failed = run_all(tmp_path, quick=True, progress=False,
+                            only=[("pipeline", {"scenario": "server"}), ("no-such-benchmark", {})])
+    assert failed and failed[0].startswith("no-such-benchmark: ModuleNotFoundError")
+    data = json.loads((tmp_path / "pipeline-server.json").read_text())
+    _check_report(data, "server")
+    assert data["config"]["pacing"] == "poisson"
+    text = index.read_text()
+    assert text.startswith("# edgert benchmarks (quick") and "Machine: " in text and "## pipeline-server" in text
+    assert "| naive/edgert |" in text and "](pipeline-server-time.png)" in text and "FAILED: no-such-benchmark" in text
+    # Poisson arrivals: gaps spread like an exponential's (coefficient of variation 1; a camera's is near 0)
+    assert data["details"]["pipelines"]["naive"]["capture_interval_ms"]["cv"] > 0.6
+
+
+def test_bench_all_runs_every_benchmark_and_every_scenario():
+    names = benchmarks()
+    assert {"transport", "infer", "preprocess", "pipeline"} <= set(names)
+    assert not any(n.startswith("_") for n in names)  # helpers (naive stages, batch model) are not benchmarks
+    assert [o["scenario"] for n, o in steps() if n == "pipeline"] == ["single-stream", "multi-stream", "server"]
+
+
+def test_options_are_checked_with_the_fix():
+    with pytest.raises(ValueError, match="multi-stream scenario only"):
+        pipeline.scenario_config(load(DEFAULT_CONFIG), "single-stream", cameras=2)
+    with pytest.raises(ValueError, match="server scenario only"):
+        pipeline.scenario_config(load(DEFAULT_CONFIG), "multi-stream", arrival="fixed")
+    with pytest.raises(ValueError, match="unknown scenario"):
+        pipeline.run(quick=True, scenario="offline")
+    assert edgert(["bench", "infer", "--scenario", "server"]) == 2
+
+
+def test_frames_source_keys_are_validated():
+    cfg = load(DEFAULT_CONFIG)
+    with pytest.raises(ConfigError, match="needs camera.source = \"frames\""):
+        cfg.replace(camera={"pacing": "closed"})
+    with pytest.raises(ConfigError, match="needs camera.source = \"frames\""):
+        cfg.replace(camera={"cameras": 4})
+    with pytest.raises(ConfigError, match="camera.pacing: 'burst' is not one of 'fixed', 'poisson', 'closed'"):
+        cfg.replace(camera={"source": "frames", "pacing": "burst"})
+    with pytest.raises(ConfigError, match="camera.cameras: must be > 0"):
+        cfg.replace(camera={"source": "frames", "cameras": 0})
+    ok = cfg.replace(camera={"source": "frames", "pacing": "poisson", "cameras": 2, "frames": 3})
+    assert (ok.camera.pacing, ok.camera.cameras, ok.camera.frames) == ("poisson", 2, 3)
+
+
+def test_batch_variant_is_signed_for_the_run_only_and_matches_the_model():
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, keys = batch_variant(DEFAULT_CONFIG.parent.parent / "models" / "pilotnet", 3, tmp)
+        m = signing.load_approved(model_dir, "sim", keys)
+        assert m.inputs[0].shape == (3, 3, 66, 200) and m.outputs[0].shape == (3, 1)
+        # the shipped publishers do not vouch for it
+        with pytest.raises(signing.ApprovalError, match="not trusted"):
+            signing.load_approved(model_dir, "sim", DEFAULT_CONFIG.parent.parent / "models" / "publishers")
+        # and a manifest changed after signing is refused
+        path = model_dir / "manifest.toml"
+        path.write_text(path.read_text().replace('markets = ["sim"]', 'markets = ["sim", "eu"]'))
+        with pytest.raises(signing.ApprovalError, match="does not match"):
+            signing.load_approved(model_dir, "sim", keys)
+
+
+def test_supervisor_runs_baseline_stage_classes_in_threads_mode_too():
+    from bench._naive import STAGE_CLASSES
+    from runtime.supervisor import Supervisor
+
+    cfg = pipeline.scenario_config(load(DEFAULT_CONFIG), "single-stream", frames=2)
+    with pytest.raises(ValueError, match="unknown stage"):
+        Supervisor(cfg, stage_classes={"camera": "bench._naive:NaiveCapture"})
+    s = Supervisor(cfg, duration_s=2.0, mode="threads", stage_classes=STAGE_CLASSES).run()
+    assert s["commands"]["model_commands"] >= 20, s["commands"]  # naive frames went all the way round, inproc
+    assert all(st["errors"] == 0 and st["restarts"] == 0 for st in s["stages"].values()), s["stages"]
+    assert s["leaked_segments"] == []
+
+
+@pytest.mark.slow  # about 75 s on 2 cores; test_server_through_bench_all_runner_writes_an_index covers the runner
+def test_bench_all_quick_cli_writes_every_report_and_the_index(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGERT_BENCH_NO_COLDSTART", "1")
+    assert edgert(["bench", "all", "--quick", "--out", str(tmp_path)]) == 0
+    index = (tmp_path / "index.md").read_text()
+    for name, opts in steps():
+        bench_name = name if name != "pipeline" else f"pipeline-{opts['scenario']}"
+        data = json.loads((tmp_path / f"{bench_name}.json").read_text())
+        assert data["cases"] and f"## {bench_name}" in index, bench_name
+        assert (tmp_path / f"{bench_name}.png").is_file()
