@@ -4,6 +4,8 @@
     edgert models info NAME [--zoo DIR]
     edgert models verify [NAME] [--zoo DIR]
     edgert models add PATH.onnx [--name N] [--zoo DIR]
+    edgert models keygen --out DIR [--name PUBLISHER]
+    edgert models sign NAME --key PUBLISHER.pem [--zoo DIR]
     edgert infer --model PATH.onnx|MODEL_DIR --input IN.npz|IN.npy --output OUT.npz [--providers P,...]
 
 The lead's cli.main() calls `add_commands(sub)`; errors are ModelError, which main() prints
@@ -17,7 +19,8 @@ import sys
 
 import numpy as np
 
-from runtime import zoo
+from runtime import signing, zoo
+from runtime.config import MODELS_DIR
 from runtime.manifest import ModelError
 
 
@@ -43,7 +46,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for name in names:
         try:
             m = zoo.verify(name, args.zoo)
-            print(f"ok      {name}: sha256 {m.sha256[:16]}…, inputs/outputs match the graph, runs on CPU")
+            sig = signing.signature_status(zoo.model_dir(name, args.zoo), args.trusted_keys)
+            print(f"ok      {name}: sha256 {m.sha256[:16]}…, inputs/outputs match the graph, runs on CPU; {sig}")
         except ModelError as e:
             failed += 1
             print(f"FAILED  {name}: {e}", file=sys.stderr)
@@ -59,6 +63,19 @@ def cmd_add(args: argparse.Namespace) -> int:
           f"wrote {dest / 'manifest.toml'}: a skeleton with the graph's inputs, outputs and sha256.\n"
           "The preprocessing, decoder, markets and licence are marked TODO: fill them in; until then "
           "the manifest is rejected when loaded (`edgert models verify " + dest.name + "` says what is left).")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    priv, pub = signing.keygen(args.out, args.name)
+    print(f"wrote {priv} (PRIVATE, mode 0600: keep it with the release owner, never in the repository)\n"
+          f"wrote {pub} (public: trusted publishers live in {MODELS_DIR / 'publishers'})")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    sig = signing.sign(zoo.model_dir(args.name, args.zoo), args.key)
+    print(f"wrote {sig}")
     return 0
 
 
@@ -91,10 +108,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("name")
     p.add_argument("--zoo", default=None, help=zoo_help)
     p.set_defaults(func=cmd_info)
-    p = msub.add_parser("verify", help="check sha256, graph inputs/outputs and a CPU run; one model or all")
+    p = msub.add_parser("verify", help="check sha256, graph inputs/outputs, a CPU run and the signature; one model or all")
     p.add_argument("name", nargs="?", default=None, help="a model (default: all)")
     p.add_argument("--zoo", default=None, help=zoo_help)
+    p.add_argument("--trusted-keys", default=str(MODELS_DIR / "publishers"),
+                   help="folder of trusted publisher keys (default: %(default)s)")
     p.set_defaults(func=cmd_verify)
+    p = msub.add_parser("keygen", help="make a publisher's ed25519 key pair (NAME.pem private, NAME.pub public)")
+    p.add_argument("--out", required=True, help="folder for the key pair (keep the .pem out of the repository)")
+    p.add_argument("--name", default="publisher", help="publisher name (default: %(default)s)")
+    p.set_defaults(func=cmd_keygen)
+    p = msub.add_parser("sign", help="sign a model's manifest.toml with a publisher's private key (writes manifest.sig)")
+    p.add_argument("name")
+    p.add_argument("--key", required=True, help="the publisher's private key (PEM)")
+    p.add_argument("--zoo", default=None, help=zoo_help)
+    p.set_defaults(func=cmd_sign)
     p = msub.add_parser("add", help="copy an ONNX file into the zoo and write a manifest skeleton")
     p.add_argument("path", help="the .onnx file")
     p.add_argument("--name", default=None, help="model name (default: the file's stem)")

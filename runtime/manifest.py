@@ -58,6 +58,7 @@ class ModelManifest:
     outputs: tuple[TensorSpec, ...]
     preprocess: PreprocessSpec
     decoder: Decoder
+    publisher: str = ""  # who signed it: models/publishers/<publisher>.pub (runtime/signing.py)
 
     @property
     def path(self) -> Path:
@@ -107,12 +108,18 @@ def _tensors(raw: Any, where: str) -> tuple[TensorSpec, ...]:
     return tuple(out)
 
 
-def load_manifest(model_dir: str | Path) -> ModelManifest:
-    """Parse and validate `model_dir/manifest.toml` (the model file itself is checked by read_verified)."""
+def load_manifest(model_dir: str | Path, data: bytes | None = None) -> ModelManifest:
+    """Parse and validate `model_dir/manifest.toml` (the model file itself is checked by read_verified).
+
+    `data` is the manifest's bytes when the caller already read them (runtime/signing.py parses
+    exactly the bytes whose signature it checked).
+    """
     model_dir = Path(model_dir)
     path = model_dir / "manifest.toml"
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text() if data is None else data.decode())
+    except UnicodeDecodeError as e:
+        raise ModelError(f"{path}: not UTF-8 text ({e})") from None
     except FileNotFoundError:
         raise ModelError(f"no manifest at {path}; `edgert models add` writes one for an ONNX file") from None
     except tomllib.TOMLDecodeError as e:
@@ -135,7 +142,9 @@ def load_manifest(model_dir: str | Path) -> ModelManifest:
         file=model.get("file", "model.onnx"), sha256=sha, markets=tuple(model.get("markets", [])),
         license=model.get("license", ""), provenance=model.get("provenance", ""),
         inputs=_tensors(raw.get("inputs"), "inputs"), outputs=_tensors(raw.get("outputs"), "outputs"),
-        preprocess=pre, decoder=decoder)
+        preprocess=pre, decoder=decoder, publisher=model.get("publisher", ""))
+    if not isinstance(m.publisher, str):
+        raise ModelError(f"model.publisher: expected a string (a key in models/publishers/), got {m.publisher!r}")
     outputs = {o.name: o for o in m.outputs}
     if decoder.output not in outputs:
         raise ModelError(f"decoder.output: {decoder.output!r} is not an output; outputs: {', '.join(outputs)}")

@@ -217,6 +217,7 @@ def describe_model(name: str, zoo: str | Path | None = None) -> str:
              f"  sha256:     {m.sha256}",
              f"  markets:    {', '.join(m.markets) or 'none (approved for no market)'}",
              f"  license:    {m.license or '-'}",
+             f"  publisher:  {m.publisher or '- (unsigned: no pipeline loads it)'}",
              f"  provenance: {m.provenance or '-'}"]
     lines += [f"  input  {t.name}: {t.dtype} {list(t.shape)}" for t in m.inputs]
     lines += [f"  output {t.name}: {t.dtype} {list(t.shape)}" for t in m.outputs]

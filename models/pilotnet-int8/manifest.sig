@@ -1,0 +1,1 @@
+ed25519 tW59vikZWMDfKxQExhgUgxE+WBi6b2mUMRWywCKS1tSNVdEXooW7gIFbyS8BlzvFjrUvZop2Ue2Ek3nvvZX/AA==

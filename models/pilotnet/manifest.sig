@@ -1,0 +1,1 @@
+ed25519 9UxbFH37zIvlLMjtj5alTv87uluxsvt4LEFX0f4MrsRgPeZ5U5/wH7sKqhoBNI64GxlDrSXrjhSFAvYkj0UWCg==

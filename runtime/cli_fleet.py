@@ -1,0 +1,193 @@
+"""`edgert fleet ...`: argparse wiring for residency policy, audit, keys and encryption of clips.
+
+    edgert fleet export CLIP... --to REGION [--dest DIR] [--policy FILE]
+    edgert fleet prune [DIR] [--policy FILE] [--now WHEN]
+    edgert fleet audit verify [LOG] [--key FILE]
+    edgert fleet keygen REGION | --audit [--keys DIR]
+    edgert fleet encrypt CLIP... [--keys DIR] [--keep]
+    edgert fleet decrypt CLIP.enc --out FILE [--keys DIR]
+
+Every command that moves, deletes, encrypts or decrypts a clip writes its decision to the
+audit log (default `$XDG_DATA_HOME/edgert/fleet/audit.jsonl`, HMAC'd when `keys/audit.key`
+exists). The logic is in runtime/fleet/; errors print as `edgert: error: ...`, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from runtime.config import PROJECT_ROOT
+from runtime.fleet import audit as audit_mod
+from runtime.fleet import crypto
+from runtime.fleet.export import ClipError, encrypt_clip, export, prune
+from runtime.fleet.policy import Policy, PolicyError
+
+DEFAULT_POLICY = PROJECT_ROOT / "configs" / "fleet-policy.toml"
+AUDIT_KEY = "audit"  # keys/audit.key: the vehicle's HMAC key for the audit chain
+
+
+def data_dir() -> Path:
+    """Where a vehicle keeps its fleet data by default: $XDG_DATA_HOME/edgert/fleet."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edgert" / "fleet"
+
+
+def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(fn)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (PolicyError, ClipError, crypto.CryptoError, audit_mod.AuditError) as e:
+            print(f"edgert: error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+def _audit(args: argparse.Namespace) -> audit_mod.AuditLog:
+    key_path = Path(args.keys) / f"{AUDIT_KEY}.key"
+    key = audit_mod.load_key(key_path) if key_path.is_file() else None
+    return audit_mod.AuditLog(args.audit, key)
+
+
+def parse_when(text: str) -> int:
+    """UNIX-epoch ns from `@SECONDS` or an ISO-8601 date/time (UTC unless it says otherwise)."""
+    try:
+        if text.startswith("@"):
+            return int(float(text[1:]) * 1e9)
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise PolicyError(f"--now {text!r}: give an ISO date/time (2026-01-31 or 2026-01-31T12:00:00Z) "
+                          "or @EPOCH_SECONDS") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp() * 1e9)
+
+
+@_errors
+def cmd_export(args: argparse.Namespace) -> int:
+    policy = Policy.load(args.policy)
+    log = _audit(args)
+    dest = Path(args.dest) if args.dest else Path(f"export-{args.to}")
+    results = export(args.clips, args.to, dest, policy, log)
+    refused = 0
+    for r in results:
+        if r.decision.allowed:
+            print(f"exported {r.clip} -> {r.dest}: {r.decision.reason}")
+        else:
+            refused += 1
+            print(f"REFUSED  {r.clip}: {r.decision.reason}", file=sys.stderr)
+    print(f"{len(results) - refused} exported, {refused} refused; decisions in {log.path}")
+    return 1 if refused else 0
+
+
+@_errors
+def cmd_prune(args: argparse.Namespace) -> int:
+    policy = Policy.load(args.policy)
+    log = _audit(args)
+    now = parse_when(args.now) if args.now else audit_mod.now_ns()
+    res = prune(args.dir or data_dir() / "recordings", policy, log, now)
+    for p in res.deleted:
+        print(f"deleted {p}")
+    for e in res.errors:
+        print(f"KEPT    {e}", file=sys.stderr)
+    print(f"{len(res.deleted)} deleted, {len(res.kept)} kept ({len(res.errors)} undecided); decisions in {log.path}")
+    return 1 if res.errors else 0
+
+
+@_errors
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    key = audit_mod.load_key(args.key) if args.key else None
+    r = audit_mod.verify(args.log, key)
+    if r.ok:
+        print(f"ok: {r.entries} entries, chain intact; head seq {r.entries - 1} hash {r.head} "
+              "(compare with a copy kept off the vehicle: cutting the tail is not visible in the chain)")
+        return 0
+    print(f"edgert: error: {args.log}: chain broken at {r.reason} ({r.entries} entries before it verify)",
+          file=sys.stderr)
+    return 1
+
+
+@_errors
+def cmd_keygen(args: argparse.Namespace) -> int:
+    if bool(args.region) == bool(args.audit):
+        print("edgert: error: give a REGION or --audit (one of them)", file=sys.stderr)
+        return 2
+    path = crypto.keygen(args.keys, AUDIT_KEY if args.audit else args.region)
+    why = ("keep a copy off the vehicle to verify its log: without the key the chain proves order, not authorship"
+           if args.audit else "back it up where the region's data may be read: a lost key makes its recordings "
+           "unreadable")
+    print(f"wrote {path} (32 random bytes, mode 0600); {why}")
+    return 0
+
+
+@_errors
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    log = _audit(args)
+    for clip in map(Path, args.clips):
+        out = encrypt_clip(clip, args.keys, keep=args.keep)
+        log.append("encrypt", clip=str(clip), out=str(out), region=crypto.read_header(out)["region"],
+                   kept_plaintext=args.keep)
+        print(f"encrypted {clip} -> {out}" + ("" if args.keep else " (plaintext removed)"))
+    return 0
+
+
+@_errors
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    log = _audit(args)
+    region = crypto.read_header(args.clip)["region"]
+    crypto.decrypt_file(args.clip, crypto.load_key(args.keys, region), args.out)
+    log.append("decrypt", clip=str(args.clip), out=str(args.out), region=region)
+    print(f"decrypted {args.clip} -> {args.out}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `fleet` and its subcommands to the CLI's subparsers."""
+    f = sub.add_parser("fleet", help="recorded data: residency policy, export, prune, audit log, keys")
+    fsub = f.add_subparsers(dest="fleet_command", required=True)
+    d = data_dir()
+
+    def common(p: argparse.ArgumentParser, policy: bool = True) -> None:
+        if policy:
+            p.add_argument("--policy", default=str(DEFAULT_POLICY), help="residency policy (default: %(default)s)")
+        p.add_argument("--audit", default=str(d / "audit.jsonl"), help="audit log (default: %(default)s)")
+        p.add_argument("--keys", default=str(d / "keys"), help="key folder (default: %(default)s)")
+
+    p = fsub.add_parser("export", help="copy clips to a region if the policy allows; refuse (exit 1) if not")
+    p.add_argument("clips", nargs="+", metavar="CLIP")
+    p.add_argument("--to", required=True, metavar="REGION", help="destination region")
+    p.add_argument("--dest", default=None, help="destination folder (default: ./export-REGION)")
+    common(p)
+    p.set_defaults(func=cmd_export)
+    p = fsub.add_parser("prune", help="delete clips older than their region's retention_days")
+    p.add_argument("dir", nargs="?", default=None, help=f"recordings folder (default: {d / 'recordings'})")
+    p.add_argument("--now", default=None, help="as of this time (ISO date/time or @EPOCH; default: now)")
+    common(p)
+    p.set_defaults(func=cmd_prune)
+    a = fsub.add_parser("audit", help="the audit log")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    p = asub.add_parser("verify", help="check the hash chain; name the first broken entry")
+    p.add_argument("log", nargs="?", default=str(d / "audit.jsonl"), help="audit log (default: %(default)s)")
+    p.add_argument("--key", default=None, help="the vehicle's audit HMAC key, if the log uses one")
+    p.set_defaults(func=cmd_audit_verify)
+    p = fsub.add_parser("keygen", help="a new 32-byte key: REGION (clip encryption) or --audit (log HMAC)")
+    p.add_argument("region", nargs="?", default=None)
+    p.add_argument("--audit", action="store_true", help="make the audit log's HMAC key instead")
+    p.add_argument("--keys", default=str(d / "keys"), help="key folder (default: %(default)s)")
+    p.set_defaults(func=cmd_keygen)
+    p = fsub.add_parser("encrypt", help="encrypt clips at rest with their region's key (CLIP -> CLIP.enc)")
+    p.add_argument("clips", nargs="+", metavar="CLIP")
+    p.add_argument("--keep", action="store_true", help="keep the plaintext file")
+    common(p, policy=False)
+    p.set_defaults(func=cmd_encrypt)
+    p = fsub.add_parser("decrypt", help="decrypt a clip with its region's key")
+    p.add_argument("clip")
+    p.add_argument("--out", required=True, help="plaintext output file (written 0600)")
+    common(p, policy=False)
+    p.set_defaults(func=cmd_decrypt)

@@ -1,0 +1,149 @@
+"""`edgert replay` and `edgert record ...`: argparse wiring; the logic is in runtime/replay.py and runtime/fleet/.
+
+    edgert replay FILE.mcap [--config C.toml] [--model NAME] [--speed 1|max|X] [--tolerance RAD]
+                  [--mode processes|threads] [--verify-frames] [--report OUT.json]
+    edgert record list [DIR] [--config C.toml]
+    edgert record trigger [--run RUN_ID]
+
+cli.main() calls `add_commands(sub)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from runtime.config import DEFAULT_CONFIG, load
+
+
+def _speed(text: str) -> float:
+    if text == "max":
+        return 0.0
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"--speed {text!r}: use 'max' or a positive factor (1 = as recorded)")
+    return v
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from runtime.replay import format_report, run_replay
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"edgert: error: {path} not found; `edgert record list DIR` lists recordings", file=sys.stderr)
+        return 2
+    cfg = load(args.config) if args.config else None
+    try:
+        report = run_replay(path, cfg, model=args.model, speed=args.speed, tolerance=args.tolerance,
+                            mode=args.mode, verify_frames=args.verify_frames)
+    except ValueError as e:  # not a recording, no frames, frames of another size...
+        print(f"edgert: error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report), flush=True)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=1, default=float))
+        print(f"  report: {args.report}")
+    return 0 if report.ok else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from runtime.fleet import mcapio
+
+    d = Path(args.dir) if args.dir else load(args.config or DEFAULT_CONFIG).record_dir()
+    from runtime.fleet import crypto
+
+    files = sorted(p for p in d.glob("*") if p.name.endswith((".mcap", ".mcap" + mcapio.PARTIAL,
+                                                                ".mcap" + crypto.SUFFIX)))
+    if not files:
+        print(f"no recordings in {d}")
+        return 0
+    bad = 0
+    for p in files:
+        if p.name.endswith(crypto.SUFFIX):  # encrypted at rest: what its cleartext header says, no key needed
+            try:
+                meta = crypto.read_header(p).get("meta") or {}
+            except crypto.CryptoError as e:
+                bad += 1
+                print(f"{'DAMAGED':<9} {p.name}  ({e})")
+                continue
+            print(f"{'encrypted':<9} {p.name}  region={meta.get('region', '?')} anonymised="
+                  f"{meta.get('anonymised', '?')}; {p.stat().st_size / 2**20:.1f} MiB "
+                  "(`edgert fleet decrypt` with the region's key to inspect or replay it)")
+            continue
+        info = mcapio.inspect(p)
+        meta = info.metadata.get("edgert", {})
+        status = "ok" if info.complete else "TRUNCATED"
+        bad += not info.complete
+        what = f"{meta.get('event_kind', 'all')} {meta.get('event_reason', '')}".strip()
+        frames = info.topics.get(mcapio.RAW_TOPIC, 0) + info.topics.get(mcapio.JPEG_TOPIC, 0)
+        print(f"{status:<9} {p.name}  region={meta.get('region', '?')} {what}; {info.duration_s:.1f} s, "
+              f"{frames} frames, {info.messages} messages" + ("" if info.complete else f" ({info.error})"))
+    if bad:
+        print(f"edgert: {bad} of {len(files)} recording(s) truncated (cut off by a crash or still being written); "
+              "their readable part replays", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _recorder_pid(run: str | None) -> tuple[int | None, str]:
+    from runtime import shm
+
+    runs = [(d, rid) for d, rid, alive in shm.run_dirs() if alive and (run is None or rid == run or f".{run}" in rid)]
+    if not runs:
+        return None, "no running pipeline found; start one with `edgert run`"
+    _, run_id = runs[-1]
+    sup_pid = run_id.split(".")[0]
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+            ppid = next(line.split()[1] for line in (p / "status").read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        if comm == "edgert-recorder" and ppid == sup_pid:
+            return int(p.name), run_id
+    return None, (f"run {run_id} has no recorder process: set record.enabled = true (a threads-mode run "
+                  "is triggered from its own process, RecorderStage.trigger)")
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    pid, run_id = _recorder_pid(args.run)
+    if pid is None:
+        print(f"edgert: error: {run_id}", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGUSR1)
+    print(f"clip requested from the recorder of run {run_id} (pid {pid})")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `replay` and `record list|trigger` to the CLI's subparsers."""
+    r = sub.add_parser("replay", help="feed a recording through the pipeline; report where the outputs differ")
+    r.add_argument("file", help="an .mcap recording with frames (record.frames = raw for a bit-exact replay)")
+    r.add_argument("--config", help="pipeline config to replay with (default: the one stored in the recording)")
+    r.add_argument("--model", help="model to replay with (zoo name or folder; default: the config's)")
+    r.add_argument("--speed", type=_speed, default=1.0,
+                   help="1 = recorded pace (default), 'max' = next frame once the last one's command is out")
+    r.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest |new - recorded| steering output in rad that counts as equal (default 1e-4)")
+    r.add_argument("--mode", choices=("processes", "threads"), default=None, help="override pipeline.mode")
+    r.add_argument("--verify-frames", action="store_true",
+                   help="also record the replayed input and check every frame against the recording, byte for byte")
+    r.add_argument("--report", help="write every compared frame as JSON to this file")
+    r.set_defaults(func=cmd_replay)
+    rec = sub.add_parser("record", help="recordings: list them with their status, ask a running recorder for a clip")
+    rsub = rec.add_subparsers(dest="record_command", required=True)
+    p = rsub.add_parser("list", help="every recording in a folder, whole or truncated (exit 1 if any is truncated)")
+    p.add_argument("dir", nargs="?", default=None, help="folder (default: record.dir of --config)")
+    p.add_argument("--config", default=None, help=f"pipeline config (default: {DEFAULT_CONFIG.name})")
+    p.set_defaults(func=cmd_list)
+    p = rsub.add_parser("trigger", help="ask the running pipeline's recorder for a clip around now (operator trigger)")
+    p.add_argument("--run", help="run id (default: the newest running pipeline)")
+    p.set_defaults(func=cmd_trigger)

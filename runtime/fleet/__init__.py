@@ -1,0 +1,1 @@
+"""Fleet data: recording, clips, replay, residency policy, audit, anonymisation and encryption."""

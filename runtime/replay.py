@@ -1,0 +1,275 @@
+"""`edgert replay`: feed a recording through today's pipeline and say where the outputs differ.
+
+The regression check for a new model variant: the recorded frames go through the real
+pipeline (camera.source = "replay", runtime/stages/replaysource.py) with the recording's own
+config, or another model (`--model`), and the recorder (mode "all") records the new run into a
+scratch folder. The model's steering output per frame id is then compared with the recorded
+one. Commands are not compared: control rate-limits on wall-clock time, so they legitimately
+depend on the replay's pace; the model output does not.
+
+With `verify_frames` the replay also records its input frames and checks each against the
+recording byte for byte, which proves the path camera pool -> recorder -> MCAP -> replay
+source -> camera pool is lossless for raw frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.config import ConfigError, PipelineConfig
+from runtime.fleet import mcapio
+from runtime.manifest import load_manifest
+from runtime.stages.replaysource import frame_topic, iter_frames
+
+log = logging.getLogger("edgert.replay")
+
+SETTLE_S = 0.5  # after the last frame: outputs unchanged this long = the pipeline is drained
+SETTLE_MAX_S = 5.0
+STALL_S = 15.0  # no new frame this long once running: the replay is stuck
+
+
+@dataclass
+class FrameDiff:
+    frame_id: int
+    recorded: float
+    replayed: float
+
+    @property
+    def diff(self) -> float:
+        return abs(self.replayed - self.recorded)
+
+
+@dataclass
+class ReplayReport:
+    recording: str
+    model: str
+    speed: float
+    tolerance: float
+    truncated: str  # why the recording is incomplete ("" if whole): replayed up to where it is readable
+    frames_recorded: int  # readable frames in the recording
+    frames_replayed: int  # frames the replay source published
+    recorded_only: int  # frames with a recorded output but none from the replay (dropped in the replay run)
+    replay_only: int  # frames with a new output but no recorded one (dropped in the recorded run)
+    rows: list[FrameDiff] = field(default_factory=list)  # every frame with both outputs, by frame id
+    frames_checked: int = 0  # verify_frames: frames present in both recordings
+    frames_bit_exact: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compared(self) -> int:
+        return len(self.rows)
+
+    @property
+    def beyond(self) -> list[FrameDiff]:
+        """Frames whose outputs differ by more than the tolerance (NaN on either side counts, unless both)."""
+        return [r for r in self.rows if not (r.diff <= self.tolerance
+                                             or (math.isnan(r.recorded) and math.isnan(r.replayed)))]
+
+    @property
+    def max_abs_diff(self) -> float:
+        d = [r.diff for r in self.rows if not math.isnan(r.diff)]
+        return max(d) if d else math.nan
+
+    @property
+    def mean_abs_diff(self) -> float:
+        d = [r.diff for r in self.rows if not math.isnan(r.diff)]
+        return sum(d) / len(d) if d else math.nan
+
+    @property
+    def ok(self) -> bool:
+        return self.compared > 0 and not self.beyond and self.frames_checked == self.frames_bit_exact
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows"] = [{"frame_id": r.frame_id, "recorded": r.recorded, "replayed": r.replayed, "diff": r.diff}
+                     for r in self.rows]
+        d.update(compared=self.compared, beyond=[r.frame_id for r in self.beyond], max_abs_diff=self.max_abs_diff,
+                 mean_abs_diff=self.mean_abs_diff, ok=self.ok)
+        return d
+
+
+def steering_outputs(paths: list[Path], index: int, scale: float) -> dict[int, float]:
+    """frame id -> decoded steering output (NaN for a result that is not OK) from /results."""
+    out: dict[int, float] = {}
+    for p in paths:
+        try:
+            for _, msg in mcapio.iter_messages(p, {"/results"}):
+                r = json.loads(msg.data)
+                ok = r["status"] == 0 and index < r["n_values"]
+                out[int(r["frame_id"])] = float(r["values"][index]) * scale if ok else math.nan
+        except mcapio.TruncatedRecording as e:
+            log.warning("%s", e)
+    return out
+
+
+def frame_digests(paths: list[Path]) -> dict[int, str]:
+    """frame id -> blake2b of the raw pixel bytes, from /camera/raw."""
+    out: dict[int, str] = {}
+    for p in paths:
+        try:
+            for _, msg in mcapio.iter_messages(p, {mcapio.RAW_TOPIC}):
+                fr = mcapio.decode_raw_frame(msg.data)
+                out[fr.frame_id] = hashlib.blake2b(fr.pixels.tobytes(), digest_size=16).hexdigest()
+        except mcapio.TruncatedRecording as e:
+            log.warning("%s", e)
+    return out
+
+
+def replay_config(path: Path, base: PipelineConfig, out_dir: Path, model: str | None, speed: float,
+                  mode: str | None, verify_frames: bool, topic: str) -> PipelineConfig:
+    """`base` turned into a replay of `path`, recording everything (outputs; frames if verifying) to out_dir."""
+    _, _, first = next(iter_frames(str(path), topic))
+    h, w = first.shape[-3], first.shape[-2]
+    region = mcapio.read_metadata(path).get("region") or base.record.region or "sim"
+    changes: dict[str, dict[str, Any]] = {
+        "camera": {"source": "replay", "width": w, "height": h},
+        "replay": {"file": str(path.resolve()), "speed": speed},
+        "record": {"enabled": True, "mode": "all", "frames": "raw" if verify_frames else "none",
+                   "dir": str(out_dir), "region": region, "pre_s": 0.0, "ring_mb": 0, "segment_s": 3600.0,
+                   "nice": 0, "policy": "off"},  # a scratch copy for the comparison, deleted after: as recorded
+        "pipeline": {"duration_s": 0.0},
+    }
+    if mode:
+        changes["pipeline"]["mode"] = mode
+    if model:
+        changes["infer"] = {"model": model}
+    return base.replace(**changes)
+
+
+def _counter(sup: Any, stage: str, key: str) -> int:
+    st = sup.status.get(stage)
+    return int((st.counters or {}).get(key, 0)) if st is not None else 0
+
+
+def _drive(sup: Any, n_frames: int) -> dict[str, Any]:
+    """Run the supervisor on a thread until every frame is out and the pipeline is drained."""
+    from runtime.supervisor import StageFailed
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["summary"] = sup.run()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+    t = threading.Thread(target=target, name="edgert-replay-supervisor", daemon=True)
+    t.start()
+    last, last_change = -1, time.monotonic()
+    while t.is_alive():
+        time.sleep(0.05)
+        if not hasattr(sup, "started_at"):
+            last_change = time.monotonic()
+            continue
+        sent = _counter(sup, "capture", "frames") + _counter(sup, "capture", "rejected")
+        if sent != last:
+            last, last_change = sent, time.monotonic()
+        if sent >= n_frames:
+            break
+        if time.monotonic() - last_change > STALL_S:
+            log.error("replay stalled: %d of %d frames out after %.0f s without progress", sent, n_frames, STALL_S)
+            break
+    settle_end = time.monotonic() + SETTLE_MAX_S
+    seen = None
+    stable_since = time.monotonic()
+    while t.is_alive() and time.monotonic() < settle_end:
+        now = (_counter(sup, "infer", "frames"), _counter(sup, "recorder", "frames"),
+               _counter(sup, "control", "frames"))
+        if now != seen:
+            seen, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= SETTLE_S:
+            break
+        time.sleep(0.05)
+    sup.stop_requested.set()
+    t.join()
+    if "error" in box:
+        err = box["error"]
+        raise err if isinstance(err, (StageFailed, ConfigError)) else RuntimeError(f"replay run failed: {err}")
+    return box["summary"]
+
+
+def run_replay(path: str | Path, config: PipelineConfig | None = None, model: str | None = None,
+               speed: float = 1.0, tolerance: float = 1e-4, mode: str | None = None,
+               verify_frames: bool = False, work_dir: str | Path | None = None) -> ReplayReport:
+    """Replay `path` through the pipeline and compare the model's steering output per frame id."""
+    from runtime.supervisor import Supervisor
+
+    path = Path(path)
+    info = mcapio.inspect(path)
+    if not info.metadata.get("edgert"):
+        raise ValueError(f"{path}: not an edgert recording (no 'edgert' metadata record)")
+    meta = info.metadata["edgert"]
+    topic = frame_topic(str(path), info)  # no frames: nothing to replay, whatever the config
+    if config is None:
+        try:
+            config = PipelineConfig.from_json(meta["config"])
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{path}: the recording's pipeline config does not load here ({e}); pass one "
+                              "with --config") from None
+    n_frames = info.topics[topic]
+    with tempfile.TemporaryDirectory(prefix="edgert-replay.", dir=work_dir) as tmp:
+        out_dir = Path(tmp)
+        cfg = replay_config(path, config, out_dir, model, speed, mode, verify_frames, topic)
+        sup = Supervisor(cfg)
+        summary = _drive(sup, n_frames)
+        new_files = sorted(out_dir.glob("*.mcap")) + sorted(out_dir.glob(f"*{mcapio.TRUNCATED}"))
+        new_dec = load_manifest(cfg.model_dir()).decoder
+        old_index = int(meta.get("decoder_index", new_dec.index))
+        old_scale = float(meta.get("decoder_scale", new_dec.scale))
+        recorded = steering_outputs([path], old_index, old_scale)
+        replayed = steering_outputs(new_files, new_dec.index, new_dec.scale)
+        report = ReplayReport(
+            recording=str(path), model=cfg.infer.model, speed=speed, tolerance=tolerance,
+            truncated="" if info.complete else info.error, frames_recorded=n_frames,
+            frames_replayed=int(summary["stages"]["capture"]["frames"]),
+            recorded_only=len(recorded.keys() - replayed.keys()), replay_only=len(replayed.keys() - recorded.keys()),
+            rows=[FrameDiff(i, recorded[i], replayed[i]) for i in sorted(recorded.keys() & replayed.keys())])
+        if topic == mcapio.JPEG_TOPIC:
+            report.notes.append("frames were recorded as JPEG: the replay's input is close to, not identical "
+                                "with, what the model saw; expect small differences")
+        if verify_frames:
+            if topic != mcapio.RAW_TOPIC:
+                report.notes.append("frames not verified: only raw frames can be compared bit for bit")
+            else:
+                old, new = frame_digests([path]), frame_digests(new_files)
+                both = old.keys() & new.keys()
+                report.frames_checked = len(both)
+                report.frames_bit_exact = sum(old[i] == new[i] for i in both)
+        rec = summary["stages"].get("recorder", {})
+        if rec.get("dropped"):
+            report.notes.append(f"the replay's recorder dropped {rec['dropped']} frame(s); those are not compared")
+    return report
+
+
+def format_report(r: ReplayReport, show: int = 20) -> str:
+    """What `edgert replay` prints: the verdict, then the frames beyond tolerance (at most `show`)."""
+    lines = [f"replay of {r.recording} with model {r.model} at "
+             f"{'max' if r.speed == 0 else f'{r.speed:g}x'} speed"]
+    if r.truncated:
+        lines.append(f"  RECORDING TRUNCATED ({r.truncated}): replayed the {r.frames_recorded} readable frame(s)")
+    lines.append(f"  frames: {r.frames_recorded} recorded, {r.frames_replayed} replayed; outputs compared for "
+                 f"{r.compared} (recorded only {r.recorded_only}, replay only {r.replay_only})")
+    if r.compared:
+        lines.append(f"  steering output |new - recorded|: max {r.max_abs_diff:.3g} rad, mean {r.mean_abs_diff:.3g} "
+                     f"rad; {len(r.beyond)} frame(s) beyond tolerance {r.tolerance:g} rad")
+    if r.frames_checked or r.frames_bit_exact:
+        lines.append(f"  input frames bit-exact: {r.frames_bit_exact} of {r.frames_checked}")
+    for row in r.beyond[:show]:
+        lines.append(f"    frame {row.frame_id}: recorded {row.recorded:+.6f}, new {row.replayed:+.6f} "
+                     f"(diff {row.diff:.3g})")
+    if len(r.beyond) > show:
+        lines.append(f"    ... and {len(r.beyond) - show} more (--report FILE.json lists every frame)")
+    lines += [f"  note: {n}" for n in r.notes]
+    if r.compared == 0:
+        lines.append("  FAILED: no frame has both a recorded and a new output; nothing was compared")
+    else:
+        lines.append("  OK: outputs within tolerance" if r.ok else "  DIFFERENT: see the frames above")
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""recorder: frames, model outputs, commands, vehicle state and events into MCAP clips.
+
+An optional fifth stage (record.enabled). It must never slow the control path, so it is a
+process of its own at the lowest priority (SCHED_IDLE, or os.nice), it only subscribes (a ZeroMQ publisher
+never waits for a slow subscriber: past the high-water mark messages to it are dropped),
+and its receive loop only copies into a preallocated ring (runtime/fleet/ring.py): a camera
+frame is copied straight from its frame-pool slot, and dropped and counted if the camera
+overwrote the slot during the copy (the seqlock). Turning entries into MCAP messages and
+writing files happens on a writer thread (runtime/fleet/clips.py) that drops and counts
+when the disk is slow, and never holds the receive loop up.
+
+Events open clips: the start of a takeover request (a command with the TAKEOVER flag after
+one without; SHUTDOWN is a planned stop, not an event) and operator triggers (SIGUSR1 to
+the edgert-recorder process, `edgert record trigger`, or `trigger()` in threads mode).
+
+Hooks for fleet policy, plain callables: `frame_filter(bgr)` edits a frame in place before
+it is written (anonymisation), `on_clip_closed(path) -> path` takes each finished file
+(encryption at rest). Both run on the writer thread, never on the receive loop. Unless given
+to the constructor, setup builds them from the residency policy for record.region
+(runtime/fleet/export.recorder_hooks): a region that requires anonymisation gets the
+Anonymiser, one that requires encryption gets its key, and a duty that cannot be met (no key,
+no face detector) fails the start rather than recording in the clear. A frame the filter
+fails on is dropped and counted, never written unfiltered, so a file's `anonymised` flag is
+true exactly when every frame in it went through the filter. Files a crash cut off are
+renamed *.truncated.mcap at the next start and, where the policy encrypts, encrypted then.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from runtime import wire
+from runtime.config import ring_bytes
+from runtime.fleet.export import recorder_hooks
+from runtime.fleet.policy import Policy
+from runtime.fleet import mcapio
+from runtime.fleet.clips import ClipPolicy, ClipWriter, Event
+from runtime.fleet.ring import Ring
+from runtime.framepool import FramePool, SlotError
+from runtime.manifest import load_manifest
+from runtime.stage import Stage, StageContext
+from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from runtime.transport import subscriber
+from runtime.wire import CommandFlags, MsgType, TakeoverReason
+
+FRAMES, RESULTS, COMMANDS, VEHICLE, EVENTS = range(5)  # topic ids in the ring
+_WIRE = {"results": (RESULTS, MsgType.RESULT), "commands": (COMMANDS, MsgType.COMMAND),
+         "vehicle": (VEHICLE, MsgType.VEHICLE)}
+_MCAP_TOPIC = {RESULTS: "/results", COMMANDS: "/commands", VEHICLE: "/vehicle", EVENTS: mcapio.EVENTS_TOPIC}
+DRAIN_PER_STEP = 16  # messages per socket per step, so a burst never delays heartbeats
+_FRAME_HEADER = wire.LAYOUTS[MsgType.FRAME].itemsize
+_U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
+
+FrameFilter = Callable[[np.ndarray], None]
+ClipHook = Callable[[Path], Path]
+
+
+def edgert_version() -> str:
+    try:
+        return importlib.metadata.version("edgert")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+class RecorderStage(Stage):
+    name = "recorder"
+
+    def __init__(self, ctx: StageContext, frame_filter: FrameFilter | None = None,
+                 on_clip_closed: ClipHook | None = None) -> None:
+        self._operator = threading.Event()
+        self._operator_reason = "operator"
+        if threading.current_thread() is threading.main_thread():  # processes mode: `edgert record trigger`
+            # First thing: SIGUSR1's default action ends the process. The supervisor starts stage
+            # processes with it blocked, so a trigger sent while we started up is pending, not fatal:
+            # it is delivered here, once handled, and becomes a clip at the first step.
+            signal.signal(signal.SIGUSR1, lambda *_: self._operator.set())
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        super().__init__(ctx)
+        self.frame_filter = frame_filter
+        self.on_clip_closed = on_clip_closed
+        self.writer: ClipWriter | None = None
+        self.overwritten = 0  # frames the camera reused the slot of while we copied them
+        self.missed = 0  # frame ids never recorded: lost at a high-water mark, or their slot reused before we read it
+        self.filter_failed = 0  # frames the filter raised on: dropped, never written unfiltered
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        rec, cam = self.cfg.record, self.cfg.camera
+        self._lower_priority()
+        self.dir = self.cfg.record_dir()
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # recordings are personal data
+        self._policy_hooks()
+        for info in mcapio.recover_partials(self.dir):
+            self.log.warning("found a recording cut off by a crash: %s, %d readable message(s) (%s); kept, "
+                             "renamed *%s", info.path.name, info.messages, info.error, mcapio.TRUNCATED)
+            if self.on_clip_closed is not None:  # the region's duty applies to what the crash left too
+                try:
+                    self.log.info("cut-off recording now %s", self.on_clip_closed(info.path).name)
+                except Exception as e:  # noqa: BLE001 - kept as it is and said so; export refuses it plaintext
+                    self.log.error("could not apply on_clip_closed to %s (%s); left as it is", info.path.name, e)
+        manifest = load_manifest(self.cfg.model_dir())
+        self.wall_offset = mcapio.wall_offset_ns()
+        self.meta = {
+            "region": rec.region, "vehicle_id": rec.vehicle_id or socket.gethostname(), "run_id": self.ctx.run_id,
+            "model": manifest.name, "model_version": manifest.version, "model_sha256": manifest.sha256,
+            "decoder_index": str(manifest.decoder.index), "decoder_scale": repr(manifest.decoder.scale),
+            "edgert_version": edgert_version(), "frames": rec.frames, "mode": rec.mode,
+            "camera": f"{cam.width}x{cam.height}@{cam.fps:g}", "wall_offset_ns": str(self.wall_offset),
+            "time": "log_time = receipt, publish_time = capture; CLOCK_MONOTONIC + wall_offset_ns",
+            "config": self.cfg.to_json(),
+        }
+        self.ring = Ring(ring_bytes(self.cfg), int(rec.ring_s * 1e9),
+                         max_entries=max(4096, int(rec.ring_s * cam.fps * 8)))
+        policy = ClipPolicy(rec.mode, int(rec.pre_s * 1e9), int(rec.post_s * 1e9), int(rec.segment_s * 1e9))
+        self._names = 0
+        self.writer = ClipWriter(self.ring, policy, self._new_file, self._convert, self.on_clip_closed,
+                                 frame_topic=FRAMES)
+        ctx, ep = self.ctx.zmq, self.ctx.endpoints
+        self.poller = zmq.Poller()
+        self.socks: dict[zmq.Socket, str] = {}
+        topics = list(_WIRE) + ([] if rec.frames == "none" else ["frames"])
+        for topic in topics:
+            sock = self.own(subscriber(ctx, ep, topic))
+            self.socks[sock] = topic
+            self.poller.register(sock, zmq.POLLIN)
+        if rec.frames != "none":
+            self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        self._in_takeover = False
+        self._event_rec = {"kind": "", "reason": "", "frame_id": 0, "t_ns": 0}
+        self.writer.start()
+        self.log.info("recording %s (%s frames) to %s: ring %.0f MiB / %.1f s, region %s", rec.mode, rec.frames,
+                      self.dir, self.ring.capacity / 2**20, rec.ring_s, rec.region)
+
+    def _policy_hooks(self) -> None:
+        """frame_filter / on_clip_closed from the residency policy of record.region, where not given."""
+        rec, cam = self.cfg.record, self.cfg.camera
+        path = self.cfg.record_path("policy")
+        if path is None:
+            self.log.warning("record.policy = off: no anonymisation or encryption whatever the region's policy "
+                             "says (for replay's scratch recordings; export refuses such clips where duties apply)")
+            return
+        frame_filter, on_closed = recorder_hooks(Policy.load(path), rec.region, (cam.height, cam.width, 3),
+                                                 self.cfg.record_path("keys_dir"),  # type: ignore[arg-type]
+                                                 self.cfg.record_path("face_model"))
+        if self.frame_filter is None and frame_filter is not None and rec.frames != "none":
+            self.frame_filter = frame_filter
+            self.log.info("region %s: anonymising frames before they are written (%s)", rec.region,
+                          frame_filter.describe())  # type: ignore[attr-defined]
+        if self.on_clip_closed is None and on_closed is not None:
+            self.on_clip_closed = on_closed
+            self.log.info("region %s: clips encrypted at rest with %s", rec.region,
+                          self.cfg.record_path("keys_dir") / f"{rec.region}.key")  # type: ignore[operator]
+
+    def _lower_priority(self) -> None:
+        """SCHED_IDLE (or nice): this process yields the CPU to every pipeline stage.
+
+        Only in a process of its own: beside other stages on threads, a starved recorder thread
+        holding the GIL would stall them all (priority inversion), so there it keeps its priority.
+        """
+        rec = self.cfg.record
+        if threading.current_thread() is not threading.main_thread():
+            self.log.info("recorder on a thread beside other stages: priority unchanged (they share the GIL)")
+            return
+        try:
+            if rec.idle_class and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            elif rec.nice:
+                os.nice(rec.nice)
+        except OSError as e:
+            self.log.warning("could not lower the recorder's priority (%s); it competes with the pipeline", e)
+
+    def _new_file(self, label: str, event: Event | None) -> mcapio.McapFile:
+        self._names += 1
+        utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = f"{self.meta['region']}_{self.meta['vehicle_id']}_{utc}_{self._names:04d}_{label}.mcap"
+        meta = dict(self.meta)
+        meta["recorded_ns"] = str(time.time_ns())  # UNIX-epoch ns: retention (fleet prune) is a calendar matter
+        # no image, or every image through the anonymisation filter (export checks this for its region)
+        meta["anonymised"] = str(self.frame_filter is not None or self.cfg.record.frames == "none").lower()
+        if event is not None:
+            meta.update(event_kind=event.kind, event_reason=event.reason, event_t_ns=str(event.t_ns),
+                        pre_s=repr(self.cfg.record.pre_s), post_s=repr(self.cfg.record.post_s))
+        return mcapio.McapFile(self.dir / name.replace("/", "-"), meta, compression=self.cfg.record.compression)
+
+    # -- receive loop ----------------------------------------------------------------------
+    def trigger(self, reason: str = "operator") -> None:
+        """Ask for a clip around now (thread-safe; SIGUSR1 does the same in processes mode)."""
+        self._operator_reason = reason
+        self._operator.set()
+
+    def step(self) -> None:
+        for sock, _ in self.poller.poll(50):
+            topic = self.socks[sock]
+            for _ in range(DRAIN_PER_STEP):
+                try:
+                    msg = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if topic == "frames":
+                    self._on_frame(msg)
+                else:
+                    self._on_message(topic, msg)
+        if self._operator.is_set():
+            self._operator.clear()
+            self._event("operator", self._operator_reason, self._last_frame_id)
+        w = self.writer
+        assert w is not None
+        self.errors = w.errors + self.filter_failed
+        self.dropped = self.missed + self.overwritten + w.lost_frames + self.filter_failed
+
+    def accept_frame_id(self, frame_id: int) -> bool:
+        """As every stage's, but id gaps go to `missed`: `dropped` is recomputed from all the causes."""
+        before = self.dropped
+        ok = super().accept_frame_id(frame_id)
+        self.missed += self.dropped - before
+        self.dropped = before
+        return ok
+
+    def _on_frame(self, msg: bytes) -> None:
+        rec = self.decode(msg, MsgType.FRAME)
+        if rec is None:
+            return
+        if int(rec["stream"]) != STREAM_IDS[CAMERA_STREAM] or int(rec["dtype"]) != _U8:
+            self.reject(f"frame descriptor for stream {int(rec['stream'])} dtype code {int(rec['dtype'])}; "
+                        "the recorder reads the camera stream (uint8)")
+            return
+        slot, gen = int(rec["slot"]), int(rec["generation"])
+        shape = tuple(int(d) for d in rec["shape"][: int(rec["ndim"])])
+        try:
+            if not self.pool.is_current(slot, gen):
+                return  # reused already: its id is never accepted, so the next frame's id gap counts it (missed)
+            pixels = self.pool.view(slot, shape, np.uint8)
+        except SlotError as e:
+            self.reject(e)
+            return
+        if not self.accept_frame_id(int(rec["frame_id"])):
+            return
+        dst = self.ring.reserve(_FRAME_HEADER + pixels.nbytes)
+        dst[:_FRAME_HEADER] = np.frombuffer(msg, np.uint8)
+        np.copyto(dst[_FRAME_HEADER:].reshape(pixels.shape), pixels)
+        if not self.pool.is_current(slot, gen):  # the camera lapped us mid-copy: a torn frame is never kept
+            self.ring.abort()
+            self.overwritten += 1
+            return
+        self.ring.commit(FRAMES, time.monotonic_ns())
+        self.frames += 1
+
+    def _on_message(self, topic: str, msg: bytes) -> None:
+        topic_id, msg_type = _WIRE[topic]
+        rec = self.decode(msg, msg_type)
+        if rec is None:
+            return
+        dst = self.ring.reserve(len(msg))
+        dst[:] = np.frombuffer(msg, np.uint8)
+        self.ring.commit(topic_id, time.monotonic_ns())
+        if topic_id == COMMANDS:
+            takeover = bool(int(rec["flags"]) & CommandFlags.TAKEOVER)
+            reason = int(rec["reason"])
+            if takeover and not self._in_takeover and reason != TakeoverReason.SHUTDOWN:
+                # a fail-safe command names no frame (0): the event names the newest frame recorded
+                self._event("takeover", TakeoverReason(reason).name.lower(),
+                            int(rec["frame_id"]) or self._last_frame_id)
+            self._in_takeover = takeover
+
+    def _event(self, kind: str, reason: str, frame_id: int) -> None:
+        """Put the event in the ring (so it is in the clip) and hand it to the writer."""
+        t = time.monotonic_ns()
+        data = json.dumps({"kind": kind, "reason": reason, "frame_id": frame_id, "t_ns": t}).encode()
+        dst = self.ring.reserve(len(data))
+        dst[:] = np.frombuffer(data, np.uint8)
+        self.ring.commit(EVENTS, t)
+        assert self.writer is not None
+        if self.writer.submit(Event(t, kind, reason, frame_id)):
+            self.log.info("event: %s (%s), frame %d: %s", kind, reason, frame_id,
+                          "clip requested" if self.cfg.record.mode == "clips" else "marked")
+        else:
+            self.log.warning("event %s (%s) dropped: %d clip requests already queued", kind, reason,
+                             self.writer.events.maxsize)
+
+    # -- writer thread: ring entries -> MCAP messages ------------------------------------------
+    def _convert(self, topic_id: int, t_ns: int, data: bytes) -> Iterator[tuple[str, int, int, bytes, int]]:
+        log_ns = t_ns + self.wall_offset
+        if topic_id == FRAMES:
+            msg = self._frame_message(log_ns, data)
+            if msg is not None:
+                yield msg
+        elif topic_id == EVENTS:
+            yield mcapio.EVENTS_TOPIC, log_ns, log_ns, data, 0
+        else:
+            rec = wire.decode(data)  # validated on receipt; decoded again here, off the receive loop
+            capture = int(rec["stamps"][wire.Stamp.CAPTURE]) if "stamps" in rec.dtype.names else 0
+            body = json.dumps(wire.to_dict(rec), separators=(",", ":")).encode()
+            yield _MCAP_TOPIC[topic_id], log_ns, capture + self.wall_offset if capture else log_ns, body, \
+                int(rec["frame_id"]) if "frame_id" in rec.dtype.names else 0
+
+    def _frame_message(self, log_ns: int, data: bytes) -> tuple[str, int, int, bytes, int] | None:
+        """The frame as an MCAP message, filtered first if there is a filter; None if the filter failed."""
+        frame = mcapio.decode_raw_frame(data)
+        pub_ns = frame.capture_ns + self.wall_offset
+        pixels = frame.pixels
+        if self.frame_filter is not None:
+            pixels = pixels.copy()  # the filter edits in place; never the ring's bytes
+            try:
+                for img in (pixels if pixels.ndim == 4 else (pixels,)):
+                    self.frame_filter(img)
+            except Exception:  # never written unfiltered: dropped, counted, the file stays anonymised
+                self.filter_failed += 1
+                if self.filter_failed == 1 or self.filter_failed % 100 == 0:
+                    self.log.exception("frame filter failed on frame %d (%d so far): frame dropped",
+                                       frame.frame_id, self.filter_failed)
+                return None
+        if self.cfg.record.frames == "jpeg":
+            import cv2
+
+            img = np.concatenate(list(pixels), axis=1) if pixels.ndim == 4 else pixels
+            ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.record.jpeg_quality])
+            if not ok:
+                raise ValueError(f"JPEG encoding failed for frame {frame.frame_id}")
+            return mcapio.JPEG_TOPIC, log_ns, pub_ns, mcapio.jpeg_json(jpg.tobytes(), frame.frame_id, pub_ns), \
+                frame.frame_id
+        body = data if pixels is frame.pixels else data[:_FRAME_HEADER] + pixels.tobytes()
+        return mcapio.RAW_TOPIC, log_ns, pub_ns, body, frame.frame_id
+
+    # -- end ---------------------------------------------------------------------------------
+    def teardown(self) -> None:
+        """Finish the open file (mode all: everything still in the ring), then report what was lost."""
+        w = self.writer
+        if w is not None:
+            if not w.stop(timeout=3.0):
+                self.log.error("the writer did not finish within 3 s; the open file stays .partial "
+                               "(reported as truncated at the next start)")
+            self.errors = w.errors + self.filter_failed
+            self.dropped = self.missed + self.overwritten + w.lost_frames + self.filter_failed
+            self.log.info("recorder: %d frames received, %d file(s) written, %d message(s) lost to a slow writer "
+                          "(%d frames), %d overwritten during the copy, %d missed, %d failed the frame filter, "
+                          "%d event(s) dropped", self.frames, len(w.closed), w.lost, w.lost_frames, self.overwritten,
+                          self.missed, self.filter_failed, w.events_dropped)
+        super().teardown()

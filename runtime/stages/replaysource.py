@@ -1,0 +1,190 @@
+"""capture (camera.source = "replay"): a recording's frames, fed through the pipeline again.
+
+The regression check for a new model variant (`edgert replay`): the frames a car recorded go
+through today's preprocessing, model and control, and the new outputs are compared with the
+recorded ones per frame id. Raw frames (/camera/raw) are copied into the camera pool exactly
+as recorded, so the model sees bit-identical input; JPEG frames (/camera/jpeg) are decoded
+first and are therefore close, not identical.
+
+Frames keep their recorded ids (that is how outputs are matched) and get a fresh CAPTURE stamp
+(the pipeline's deadlines apply to the replay as to a live camera). Pacing (replay.speed):
+  > 0  the recorded capture times, divided by the speed (1 = as recorded)
+  0    as fast as the pipeline drains: the next frame once the command for the last one is out
+       (or its result, when control acts on none: a fail-safe), or after a second without either
+       (counted as dropped)
+A recording that breaks off (truncated) is replayed up to where it is readable, and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from runtime import wire
+from runtime.fleet import mcapio
+from runtime.framepool import FramePool
+from runtime.stage import Stage
+from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from runtime.transport import LatestReader, publisher, subscriber
+from runtime.wire import MsgType, Stamp, StageState
+
+ANSWER_TIMEOUT_NS = 1_000_000_000  # speed 0: a frame with no command or result within this is dropped
+RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command for the frame may take
+
+
+def frame_topic(path: str, info: mcapio.RecordingInfo | None = None) -> str:
+    """/camera/raw or /camera/jpeg, whichever the recording has (raw preferred); ValueError if neither."""
+    info = info or mcapio.inspect(path)
+    for topic in (mcapio.RAW_TOPIC, mcapio.JPEG_TOPIC):
+        if info.topics.get(topic):
+            return topic
+    raise ValueError(f"{path}: no frames to replay (topics: {', '.join(info.topics) or 'none'}); it was recorded "
+                     "with record.frames = \"none\". Record with frames = \"raw\" for a bit-exact replay")
+
+
+def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(frame id, capture monotonic ns, pixels) of every recorded frame, in file order."""
+    for _, msg in mcapio.iter_messages(path, {topic}):
+        if topic == mcapio.RAW_TOPIC:
+            fr = mcapio.decode_raw_frame(msg.data)
+            yield fr.frame_id, fr.capture_ns, fr.pixels
+        else:
+            import cv2
+
+            obj = json.loads(msg.data)
+            img = cv2.imdecode(np.frombuffer(base64.b64decode(obj["data"]), np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ValueError(f"{path}: JPEG of frame {obj.get('edgert_frame_id')} does not decode")
+            yield int(obj["edgert_frame_id"]), msg.publish_time - wall_offset_ns, img
+
+
+class ReplayStage(Stage):
+    name = "capture"
+
+    def setup(self) -> None:
+        cam = self.cfg.camera
+        self.path = str(self.cfg.replay_file())
+        self.speed = self.cfg.replay.speed
+        self.topic = frame_topic(self.path)
+        offset = int(mcapio.read_metadata(self.path).get("wall_offset_ns", "0"))
+        self.frames_iter = iter_frames(self.path, self.topic, offset)
+        self.pending = self._next_frame()
+        if self.pending is None:
+            raise ValueError(f"{self.path}: no readable frame")
+        self.shape = self.pending[2].shape
+        want = (cam.height, cam.width, 3)
+        if self.shape[-3:] != want:
+            raise ValueError(f"{self.path}: frames are {self.shape[-2]}x{self.shape[-3]}, the pipeline's camera is "
+                             f"{cam.width}x{cam.height}; set camera.width/height to the recording's "
+                             "(`edgert replay` does this itself)")
+        self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        ctx, ep = self.ctx.zmq, self.ctx.endpoints
+        self.pub = self.own(publisher(ctx, ep, "frames"))
+        self.supervisor = self.own(LatestReader(subscriber(ctx, ep, "supervisor")))
+        self.commands = self.own(LatestReader(subscriber(ctx, ep, "commands")))
+        self.results = self.own(LatestReader(subscriber(ctx, ep, "results")))
+        self.frame = wire.new_message(MsgType.FRAME)
+        self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
+        self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
+        self.frame["ndim"] = len(self.shape)
+        self.frame["shape"][: len(self.shape)] = self.shape
+        self.started = False
+        self.finished = False
+        self.t0 = 0
+        self.first_capture = self.pending[1]
+        self.awaiting = 0  # speed 0: the frame id whose command we wait for
+        self.sent_ns = 0
+        self.result_ns = 0
+        self.unanswered = 0
+        self.last_id = 0
+
+    def _next_frame(self) -> tuple[int, int, np.ndarray] | None:
+        try:
+            return next(self.frames_iter)
+        except StopIteration:
+            return None
+        except mcapio.TruncatedRecording as e:
+            self.log.warning("%s: replaying only the readable part", e)
+            return None
+
+    def _wait_for_start(self) -> None:
+        msg = self.supervisor.recv(50)
+        if msg is None:
+            return
+        rec = self.decode(msg, MsgType.HEARTBEAT)
+        if rec is not None and int(rec["state"]) == StageState.RUNNING:
+            self.started = True
+            self.t0 = time.monotonic_ns()
+            self.log.info("replaying %s (%s) at %s", self.path, self.topic,
+                          "the pipeline's pace" if self.speed == 0 else f"{self.speed:g}x the recorded pace")
+
+    def _answered(self) -> bool:
+        """speed 0: is the command for the awaited frame out (or will none come)?"""
+        now = time.monotonic_ns()
+        msg = self.commands.recv(5)
+        if msg is not None:
+            rec = self.decode(msg, MsgType.COMMAND)
+            if rec is not None and int(rec["frame_id"]) >= self.awaiting:
+                return True
+        msg = self.results.drain()
+        if msg is not None:
+            rec = self.decode(msg, MsgType.RESULT)
+            if rec is not None and int(rec["frame_id"]) >= self.awaiting and not self.result_ns:
+                self.result_ns = now
+        if self.result_ns and now - self.result_ns > RESULT_GRACE_NS:
+            return True  # a result control acted on with no command (fail-safe, stale): go on
+        if now - self.sent_ns > ANSWER_TIMEOUT_NS:
+            self.unanswered += 1
+            self.dropped += 1
+            return True
+        return False
+
+    def step(self) -> None:
+        if not self.started:
+            self._wait_for_start()
+            return
+        if self.finished:
+            self.ctx.stop.wait(0.1)
+            return
+        if self.awaiting:
+            if not self._answered():
+                return
+            self.awaiting = 0
+        frame_id, capture_ns, pixels = self.pending  # type: ignore[misc]
+        if self.speed > 0:
+            due = self.t0 + int((capture_ns - self.first_capture) / self.speed)
+            wait_s = (due - time.monotonic_ns()) / 1e9
+            if wait_s > 0.1:
+                self.ctx.stop.wait(0.1)
+                return
+            if wait_s > 0 and self.ctx.stop.wait(wait_s):
+                return
+        if frame_id <= self.last_id:
+            self.reject(f"recorded frame id {frame_id} not after {self.last_id}: skipped")
+        else:
+            self._publish(frame_id, pixels)
+        self.pending = self._next_frame()
+        if self.pending is None:
+            self.finished = True
+            self.log.info("replay finished: %d frames published%s", self.frames,
+                          f", {self.unanswered} without an answer" if self.unanswered else "")
+
+    def _publish(self, frame_id: int, pixels: np.ndarray) -> None:
+        slot = self.pool.acquire()
+        np.copyto(self.pool.view(slot, self.shape, np.uint8), pixels)
+        gen = self.pool.publish(slot)
+        f = self.frame
+        f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
+        f["stamps"][:] = 0
+        f["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+        self.pub.send(wire.encode(f))
+        self.frames += 1
+        self.last_id = frame_id
+        if self.speed == 0:
+            self.sent_ns = time.monotonic_ns()
+            self.result_ns = 0
+            self.awaiting = frame_id
