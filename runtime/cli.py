@@ -4,8 +4,13 @@
     edgert echo TOPIC [--run RUN_ID] [--count N]
     edgert doctor
     edgert bench NAME|all [--quick] [--out DIR]
-    edgert models list | info NAME | verify [NAME] | add PATH.onnx [--name N]
+    edgert bench pipeline [--scenario single-stream|multi-stream|server] [--cameras N] [--fps F]
+                          [--arrival poisson|fixed] [--min-count N] [--min-duration S]
+    edgert models list | info NAME | verify [NAME] | add PATH.onnx [--name N] | keygen | sign NAME --key K
     edgert infer --model PATH.onnx|MODEL_DIR --input IN.npz|IN.npy --output OUT.npz
+    edgert sim --scenario NAME [--added-latency-ms X] [--drop-rate P] | sim list | sim sweep --out DIR
+    edgert replay FILE.mcap [--speed 1|max]      edgert record list [DIR] | trigger
+    edgert fleet export CLIP... --to REGION | prune | audit verify | keygen REGION | encrypt | decrypt
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from runtime.config import DEFAULT_CONFIG, ConfigError, load
 from runtime.logs import setup_logging
@@ -117,27 +121,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmarks() -> list[str]:
-    import bench
-
-    skip = {"__init__", "report"}
-    return sorted(p.stem for p in Path(bench.__file__).parent.glob("*.py") if p.stem not in skip)
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run one benchmark (or `all`) and write NAME.json, NAME.md and NAME.png to --out."""
-    import importlib
+    """Run one benchmark (or `all`) and write NAME.json, NAME.md and NAME.png to --out (`all`: also index.md)."""
+    from bench._suite import PIPELINE_OPTIONS, benchmarks, run_all, run_one
 
-    names = _benchmarks()
-    todo = names if args.name == "all" else [args.name]
-    for name in todo:
-        if name not in names:
-            print(f"edgert: error: no benchmark {name!r}; benchmarks: {', '.join(names) or 'none yet'}, all",
-                  file=sys.stderr)
-            return 2
-        report = importlib.import_module(f"bench.{name}").run(quick=args.quick)
-        for path in report.write(args.out):
-            print(path)
+    names = benchmarks()
+    opts = {k: getattr(args, k) for k in PIPELINE_OPTIONS if getattr(args, k) is not None}
+    if args.name not in names and args.name != "all":
+        print(f"edgert: error: no benchmark {args.name!r}; benchmarks: {', '.join(names) or 'none yet'}, all",
+              file=sys.stderr)
+        return 2
+    if opts and args.name != "pipeline":
+        print(f"edgert: error: --{next(iter(opts)).replace('_', '-')} applies to `edgert bench pipeline` only "
+              f"(`all` runs every scenario with its defaults); remove it", file=sys.stderr)
+        return 2
+    if args.name == "all":
+        index, failed = run_all(args.out, args.quick)
+        print(index)
+        for f in failed:
+            print(f"edgert: error: benchmark {f}", file=sys.stderr)
+        return 1 if failed else 0
+    try:
+        report = run_one(args.name, args.quick, **opts)
+    except ValueError as e:  # a bad option value: the message names it and the fix
+        print(f"edgert: error: {e}", file=sys.stderr)
+        return 2
+    for path in report.write(args.out):
+        print(path)
     return 0
 
 
@@ -160,13 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--profile", choices=("auto", "cpu", "x86-nvidia", "jetson-orin"),
                    help="also show what this device profile would ask for, and get here")
     d.set_defaults(func=cmd_doctor)
-    from runtime.cli_models import add_commands
+    from runtime import cli_fleet, cli_models, cli_replay, cli_sim
 
-    add_commands(sub)  # models list|info|verify|add, infer
+    cli_models.add_commands(sub)  # models list|info|verify|add|keygen|sign, infer
+    cli_sim.add_commands(sub)  # sim --scenario NAME | list | sweep
+    cli_fleet.add_commands(sub)  # fleet export|prune|audit|keygen|encrypt|decrypt
+    cli_replay.add_commands(sub)  # replay FILE.mcap, record list|trigger
     b = sub.add_parser("bench", help="run a benchmark against its same-run baselines; write JSON, Markdown, PNG")
     b.add_argument("name", help="a benchmark in bench/, or 'all'")
     b.add_argument("--quick", action="store_true", help="a short run (CI); the default is long enough for p99.9")
     b.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    b.add_argument("--scenario", choices=("single-stream", "multi-stream", "server"),
+                   help="pipeline: LoadGen scenario (default single-stream)")
+    b.add_argument("--cameras", type=int, help="pipeline multi-stream: cameras in lock-step (default 4)")
+    b.add_argument("--fps", type=float, help="pipeline: frame rate, or the cap in single-stream (default 30)")
+    b.add_argument("--arrival", choices=("poisson", "fixed"), help="pipeline server: arrival process (default poisson)")
+    b.add_argument("--min-count", dest="min_count", type=int, help="pipeline: commands per run at least "
+                   "(default 1024, quick 60)")
+    b.add_argument("--min-duration", dest="min_duration_s", type=float, help="pipeline: seconds per run at least "
+                   "(default 60, quick 2)")
     b.set_defaults(func=cmd_bench)
     args = ap.parse_args(argv)
     setup_logging("INFO")

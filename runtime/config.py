@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ else:  # pragma: no cover
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = PROJECT_ROOT / "models"
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "sim.toml"
-STAGES = ("capture", "preprocess", "infer", "control")
+STAGES = ("capture", "preprocess", "infer", "control", "recorder")  # the recorder runs only with record.enabled
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class PipelineSection:
     ready_timeout_s: float = 180.0
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
+    market: str = "sim"  # where the car is sold: only a model whose signed manifest approves it loads
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,14 @@ class CameraSection:
     fps: float = 30.0
     format: str = "bgr"
     pool_slots: int = 4
+    # camera health, checked by preprocess on every frame (runtime/camhealth.py):
+    dark_level: float = 12.0  # mean 8-bit level below which a frame is black -> CAMERA_BLACKOUT; 0 = off
+    frozen_frames: int = 2  # frames in a row identical to the one before -> CAMERA_FROZEN; 0 = off
+    # source "frames" only (benchmarks; runtime/stages/frames.py):
+    pacing: str = "fixed"  # fixed (a camera) | poisson (arrivals at mean fps) | closed (next frame once the command is out)
+    cameras: int = 1  # cameras in lock-step, one (N, H, W, 3) slot per tick; the model's batch must be N
+    frames: int = 8  # distinct images rendered at setup and cycled
+    seed: int = 0  # poisson pacing's random gaps
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,10 @@ class SimSection:
     wheelbase_m: float = 2.7
     lane_width_m: float = 3.6
     vehicle_width_m: float = 1.8  # a departure is |lane error| > (lane_width - vehicle_width) / 2
+    scenario: str = ""  # a named test scenario (runtime/sim/scenarios.py; `edgert sim list`); "" = the seeded road
+    added_latency_ms: float = 0.0  # the actuator applies each command this much later (a slower loop, for sweeps)
+    drop_rate: float = 0.0  # fraction of frames rendered but never published (a lossy camera link), 0..<1
+    actuator_timeout_ms: float = 0.0  # no valid command this long: the actuator ramps to neutral; 0 = 6 frame periods
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,7 @@ class InferSection:
     cache_dir: str = ""  # optimised graphs and TensorRT engines; "" = $XDG_CACHE_HOME/edgert, "off" = none
     pool_slots: int = 3
     warmup_runs: int = 5
+    trusted_keys: str = ""  # folder of trusted publisher keys (<name>.pub); "" = models/publishers
     cuda_graph: bool = False  # on an NVIDIA GPU: capture the model once as a CUDA graph, replay it per frame
 
 
@@ -106,6 +121,39 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class RecordSection:
+    """The optional recorder stage (runtime/stages/recorder.py, docs/fleet.md)."""
+
+    enabled: bool = False
+    dir: str = ""  # where recordings go; "" = $XDG_DATA_HOME/edgert/recordings
+    mode: str = "clips"  # clips (pre_s..post_s around each event) | all (everything, in segment_s files)
+    pre_s: float = 5.0  # seconds before an event that its clip starts
+    post_s: float = 5.0  # seconds after the (last) event that its clip ends
+    ring_s: float = 10.0  # how far back the in-memory ring reaches (>= pre_s)
+    ring_mb: int = 0  # bytes bound of the ring in MiB; 0 = sized for ring_s of frames at the camera's size and rate
+    frames: str = "raw"  # raw (bit-exact, replayable) | jpeg (foxglove.CompressedImage, lossy) | none
+    jpeg_quality: int = 90
+    compression: str = "lz4"  # MCAP chunk compression: lz4 | zstd | none
+    segment_s: float = 60.0  # a file never spans more than this: a crash loses at most the open one
+    region: str = ""  # region of collection written into every recording (e.g. "eu"); required when enabled
+    vehicle_id: str = ""  # "" = the host name
+    nice: int = 10  # the recorder runs this much below the pipeline's priority (0..19)
+    idle_class: bool = True  # Linux SCHED_IDLE: the recorder gets only CPU time no pipeline stage wants
+    policy: str = ""  # residency policy (anonymise/encrypt per region); "" = configs/fleet-policy.toml;
+    # "off" = no duties applied (replay's scratch recordings only: export refuses what they would need)
+    keys_dir: str = ""  # per-region clip keys (`edgert fleet keygen`); "" = $XDG_DATA_HOME/edgert/fleet/keys
+    face_model: str = ""  # YuNet ONNX file for faces; "" = OpenCV's bundled Haar cascade
+
+
+@dataclass(frozen=True)
+class ReplaySection:
+    """camera.source = "replay": recorded frames fed through the pipeline (`edgert replay`)."""
+
+    file: str = ""  # the .mcap recording (with /camera/raw or /camera/jpeg frames)
+    speed: float = 1.0  # 1 = recorded pace, 2 = twice as fast, ...; 0 = as fast as the pipeline drains
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     camera: CameraSection = field(default_factory=CameraSection)
@@ -113,7 +161,32 @@ class PipelineConfig:
     preprocess: PreprocessSection = field(default_factory=PreprocessSection)
     infer: InferSection = field(default_factory=InferSection)
     control: ControlSection = field(default_factory=ControlSection)
+    record: RecordSection = field(default_factory=RecordSection)
+    replay: ReplaySection = field(default_factory=ReplaySection)
     base_dir: str = str(PROJECT_ROOT)  # where relative paths in the file are resolved
+
+    def record_dir(self) -> Path:
+        """Where the recorder writes: record.dir, relative to the config's folder, or the user's data folder."""
+        d = self.record.dir
+        if not d:
+            return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgert" / "recordings"
+        p = Path(d).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def record_path(self, key: str) -> Path | None:
+        """record.policy / keys_dir / face_model resolved against the config's folder; their defaults for ""."""
+        v = getattr(self.record, key)
+        if not v:
+            data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgert" / "fleet"
+            return {"policy": PROJECT_ROOT / "configs" / "fleet-policy.toml", "keys_dir": data / "keys"}.get(key)
+        if key == "policy" and v == "off":
+            return None
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def replay_file(self) -> Path:
+        p = Path(self.replay.file).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
 
     @property
     def deadline_ns(self) -> int:
@@ -127,6 +200,13 @@ class PipelineConfig:
         if not c:
             return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgert"
         p = Path(c).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def trusted_keys_dir(self) -> Path:
+        """Where the publishers' public keys are that model manifests must be signed with."""
+        if not self.infer.trusted_keys:
+            return MODELS_DIR / "publishers"
+        p = Path(self.infer.trusted_keys).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     def model_dir(self) -> Path:
@@ -163,16 +243,24 @@ _CHOICES = {
     "pipeline.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "camera.source": tuple(CAPTURE_SOURCES),
     "camera.format": ("bgr",),
+    "camera.pacing": ("fixed", "poisson", "closed"),
     "infer.profile": ("auto", "cpu", "x86-nvidia", "jetson-orin"),
     "control.can_interface": ("", "socketcan", "virtual"),
+    "record.mode": ("clips", "all"),
+    "record.frames": ("raw", "jpeg", "none"),
+    "record.compression": ("lz4", "zstd", "none"),
 }
 _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots", "infer.pool_slots",
+             "camera.cameras", "camera.frames",
              "preprocess.threads", "control.max_steer_rad",
              "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad", "pipeline.ready_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
-             "sim.vehicle_width_m", "sim.road_length_m"}
+             "sim.vehicle_width_m", "sim.road_length_m", "record.ring_s", "record.segment_s"}
 _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
-                 "infer.warmup_runs", "sim.speed_mps", "sim.start_s_m"}
+                 "infer.warmup_runs", "sim.speed_mps", "sim.start_s_m",
+                 "camera.dark_level", "camera.frozen_frames", "sim.added_latency_ms", "sim.drop_rate",
+                 "sim.actuator_timeout_ms",
+                 "record.pre_s", "record.post_s", "record.ring_mb", "replay.speed"}
 
 
 def _check_type(key: str, value: Any, want: Any) -> Any:
@@ -235,7 +323,8 @@ def _section(name: str, cls: type, raw: Any) -> Any:
 
 def from_dict(raw: dict[str, Any], base_dir: str | Path = PROJECT_ROOT) -> PipelineConfig:
     classes = {"pipeline": PipelineSection, "camera": CameraSection, "sim": SimSection,
-               "preprocess": PreprocessSection, "infer": InferSection, "control": ControlSection}
+               "preprocess": PreprocessSection, "infer": InferSection, "control": ControlSection,
+               "record": RecordSection, "replay": ReplaySection}
     for k in raw:
         if k not in classes:
             raise _unknown(k, list(classes))
@@ -269,15 +358,106 @@ def _cross_check(cfg: PipelineConfig) -> None:
         raise ConfigError(f"control.can_channel: required with can_interface = {cfg.control.can_interface!r}")
     if not 0 <= cfg.control.can_id <= 0x7FF:
         raise ConfigError(f"control.can_id: {cfg.control.can_id:#x} is not a standard 11-bit CAN id (0..0x7ff)")
+    if cfg.camera.source != "frames":
+        for key, default in (("pacing", "fixed"), ("cameras", 1)):
+            if getattr(cfg.camera, key) != default:
+                raise ConfigError(f"camera.{key}: {getattr(cfg.camera, key)!r} needs camera.source = \"frames\" "
+                                  f"(only that source has lock-step cameras and benchmark pacing); "
+                                  f"remove the key or set the source")
+    _check_sim(cfg)
+    _check_record(cfg)
     if cfg.camera.pool_slots < 2:
         raise ConfigError(f"camera.pool_slots: need at least 2 so the camera never waits, got {cfg.camera.pool_slots}")
     if cfg.infer.pool_slots < 2:
         raise ConfigError(f"infer.pool_slots: need at least 2, got {cfg.infer.pool_slots}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", cfg.pipeline.market):
+        raise ConfigError(f"pipeline.market: {cfg.pipeline.market!r} is not a market name; use lower-case "
+                          "letters, digits, '-' or '_' as in a manifest's markets (e.g. \"sim\", \"eu\")")
     if not cfg.infer.providers:
         raise ConfigError("infer.providers: empty; use [\"auto\"] or name providers, e.g. [\"CPUExecutionProvider\"]")
     if not (cfg.model_dir() / "manifest.toml").is_file():
         raise ConfigError(f"infer.model: no manifest.toml in {cfg.model_dir()}; name a model folder "
                           f"or one of the zoo's: {', '.join(sorted(p.name for p in MODELS_DIR.iterdir() if (p / 'manifest.toml').is_file()))}")
+
+
+def ring_bytes(cfg: PipelineConfig) -> int:
+    """The recorder ring's size: record.ring_mb, or (0) ring_s of frames at the camera's size and rate + 16 MiB."""
+    rec, cam = cfg.record, cfg.camera
+    if rec.ring_mb:
+        return rec.ring_mb << 20
+    frames = 0 if rec.frames == "none" else int(rec.ring_s * cam.fps * 1.1 + 2) * _frame_bytes(cfg)
+    return frames + (16 << 20)  # the small topics need well under 1 MiB a minute
+
+
+def _frame_bytes(cfg: PipelineConfig) -> int:
+    cam = cfg.camera
+    return cam.width * cam.height * 3 * getattr(cam, "cameras", 1)
+
+
+def _check_record(cfg: PipelineConfig) -> None:
+    """The recorder's and the replay source's keys (docs/fleet.md)."""
+    rec = cfg.record
+    region = re.compile(r"[a-z0-9][a-z0-9_-]*")
+    if rec.enabled and not rec.region:
+        raise ConfigError("record.region: required when record.enabled: every recording is tagged with the region "
+                          "where it is collected (e.g. region = \"eu\"; the residency policy is looked up by it)")
+    if rec.region and not region.fullmatch(rec.region):
+        raise ConfigError(f"record.region: {rec.region!r} is not a region name; use lower-case letters, digits, "
+                          "'-' or '_' as in configs/fleet-policy.toml (e.g. \"eu\", \"us\", \"sim\")")
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", rec.vehicle_id):
+        raise ConfigError(f"record.vehicle_id: {rec.vehicle_id!r} may use only letters, digits, '.', '_' and '-' "
+                          "(it is part of every recording's file name)")
+    if rec.enabled and rec.policy != "off":  # the recorder's duties (anonymise, encrypt) come from it
+        from runtime.fleet.policy import Policy, PolicyError
+
+        try:
+            Policy.load(cfg.record_path("policy")).region(rec.region)
+        except PolicyError as e:
+            raise ConfigError(f"record.policy / record.region: {e}") from None
+    if rec.pre_s > rec.ring_s:
+        raise ConfigError(f"record.pre_s: {rec.pre_s} s reaches further back than the ring keeps (record.ring_s = "
+                          f"{rec.ring_s}); raise ring_s to at least pre_s")
+    if not 1 <= rec.jpeg_quality <= 100:
+        raise ConfigError(f"record.jpeg_quality: {rec.jpeg_quality} outside 1..100")
+    if not 0 <= rec.nice <= 19:
+        raise ConfigError(f"record.nice: {rec.nice} outside 0..19 (how far below the pipeline the recorder runs)")
+    if rec.ring_mb and rec.frames != "none":
+        need = int(rec.pre_s * cfg.camera.fps + 1) * _frame_bytes(cfg)
+        if ring_bytes(cfg) < need + (1 << 20):
+            raise ConfigError(f"record.ring_mb: {rec.ring_mb} MiB cannot hold record.pre_s = {rec.pre_s} s of "
+                              f"{cfg.camera.width}x{cfg.camera.height} frames at {cfg.camera.fps:g} fps "
+                              f"({need / 2**20:.0f} MiB); raise ring_mb to {need // 2**20 + 2}, lower pre_s, "
+                              "or use 0 to size it from ring_s")
+    if cfg.camera.source == "replay":
+        if not cfg.replay.file:
+            raise ConfigError("replay.file: required with camera.source = \"replay\"; name an .mcap recording")
+        if not cfg.replay_file().is_file():
+            raise ConfigError(f"replay.file: {cfg.replay_file()} not found; `edgert record list DIR` lists recordings")
+    elif cfg.replay.file:
+        raise ConfigError(f"replay.file: set, but camera.source is {cfg.camera.source!r}; set camera.source = "
+                          "\"replay\" to feed the recording through the pipeline, or remove the key")
+
+
+def _check_sim(cfg: PipelineConfig) -> None:
+    """The simulator's test-bench keys: scenario name, drop rate, actuator timeout, camera health."""
+    from runtime.sim import scenarios  # a plain table: no Numba, no road built
+
+    sim = cfg.sim
+    if sim.scenario and sim.scenario not in scenarios.SCENARIOS:
+        close = difflib.get_close_matches(sim.scenario, scenarios.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"sim.scenario: {sim.scenario!r} is not a scenario{hint}; valid: "
+                          f"{', '.join(scenarios.names())}, or \"\" for the seeded demo road")
+    if not sim.drop_rate < 1.0:
+        raise ConfigError(f"sim.drop_rate: {sim.drop_rate} would drop every frame; use a fraction in [0, 1)")
+    period_ms = 1000.0 / cfg.camera.fps
+    if sim.actuator_timeout_ms and sim.actuator_timeout_ms < 2 * period_ms:
+        raise ConfigError(f"sim.actuator_timeout_ms: {sim.actuator_timeout_ms} ms is under two frame periods "
+                          f"({2 * period_ms:.1f} ms): commands come once a period, so it would time out between "
+                          "them; use 0 (six periods) or a longer timeout")
+    if cfg.camera.source == "frames" and cfg.camera.frames == 1 and cfg.camera.frozen_frames:
+        raise ConfigError("camera.frozen_frames: the frames source with camera.frames = 1 repeats one image by "
+                          "design, which the frozen-camera check flags; set camera.frozen_frames = 0 or frames >= 2")
 
 
 def load(path: str | Path) -> PipelineConfig:

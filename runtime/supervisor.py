@@ -30,9 +30,10 @@ import zmq
 from runtime import shm, wire
 from runtime.config import PipelineConfig
 from runtime.framepool import FramePool
-from runtime.manifest import load_manifest
+from runtime.signing import approved_manifest
 from runtime.stage import StageContext, run_stage
-from runtime.stages import STAGE_NAMES, stage_class
+from runtime.stage_main import load_stage_class
+from runtime.stages import STAGE_NAMES, stage_class, stage_names
 from runtime.stages.capture import CAMERA_STREAM
 from runtime.stages.preprocess import TENSOR_STREAM
 from runtime.telemetry import Telemetry
@@ -55,13 +56,20 @@ class StageFailed(RuntimeError):
 class ProcessHandle:
     """A stage in its own process (`python -m runtime.stage_main`)."""
 
-    def __init__(self, name: str, run_dir: Path, run_id: str) -> None:
+    def __init__(self, name: str, run_dir: Path, run_id: str, target: str = "") -> None:
         self.name, self.run_dir, self.run_id = name, run_dir, run_id
+        self.target = target  # "module:Class" instead of the registry's class (Supervisor's stage_classes)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.stage_main", self.name,
-                                      str(self.run_dir), self.run_id])
+        # The child inherits this thread's signal mask: SIGUSR1 (`edgert record trigger`) stays pending
+        # until the stage that handles it unblocks it, instead of killing a process still starting up.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "runtime.stage_main", self.name,
+                                          str(self.run_dir), self.run_id] + ([self.target] if self.target else []))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     @property
     def pid(self) -> int | None:
@@ -95,8 +103,8 @@ class ProcessHandle:
 class ThreadHandle:
     """A stage on a thread of the supervisor's process (threads mode, inproc:// sockets)."""
 
-    def __init__(self, name: str, make_ctx: Any) -> None:
-        self.name, self.make_ctx = name, make_ctx
+    def __init__(self, name: str, make_ctx: Any, target: str = "") -> None:
+        self.name, self.make_ctx, self.target = name, make_ctx, target
         self.thread: threading.Thread | None = None
         self.stop_event = threading.Event()
         self.code: int | None = None
@@ -111,7 +119,8 @@ class ThreadHandle:
     def _run(self) -> None:
         try:
             ctx = self.make_ctx(self.name, self.stop_event)
-            self.code = run_stage(stage_class(self.name, ctx.config.camera.source)(ctx))
+            cls = load_stage_class(self.target) if self.target else stage_class(self.name, ctx.config.camera.source)
+            self.code = run_stage(cls(ctx))
         except Exception:
             log.exception("stage %s crashed", self.name)
             self.code = 1
@@ -149,12 +158,20 @@ class StageStatus:
 
 
 class Supervisor:
-    def __init__(self, config: PipelineConfig, duration_s: float | None = None, mode: str | None = None) -> None:
+    def __init__(self, config: PipelineConfig, duration_s: float | None = None, mode: str | None = None,
+                 stage_classes: dict[str, str] | None = None) -> None:
+        """`stage_classes` maps a stage name to a "module:Class" run in its place, in the same
+        topology (benchmarks run their baseline stages this way, bench/_naive.py)."""
         self.cfg = config if mode is None else config.replace(pipeline={"mode": mode})
+        self.stage_classes = dict(stage_classes or {})
+        names = stage_names(self.cfg)  # the recorder too, when enabled
+        unknown = set(self.stage_classes) - set(names)
+        if unknown:
+            raise ValueError(f"stage_classes: unknown stage(s) {sorted(unknown)}; stages are {', '.join(names)}")
         self.duration_s = self.cfg.pipeline.duration_s if duration_s is None else duration_s
         self.mode = self.cfg.pipeline.mode
         self.run_id = shm.new_run_id()
-        self.status = {name: StageStatus() for name in STAGE_NAMES}
+        self.status = {name: StageStatus() for name in stage_names(self.cfg)}  # + recorder when enabled
         self.stop_requested = threading.Event()
         self.exit_reason = ""
 
@@ -163,8 +180,10 @@ class Supervisor:
         """Run the pipeline to its end and return the summary (raises StageFailed at start-up)."""
         shm.sweep_stale()
         sweep_stale_run_dirs()
-        manifest = load_manifest(self.cfg.model_dir())
-        manifest.read_verified()  # a corrupt model fails here, before any stage starts
+        # an unsigned, altered or unapproved model, or a corrupt file, fails here with one clear
+        # error (ApprovalError / ModelError), before any stage starts
+        manifest = approved_manifest(self.cfg)
+        manifest.read_verified()
         cam = self.cfg.camera
         spec = manifest.inputs[0]
         self.pools: list[FramePool] = []
@@ -177,7 +196,7 @@ class Supervisor:
         try:  # from here on, whatever fails, _shutdown removes what was made
             (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
             self.pools.append(FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots,
-                                               cam.width * cam.height * 3))
+                                               cam.width * cam.height * 3 * cam.cameras))
             self.pools.append(FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
                                                int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize))
             self.endpoints = Endpoints.for_run(self.cfg, self.run_id, self.run_dir)
@@ -206,12 +225,13 @@ class Supervisor:
         self.telemetry = Telemetry(self.zmq, self.endpoints, self.cfg.control.max_steer_rad,
                                    (sim.lane_width_m - sim.vehicle_width_m) / 2, self.cfg.deadline_ns)
         self.telemetry.start()
-        for name in STAGE_NAMES:
-            h = (ThreadHandle(name, self._make_ctx) if self.mode == "threads"
-                 else ProcessHandle(name, self.run_dir, self.run_id))
+        for name in self.status:
+            target = self.stage_classes.get(name, "")
+            h = (ThreadHandle(name, self._make_ctx, target) if self.mode == "threads"
+                 else ProcessHandle(name, self.run_dir, self.run_id, target))
             h.start()
             self.handles[name] = h
-        log.info("run %s: started %s in %s mode (%s)", self.run_id, ", ".join(STAGE_NAMES), self.mode,
+        log.info("run %s: started %s in %s mode (%s)", self.run_id, ", ".join(self.status), self.mode,
                  self.endpoints("frames").split("://")[0] + "://")
 
     def _poll_heartbeats(self, timeout_ms: int) -> None:
@@ -305,6 +325,10 @@ class Supervisor:
                                   "and stopping the pipeline", code, len(st.recent), RESTART_WINDOW_S)
                         self.exit_reason = "control stage given up"
                         self.stop_requested.set()
+                    elif name not in STAGE_NAMES:  # optional, off the control path (the recorder)
+                        log.error("stage %s keeps crashing (exit code %s, %d restarts in %.0f s): giving up on it; "
+                                  "the pipeline and control run on without it", name, code, len(st.recent),
+                                  RESTART_WINDOW_S)
                     else:
                         log.error("stage %s keeps crashing (exit code %s, %d restarts in %.0f s): giving up on it; "
                                   "control stays in fail-safe", name, code, len(st.recent), RESTART_WINDOW_S)
@@ -414,6 +438,11 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  lane error over {lane['frames']} frames: mean {lane['mean_abs_m']:.3f} m, "
                      f"rms {lane['rms_m']:.3f} m, max {lane['max_abs_m']:.3f} m -> {verdict} "
                      f"(departure = |error| > {lane['departure_threshold_m']:.2f} m)")
+    act, faults = s.get("actuator_timeouts", {}), s.get("injected_faults", {})
+    if act.get("events") or faults:
+        injected = ", ".join(f"{k.lower()} {v['frames']} frame(s)" for k, v in faults.items()) or "none"
+        lines.append(f"  simulator: actuator timeouts {act.get('events', 0)} ({act.get('frames', 0)} frames "
+                     f"ramped to neutral by the actuator); injected faults: {injected}")
     if s.get("leaked_segments"):
         lines.append(f"  LEAKED shared memory: {s['leaked_segments']}")
     return "\n".join(lines)

@@ -4,17 +4,27 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from runtime.sources import CAPTURE_SOURCES
 from runtime.stage import Stage
+
+if TYPE_CHECKING:
+    from runtime.config import PipelineConfig
 
 _CLASSES = {
     "capture": "runtime.stages.capture:CaptureStage",
     "preprocess": "runtime.stages.preprocess:PreprocessStage",
     "infer": "runtime.stages.infer:InferStage",
     "control": "runtime.stages.control:ControlStage",
+    "recorder": "runtime.stages.recorder:RecorderStage",  # optional: runs only with record.enabled
 }
-STAGE_NAMES = tuple(_CLASSES)
+STAGE_NAMES = ("capture", "preprocess", "infer", "control")  # the stages every pipeline runs
+
+
+def stage_names(cfg: "PipelineConfig") -> tuple[str, ...]:
+    """The stages a pipeline with this config runs: the four, plus the recorder when enabled."""
+    return STAGE_NAMES + (("recorder",) if cfg.record.enabled else ())
 
 
 
