@@ -46,7 +46,7 @@ import numpy as np
 
 from bench.report import Report, interleaved_ns
 from runtime.config import DEFAULT_CONFIG, PipelineConfig, load
-from runtime.stats import LogHistogram, ipdv_ns, summarize_ns
+from runtime.stats import LogHistogram, ipdv_ns
 from runtime.telemetry import SEGMENTS
 from runtime.wire import Stamp
 

@@ -107,6 +107,14 @@ class Stage:
             self.reject(e)
             return None
 
+    def is_start_signal(self, msg: bytes | None) -> bool:
+        """True for the supervisor's start signal (RUNNING, sent once every stage is ready):
+        sources publish frames, and control arms its watchdog, only from then on."""
+        if msg is None:
+            return False
+        rec = self.decode(msg, MsgType.HEARTBEAT)
+        return rec is not None and int(rec["state"]) == StageState.RUNNING
+
     def accept_frame_id(self, frame_id: int) -> bool:
         """Count frames never seen between this one and the last; refuse ids going backwards."""
         last = self._last_frame_id

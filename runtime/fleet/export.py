@@ -262,10 +262,10 @@ def recorder_hooks(policy: Policy, region: str, frame_shape: tuple[int, int, int
 
     rp = policy.region(region)
     frame_filter = Anonymiser(frame_shape, faces=True, plates=True, face_model=face_model) if rp.anonymise else None
-    on_closed = None
-    if rp.encrypt:
-        crypto.load_key(keys_dir, region)  # fail now, not at the first clip
+    if not rp.encrypt:
+        return frame_filter, None
+    crypto.load_key(keys_dir, region)  # fail now, not at the first clip
 
-        def on_closed(path: Path) -> Path:
-            return encrypt_clip(path, keys_dir)
+    def on_closed(path: Path) -> Path:
+        return encrypt_clip(path, keys_dir)
     return frame_filter, on_closed

@@ -27,7 +27,7 @@ from runtime.sim.actuator import Actuator
 from runtime.sim.effects import FrameEffects
 from runtime.stage import Stage
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, Stamp, StageState, VehicleFlags
+from runtime.wire import CommandFlags, MsgType, Stamp, VehicleFlags
 
 ACTUATOR_TIMEOUT_PERIODS = 6  # sim.actuator_timeout_ms = 0: six frame periods (200 ms at 30 fps)
 
@@ -85,11 +85,7 @@ class CaptureStage(Stage):
 
     def _wait_for_start(self) -> None:
         """Frames flow only once the supervisor says every stage is ready."""
-        msg = self.supervisor.recv(50)
-        if msg is None:
-            return
-        rec = self.decode(msg, MsgType.HEARTBEAT)
-        if rec is not None and int(rec["state"]) == StageState.RUNNING:
+        if self.is_start_signal(self.supervisor.recv(50)):
             self.started = True
             self.next_tick = time.monotonic_ns()
             # Frame ids count produced frames from a base on the host's clock (in frame

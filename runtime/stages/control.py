@@ -22,7 +22,7 @@ from runtime import wire
 from runtime.manifest import load_manifest
 from runtime.stage import RateLimitedLog, Stage
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, StageState, TakeoverReason
+from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
 # A result made from a black or frozen camera image hands over with the camera's own reason.
@@ -134,11 +134,8 @@ class ControlStage(Stage):
 
     def _watch_for_start(self) -> None:
         """Arm the watchdog when the supervisor starts the camera, with a grace period for the first frame."""
-        msg = self.supervisor.drain()
-        if msg is not None:
-            rec = self.decode(msg, MsgType.HEARTBEAT)
-            if rec is not None and int(rec["state"]) == StageState.RUNNING:
-                self.watch_from_ns = time.monotonic_ns() + STARTUP_GRACE_NS
+        if self.is_start_signal(self.supervisor.drain()):
+            self.watch_from_ns = time.monotonic_ns() + STARTUP_GRACE_NS
 
     def _follow_vehicle_steer(self) -> None:
         """Until this stage has commanded anything, the rate limiter starts from the measured steer."""

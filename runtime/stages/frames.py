@@ -32,7 +32,7 @@ from runtime.sim import PinholeCamera, Renderer, Road, initial_state
 from runtime.stage import Stage
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import MsgType, Stamp, StageState
+from runtime.wire import MsgType, Stamp
 
 LATERAL_OFFSETS_M = (0.0, -0.6, 0.6, -1.0, 1.0)  # the poses cycle through these, so steering varies frame to frame
 SPACING_M = 7.0  # road distance between consecutive pre-rendered frames
@@ -110,11 +110,7 @@ class FramesStage(Stage):
 
     # -- loop ---------------------------------------------------------------------------
     def _wait_for_start(self) -> None:
-        msg = self.supervisor.recv(50)
-        if msg is None:
-            return
-        rec = self.decode(msg, MsgType.HEARTBEAT)
-        if rec is not None and int(rec["state"]) == StageState.RUNNING:
+        if self.is_start_signal(self.supervisor.recv(50)):
             self.started = True
             self.next_tick = time.monotonic_ns()
             self.id_base = self.next_tick // self.period_ns  # as the sim source: ids keep rising across restarts

@@ -30,7 +30,7 @@ from runtime.framepool import FramePool
 from runtime.stage import Stage
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from runtime.transport import LatestReader, publisher, subscriber
-from runtime.wire import MsgType, Stamp, StageState
+from runtime.wire import MsgType, Stamp
 
 ANSWER_TIMEOUT_NS = 1_000_000_000  # speed 0: a frame with no command or result within this is dropped
 RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command for the frame may take
@@ -112,11 +112,7 @@ class ReplayStage(Stage):
             return None
 
     def _wait_for_start(self) -> None:
-        msg = self.supervisor.recv(50)
-        if msg is None:
-            return
-        rec = self.decode(msg, MsgType.HEARTBEAT)
-        if rec is not None and int(rec["state"]) == StageState.RUNNING:
+        if self.is_start_signal(self.supervisor.recv(50)):
             self.started = True
             self.t0 = time.monotonic_ns()
             self.log.info("replaying %s (%s) at %s", self.path, self.topic,
