@@ -107,6 +107,15 @@ class Stage:
             self.reject(e)
             return None
 
+    def wait_until(self, t_ns: int) -> bool:
+        """Sleep towards the monotonic time t_ns; True once it has come. Sleeps at most 0.1 s per
+        call (then False: call again), so heartbeats and stop requests are never held up."""
+        wait_s = (t_ns - time.monotonic_ns()) / 1e9
+        if wait_s > 0.1:
+            self.ctx.stop.wait(0.1)
+            return False
+        return not (wait_s > 0 and self.ctx.stop.wait(wait_s))
+
     def is_start_signal(self, msg: bytes | None) -> bool:
         """True for the supervisor's start signal (RUNNING, sent once every stage is ready):
         sources publish frames, and control arms its watchdog, only from then on."""

@@ -128,11 +128,7 @@ class CaptureStage(Stage):
         if not self.started:
             self._wait_for_start()
             return
-        wait_s = (self.next_tick - time.monotonic_ns()) / 1e9
-        if wait_s > 0.1:  # wait in slices, so heartbeats and stop requests are never held up
-            self.ctx.stop.wait(0.1)
-            return
-        if wait_s > 0 and self.ctx.stop.wait(wait_s):
+        if not self.wait_until(self.next_tick):
             return
         self.next_tick += self.period_ns
         late = time.monotonic_ns() - self.next_tick

@@ -140,11 +140,7 @@ class FramesStage(Stage):
             if not self._command_seen():
                 return
             self.awaiting = 0
-        wait_s = (self.next_tick - time.monotonic_ns()) / 1e9
-        if wait_s > 0.1:  # wait in slices, so heartbeats and stop requests are never held up
-            self.ctx.stop.wait(0.1)
-            return
-        if wait_s > 0 and self.ctx.stop.wait(wait_s):
+        if not self.wait_until(self.next_tick):
             return
         gap = int(self.rng.exponential(self.period_ns)) if self.pacing == "poisson" else self.period_ns
         now = time.monotonic_ns()

@@ -152,12 +152,7 @@ class ReplayStage(Stage):
             self.awaiting = 0
         frame_id, capture_ns, pixels = self.pending  # type: ignore[misc]
         if self.speed > 0:
-            due = self.t0 + int((capture_ns - self.first_capture) / self.speed)
-            wait_s = (due - time.monotonic_ns()) / 1e9
-            if wait_s > 0.1:
-                self.ctx.stop.wait(0.1)
-                return
-            if wait_s > 0 and self.ctx.stop.wait(wait_s):
+            if not self.wait_until(self.t0 + int((capture_ns - self.first_capture) / self.speed)):
                 return
         if frame_id <= self.last_id:
             self.reject(f"recorded frame id {frame_id} not after {self.last_id}: skipped")
