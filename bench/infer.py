@@ -14,6 +14,7 @@ with graph optimisations off). Measured in this process, so library loading is e
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def _device_cases(fns: dict, m: ModelManifest, prov: str, tag: str, x: dict[str,
 def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
         variants: tuple[str, ...] = VARIANTS, zoo: Path = ZOO) -> Report:
     """Warm latency (bare vs engine, interleaved) and cold start (with and without cache) per variant."""
-    n = n or (1000 if quick else 20000)
+    n = n or int(os.environ.get("EDGERT_BENCH_N", 1000 if quick else 20000))
     cold_n = cold_n or (5 if quick else 20)
     providers = plan(["auto"]).chosen
     rep = Report("infer", {"n": n, "cold_n": cold_n, "variants": list(variants), "providers": providers,

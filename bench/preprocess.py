@@ -83,6 +83,33 @@ def _memcpy(src: np.ndarray) -> Callable[[], None]:
     return lambda: np.copyto(dst, src)
 
 
+def _cuda(spec: PreprocessSpec, src: np.ndarray) -> dict[str, Callable[[], None]]:
+    """On a GPU: the numba.cuda kernel from a frame already on the device (`cuda_dev`, a camera
+    or decoder that delivers to GPU memory) and from a host frame (`cuda_host`: pageable copy into
+    the staging buffer + kernel), each synchronised so the time is the work's. None without a GPU."""
+    try:
+        from numba import cuda
+
+        if not cuda.is_available():
+            return {}
+    except ImportError:
+        return {}
+    from kernels.cuda import CudaPreprocessor
+
+    pre = CudaPreprocessor(spec, src.shape)
+    pre.warmup()
+    out, dsrc = cuda.device_array(pre.out_shape, pre.out_dtype), cuda.to_device(src)
+
+    def dev() -> None:
+        pre(dsrc, out)
+        cuda.synchronize()
+
+    def host() -> None:
+        pre(src, out)
+        cuda.synchronize()
+    return {"cuda_dev": dev, "cuda_host": host}
+
+
 def case_bgr(rng: np.random.Generator, threads: int) -> Case:
     """1920x1080 BGR -> 1x3x384x640 float32, (v/255 - 0.5)/0.5, RGB order, bilinear."""
     spec = _spec()
@@ -95,6 +122,7 @@ def case_bgr(rng: np.random.Generator, threads: int) -> Case:
         "naive": lambda: reference_preprocess(spec, src),
         "blob": lambda: cv2.dnn.blobFromImage(src, 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
         "memcpy": _memcpy(src),
+        **_cuda(spec, src),
     }, floor_bytes=floor_bytes(Preprocessor(spec, src.shape), src.nbytes))
 
 
@@ -267,6 +295,10 @@ def run(quick: bool = False) -> Report:
             for a in ("blob", "naive"):
                 for p99 in (False, True):
                     report.ratio(f"{case.name}:{a}", f"{case.name}:fused_1t", p99=p99)
+        for k in ("cuda_dev", "cuda_host"):
+            if f"{case.name}:{k}" in report.cases:
+                for p99 in (False, True):
+                    report.ratio(f"{case.name}:fused", f"{case.name}:{k}", p99=p99)
         if case.note:
             report.notes.append(case.note)
         if case.floor_bytes is not None:

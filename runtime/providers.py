@@ -43,6 +43,21 @@ def nvidia_driver() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from NVIDIA's pip packages when they are installed there.
+
+    onnxruntime-gpu's CUDA provider needs libcudart, libcublas and libcudnn of its CUDA major
+    version; `pip install onnxruntime-gpu[cuda,cudnn]` (or a matching PyTorch) puts them in
+    site-packages, where the dynamic loader does not look. `preload_dlls` loads them first, so
+    no LD_LIBRARY_PATH is needed; a machine with the libraries installed system-wide is unaffected.
+    """
+    try:
+        ort.preload_dlls(msvc=False)
+    except Exception as e:  # an older onnxruntime, or a broken package: the provider check reports it
+        log.info("onnxruntime.preload_dlls failed (%s); relying on the system's library path", e)
+
+
 @dataclass(frozen=True)
 class ProviderPlan:
     wanted: list[str]  # the requested order, "auto" expanded
@@ -58,6 +73,8 @@ def plan(requested: list[str] | tuple[str, ...]) -> ProviderPlan:
             if p not in wanted:
                 wanted.append(p)
     built = set(ort.get_available_providers())
+    if built & _NVIDIA and nvidia_driver() is None:
+        load_cuda_libraries()
     chosen, skipped = [], {}
     for p in wanted:
         if p not in built:

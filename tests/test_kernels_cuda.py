@@ -115,3 +115,50 @@ def test_cuda_kernel_matches_cpu_on_gpu() -> None:
         pytest.skip(f"no NVIDIA GPU: {reason}")
     res = _run({"NUMBA_ENABLE_CUDASIM": "0"})
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stderr[-3000:]
+
+
+GPU_TO_ORT = r"""
+import numpy as np
+import onnxruntime as ort
+from numba import cuda
+from kernels import Preprocessor
+from kernels.cuda import CudaPreprocessor
+from runtime.deviceio import device_array
+from runtime.engine import Engine
+from runtime.manifest import load_manifest
+from runtime.zoo import ZOO
+
+m = load_manifest(ZOO / "pilotnet")
+eng = Engine(m, providers=["CUDAExecutionProvider"])
+assert eng.device == "cuda", eng.provider_note
+io = eng.bind_device()
+name = m.inputs[0].name
+dst = device_array(io.inputs[name])  # the session's own bound input, wrapped without a copy
+assert dst is not None, "numba.cuda could not wrap ONNX Runtime's device memory"
+gpu = CudaPreprocessor(m.preprocess, (1080, 1920, 3))
+gpu.warmup()
+cpu = Preprocessor(m.preprocess, (1080, 1920, 3))
+ref = ort.InferenceSession(m.read_verified(), providers=["CPUExecutionProvider"])
+x = np.empty(cpu.out_shape, cpu.out_dtype)
+rng = np.random.default_rng(7)
+for _ in range(3):
+    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    gpu(cuda.to_device(frame), dst)  # camera bytes -> model input, never through the host
+    cuda.synchronize()
+    got = io.run()[m.outputs[0].name].copy()
+    cpu(frame, x)
+    want = ref.run(None, {name: x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+print("OK")
+"""
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_writes_the_sessions_device_input_on_gpu() -> None:
+    """Frame on the device -> CUDA kernel -> the CUDA session's bound input -> steer, equal to the CPU path."""
+    reason = nvidia_driver()
+    if reason is not None:
+        pytest.skip(f"no NVIDIA GPU: {reason}")
+    res = subprocess.run([sys.executable, "-c", GPU_TO_ORT], cwd=ROOT, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"},
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stderr[-3000:]
