@@ -2,7 +2,8 @@
 # The GPU checks and benchmarks, in one short run for a lent GPU machine (docs/benchmarks.md, "On a GPU").
 #
 #   bench/gpu_check.sh OUTDIR kernels   numba.cuda: GPU kernel tests, bench preprocess (no onnxruntime-gpu needed)
-#   bench/gpu_check.sh OUTDIR ort       onnxruntime-gpu: doctor, GPU engine tests, bench infer, bench pipeline
+#   bench/gpu_check.sh OUTDIR ort       onnxruntime-gpu: doctor, GPU engine tests, bench infer
+#   bench/gpu_check.sh OUTDIR pipeline  bench pipeline single-stream (the infer stage on the GPU)
 #
 # Needs python3 (or $PYTHON) with edgert's dependencies importable and an NVIDIA driver. Every step has
 # its own time limit and log (OUTDIR/STEP.log); one failing step does not stop the others.
@@ -30,9 +31,10 @@ for phase in "$@"; do
         step doctor 60 "$py" -m runtime.cli doctor
         step tests_engine_gpu 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_engine.py \
             tests/test_kernels_cuda.py::test_cuda_kernel_writes_the_sessions_device_input_on_gpu
-        step bench_infer 180 env EDGERT_BENCH_N=5000 "$py" -m runtime.cli bench infer --out "$out/infer"
+        step bench_infer 180 env EDGERT_BENCH_N=5000 "$py" -m runtime.cli bench infer --out "$out/infer" ;;
+    pipeline)
         step bench_pipeline 150 "$py" -m runtime.cli bench pipeline --scenario single-stream --quick --min-count 1024 --min-duration 30 \
             --out "$out/pipeline" ;;
-    *) echo "unknown phase $phase (kernels, ort)"; exit 2 ;;
+    *) echo "unknown phase $phase (kernels, ort, pipeline)"; exit 2 ;;
     esac
 done

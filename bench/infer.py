@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.report import Report, interleaved_ns
+from runtime.deviceio import GRAPH_OPTION
 from runtime.engine import Engine, session_options
 from runtime.manifest import ModelManifest, load_manifest
 from runtime.providers import plan
@@ -52,13 +53,16 @@ def _cold_ns(make_session, inputs: dict[str, np.ndarray], n: int) -> np.ndarray:
     return out
 
 
-def _device_cases(fns: dict, m: ModelManifest, prov: str, tag: str, x: dict[str, np.ndarray]) -> list:
+def _device_cases(fns: dict, m: ModelManifest, prov: str, tag: str, x: dict[str, np.ndarray],
+                  notes: list[str]) -> list:
     """`device_TAG`: the engine's device binding (host-to-device copy + run + read-back);
     `graph_TAG`: the same replaying a CUDA graph (CUDA provider only)."""
     keep = []
-    key = {"CUDAExecutionProvider": "enable_cuda_graph", "TensorrtExecutionProvider": "trt_cuda_graph_enable"}[prov]
     for case, graph in ((f"device_{tag}", "0"), (f"graph_{tag}", "1")):
-        eng = Engine(m, providers=[prov], intra_op_threads=THREADS, provider_options={prov: {key: graph}})
+        eng = Engine(m, providers=[prov], intra_op_threads=THREADS, provider_options={prov: {GRAPH_OPTION[prov]: graph}})
+        if graph == "1" and not eng.cuda_graph:
+            notes.append(f"{case}: no CUDA graph for this model (not every node runs on {prov}); left out")
+            continue
         io = eng.bind_device()
         for name, arr in x.items():
             io.load(name, arr)
@@ -78,9 +82,13 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
     """Warm latency (bare vs engine, interleaved) and cold start (with and without cache) per variant."""
     n = n or int(os.environ.get("EDGERT_BENCH_N", 1000 if quick else 20000))
     cold_n = cold_n or (5 if quick else 20)
-    providers = plan(["auto"]).chosen
+    pl = plan(["auto"])
+    providers = pl.chosen
     rep = Report("infer", {"n": n, "cold_n": cold_n, "variants": list(variants), "providers": providers,
                            "intra_op_threads": THREADS, "input": "random normal, the model's shape and dtype"})
+    for prov, why in pl.skipped.items():
+        if prov in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
+            rep.notes.append(f"{prov} not measured: {why}")
     fns, cold, keep = {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
@@ -100,7 +108,7 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 fns[f"bare_{tag}"] = (lambda s=bare, f=feed: s.run(None, f))
                 fns[f"engine_{tag}"] = (lambda e=eng, b=binding: e.run(b))
                 if eng.device != "cpu":  # on a GPU: tensors on the device, with and without a CUDA graph
-                    keep += _device_cases(fns, m, prov, tag, x)
+                    keep += _device_cases(fns, m, prov, tag, x, rep.notes)
                 # Same answer both ways, or the timing compares different work.
                 got, want = eng.run(binding), bare.run(None, feed)
                 for (k, v), w in zip(got.items(), want):

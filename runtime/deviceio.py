@@ -33,13 +33,21 @@ def session_device(providers: list[str]) -> str:
     return "cuda" if providers and providers[0] in CUDA_PROVIDERS else "cpu"
 
 
+# The provider option that asks each NVIDIA provider for CUDA graph capture.
+GRAPH_OPTION = {"CUDAExecutionProvider": "enable_cuda_graph", "TensorrtExecutionProvider": "trt_cuda_graph_enable"}
+
+
 def cuda_graph_enabled(providers: list[str], options: dict[str, dict[str, str]]) -> bool:
     """True when the provider that runs the session was asked to capture a CUDA graph."""
     if not providers:
         return False
     opts = options.get(providers[0], {})
-    key = {"CUDAExecutionProvider": "enable_cuda_graph", "TensorrtExecutionProvider": "trt_cuda_graph_enable"}
-    return providers[0] in key and str(opts.get(key[providers[0]], "0")) == "1"
+    return providers[0] in GRAPH_OPTION and str(opts.get(GRAPH_OPTION[providers[0]], "0")) == "1"
+
+
+def without_graph(options: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The same provider options with CUDA graph capture turned off."""
+    return {p: {k: v for k, v in o.items() if k != GRAPH_OPTION.get(p)} for p, o in options.items()}
 
 
 class DeviceIO:

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import ortcache
-from runtime.deviceio import DeviceIO, cuda_graph_enabled, session_device
+from runtime.deviceio import DeviceIO, cuda_graph_enabled, session_device, without_graph
 from runtime.manifest import ModelError, ModelManifest
 from runtime.providers import describe, plan
 
@@ -64,7 +64,6 @@ class Engine:
             for key, value in opts.items():
                 if key.endswith("_cache_path"):
                     Path(value).mkdir(parents=True, exist_ok=True)
-        chosen = [(p, options.get(p, {})) for p in self.plan.chosen]
         self.cache_hit = False
         cache = None
         if cache_dir is not None:
@@ -73,15 +72,15 @@ class Engine:
             cached = ortcache.load(cache)
             if cached is not None:
                 try:
-                    self.session = ort.InferenceSession(cached, sess_options=session_options(
-                        intra_op_threads, optimize=False), providers=chosen)
+                    self.session, options = self._open(cached, lambda: session_options(
+                        intra_op_threads, optimize=False), options)
                     self.cache_hit = True
                 except Exception as e:  # a cache ORT cannot read is rebuilt, not fatal
                     log.warning("optimised-model cache %s unusable (%s): rebuilding it", cache, ort_reason(e))
         if not self.cache_hit:
             try:
-                self.session = ort.InferenceSession(data, sess_options=session_options(
-                    intra_op_threads, save_to=cache), providers=chosen)
+                self.session, options = self._open(data, lambda: session_options(
+                    intra_op_threads, save_to=cache), options)
             except Exception as e:  # onnxruntime raises its own exception types without a common base
                 raise ModelError(f"{manifest.path}: onnxruntime {ort.__version__} cannot load it with "
                                  f"{', '.join(self.plan.chosen)}: {ort_reason(e)}. Check the model's opset and "
@@ -96,6 +95,25 @@ class Engine:
         self.outputs = {o.name: np.zeros(o.shape, dtype=o.dtype) for o in manifest.outputs}
         self.device = session_device(self.providers)  # "cuda": bind_device() keeps tensors on the GPU
         self.cuda_graph = cuda_graph_enabled(self.providers, options)
+
+    def _open(self, model: bytes | str, make_options, options: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
+              ) -> tuple[ort.InferenceSession, dict[str, dict[str, str]]]:
+        """A session on the planned providers; without a CUDA graph when the model cannot have one.
+
+        A graph needs every node on the GPU provider; a model with nodes left on the CPU (e.g. an
+        INT8 QDQ graph whose quantised operators CUDA lacks) is refused by ONNX Runtime. Such a
+        model still runs, without the graph, and the log says why."""
+        def providers(opts: dict[str, dict[str, str]]) -> list[tuple[str, dict[str, str]]]:
+            return [(p, opts.get(p, {})) for p in self.plan.chosen]
+        try:
+            return ort.InferenceSession(model, sess_options=make_options(), providers=providers(options)), options
+        except Exception as e:
+            plain = without_graph(options)
+            if "graph capture" not in ort_reason(e) or plain == options:
+                raise
+            log.warning("model %s: CUDA graph requested but not possible (%s); running without a graph",
+                        self.manifest.name, ort_reason(e))
+            return ort.InferenceSession(model, sess_options=make_options(), providers=providers(plain)), plain
 
     def _check_io(self) -> None:
         m = self.manifest

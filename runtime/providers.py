@@ -13,6 +13,7 @@ import ctypes
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -31,6 +32,7 @@ PREFERENCE = (
     "CPUExecutionProvider",
 )
 _NVIDIA = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+_TRT_MAJOR = 10  # the TensorRT major version onnxruntime-gpu 1.2x-1.3x is built against
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,6 +43,28 @@ def nvidia_driver() -> str | None:
     except OSError as e:
         return f"no NVIDIA driver ({e})"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def tensorrt_libraries() -> str | None:
+    """None if TensorRT's runtime (libnvinfer) is loadable, else the reason it is not.
+
+    onnxruntime-gpu lists the TensorRT provider whether or not TensorRT is installed; without it
+    every session would first fail to create the provider (a long C++ error) and then fall back.
+    TensorRT's pip wheels keep the library in the `tensorrt_libs` package, which is tried too."""
+    try:
+        ctypes.CDLL(f"libnvinfer.so.{_TRT_MAJOR}")
+        return None
+    except OSError as e:
+        first = e
+    try:
+        import tensorrt_libs  # type: ignore[import-not-found]  # pip install tensorrt-cu13
+
+        ctypes.CDLL(str(Path(tensorrt_libs.__file__).parent / f"libnvinfer.so.{_TRT_MAJOR}"))
+        return None
+    except (ImportError, OSError):
+        pass
+    return f"TensorRT {_TRT_MAJOR} not installed ({first}); install it (e.g. pip install tensorrt-cu13) to use it"
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,6 +104,8 @@ def plan(requested: list[str] | tuple[str, ...]) -> ProviderPlan:
         if p not in built:
             skipped[p] = f"not in this onnxruntime build ({ort.__version__}, {ort.get_device()})"
         elif p in _NVIDIA and (why := nvidia_driver()):
+            skipped[p] = why
+        elif p == "TensorrtExecutionProvider" and (why := tensorrt_libraries()):
             skipped[p] = why
         else:
             chosen.append(p)

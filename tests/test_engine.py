@@ -91,6 +91,21 @@ def test_provider_plan_always_ends_on_cpu_and_says_why():
             assert f"{', '.join(gpu)} skipped: no NVIDIA driver" in line
 
 
+def test_tensorrt_without_its_libraries_is_skipped_with_the_reason(monkeypatch):
+    """onnxruntime-gpu lists TensorRT even where libnvinfer is absent (so it was on a lent H200):
+    the plan leaves it out with the reason instead of letting every session fail over it."""
+    from runtime import providers
+
+    if providers.tensorrt_libraries() is None:
+        pytest.skip("TensorRT is installed here")
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime build ({ort.get_device()}) has no TensorRT provider")
+    monkeypatch.setattr(providers, "nvidia_driver", lambda: None)  # a driver, as on a GPU machine
+    p = providers.plan(["auto"])
+    assert "TensorrtExecutionProvider" not in p.chosen and "CUDAExecutionProvider" in p.chosen
+    assert p.skipped["TensorrtExecutionProvider"].startswith("TensorRT 10 not installed (libnvinfer.so.10")
+
+
 def test_unknown_provider_requested_is_skipped_not_fatal(tiny_model):
     eng = Engine(load_manifest(tiny_model), providers=["NoSuchExecutionProvider"])
     assert eng.providers == ["CPUExecutionProvider"]
@@ -201,6 +216,63 @@ def test_cuda_graph_option_read_from_the_provider_that_runs():
     assert not cuda_graph_enabled(["TensorrtExecutionProvider", "CUDAExecutionProvider"], opts)
     assert not cuda_graph_enabled(["CPUExecutionProvider"], opts)  # fell back: no graph on the CPU
     assert session_device(["TensorrtExecutionProvider"]) == "cuda" and session_device(["CPUExecutionProvider"]) == "cpu"
+
+
+def test_cuda_graph_refused_by_the_model_runs_without_one(tiny_model, monkeypatch, caplog):
+    """ORT refuses graph capture when a node stays on the CPU (seen on an H200 with the INT8 variant):
+    the engine retries without the graph option and says so. The refusal itself needs a GPU, so
+    here it is raised once by a stand-in; the retry runs a real session."""
+    import runtime.engine as engine_mod
+
+    real, calls = ort.InferenceSession, []
+
+    def session(model, sess_options=None, providers=None):  # type: ignore[no-untyped-def]
+        calls.append(providers)
+        if len(calls) == 1:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature "
+                               "as requested by the user  as all compute graph nodes have not been partitioned to "
+                               "the CUDAExecutionProvider")
+        return real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(engine_mod.ort, "InferenceSession", session)
+    with caplog.at_level("WARNING", logger="runtime.engine"):
+        eng = Engine(load_manifest(tiny_model), providers=["CPUExecutionProvider"],
+                     provider_options={"CPUExecutionProvider": {"enable_cuda_graph": "1", "x": "1"},
+                                       "CUDAExecutionProvider": {"enable_cuda_graph": "1"}})
+    assert len(calls) == 2 and calls[1] == [("CPUExecutionProvider", {"enable_cuda_graph": "1", "x": "1"})]
+    assert not eng.cuda_graph
+    assert "CUDA graph requested but not possible (This session cannot use the graph capture" in caplog.text
+    x = np.ones((1, 3, 8, 8), np.float32)
+    assert np.isfinite(eng.run(eng.bind({"image": x}))["steer"]).all()
+
+
+def test_other_load_errors_are_not_retried(tiny_model, monkeypatch):
+    import runtime.engine as engine_mod
+
+    def session(model, sess_options=None, providers=None):  # type: ignore[no-untyped-def]
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
+
+    monkeypatch.setattr(engine_mod.ort, "InferenceSession", session)
+    with pytest.raises(ModelError, match="cannot load it with CPUExecutionProvider: Load model failed"):
+        Engine(load_manifest(tiny_model), providers=["CPUExecutionProvider"],
+               provider_options={"CUDAExecutionProvider": {"enable_cuda_graph": "1"}})
+
+
+@pytest.mark.gpu
+def test_int8_variant_with_a_graph_requested_runs_without_one_on_gpu():
+    if nvidia_driver() is not None:
+        pytest.skip(f"needs an NVIDIA GPU: {nvidia_driver()}")
+    from runtime.zoo import ZOO
+
+    m = load_manifest(ZOO / "pilotnet-int8")
+    eng = Engine(m, providers=["CUDAExecutionProvider"],
+                 provider_options={"CUDAExecutionProvider": {"enable_cuda_graph": "1"}})
+    assert eng.device == "cuda" and not eng.cuda_graph
+    io = eng.bind_device()
+    x = np.random.default_rng(5).standard_normal((1, 3, 66, 200)).astype(np.float32)
+    io.load("image", x)
+    cpu = ort.InferenceSession(m.read_verified(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(io.run()["steer"], cpu.run(None, {"image": x})[0], atol=2e-2)
 
 
 @pytest.mark.gpu
