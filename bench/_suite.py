@@ -18,7 +18,7 @@ from typing import Any
 from bench.report import Report, write_index
 
 log = logging.getLogger("edgert.bench")
-PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s")
+PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "spin_us")
 
 
 def benchmarks() -> list[str]:

@@ -423,7 +423,8 @@ def _aggregate(rep: PipelineReport, p: str, runs: list[RunResult], tax_floor_ns:
 
 def run(quick: bool = False, scenario: str = "single-stream", cameras: int | None = None, fps: float | None = None,
         arrival: str | None = None, min_count: int | None = None, min_duration_s: float | None = None,
-        rounds: int | None = None, config: str | Path = DEFAULT_CONFIG, progress: bool = True) -> PipelineReport:
+        rounds: int | None = None, config: str | Path = DEFAULT_CONFIG, progress: bool = True,
+        spin_us: int | None = None) -> PipelineReport:
     """One scenario, edgert and the naive baseline in the same call; see the module docstring."""
     from runtime.stages.frames import render_frames
 
@@ -437,6 +438,10 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             p[key] = value
     with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
         cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])
+        if spin_us is not None:
+            if not 0 <= spin_us <= 100_000:
+                raise ValueError(f"--spin-us: {spin_us} outside 0..100000")
+            cfg = cfg.replace(pipeline={"spin_us": spin_us})
         if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
             from bench._batchmodel import batch_variant
 
@@ -445,7 +450,8 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         conf = {"scenario": scenario, "question": SCENARIOS[scenario].question, "pacing": cfg.camera.pacing,
                 "cameras": cfg.camera.cameras, "fps": cfg.camera.fps, "frame": [cfg.camera.height, cfg.camera.width],
                 "model": Path(cfg.infer.model).name, "quick": quick, **p,
-                "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport}
+                "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport,
+                "spin_us": cfg.pipeline.spin_us}
         rep = PipelineReport(f"pipeline-{scenario}", conf)
         images = render_frames(cfg, cfg.camera.frames)
         alone = standalone(cfg, images, p["standalone_n"])
@@ -456,7 +462,8 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         for r in range(p["rounds"]):
             order = PIPELINES if r % 2 == 0 else PIPELINES[::-1]
             for name in order:
-                results[name].append(run_once(cfg, STAGE_CLASSES if name == "naive" else None, p["min_count"],
+                run_cfg = cfg.replace(pipeline={"spin_us": 0}) if name == "naive" else cfg  # naive: the obvious way
+                results[name].append(run_once(run_cfg, STAGE_CLASSES if name == "naive" else None, p["min_count"],
                                               p["min_duration_s"], p["warmup_s"],
                                               desc=f"{scenario} {name} {r + 1}/{p['rounds']}", progress=progress))
     floors = {"edgert": ("standalone:preprocess", "standalone:infer"),

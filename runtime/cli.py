@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default 1024, quick 60)")
     b.add_argument("--min-duration", dest="min_duration_s", type=float, help="pipeline: seconds per run at least "
                    "(default 60, quick 2)")
+    b.add_argument("--spin-us", dest="spin_us", type=int, help="pipeline: edgert's pipeline.spin_us (busy-poll "
+                   "window around each frame's due time; default: the config's, 0)")
     b.set_defaults(func=cmd_bench)
     args = ap.parse_args(argv)
     setup_logging("INFO")

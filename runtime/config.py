@@ -48,6 +48,7 @@ class PipelineSection:
     ready_timeout_s: float = 180.0
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
+    spin_us: int = 0  # processes mode: busy-poll each input this wide around the next frame's due time
     market: str = "sim"  # where the car is sold: only a model whose signed manifest approves it loads
 
 
@@ -342,6 +343,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
         bad = [c for c in cores if not 0 <= c < ncpu]
         if bad or not cores:
             raise ConfigError(f"pipeline.affinity.{stage}: cores {cores} invalid on this {ncpu}-core machine")
+    if not 0 <= cfg.pipeline.spin_us <= 100_000:
+        raise ConfigError(f"pipeline.spin_us: {cfg.pipeline.spin_us} outside 0..100000 microseconds; 0 turns "
+                          "busy-polling off, 1000-3000 covers a steady camera's arrival jitter")
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")

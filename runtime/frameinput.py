@@ -25,7 +25,8 @@ class FrameInput:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.dtype_code = wire.CODE_OF_DTYPE[self.dtype]
-        self.reader = stage.own(LatestReader(subscriber(stage.ctx.zmq, stage.ctx.endpoints, topic)))
+        self.reader = stage.own(LatestReader(subscriber(stage.ctx.zmq, stage.ctx.endpoints, topic),
+                                             spin_us=stage.spin_us))
         self.overwritten = 0  # slot reused by the writer before or while we read it
 
     def next(self, timeout_ms: int) -> tuple[np.void, np.ndarray] | None:

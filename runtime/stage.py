@@ -74,6 +74,12 @@ class Stage:
         self._warn_reject = RateLimitedLog(self.log)
         self._owned: list = []
 
+    @property
+    def spin_us(self) -> int:
+        """Busy-poll window for this stage's frame input (pipeline.spin_us); never in threads mode,
+        where a spinning thread would hold the GIL the stage it waits for needs."""
+        return self.cfg.pipeline.spin_us if self.cfg.pipeline.mode == "processes" else 0
+
     def own(self, resource):  # type: ignore[no-untyped-def]
         """Register a socket, reader or pool to close at teardown; returns it."""
         self._owned.append(resource)

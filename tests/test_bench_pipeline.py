@@ -55,11 +55,12 @@ def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
 
 def test_single_stream_through_the_cli(tmp_path):
     out = tmp_path / "out"
+    # edgert with its inputs busy-polling (pipeline.spin_us), so that path runs in real processes too
     assert edgert(["bench", "pipeline", "--quick", "--scenario", "single-stream", "--min-count", "30",
-                   "--min-duration", "1", "--out", str(out)]) == 0
+                   "--min-duration", "1", "--spin-us", "2000", "--out", str(out)]) == 0
     data = json.loads((out / "pipeline-single-stream.json").read_text())
     _check_report(data, "single-stream")
-    assert data["config"]["pacing"] == "closed"
+    assert data["config"]["pacing"] == "closed" and data["config"]["spin_us"] == 2000
     md = (out / "pipeline-single-stream.md").read_text()
     assert "| naive/edgert_p99 |" in md and "target" in md and "pipeline-single-stream-stages.png" in md
     for png in ("pipeline-single-stream.png", "pipeline-single-stream-stages.png", "pipeline-single-stream-time.png"):
@@ -113,6 +114,8 @@ def test_options_are_checked_with_the_fix():
         pipeline.scenario_config(load(DEFAULT_CONFIG), "multi-stream", arrival="fixed")
     with pytest.raises(ValueError, match="unknown scenario"):
         pipeline.run(quick=True, scenario="offline")
+    with pytest.raises(ValueError, match=r"--spin-us: -1 outside 0..100000"):
+        pipeline.run(quick=True, spin_us=-1)
     assert edgert(["bench", "infer", "--scenario", "server"]) == 2
 
 

@@ -36,6 +36,7 @@ def test_default_config_loads():
     ("[camera]\npool_slots = 1\n", r"camera.pool_slots: need at least 2"),
     ("[pipeline]\nmode = 'fibers'\n", r"pipeline.mode: 'fibers' is not one of 'processes', 'threads'"),
     ("[pipeline]\nduration_s = -5\n", r"pipeline.duration_s: must be >= 0"),
+    ("[pipeline]\nspin_us = 200000\n", r"pipeline.spin_us: 200000 outside 0..100000 microseconds; 0 turns"),
     ("[pipeline.affinity]\ninfer = [999]\n", r"pipeline.affinity.infer: cores \[999\] invalid"),
     ("[pipeline.affinity]\ninfre = [0]\n", r"unknown key 'pipeline.affinity.infre' \(did you mean 'infer'\?\)"),
     ("[infer]\nmodel = 'nosuchmodel'\n", r"infer.model: no manifest.toml in .*nosuchmodel.*zoo's: pilotnet"),
