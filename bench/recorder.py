@@ -25,7 +25,9 @@ from bench.report import Report
 from runtime.config import DEFAULT_CONFIG, PipelineConfig, load
 from runtime.wire import Stamp
 
-CASES = ("record_off", "record_on", "record_clips")  # on = mode "all"; clips = the default for a car
+# on = mode "all"; clips = the default for a car; off_again = a second recorder-off run in every
+# round, so record_off_again/record_off is the same-run noise that "no overhead" is judged against
+CASES = ("record_off", "record_on", "record_clips", "record_off_again")
 
 
 def _one_run(cfg: PipelineConfig, duration_s: float, warmup_s: float) -> tuple[np.ndarray, dict[str, Any]]:
@@ -53,7 +55,7 @@ def run(quick: bool = False, rounds: int | None = None, duration_s: float | None
     rep = Report("recorder", {"rounds": rounds, "duration_s": duration_s, "warmup_s": warmup_s,
                               "frame": [cam.height, cam.width], "fps": cam.fps, "mode": base.pipeline.mode,
                               "record": {"modes": ["all", "clips"], "frames": "raw", "compression": base.record.compression},
-                              "model": Path(base.infer.model).name, "order": "off/all/clips, reversed every other round"})
+                              "model": Path(base.infer.model).name, "order": "off/all/clips/off again, reversed every other round"})
     samples: dict[str, list[np.ndarray]] = {c: [] for c in CASES}
     written = {"frames": 0, "dropped": 0, "bytes": 0, "seconds": 0.0, "errors": 0}
     tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-recorder."))
@@ -61,7 +63,7 @@ def run(quick: bool = False, rounds: int | None = None, duration_s: float | None
         for r in range(rounds):
             for case in CASES if r % 2 == 0 else CASES[::-1]:
                 rec_dir = tmp / f"r{r}"
-                if case == "record_off":
+                if case in ("record_off", "record_off_again"):
                     cfg = base
                 elif case == "record_on":  # every frame copied into the ring and written to disk
                     cfg = base.replace(record={"enabled": True, "mode": "all", "frames": "raw", "dir": str(rec_dir),
@@ -87,6 +89,16 @@ def run(quick: bool = False, rounds: int | None = None, duration_s: float | None
         if rep.cases[case]["n"] and rep.cases["record_off"]["n"]:
             rep.ratio(case, "record_off")
             rep.ratio(case, "record_off", p99=True)
+    if rep.cases["record_off_again"]["n"] and rep.cases["record_off"]["n"]:
+        for p99, what in ((False, "p50"), (True, "p99")):
+            aa = rep.ratios[f"record_off_again/record_off{'_p99' if p99 else ''}"]
+            band = max(aa, 1 / aa)  # two recorder-off runs differ by this much: the noise
+            for case in ("record_on", "record_clips"):
+                r = rep.ratios.get(f"{case}/record_off{'_p99' if p99 else ''}")
+                if r is not None:
+                    verdict = "within" if r <= band else "BEYOND"
+                    rep.notes.append(f"{case} {what}: {r:.3f}x recorder-off, {verdict} the same-run noise "
+                                     f"(two recorder-off runs differ by {band:.3f}x)")
     secs = max(written["seconds"], 1e-9)
     rep.notes.append(f"recorder (mode all, raw frames): {written['frames']} frames written, {written['dropped']} "
                      f"dropped and counted, {written['errors']} errors; {written['bytes'] / 2**20 / secs:.1f} MiB/s "

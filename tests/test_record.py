@@ -302,6 +302,43 @@ def _start_recorder(tmp_path, tiny_model, stage_cls=RecorderStage, pattern=frame
     return h, fake
 
 
+def test_a_frame_is_copied_once_its_command_is_out_or_a_frame_period_has_passed(tmp_path, tiny_model):
+    """The 6 MB copy waits for the pipeline's idle time: after the frame's command, else one period."""
+    h, fake = _start_recorder(tmp_path, tiny_model)
+    try:
+        stage = h.stage
+
+        def frame_only(fid: int) -> None:
+            slot = fake.pool.acquire()
+            fake.pool.view(slot, fake.shape, np.uint8)[:] = frame_pixels(fid)
+            f = fake.frame
+            f["slot"], f["generation"], f["frame_id"] = slot, fake.pool.publish(slot), fid
+            f["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+            fake.pubs["frames"].send(wire.encode(f))
+
+        def wait_for(cond, limit_s: float) -> float:  # type: ignore[no-untyped-def]
+            t0 = time.monotonic()
+            while not cond():
+                assert time.monotonic() - t0 < limit_s, "timed out"
+                time.sleep(0.001)
+            return time.monotonic() - t0
+
+        frame_only(1)
+        wait_for(lambda: stage._pending is not None, 2.0)
+        time.sleep(0.005)
+        assert stage.frames == 0  # received, not copied: its command is not out yet
+        fake.pubs["commands"].send(_wire_msgs(1)["/commands"])
+        wait_for(lambda: stage.frames == 1, 2.0)
+        assert stage._pending is None
+        frame_only(2)  # no command ever comes for this one: copied after one frame period (33 ms)
+        waited = wait_for(lambda: stage.frames == 2, 2.0)
+        assert waited >= 0.02, waited
+        assert stage.overwritten == 0 and stage.missed == 0
+    finally:
+        fake.close()
+        h.close()
+
+
 def test_clip_around_a_takeover_holds_pre_and_post_seconds_and_grows_with_a_second_event(tmp_path, tiny_model):
     h, fake = _start_recorder(tmp_path, tiny_model, pre_s=0.5, post_s=0.5, ring_s=2.0)
     marks = {}

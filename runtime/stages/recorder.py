@@ -5,7 +5,9 @@ process of its own at the lowest priority (SCHED_IDLE, or os.nice), it only subs
 never waits for a slow subscriber: past the high-water mark messages to it are dropped),
 and its receive loop only copies into a preallocated ring (runtime/fleet/ring.py): a camera
 frame is copied straight from its frame-pool slot, and dropped and counted if the camera
-overwrote the slot during the copy (the seqlock). Turning entries into MCAP messages and
+overwrote the slot during the copy (the seqlock). The copy waits until the frame's command
+is out (or a frame period has passed): then the pipeline is idle until the next frame, and
+the 6 MB copy does not compete for memory bandwidth with the stages working on that frame. Turning entries into MCAP messages and
 writing files happens on a writer thread (runtime/fleet/clips.py) that drops and counts
 when the disk is slow, and never holds the receive loop up.
 
@@ -93,6 +95,10 @@ class RecorderStage(Stage):
         self.overwritten = 0  # frames the camera reused the slot of while we copied them
         self.missed = 0  # frame ids never recorded: lost at a high-water mark, or their slot reused before we read it
         self.filter_failed = 0  # frames the filter raised on: dropped, never written unfiltered
+        # The frame whose copy waits until its command is out (or a frame period passes), so that the
+        # 6 MB copy runs in the pipeline's idle time, not beside the stages working on that frame.
+        self._pending: tuple[bytes, int, int, np.ndarray, int, int] | None = None
+        self._last_command_frame = 0
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -124,6 +130,7 @@ class RecorderStage(Stage):
                          max_entries=max(4096, int(rec.ring_s * cam.fps * 8)))
         policy = ClipPolicy(rec.mode, int(rec.pre_s * 1e9), int(rec.post_s * 1e9), int(rec.segment_s * 1e9))
         self._names = 0
+        self._copy_after_ns = int(1e9 / cam.fps)  # no command within a frame period: copy anyway
         self.writer = ClipWriter(self.ring, policy, self._new_file, self._convert, self.on_clip_closed,
                                  frame_topic=FRAMES)
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
@@ -200,7 +207,14 @@ class RecorderStage(Stage):
         self._operator.set()
 
     def step(self) -> None:
-        for sock, _ in self.poller.poll(50):
+        wait_ms = 50
+        if self._pending is not None:
+            left = self._pending[4] + self._copy_after_ns - time.monotonic_ns()
+            if left <= 0:
+                self._copy_pending()
+            else:
+                wait_ms = min(wait_ms, left // 1_000_000 + 1)
+        for sock, _ in self.poller.poll(wait_ms):
             topic = self.socks[sock]
             for _ in range(DRAIN_PER_STEP):
                 try:
@@ -244,7 +258,22 @@ class RecorderStage(Stage):
         except SlotError as e:
             self.reject(e)
             return
-        if not self.accept_frame_id(int(rec["frame_id"])):
+        frame_id = int(rec["frame_id"])
+        if not self.accept_frame_id(frame_id):
+            return
+        if self._pending is not None:  # a newer frame came before the older one's command: copy that now
+            self._copy_pending()
+        self._pending = (msg, slot, gen, pixels, time.monotonic_ns(), frame_id)
+        if self._last_command_frame >= frame_id:  # its command was already read
+            self._copy_pending()
+
+    def _copy_pending(self) -> None:
+        """Copy the pending frame from its slot into the ring, unless the camera has reused the slot."""
+        assert self._pending is not None
+        msg, slot, gen, pixels, _, _ = self._pending
+        self._pending = None
+        if not self.pool.is_current(slot, gen):  # reused while it waited: counted, never a torn frame
+            self.overwritten += 1
             return
         dst = self.ring.reserve(_FRAME_HEADER + pixels.nbytes)
         dst[:_FRAME_HEADER] = np.frombuffer(msg, np.uint8)
@@ -265,6 +294,9 @@ class RecorderStage(Stage):
         dst[:] = np.frombuffer(msg, np.uint8)
         self.ring.commit(topic_id, time.monotonic_ns())
         if topic_id == COMMANDS:
+            self._last_command_frame = max(self._last_command_frame, int(rec["frame_id"]))
+            if self._pending is not None and self._last_command_frame >= self._pending[5]:
+                self._copy_pending()  # the frame's command is out: the pipeline is idle until the next frame
             takeover = bool(int(rec["flags"]) & CommandFlags.TAKEOVER)
             reason = int(rec["reason"])
             if takeover and not self._in_takeover and reason != TakeoverReason.SHUTDOWN:
@@ -335,6 +367,8 @@ class RecorderStage(Stage):
     # -- end ---------------------------------------------------------------------------------
     def teardown(self) -> None:
         """Finish the open file (mode all: everything still in the ring), then report what was lost."""
+        if self._pending is not None:  # received: in the ring before the writer's last pass
+            self._copy_pending()
         w = self.writer
         if w is not None:
             if not w.stop(timeout=3.0):
