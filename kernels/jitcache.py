@@ -11,8 +11,9 @@ kernels/*.py file starts from an empty cache (one compile, ~5 s per kernel famil
 versions installed side by side never share compiled code. <root> is NUMBA_CACHE_DIR when the
 user set it (their choice of place is kept; the keyed sub-directory is added), else
 $XDG_CACHE_HOME/edgert/numba (~/.cache/edgert/numba), else a per-user folder in the temp dir
-when that is not writable. Old `kernels-*` directories are left behind (a few MB each);
-deleting them is always safe.
+when that is not writable. Each start marks its directory as used (its mtime); `kernels-*`
+directories beside it that no start has used for 30 days (older versions, old edits; a few MB
+each) are deleted then. Deleting any of them by hand is always safe too.
 
 How: Numba picks a function's cache directory once, when the dispatcher is created with
 cache=True (numba.core.caching.UserProvidedCacheLocator reads numba.config.CACHE_DIR then).
@@ -25,7 +26,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +76,27 @@ def cache_dir() -> str:
         if not _writable(path):
             raise OSError(f"kernels: cannot create a Numba cache directory at {root / name} or {path}; "
                           "set NUMBA_CACHE_DIR to a writable directory")
+    os.utime(path)  # used now: the mark prune_unused reads
+    prune_unused(path.parent, keep=path.name)
     return str(path)
+
+
+UNUSED_S = 30 * 86400
+
+
+def prune_unused(root: Path, keep: str, unused_s: float = UNUSED_S) -> list[str]:
+    """Delete the `kernels-*` cache directories in `root` (not `keep`) that no start has used for
+    `unused_s`; returns their names. Another version in use keeps its directory's mark fresh."""
+    gone = []
+    now = time.time()
+    for d in root.glob("kernels-*"):
+        try:
+            if d.name != keep and d.is_dir() and now - d.stat().st_mtime > unused_s:
+                shutil.rmtree(d)
+                gone.append(d.name)
+        except OSError:  # another process pruning or using it: leave it
+            continue
+    return gone
 
 
 def njit(*args: Any, **kwargs: Any) -> Any:

@@ -116,3 +116,21 @@ def test_the_kernels_cache_under_the_keyed_directory() -> None:
         assert k._cache._cache_path.startswith(jitcache.cache_dir() + os.sep)
     assert numba.core.config.CACHE_DIR == before  # restored for other Numba users in the process
     assert Path(jitcache.cache_dir()).name == f"kernels-{jitcache.source_hash()}"
+
+
+def test_cache_directories_unused_for_30_days_are_pruned(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from kernels.jitcache import UNUSED_S, prune_unused
+
+    now = time.time()
+    for name, age in (("kernels-aaaaaaaaaaaa", UNUSED_S + 60), ("kernels-bbbbbbbbbbbb", 3600),
+                      ("kernels-cccccccccccc", UNUSED_S + 60), ("other", UNUSED_S + 60)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "index.nbi").write_bytes(b"x")
+        os.utime(d, (now - age, now - age))
+    gone = prune_unused(tmp_path, keep="kernels-cccccccccccc")
+    assert gone == ["kernels-aaaaaaaaaaaa"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernels-bbbbbbbbbbbb", "kernels-cccccccccccc", "other"]

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import IR_VERSION, make_steer_model, write_manifest
+from kernels import PreprocessSpec
 from runtime import cli_models, zoo
 from runtime.manifest import ModelError, load_manifest
 
@@ -297,3 +298,33 @@ def test_add_refuses_external_data(tmp_path):
     assert (tmp_path / "ext.data").is_file()
     with pytest.raises(ModelError, match="external data"):
         zoo.add_model(src, "ext", zoo=tmp_path / "zoo")
+
+
+def test_the_scripts_that_made_the_shipped_models_write_their_manifests():
+    """train.py and variants.py share one manifest template; what they would write today must be the
+    committed manifest (same keys and values, publisher included), or the zoo has drifted from its recipe."""
+    import tomllib
+
+    ZOO = zoo.ZOO
+    sys.path.insert(0, str(ZOO / "pilotnet"))
+    try:
+        import train
+        import variants
+    finally:
+        sys.path.remove(str(ZOO / "pilotnet"))
+
+    def parsed(text: str) -> dict:
+        d = tomllib.loads(text)
+        d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])  # defaults written or not: the same spec
+        return d
+
+    m = tomllib.loads((ZOO / "pilotnet" / "manifest.toml").read_text())
+    assert parsed(train.pilotnet_manifest(m["model"]["sha256"], 0)) == parsed(
+        (ZOO / "pilotnet" / "manifest.toml").read_text())
+    for v in variants.VARIANTS:
+        text = (ZOO / f"pilotnet-{v}" / "manifest.toml").read_text()
+        m = tomllib.loads(text)
+        a = m["accuracy"]
+        made = variants.variant_manifest(v, m["model"]["sha256"], m["model"]["provenance"], a["frames"],
+                                         a["rmse_mrad"], a["max_mrad"], a["tolerance_mrad"])
+        assert parsed(made) == parsed(text)

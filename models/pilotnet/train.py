@@ -166,36 +166,55 @@ def closed_loop(model_path: Path, seconds: float, start_lateral: float = 0.0) ->
             "rms_m": float(np.sqrt((a ** 2).mean()))}
 
 
-MANIFEST = """# The default steering model. Written by train.py; the sha256 is checked before every load.
+PUBLISHER = "edgert-sim"  # its public key: models/publishers/edgert-sim.pub; the private key is not in the repo
+
+
+def manifest_text(header: str, name: str, sha: str, markets_note: str, provenance: str, io_note: str = "",
+                  pre_note: str = "", decoder_note: str = "", extra: str = "") -> str:
+    """The manifest of pilotnet or one of its variants (variants.py): one interface, one spec.
+
+    The publisher must sign the result (`edgert models sign NAME --key PUBLISHER.pem`) before the
+    runtime loads it; the private key is kept outside the repository."""
+    pre = "\n".join(f"{k} = {_toml_value(v)}" for k, v in SPEC.to_dict().items())
+    return f"""{header}
 [model]
-name = "pilotnet"
+name = "{name}"
 version = "1.0.0"
 file = "model.onnx"
 sha256 = "{sha}"
-markets = ["sim"]  # trained and validated on the simulator only: approved for no real market
+markets = ["sim"]  # {markets_note}
+publisher = "{PUBLISHER}"  # signed: manifest.sig, key models/publishers/{PUBLISHER}.pub
 license = "Apache-2.0"
-provenance = "trained by models/pilotnet/train.py --seed {seed} on edgert simulator frames (roads 100-111)"
+provenance = "{provenance}"
 
 [[inputs]]
 name = "image"
 shape = [1, 3, 66, 200]
-dtype = "float32"
+dtype = "float32"{io_note}
 
 [[outputs]]
 name = "steer"
 shape = [1, 1]
 dtype = "float32"
-
-# Shared with kernels/: the fused pass that turns a 1920x1080 BGR frame into the input above.
+{pre_note}
 [preprocess]
 {pre}
 
 [decoder]
-kind = "steering"   # steering angle in radians, positive = left
+kind = "steering"{decoder_note}
 output = "steer"
 index = 0
 scale = 1.0
-"""
+{extra}"""
+
+
+def pilotnet_manifest(sha: str, seed: int) -> str:
+    return manifest_text(
+        "# The default steering model. Written by train.py; the sha256 is checked before every load.",
+        "pilotnet", sha, "trained and validated on the simulator only: approved for no real market",
+        f"trained by models/pilotnet/train.py --seed {seed} on edgert simulator frames (roads 100-111)",
+        pre_note="\n# Shared with kernels/: the fused pass that turns a 1920x1080 BGR frame into the input above.",
+        decoder_note="   # steering angle in radians, positive = left")
 
 
 def _toml_value(v: object) -> str:
@@ -231,9 +250,9 @@ def main() -> None:
     onnx_path = a.out / "model.onnx"
     export(model, onnx_path)
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    pre = "\n".join(f"{k} = {_toml_value(v)}" for k, v in SPEC.to_dict().items())
-    (a.out / "manifest.toml").write_text(MANIFEST.format(sha=sha, seed=a.seed, pre=pre))
-    print(f"wrote {onnx_path} (sha256 {sha[:16]}…), validation RMSE {val * 1000:.2f} mrad")
+    (a.out / "manifest.toml").write_text(pilotnet_manifest(sha, a.seed))
+    print(f"wrote {onnx_path} (sha256 {sha[:16]}…), validation RMSE {val * 1000:.2f} mrad; sign it: "
+          f"edgert models sign pilotnet --key {PUBLISHER}.pem")
     for lat0 in (0.0, 1.0):
         r = closed_loop(onnx_path, 60.0, start_lateral=lat0)
         print(f"closed loop, demo road seed {DEMO_ROAD_SEED}, 60 s at {SPEED} m/s, start offset {lat0} m: "

@@ -34,7 +34,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from train import CAMERA, DEMO_ROAD_SEED, SPEC, _pose, _toml_value, closed_loop
+from train import CAMERA, DEMO_ROAD_SEED, SPEC, _pose, closed_loop, manifest_text
 
 VARIANTS = ("fp16", "int8")
 TRAIN_ROADS = tuple(range(100, 112))
@@ -104,35 +104,7 @@ def make_int8(src: Path, dst: Path, calib: np.ndarray) -> None:
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
 
 
-MANIFEST = """# pilotnet {variant} variant. Written by models/pilotnet/variants.py; the sha256 is checked before every load.
-[model]
-name = "pilotnet-{variant}"
-version = "1.0.0"
-file = "model.onnx"
-sha256 = "{sha}"
-markets = ["sim"]  # as pilotnet: validated on the simulator only
-license = "Apache-2.0"
-provenance = "{provenance}"
-
-[[inputs]]
-name = "image"
-shape = [1, 3, 66, 200]
-dtype = "float32"  # graph I/O stays float32: same preprocessing and decoder as pilotnet
-
-[[outputs]]
-name = "steer"
-shape = [1, 1]
-dtype = "float32"
-
-[preprocess]
-{pre}
-
-[decoder]
-kind = "steering"
-output = "steer"
-index = 0
-scale = 1.0
-
+ACCURACY = """
 # Steering error against pilotnet (float32) on {n_eval} held-out frames of the demo road (seed 7).
 [accuracy]
 reference = "pilotnet 1.0.0 (float32)"
@@ -141,6 +113,16 @@ rmse_mrad = {rmse:.4f}
 max_mrad = {max:.4f}
 tolerance_mrad = {tol}  # every frame within this of float32 (tests/test_zoo.py checks it)
 """
+
+
+def variant_manifest(variant: str, sha: str, provenance: str, n_eval: int, rmse: float, max: float,  # noqa: A002
+                     tol: float) -> str:
+    return manifest_text(
+        f"# pilotnet {variant} variant. Written by models/pilotnet/variants.py; the sha256 is checked before "
+        "every load.", f"pilotnet-{variant}", sha, "as pilotnet: validated on the simulator only", provenance,
+        io_note="  # graph I/O stays float32: same preprocessing and decoder as pilotnet",
+        extra=ACCURACY.format(n_eval=n_eval, rmse=rmse, max=max, tol=tol))
+
 
 CARD = """# pilotnet-{variant} 1.0.0: {title}
 
@@ -194,7 +176,6 @@ def main() -> None:
     calib = render_frames(TRAIN_ROADS, a.calib, rng_seed=4242)
     held = held_out_frames(a.eval)
     ref = steer(src, held)
-    pre = "\n".join(f"{k} = {_toml_value(v)}" for k, v in SPEC.to_dict().items())
     date = datetime.date.today().isoformat()
     loop32 = None if a.no_closed_loop else closed_loop(src, 60.0)
     for variant in VARIANTS:
@@ -232,7 +213,7 @@ def main() -> None:
                   f"max {loop32['max_abs_m']:.4f})", flush=True)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         fig = {"variant": variant, "n_eval": a.eval, "rmse": rmse, "max": mx, "tol": tol}
-        (d / "manifest.toml").write_text(MANIFEST.format(sha=sha, provenance=prov, pre=pre, **fig))
+        (d / "manifest.toml").write_text(variant_manifest(variant, sha, prov, a.eval, rmse, mx, tol))
         (d / "MODEL_CARD.md").write_text(CARD.format(title=title, how=how, date=date, ort=ort.__version__, loop=loop,
                                                      size=path.stat().st_size / 1e6,
                                                      size32=src.stat().st_size / 1e6, **fig))
