@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.report import Report, interleaved_ns
-from runtime.deviceio import GRAPH_OPTION
+from runtime.deviceio import CUDA_PROVIDERS, GRAPH_OPTION
 from runtime.engine import Engine, session_options
 from runtime.manifest import ModelManifest, load_manifest
 from runtime.providers import plan
@@ -87,7 +87,7 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
     rep = Report("infer", {"n": n, "cold_n": cold_n, "variants": list(variants), "providers": providers,
                            "intra_op_threads": THREADS, "input": "random normal, the model's shape and dtype"})
     for prov, why in pl.skipped.items():
-        if prov in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
+        if prov in CUDA_PROVIDERS:
             rep.notes.append(f"{prov} not measured: {why}")
     fns, cold, keep = {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,9 +44,9 @@ class InferStage(Stage):
         self.input_name = spec.name
         # Each tensor-pool slot is bound in place; on a GPU, ONNX Runtime copies it to the device inside
         # the run. A CUDA graph replays fixed device addresses, so then the tensors live on the device
-        # and a frame is one copy into the bound input. Measured on an H200 (docs/benchmarks.md, "On a GPU"): graph
-        # 0.196 ms p50, slot binding 0.226 ms, device tensors without a graph 0.383 ms (the Python-side
-        # copies cost more than ORT's own), so device tensors are used only with a graph.
+        # and a frame is one copy into the bound input. Measured on an H200 (docs/benchmarks.md, "On a
+        # GPU"): graph 0.196 ms p50, slot binding 0.226 ms, device tensors without a graph 0.383 ms (the
+        # Python-side copies cost more than ORT's own), so device tensors are used only with a graph.
         self.device_io = self.engine.bind_device() if self.engine.cuda_graph else None
         self.bindings = ([] if self.device_io else
                          [self.engine.bind({spec.name: view}) for view in self.slots])

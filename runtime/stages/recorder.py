@@ -7,8 +7,8 @@ and its receive loop only copies into a preallocated ring (runtime/fleet/ring.py
 frame is copied straight from its frame-pool slot, and dropped and counted if the camera
 overwrote the slot during the copy (the seqlock). The copy waits until the frame's command
 is out (or a frame period has passed): then the pipeline is idle until the next frame, and
-the 6 MB copy does not compete for memory bandwidth with the stages working on that frame. Turning entries into MCAP messages and
-writing files happens on a writer thread (runtime/fleet/clips.py) that drops and counts
+the 6 MB copy does not compete for memory bandwidth with the stages working on that frame.
+Turning entries into MCAP messages and writing files happens on a writer thread (runtime/fleet/clips.py) that drops and counts
 when the disk is slow, and never holds the receive loop up.
 
 Events open clips: the start of a takeover request (a command with the TAKEOVER flag after
@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -66,6 +67,16 @@ _U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
 
 FrameFilter = Callable[[np.ndarray], None]
 ClipHook = Callable[[Path], Path]
+
+
+class _Pending(NamedTuple):
+    """A received frame whose copy into the ring waits for its command."""
+    msg: bytes  # the descriptor, stored in the ring before the pixels
+    slot: int
+    generation: int
+    pixels: np.ndarray  # the slot's view
+    received_ns: int
+    frame_id: int
 
 
 def edgert_version() -> str:
@@ -97,7 +108,7 @@ class RecorderStage(Stage):
         self.filter_failed = 0  # frames the filter raised on: dropped, never written unfiltered
         # The frame whose copy waits until its command is out (or a frame period passes), so that the
         # 6 MB copy runs in the pipeline's idle time, not beside the stages working on that frame.
-        self._pending: tuple[bytes, int, int, np.ndarray, int, int] | None = None
+        self._pending: _Pending | None = None
         self._last_command_frame = 0
 
     # -- setup -----------------------------------------------------------------------------
@@ -209,7 +220,7 @@ class RecorderStage(Stage):
     def step(self) -> None:
         wait_ms = 50
         if self._pending is not None:
-            left = self._pending[4] + self._copy_after_ns - time.monotonic_ns()
+            left = self._pending.received_ns + self._copy_after_ns - time.monotonic_ns()
             if left <= 0:
                 self._copy_pending()
             else:
@@ -263,22 +274,26 @@ class RecorderStage(Stage):
             return
         if self._pending is not None:  # a newer frame came before the older one's command: copy that now
             self._copy_pending()
-        self._pending = (msg, slot, gen, pixels, time.monotonic_ns(), frame_id)
-        if self._last_command_frame >= frame_id:  # its command was already read
+        self._pending = _Pending(msg, slot, gen, pixels, time.monotonic_ns(), frame_id)
+        self._copy_if_commanded()  # its command may have been read already
+
+    def _copy_if_commanded(self) -> None:
+        """Copy the pending frame once a command for it (or a later frame) is out: the pipeline is
+        then idle until the next frame."""
+        if self._pending is not None and self._last_command_frame >= self._pending.frame_id:
             self._copy_pending()
 
     def _copy_pending(self) -> None:
         """Copy the pending frame from its slot into the ring, unless the camera has reused the slot."""
-        assert self._pending is not None
-        msg, slot, gen, pixels, _, _ = self._pending
-        self._pending = None
-        if not self.pool.is_current(slot, gen):  # reused while it waited: counted, never a torn frame
+        f, self._pending = self._pending, None
+        assert f is not None
+        if not self.pool.is_current(f.slot, f.generation):  # reused while it waited: counted, never torn
             self.overwritten += 1
             return
-        dst = self.ring.reserve(_FRAME_HEADER + pixels.nbytes)
-        dst[:_FRAME_HEADER] = np.frombuffer(msg, np.uint8)
-        np.copyto(dst[_FRAME_HEADER:].reshape(pixels.shape), pixels)
-        if not self.pool.is_current(slot, gen):  # the camera lapped us mid-copy: a torn frame is never kept
+        dst = self.ring.reserve(_FRAME_HEADER + f.pixels.nbytes)
+        dst[:_FRAME_HEADER] = np.frombuffer(f.msg, np.uint8)
+        np.copyto(dst[_FRAME_HEADER:].reshape(f.pixels.shape), f.pixels)
+        if not self.pool.is_current(f.slot, f.generation):  # the camera lapped us mid-copy: never kept torn
             self.ring.abort()
             self.overwritten += 1
             return
@@ -295,8 +310,7 @@ class RecorderStage(Stage):
         self.ring.commit(topic_id, time.monotonic_ns())
         if topic_id == COMMANDS:
             self._last_command_frame = max(self._last_command_frame, int(rec["frame_id"]))
-            if self._pending is not None and self._last_command_frame >= self._pending[5]:
-                self._copy_pending()  # the frame's command is out: the pipeline is idle until the next frame
+            self._copy_if_commanded()
             takeover = bool(int(rec["flags"]) & CommandFlags.TAKEOVER)
             reason = int(rec["reason"])
             if takeover and not self._in_takeover and reason != TakeoverReason.SHUTDOWN:
