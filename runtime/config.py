@@ -49,6 +49,7 @@ class PipelineSection:
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     spin_us: int = 0  # processes mode: busy-poll each input this wide around the next frame's due time
+    mailbox: bool = True  # one host: stages read their inputs from shared-memory mailboxes (runtime/mailbox.py)
     market: str = "sim"  # where the car is sold: only a model whose signed manifest approves it loads
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from runtime import wire
 from runtime.framepool import FramePool, SlotError
 from runtime.stage import Stage
-from runtime.transport import LatestReader, subscriber
+from runtime.transport import latest_reader
 from runtime.wire import MsgType
 
 
@@ -25,8 +25,7 @@ class FrameInput:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.dtype_code = wire.CODE_OF_DTYPE[self.dtype]
-        self.reader = stage.own(LatestReader(subscriber(stage.ctx.zmq, stage.ctx.endpoints, topic),
-                                             spin_us=stage.spin_us))
+        self.reader = stage.own(latest_reader(stage.ctx.zmq, stage.ctx.endpoints, topic, spin_us=stage.spin_us))
         self.overwritten = 0  # slot reused by the writer before or while we read it
 
     def next(self, timeout_ms: int) -> tuple[np.void, np.ndarray] | None:

@@ -30,6 +30,7 @@ import zmq
 from runtime import shm, wire
 from runtime.config import PipelineConfig
 from runtime.framepool import FramePool
+from runtime.mailbox import Mailbox
 from runtime.signing import approved_manifest
 from runtime.stage import StageContext, run_stage
 from runtime.stage_main import load_stage_class
@@ -37,6 +38,7 @@ from runtime.stages import STAGE_NAMES, stage_class, stage_names
 from runtime.stages.capture import CAMERA_STREAM
 from runtime.stages.preprocess import TENSOR_STREAM
 from runtime.telemetry import Telemetry
+from runtime.topics import TOPICS
 from runtime.transport import Endpoints, publisher, subscriber
 from runtime.wire import MsgType, StageState, WireError
 
@@ -187,6 +189,7 @@ class Supervisor:
         cam = self.cfg.camera
         spec = manifest.inputs[0]
         self.pools: list[FramePool] = []
+        self.mailboxes: list[Mailbox] = []
         self.handles: dict[str, ProcessHandle | ThreadHandle] = {}
         self.telemetry: Telemetry | None = None
         self.auth = None
@@ -200,6 +203,8 @@ class Supervisor:
             self.pools.append(FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
                                                int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize))
             self.endpoints = Endpoints.for_run(self.cfg, self.run_id, self.run_dir)
+            if self.endpoints.mailboxes:
+                self.mailboxes = [Mailbox.create(self.run_id, t.name) for t in TOPICS.values() if t.mailbox]
             if self.endpoints.curve_dir:
                 from runtime import curve
 
@@ -365,9 +370,9 @@ class Supervisor:
             log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
         else:
             self.zmq.term()
-        for pool in self.pools:
-            pool.close()
-            pool.unlink()
+        for seg in [*self.pools, *self.mailboxes]:
+            seg.close()
+            seg.unlink()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         leaked = shm.list_segments(self.run_id)
         if leaked:

@@ -18,14 +18,15 @@ class Topic:
     publisher: str  # stage name; "*" = every stage (connects to the supervisor's bound socket)
     rate_hz: float  # nominal, at the default camera rate
     bound_by_subscriber: bool = False  # many publishers -> one subscriber binds
+    mailbox: bool = False  # one host: stages read it from a shared-memory mailbox (runtime/mailbox.py)
 
 
 TOPICS: dict[str, Topic] = {t.name: t for t in (
-    Topic("frames", MsgType.FRAME, "capture", 30.0),       # descriptor of a camera slot
-    Topic("tensors", MsgType.FRAME, "preprocess", 30.0),   # descriptor of a model-input slot
-    Topic("results", MsgType.RESULT, "infer", 30.0),       # model outputs, validated
-    Topic("commands", MsgType.COMMAND, "control", 30.0),   # steering commands / takeover requests
-    Topic("vehicle", MsgType.VEHICLE, "capture", 30.0),    # simulator ground truth (pose, lane error)
+    Topic("frames", MsgType.FRAME, "capture", 30.0, mailbox=True),       # descriptor of a camera slot
+    Topic("tensors", MsgType.FRAME, "preprocess", 30.0, mailbox=True),   # descriptor of a model-input slot
+    Topic("results", MsgType.RESULT, "infer", 30.0, mailbox=True),       # model outputs, validated
+    Topic("commands", MsgType.COMMAND, "control", 30.0, mailbox=True),   # steering commands / takeover requests
+    Topic("vehicle", MsgType.VEHICLE, "capture", 30.0, mailbox=True),    # simulator ground truth (pose, lane error)
     Topic("heartbeat", MsgType.HEARTBEAT, "*", 10.0, bound_by_subscriber=True),  # stages -> supervisor
     Topic("supervisor", MsgType.HEARTBEAT, "supervisor", 10.0),  # supervisor -> stages (start signal)
 )}

@@ -4,10 +4,17 @@ ipc:// between processes on one host, inproc:// in threads mode (one shared Cont
 tcp:// across hosts. Publishers bind, subscribers connect, except for topics with many
 publishers and one reader (heartbeats), where the reader binds. Sockets never linger
 on close, so a stopping stage cannot hang on undelivered messages.
+
+On one host the pipeline's hops also go through a shared-memory mailbox per topic
+(runtime/mailbox.py, `pipeline.mailbox`): a publisher posts every message to both, and a
+stage's latest-only reader takes it from the mailbox, woken by one futex call instead of
+ZeroMQ's I/O threads. Every other subscriber still reads the socket.
 """
 
 from __future__ import annotations
 
+import logging
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +22,14 @@ from typing import TYPE_CHECKING
 
 import zmq
 
+from runtime import futex
+from runtime.mailbox import Mailbox, MailboxSource
 from runtime.topics import TOPICS, topic
 
 if TYPE_CHECKING:
     from runtime.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 SNDHWM = 64
 RCVHWM = 64
@@ -34,6 +45,7 @@ class Endpoints:
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5550
     curve_dir: str = ""  # tcp only: this run's CURVE keys (runtime/curve.py); "" = plain tcp
+    mailboxes: bool = False  # the run has a shared-memory mailbox for every `Topic.mailbox` topic
 
     @classmethod
     def for_run(cls, cfg: "PipelineConfig", run_id: str, run_dir: str | Path) -> "Endpoints":
@@ -41,7 +53,15 @@ class Endpoints:
         p = cfg.pipeline
         transport = "inproc" if p.mode == "threads" else p.transport
         curve_dir = str(Path(run_dir) / "curve") if p.curve and transport == "tcp" else ""
-        return cls(transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port, curve_dir)
+        mailboxes = p.mailbox and transport != "tcp"
+        if mailboxes and not futex.available():
+            log.warning("pipeline.mailbox: no futex support on %s %s; every hop goes through ZeroMQ "
+                        "(set pipeline.mailbox = false to silence this)", platform.system(), platform.machine())
+            mailboxes = False
+        return cls(transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port, curve_dir, mailboxes)
+
+    def has_mailbox(self, name: str) -> bool:
+        return self.mailboxes and topic(name).mailbox
 
     def __call__(self, name: str) -> str:
         topic(name)  # unknown names fail here, with the list of known ones
@@ -64,11 +84,30 @@ def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> z
     return sock
 
 
-def publisher(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
+class Publisher:
+    """A topic's sending end: its ZeroMQ socket, and its mailbox where the run has one."""
+
+    def __init__(self, sock: zmq.Socket, mailbox: Mailbox | None) -> None:
+        self.sock = sock
+        self.mailbox = mailbox
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        if self.mailbox is not None:
+            self.mailbox.post(data)
+        self.sock.send(data, flags)
+
+    def close(self, linger: int = 0) -> None:
+        self.sock.close(linger=linger)
+        if self.mailbox is not None:
+            self.mailbox.close()
+
+
+def publisher(ctx: zmq.Context, endpoints: Endpoints, name: str) -> Publisher:
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
-    return _attach(sock, endpoints, name, binds=not topic(name).bound_by_subscriber)
+    sock = _attach(sock, endpoints, name, binds=not topic(name).bound_by_subscriber)
+    return Publisher(sock, Mailbox.attach(endpoints.run_id, name) if endpoints.has_mailbox(name) else None)
 
 
 def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
@@ -79,11 +118,34 @@ def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
     return _attach(sock, endpoints, name, binds=topic(name).bound_by_subscriber)
 
 
+class SocketSource:
+    """A ZeroMQ socket in the shape LatestReader reads from (MailboxSource is the other)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.poller = zmq.Poller()
+        self.poller.register(sock, zmq.POLLIN)
+        self.lost = 0  # ZeroMQ drops silently past the high-water mark; we cannot count those
+
+    def wait(self, timeout_ms: int) -> bool:
+        return bool(self.poller.poll(timeout_ms))
+
+    def take(self) -> bytes | None:
+        try:
+            return self.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
 class LatestReader:
-    """Reads only the newest message on a socket; everything older is counted as skipped.
+    """Reads only the newest message on a topic; everything older is counted as skipped.
 
     Control must act on the present, never on a backlog: after waiting for the first
-    message, drain the queue without blocking and keep the last one.
+    message, drain the queue without blocking and keep the last one. The messages come
+    from a ZeroMQ socket or, on one host, from the topic's mailbox (runtime/mailbox.py).
 
     With `spin_us` > 0 the reader busy-polls in a window of that width around the next
     message's predicted arrival (the last arrival plus the smoothed period) instead of
@@ -93,18 +155,21 @@ class LatestReader:
     of one core per frame; a stream with no steady rate (Poisson) only pays the misses.
     """
 
-    def __init__(self, sock: zmq.Socket, spin_us: int = 0) -> None:
-        self.sock = sock
-        self.poller = zmq.Poller()
-        self.poller.register(sock, zmq.POLLIN)
-        self.skipped = 0
+    def __init__(self, source: "zmq.Socket | SocketSource | MailboxSource", spin_us: int = 0) -> None:
+        self.source = SocketSource(source) if isinstance(source, zmq.Socket) else source
+        self._skipped = 0
         self.spin_ns = max(0, int(spin_us)) * 1000
         self._last = 0  # monotonic ns of the last message
         self._period = 0  # smoothed interval between messages, ns
         self.caught_spinning = 0  # messages that arrived inside a spin window (took no wake-up)
 
+    @property
+    def skipped(self) -> int:
+        """Messages replaced by a newer one before this reader took them."""
+        return self._skipped + self.source.lost
+
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.source.close()
 
     def recv(self, timeout_ms: int) -> bytes | None:
         """The newest message, or None after `timeout_ms` (sooner when a spin window opens)."""
@@ -114,14 +179,14 @@ class LatestReader:
             if now < due - self.spin_ns // 2:  # sleep until the window opens (whole milliseconds)
                 wait_ms = min(timeout_ms, (due - self.spin_ns // 2 - now) // 1_000_000)
                 if wait_ms > 0:
-                    return self._arrived(self.drain()) if self.poller.poll(wait_ms) else None
+                    return self._arrived(self.drain()) if self.source.wait(wait_ms) else None
             end = due + self.spin_ns // 2
             while time.monotonic_ns() < end:
                 msg = self.drain()
                 if msg is not None:
                     self.caught_spinning += 1
                     return self._arrived(msg)
-        if not self.poller.poll(timeout_ms):
+        if not self.source.wait(timeout_ms):
             return None
         return self._arrived(self.drain())
 
@@ -135,13 +200,19 @@ class LatestReader:
         return msg
 
     def drain(self) -> bytes | None:
-        """Newest message already queued, or None; never blocks."""
+        """Newest message already there, or None; never blocks."""
         latest = None
         while True:
-            try:
-                msg = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            msg = self.source.take()
+            if msg is None:
                 return latest
             if latest is not None:
-                self.skipped += 1
+                self._skipped += 1
             latest = msg
+
+
+def latest_reader(ctx: zmq.Context, endpoints: Endpoints, name: str, spin_us: int = 0) -> LatestReader:
+    """A stage's latest-only input on a topic: from its mailbox where the run has one, else its socket."""
+    if endpoints.has_mailbox(name):
+        return LatestReader(MailboxSource(Mailbox.attach(endpoints.run_id, name)), spin_us)
+    return LatestReader(subscriber(ctx, endpoints, name), spin_us)

@@ -62,12 +62,15 @@ def _check_summary(s: dict, min_frames: int) -> None:
     assert s["leaked_segments"] == []
 
 
-@pytest.mark.parametrize("mode", ["processes", "threads"])
-def test_closed_loop_end_to_end(mode):
+@pytest.mark.parametrize("mode,mailbox", [("processes", True), ("threads", True), ("processes", False)])
+def test_closed_loop_end_to_end(mode, mailbox):
+    """Stages read their inputs from shared-memory mailboxes, or (pipeline.mailbox = false) from
+    ZeroMQ; telemetry reads every command from ZeroMQ either way."""
     before = edgert_processes()
-    cfg = load(DEFAULT_CONFIG)
+    cfg = load(DEFAULT_CONFIG).replace(pipeline={"mailbox": mailbox})
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
     s = sup.run()
+    assert sup.endpoints.mailboxes is mailbox
     assert s["exit_reason"] == "duration 4 s reached"
     _check_summary(s, min_frames=60)
     assert not sup.run_dir.exists()  # sockets and config removed

@@ -26,7 +26,7 @@ from runtime.sim import scenarios
 from runtime.sim.actuator import Actuator
 from runtime.sim.effects import FrameEffects
 from runtime.stage import Stage
-from runtime.transport import LatestReader, publisher, subscriber
+from runtime.transport import latest_reader, publisher
 from runtime.wire import CommandFlags, MsgType, Stamp, VehicleFlags
 
 ACTUATOR_TIMEOUT_PERIODS = 6  # sim.actuator_timeout_ms = 0: six frame periods (200 ms at 30 fps)
@@ -70,9 +70,9 @@ class CaptureStage(Stage):
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
         self.pub_frames = self.own(publisher(ctx, ep, "frames"))
         self.pub_vehicle = self.own(publisher(ctx, ep, "vehicle"))
-        self.commands = self.own(LatestReader(subscriber(ctx, ep, "commands")))
+        self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.e2e = CommandChecker(max_age_ns=self.cfg.deadline_ns)
-        self.supervisor = self.own(LatestReader(subscriber(ctx, ep, "supervisor")))
+        self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
         self.frame = wire.new_message(MsgType.FRAME)
         self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
         self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]

@@ -21,7 +21,7 @@ import time
 from runtime import wire
 from runtime.manifest import load_manifest
 from runtime.stage import RateLimitedLog, Stage
-from runtime.transport import LatestReader, publisher, subscriber
+from runtime.transport import latest_reader, publisher
 from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
@@ -40,12 +40,11 @@ class ControlStage(Stage):
         self.period_ns = int(1e9 / self.cfg.camera.fps)
         self.max_steer = c.max_steer_rad
         self.max_rate = c.max_steer_rate_rad_s
-        self.results = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "results"),
-                                             spin_us=self.spin_us))
-        self.supervisor = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "supervisor")))
+        self.results = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "results", spin_us=self.spin_us))
+        self.supervisor = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "supervisor"))
         # The steering the vehicle reports: a (re)started stage ramps from where the wheels are,
         # not from neutral, so its first command is never a step.
-        self.vehicle = self.own(LatestReader(subscriber(self.ctx.zmq, self.ctx.endpoints, "vehicle")))
+        self.vehicle = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "vehicle"))
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.can = None
         if c.can_interface:  # the same commands on a CAN bus, E2E-protected (runtime/canbus.py)

@@ -31,7 +31,7 @@ from runtime.framepool import FramePool
 from runtime.sim import PinholeCamera, Renderer, Road, initial_state
 from runtime.stage import Stage
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import LatestReader, publisher, subscriber
+from runtime.transport import latest_reader, publisher
 from runtime.wire import MsgType, Stamp
 
 LATERAL_OFFSETS_M = (0.0, -0.6, 0.6, -1.0, 1.0)  # the poses cycle through these, so steering varies frame to frame
@@ -69,9 +69,9 @@ class FramesStage(Stage):
         self.shape = one if self.n_cams == 1 else (self.n_cams, *one)
         self.deadline_ns = self.cfg.deadline_ns
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
-        self.supervisor = self.own(LatestReader(subscriber(ctx, ep, "supervisor")))
+        self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
         if self.pacing == "closed":  # only the closed loop waits for commands
-            self.commands = self.own(LatestReader(subscriber(ctx, ep, "commands")))
+            self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.open_output()
         self.started = False
         self.next_tick = 0

@@ -29,7 +29,7 @@ from runtime.fleet import mcapio
 from runtime.framepool import FramePool
 from runtime.stage import Stage
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import LatestReader, publisher, subscriber
+from runtime.transport import latest_reader, publisher
 from runtime.wire import MsgType, Stamp
 
 ANSWER_TIMEOUT_NS = 1_000_000_000  # speed 0: a frame with no command or result within this is dropped
@@ -84,9 +84,9 @@ class ReplayStage(Stage):
         self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
         self.pub = self.own(publisher(ctx, ep, "frames"))
-        self.supervisor = self.own(LatestReader(subscriber(ctx, ep, "supervisor")))
-        self.commands = self.own(LatestReader(subscriber(ctx, ep, "commands")))
-        self.results = self.own(LatestReader(subscriber(ctx, ep, "results")))
+        self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
+        self.commands = self.own(latest_reader(ctx, ep, "commands"))
+        self.results = self.own(latest_reader(ctx, ep, "results"))
         self.frame = wire.new_message(MsgType.FRAME)
         self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
         self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]

@@ -1,0 +1,167 @@
+"""runtime/mailbox.py: a topic's newest message in real shared memory, read by other processes
+through transport.LatestReader and woken by a real futex."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import pytest
+
+from runtime import futex, shm
+from runtime.mailbox import Mailbox, MailboxSource
+from runtime.shm import Segment, segment_name
+from runtime.transport import LatestReader
+
+pytestmark = pytest.mark.skipif(not futex.available(), reason="futex(2) needs Linux on x86-64 or 64-bit Arm")
+
+
+@pytest.fixture
+def run_id():
+    rid = shm.new_run_id()
+    yield rid
+    for name in shm.list_segments(rid):
+        (shm.SHM_DIR / name).unlink(missing_ok=True)
+
+
+def _post_numbers(run_id: str, n: int, period_s: float) -> None:
+    mb = Mailbox.attach(run_id, "frames")
+    time.sleep(0.2)  # the reader is waiting by now
+    t0 = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, t0 + i * period_s - time.monotonic()))
+        mb.post(i.to_bytes(4, "little"))
+    mb.close()
+
+
+def _hammer(run_id: str, n: int) -> None:
+    """Posts as fast as it can; every message is one repeated byte, its length varying with it."""
+    mb = Mailbox.attach(run_id, "frames")
+    for i in range(n):
+        b = i % 251
+        mb.post(bytes([b]) * (64 + b))
+    mb.close()
+
+
+def test_a_steady_stream_reaches_a_reader_in_another_process_in_order(run_id):
+    mb = Mailbox.create(run_id, "frames")
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "frames")))
+    proc = mp.get_context("spawn").Process(target=_post_numbers, args=(run_id, 20, 0.01))
+    proc.start()
+    got: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 20 and time.monotonic() < deadline:
+        msg = reader.recv(100)
+        if msg is not None:
+            got.append(int.from_bytes(msg, "little"))
+    proc.join(5)
+    assert got == list(range(20)) and reader.skipped == 0
+    reader.close()
+    mb.close()
+
+
+def test_the_reader_takes_only_the_newest_and_counts_the_rest(run_id):
+    mb = Mailbox.create(run_id, "results")
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "results")))
+    for i in range(5):
+        mb.post(bytes([i]))
+    assert reader.recv(100) == bytes([4]) and reader.skipped == 4
+    assert reader.recv(20) is None  # nothing new: a timeout, not the same message again
+    reader.close()
+    mb.close()
+
+
+def test_a_reader_attached_later_does_not_see_older_messages(run_id):
+    mb = Mailbox.create(run_id, "commands")
+    mb.post(b"before")
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "commands")))
+    assert reader.drain() is None
+    mb.post(b"after")
+    assert reader.recv(100) == b"after"
+    reader.close()
+    mb.close()
+
+
+def test_no_torn_message_is_ever_returned(run_id):
+    mb = Mailbox.create(run_id, "frames")
+    source = MailboxSource(Mailbox.attach(run_id, "frames"))
+    proc = mp.get_context("spawn").Process(target=_hammer, args=(run_id, 200_000))
+    proc.start()
+    seen = 0
+    deadline = time.monotonic() + 30
+    while proc.is_alive() and time.monotonic() < deadline:
+        if source.wait(10):
+            msg = source.take()
+            if msg is not None:
+                b = msg[0]
+                assert msg == bytes([b]) * (64 + b), f"torn message: {len(msg)} bytes starting {msg[:8]!r}"
+                seen += 1
+    proc.join(5)
+    assert seen > 100  # the check above really ran, many times, against a writer mid-write
+    source.close()
+    mb.close()
+
+
+def test_a_writer_that_died_mid_message_is_skipped_until_the_next_post(run_id):
+    mb = Mailbox.create(run_id, "tensors")
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "tensors")))
+    mb._seq[0] = mb.seq + 1  # odd: as a writer killed between its two sequence stores leaves it
+    assert reader.recv(30) is None
+    mb.post(b"restarted")  # the restarted writer moves past the odd value
+    assert mb.seq % 2 == 0
+    assert reader.recv(100) == b"restarted"
+    reader.close()
+    mb.close()
+
+
+def test_a_waiting_reader_in_another_thread_is_woken_by_the_post(run_id):
+    import threading
+
+    mb = Mailbox.create(run_id, "results")
+    source = MailboxSource(Mailbox.attach(run_id, "results"))
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(source.wait(5000)))
+    t.start()
+    time.sleep(0.05)
+    mb.post(b"x")
+    t.join(5)
+    assert got == [True] and not t.is_alive()  # a 5 s wait ended by the futex wake, not the timeout
+    source.close()
+    mb.close()
+
+
+def test_bad_sizes_and_segments_are_refused_with_the_reason(run_id):
+    mb = Mailbox.create(run_id, "frames", capacity=256)
+    with pytest.raises(ValueError, match="257-byte message does not fit the 256-byte mailbox"):
+        mb.post(bytes(257))
+    mb.close()
+    seg = Segment.create(segment_name(run_id, "mbox-vehicle"), 4096)
+    seg.buf[:4] = b"EDFP"
+    with pytest.raises(ValueError, match="is not an edgert mailbox"):
+        Mailbox.attach(run_id, "vehicle")
+    seg.close()
+    with pytest.raises(FileNotFoundError, match="start stages with `edgert run`"):
+        Mailbox.attach(run_id, "results")
+
+
+def test_a_pipeline_run_creates_and_removes_one_mailbox_per_hop():
+    """The supervisor owns the mailboxes as it owns the frame pools: made before the stages, gone after."""
+    from runtime.config import DEFAULT_CONFIG, load
+    from runtime.supervisor import Supervisor
+    from runtime.topics import TOPICS
+
+    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=1.0, mode="threads")
+    s = sup.run()
+    assert sup.endpoints.mailboxes
+    assert sorted(m.segment.name for m in sup.mailboxes) == sorted(
+        segment_name(sup.run_id, f"mbox-{t.name}") for t in TOPICS.values() if t.mailbox)
+    assert s["leaked_segments"] == [] and shm.list_segments(sup.run_id) == []
+    assert s["commands"]["model_commands"] > 0
+
+
+def test_futex_wait_returns_at_its_timeout_without_a_wake(run_id):
+    mb = Mailbox.create(run_id, "vehicle")
+    t0 = time.monotonic()
+    mb.futex.wait(mb.seq, 20_000_000)
+    assert time.monotonic() - t0 >= 0.015  # it slept (no busy return), and came back on its own
+    mb.close()
