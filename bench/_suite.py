@@ -18,7 +18,8 @@ from typing import Any
 from bench.report import Report, write_index
 
 log = logging.getLogger("edgert.bench")
-PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "spin_us")
+PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "spin_us", "warm_us",
+                    "compare_zmq")
 
 
 def benchmarks() -> list[str]:

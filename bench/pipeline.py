@@ -31,6 +31,8 @@ is marked INVALID in the notes. Per command, from the stamps every stage adds
 plus drops (frames the source skipped or whose command never came; frames captured but never
 commanded, by frame-id gaps at control), CPU % and peak RSS of each stage process, and
 throughput. Ratios: naive/edgert (p50) and naive/edgert_p99 for end-to-end, and the same for tax.
+With `compare_zmq` a third pipeline, "edgert-zmq", runs edgert with ZeroMQ-only hops (no
+mailboxes, no warm-up) in the same rounds: ratio edgert-zmq:tax/edgert:tax is what they save.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from runtime.wire import Stamp
 STAGES = ("capture", "preprocess", "infer", "control")
 POISSON_DEADLINE_MS = 500.0
 PIPELINES = ("edgert", "naive")
+ZMQ_ABLATION = "edgert-zmq"  # --compare-zmq: edgert with ZeroMQ-only hops (pipeline.mailbox = false, no warm-up)
+COLOURS = ("tab:blue", "tab:red", "tab:green")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +267,7 @@ class PipelineReport(Report):
         super().__init__(*a, **kw)
         self.details: dict[str, Any] = {}
         self.timelines: dict[str, np.ndarray] = {}  # pipeline -> (2, n): capture time s, e2e ms
+        self.pipelines: tuple[str, ...] = PIPELINES
 
     def to_json(self) -> dict[str, Any]:
         return {**super().to_json(), "details": self.details}
@@ -271,14 +276,14 @@ class PipelineReport(Report):
         d = self.details
         lines = [super().body(), "", "| pipeline | stage | frames | dropped | CPU % | peak RSS MB |",
                  "|---|---|---|---|---|---|"]
-        for p in PIPELINES:
+        for p in self.pipelines:
             for s in STAGES:
                 c = d["stages"][p][s]
                 lines.append(f"| {p} | {s} | {c['frames']} | {c['dropped']} | {c['cpu_percent']:.1f} | "
                              f"{c['rss_mb']:.0f} |")
         lines += ["", "| pipeline | commands/s | source drops | pipeline drops | jitter std ms | valid runs |",
                   "|---|---|---|---|---|---|"]
-        for p in PIPELINES:
+        for p in self.pipelines:
             x = d["pipelines"][p]
             lines.append(f"| {p} | {x['commands_per_s']:.1f} | {x['source_drops']} | {x['pipeline_drops']} | "
                          f"{x['jitter_std_ms']:.3f} | {x['valid_runs']}/{x['runs']} |")
@@ -296,7 +301,7 @@ class PipelineReport(Report):
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for ax, suffix, title in ((axes[0], "", "end-to-end (capture -> command)"), (axes[1], ":tax", "pipeline tax")):
-            for p, colour in zip(PIPELINES, ("tab:blue", "tab:red")):
+            for p, colour in zip(self.pipelines, COLOURS):
                 x = self.samples.get(p + suffix)
                 if x is None or not len(x):
                     continue
@@ -330,13 +335,13 @@ class PipelineReport(Report):
         fig, ax = plt.subplots(figsize=(11, 2.8))
         segs = [name for name, _, _ in SEGMENTS]
         colours = plt.get_cmap("tab10").colors
-        for row, p in enumerate(PIPELINES):
+        for row, p in enumerate(self.pipelines):
             left = 0.0
             for i, s in enumerate(segs):
                 w = self.cases[f"{p}:{s}"]["mean_ms"]
                 ax.barh(row, w, left=left, color=colours[i], label=s if row == 0 else None)
                 left += w
-        ax.set_yticks(range(len(PIPELINES)), PIPELINES)
+        ax.set_yticks(range(len(self.pipelines)), self.pipelines)
         ax.invert_yaxis()
         ax.set_xlabel("mean ms per command, by hop and stage")
         ax.legend(ncol=3, fontsize=8, loc="lower right")
@@ -353,7 +358,7 @@ class PipelineReport(Report):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(11, 3.2))
-        for p, colour in zip(PIPELINES, ("tab:blue", "tab:red")):
+        for p, colour in zip(self.pipelines, COLOURS):
             t = self.timelines.get(p)
             if t is not None and t.shape[1]:
                 ax.plot(t[0], t[1], ".", ms=2, color=colour, label=p)
@@ -424,7 +429,7 @@ def _aggregate(rep: PipelineReport, p: str, runs: list[RunResult], tax_floor_ns:
 def run(quick: bool = False, scenario: str = "single-stream", cameras: int | None = None, fps: float | None = None,
         arrival: str | None = None, min_count: int | None = None, min_duration_s: float | None = None,
         rounds: int | None = None, config: str | Path = DEFAULT_CONFIG, progress: bool = True,
-        spin_us: int | None = None) -> PipelineReport:
+        spin_us: int | None = None, warm_us: int | None = None, compare_zmq: bool = False) -> PipelineReport:
     """One scenario, edgert and the naive baseline in the same call; see the module docstring."""
     from runtime.stages.frames import render_frames
 
@@ -438,10 +443,11 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             p[key] = value
     with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
         cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])
-        if spin_us is not None:
-            if not 0 <= spin_us <= 100_000:
-                raise ValueError(f"--spin-us: {spin_us} outside 0..100000")
-            cfg = cfg.replace(pipeline={"spin_us": spin_us})
+        for key, value in (("spin_us", spin_us), ("warm_us", warm_us)):
+            if value is not None:
+                if not 0 <= value <= 100_000:
+                    raise ValueError(f"--{key.replace('_', '-')}: {value} outside 0..100000")
+                cfg = cfg.replace(pipeline={key: value})
         if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
             from bench._batchmodel import batch_variant
 
@@ -451,24 +457,28 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
                 "cameras": cfg.camera.cameras, "fps": cfg.camera.fps, "frame": [cfg.camera.height, cfg.camera.width],
                 "model": Path(cfg.infer.model).name, "quick": quick, **p,
                 "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport,
-                "spin_us": cfg.pipeline.spin_us}
+                "spin_us": cfg.pipeline.spin_us, "warm_us": cfg.pipeline.warm_us, "mailbox": cfg.pipeline.mailbox}
         rep = PipelineReport(f"pipeline-{scenario}", conf)
+        if compare_zmq:
+            rep.pipelines = (*PIPELINES, ZMQ_ABLATION)
+        run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False, "warm_us": 0}),
+                    "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0})}  # naive: the obvious way
         images = render_frames(cfg, cfg.camera.frames)
         alone = standalone(cfg, images, p["standalone_n"])
         del images
-        results: dict[str, list[RunResult]] = {k: [] for k in PIPELINES}
+        results: dict[str, list[RunResult]] = {k: [] for k in rep.pipelines}
         from bench._naive import STAGE_CLASSES
 
         for r in range(p["rounds"]):
-            order = PIPELINES if r % 2 == 0 else PIPELINES[::-1]
+            order = rep.pipelines if r % 2 == 0 else rep.pipelines[::-1]
             for name in order:
-                run_cfg = cfg.replace(pipeline={"spin_us": 0}) if name == "naive" else cfg  # naive: the obvious way
-                results[name].append(run_once(run_cfg, STAGE_CLASSES if name == "naive" else None, p["min_count"],
+                results[name].append(run_once(run_cfgs[name], STAGE_CLASSES if name == "naive" else None, p["min_count"],
                                               p["min_duration_s"], p["warmup_s"],
                                               desc=f"{scenario} {name} {r + 1}/{p['rounds']}", progress=progress))
     floors = {"edgert": ("standalone:preprocess", "standalone:infer"),
+              ZMQ_ABLATION: ("standalone:preprocess", "standalone:infer"),
               "naive": ("standalone:naive_preprocess", "standalone:naive_infer")}
-    for name in PIPELINES:
+    for name in rep.pipelines:
         floor = sum(float(np.percentile(alone[c], 50)) for c in floors[name])
         _aggregate(rep, name, results[name], floor)
         rep.details["pipelines"][name]["tax_floor_ms"] = floor / 1e6
@@ -477,13 +487,15 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
     for p99 in (False, True):
         rep.ratio("naive", "edgert", p99=p99)
         rep.ratio("naive:tax", "edgert:tax", p99=p99)
+        if compare_zmq:
+            rep.ratio(f"{ZMQ_ABLATION}:tax", "edgert:tax", p99=p99)
     _notes(rep, scenario, p["min_count"])
     return rep
 
 
 def _notes(rep: PipelineReport, scenario: str, min_count: int) -> None:
     d = rep.details["pipelines"]
-    for p in PIPELINES:
+    for p in rep.pipelines:
         if d[p]["valid_runs"] < d[p]["runs"]:
             rep.notes.append(f"INVALID: {d[p]['runs'] - d[p]['valid_runs']} {p} run(s) ended before {min_count} "
                              f"commands ({', '.join(d[p]['exit_reasons'])})")

@@ -49,6 +49,7 @@ class PipelineSection:
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     spin_us: int = 0  # processes mode: busy-poll each input this wide around the next frame's due time
+    warm_us: int = 1500  # wake each stage input this long before the next frame is due, to run its path warm
     mailbox: bool = True  # one host: stages read their inputs from shared-memory mailboxes (runtime/mailbox.py)
     market: str = "sim"  # where the car is sold: only a model whose signed manifest approves it loads
 
@@ -347,6 +348,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not 0 <= cfg.pipeline.spin_us <= 100_000:
         raise ConfigError(f"pipeline.spin_us: {cfg.pipeline.spin_us} outside 0..100000 microseconds; 0 turns "
                           "busy-polling off, 1000-3000 covers a steady camera's arrival jitter")
+    if not 0 <= cfg.pipeline.warm_us <= 100_000:
+        raise ConfigError(f"pipeline.warm_us: {cfg.pipeline.warm_us} outside 0..100000 microseconds; 0 turns "
+                          "the warm-up off, 1500 wakes each input 1.5 ms before its next frame is due")
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")

@@ -13,7 +13,7 @@ from runtime import wire
 from runtime.framepool import FramePool, SlotError
 from runtime.stage import Stage
 from runtime.transport import latest_reader
-from runtime.wire import MsgType
+from runtime.wire import MsgType, WireError
 
 
 class FrameInput:
@@ -25,7 +25,8 @@ class FrameInput:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.dtype_code = wire.CODE_OF_DTYPE[self.dtype]
-        self.reader = stage.own(latest_reader(stage.ctx.zmq, stage.ctx.endpoints, topic, spin_us=stage.spin_us))
+        self.reader = stage.own(latest_reader(stage.ctx.zmq, stage.ctx.endpoints, topic, spin_us=stage.spin_us,
+                                              warm_us=stage.warm_us, on_warm=self._warm))
         self.overwritten = 0  # slot reused by the writer before or while we read it
 
     def next(self, timeout_ms: int) -> tuple[np.void, np.ndarray] | None:
@@ -33,29 +34,36 @@ class FrameInput:
         msg = self.reader.recv(timeout_ms)
         if msg is None:
             return None
-        st = self.stage
-        rec = st.decode(msg, MsgType.FRAME)
-        if rec is None:
-            return None
-        ndim = int(rec["ndim"])
-        shape = tuple(int(d) for d in rec["shape"][:ndim])
-        if int(rec["stream"]) != self.stream_id or shape != self.shape or int(rec["dtype"]) != self.dtype_code:
-            st.reject(f"descriptor for stream {int(rec['stream'])} {shape} dtype code {int(rec['dtype'])}; "
-                      f"this stage reads stream {self.stream_id} {self.shape} {self.dtype}")
-            return None
         try:
-            current = self.pool.is_current(int(rec["slot"]), int(rec["generation"]))
-        except SlotError as e:
-            st.reject(e)
+            rec, current = self._check(msg)
+        except (WireError, SlotError) as e:
+            self.stage.reject(e)
             return None
         if not current:  # overwritten already; the id gap it leaves is counted as a drop
             self.overwritten += 1
             return None
         # Only a descriptor whose slot really holds that frame may advance the frame id,
         # so a bogus id cannot lock the stage out of the real ones.
-        if not st.accept_frame_id(int(rec["frame_id"])):
+        if not self.stage.accept_frame_id(int(rec["frame_id"])):
             return None
         return rec, self.pool.view(int(rec["slot"]), self.shape, self.dtype)
+
+    def _check(self, msg: bytes) -> tuple[np.void, bool]:
+        """The validated descriptor, and whether its slot still holds that frame. Counts nothing,
+        so the reader's warm-up can run the same path on the last message."""
+        rec = wire.decode(msg, MsgType.FRAME)
+        ndim = int(rec["ndim"])
+        shape = tuple(int(d) for d in rec["shape"][:ndim])
+        if int(rec["stream"]) != self.stream_id or shape != self.shape or int(rec["dtype"]) != self.dtype_code:
+            raise WireError(f"descriptor for stream {int(rec['stream'])} {shape} dtype code {int(rec['dtype'])}; "
+                            f"this stage reads stream {self.stream_id} {self.shape} {self.dtype}")
+        return rec, self.pool.is_current(int(rec["slot"]), int(rec["generation"]))
+
+    def _warm(self, msg: bytes) -> None:
+        try:
+            self._check(msg)
+        except (WireError, SlotError):
+            pass  # rejected and counted when it arrived
 
     def still_valid(self, rec: np.void) -> bool:
         """After using the slot: False (and counted as dropped) if the writer lapped us mid-read."""

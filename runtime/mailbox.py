@@ -102,10 +102,10 @@ class MailboxSource:
         self.last = s - 1 if s % 2 else s  # only what is posted from now on (a write under way counts)
         self.lost = 0  # messages replaced before this reader took them
 
-    def wait(self, timeout_ms: int) -> bool:
+    def wait(self, timeout_ms: float) -> bool:
         """Sleep until a message newer than the last one taken is complete, or `timeout_ms` passes."""
         mb = self.mailbox
-        end = time.monotonic_ns() + timeout_ms * 1_000_000
+        end = time.monotonic_ns() + int(timeout_ms * 1_000_000)
         while True:
             s = mb.seq
             if s != self.last and s % 2 == 0:

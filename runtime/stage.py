@@ -80,6 +80,11 @@ class Stage:
         where a spinning thread would hold the GIL the stage it waits for needs."""
         return self.cfg.pipeline.spin_us if self.cfg.pipeline.mode == "processes" else 0
 
+    @property
+    def warm_us(self) -> int:
+        """How long before its next frame is due a stage input wakes to warm its path (pipeline.warm_us)."""
+        return self.cfg.pipeline.warm_us
+
     def own(self, resource):  # type: ignore[no-untyped-def]
         """Register a socket, reader or pool to close at teardown; returns it."""
         self._owned.append(resource)

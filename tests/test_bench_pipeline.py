@@ -55,12 +55,19 @@ def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
 
 def test_single_stream_through_the_cli(tmp_path):
     out = tmp_path / "out"
-    # edgert with its inputs busy-polling (pipeline.spin_us), so that path runs in real processes too
+    # edgert with its inputs busy-polling (pipeline.spin_us) and warming up (pipeline.warm_us), so those
+    # paths run in real processes too, and the ZeroMQ-only ablation beside it
     assert edgert(["bench", "pipeline", "--quick", "--scenario", "single-stream", "--min-count", "30",
-                   "--min-duration", "1", "--spin-us", "2000", "--out", str(out)]) == 0
+                   "--min-duration", "1", "--spin-us", "2000", "--warm-us", "1000", "--compare-zmq",
+                   "--out", str(out)]) == 0
     data = json.loads((out / "pipeline-single-stream.json").read_text())
     _check_report(data, "single-stream")
     assert data["config"]["pacing"] == "closed" and data["config"]["spin_us"] == 2000
+    assert data["config"]["warm_us"] == 1000 and data["config"]["mailbox"] is True
+    zmq_only = data["details"]["pipelines"]["edgert-zmq"]
+    assert zmq_only["valid_runs"] == 1 and zmq_only["commands"] == data["cases"]["edgert-zmq"]["n"] >= 30
+    assert data["ratios"]["edgert-zmq:tax/edgert:tax"] == pytest.approx(
+        data["cases"]["edgert-zmq:tax"]["p50_ms"] / data["cases"]["edgert:tax"]["p50_ms"])
     md = (out / "pipeline-single-stream.md").read_text()
     assert "| naive/edgert_p99 |" in md and "target" in md and "pipeline-single-stream-stages.png" in md
     for png in ("pipeline-single-stream.png", "pipeline-single-stream-stages.png", "pipeline-single-stream-time.png"):
@@ -116,6 +123,8 @@ def test_options_are_checked_with_the_fix():
         pipeline.run(quick=True, scenario="offline")
     with pytest.raises(ValueError, match=r"--spin-us: -1 outside 0..100000"):
         pipeline.run(quick=True, spin_us=-1)
+    with pytest.raises(ValueError, match="--warm-us: 100001 outside 0..100000"):
+        pipeline.run(quick=True, warm_us=100_001)
     assert edgert(["bench", "infer", "--scenario", "server"]) == 2
 
 

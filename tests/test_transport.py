@@ -25,7 +25,8 @@ def _send(addr: str, n: int, period_s: float) -> None:
     ctx.term()
 
 
-def _stream(tmp: Path, spin_us: int, n: int = 12, period_s: float = 0.02) -> tuple[list[int], LatestReader]:
+def _stream(tmp: Path, spin_us: int, n: int = 12, period_s: float = 0.02, warm_us: int = 0,
+            on_warm=None) -> tuple[list[int], LatestReader]:
     """Another process publishes n numbered messages at a steady period over ipc://; the reader
     takes them all. (A thread would not do: the spinning reader holds the GIL it needs.)"""
     ctx = zmq.Context.instance()
@@ -33,7 +34,7 @@ def _stream(tmp: Path, spin_us: int, n: int = 12, period_s: float = 0.02) -> tup
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     addr = f"ipc://{tmp}/spin.sock"
     sub.bind(addr)
-    reader = LatestReader(sub, spin_us=spin_us)
+    reader = LatestReader(sub, spin_us=spin_us, warm_us=warm_us, on_warm=on_warm)
     proc = mp.get_context("spawn").Process(target=_send, args=(addr, n, period_s))
     proc.start()
     got: list[int] = []
@@ -58,6 +59,24 @@ def test_steady_stream_is_caught_in_the_spin_window_and_nothing_is_lost(tmp_path
 def test_without_spin_the_reader_only_sleeps(tmp_path):
     got, reader = _stream(tmp_path, spin_us=0)
     assert got == list(range(12)) and reader.caught_spinning == 0 and reader._period == 0
+
+
+def test_warm_up_replays_the_last_message_before_the_next_is_due_and_loses_nothing(tmp_path):
+    warmed: list[int] = []  # the message each warm-up replayed
+
+    def on_warm(msg: bytes) -> None:
+        warmed.append(int.from_bytes(msg, "little"))
+
+    got, reader = _stream(tmp_path, spin_us=0, n=16, period_s=0.03, warm_us=5000, on_warm=on_warm)
+    assert got == list(range(16)) and reader.skipped == 0
+    # from the second gap on the period is known: one warm-up per gap, each on the message before
+    assert reader.warmups == len(warmed) and len(warmed) >= 10, warmed
+    assert warmed == sorted(set(warmed)) and set(warmed) <= set(range(15))  # the last one, once per gap
+
+
+def test_warm_up_is_off_by_default(tmp_path):
+    got, reader = _stream(tmp_path, spin_us=0, n=6)
+    assert got == list(range(6)) and reader.warmups == 0
 
 
 def test_reader_keeps_only_the_newest_message():
