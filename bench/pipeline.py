@@ -462,7 +462,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         if compare_zmq:
             rep.pipelines = (*PIPELINES, ZMQ_ABLATION)
         run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False, "warm_us": 0}),
-                    "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0})}  # naive: the obvious way
+                    "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0, "mailbox": False})}  # the obvious way
         images = render_frames(cfg, cfg.camera.frames)
         alone = standalone(cfg, images, p["standalone_n"])
         del images

@@ -2,7 +2,7 @@
 
 A process waiting for a ZeroMQ message over ipc:// is woken through two I/O threads
 (sender's, then receiver's) before its own thread runs: after 33 ms asleep on the 2-core
-VM that took 90 to 150 us per hop, where a futex (or a pipe) took 10 to 30 us
+VM that took 87 to 158 us per hop (p50), where a futex (or a pipe) took 9 to 31 us
 (docs/benchmarks.md, "Mailboxes"). A futex also wakes every waiter at once and needs no
 registration, which suits one publisher and any number of latest-only readers.
 

@@ -21,10 +21,12 @@ Like the frame pool's seqlock this relies on x86-64's store ordering; see docs/d
 from __future__ import annotations
 
 import ctypes
+import platform
 import time
 
 import numpy as np
 
+from runtime import futex
 from runtime.futex import Futex
 from runtime.shm import Segment, segment_name
 
@@ -32,7 +34,17 @@ MAGIC = b"EDMB"
 VERSION = 1
 CAPACITY = 4096  # every wire message is far smaller (runtime/wire.py)
 _DATA = 128
-_TORN_RETRIES = 1000  # a writer copies a few hundred bytes; this many re-reads is ~0.1 ms
+_TORN_RETRIES = 3  # copies overtaken by a newer post before take() gives up until the next wait
+
+
+def unsupported() -> str:
+    """Why mailboxes cannot be used on this machine, or "" where they can."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return (f"the seqlock relies on x86-64 store ordering and has no memory fences for "
+                f"{platform.machine()} yet (docs/decisions.md)")
+    if not futex.available():
+        return f"no futex(2) on {platform.system()}"
+    return ""
 
 
 def _name(topic: str) -> str:
@@ -44,23 +56,31 @@ class Mailbox:
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
-        head = bytes(segment.buf[:12])
-        if head[:4] != MAGIC or int.from_bytes(head[4:8], "little") != VERSION:
-            raise ValueError(f"segment {segment.name!r} is not an edgert mailbox v{VERSION}")
-        self.capacity = int.from_bytes(head[8:12], "little")
-        if _DATA + self.capacity > segment.size:
-            raise ValueError(f"segment {segment.name!r} is truncated: {segment.size} bytes, "
-                             f"the header promises {_DATA + self.capacity}")
-        words = np.frombuffer(segment.buf, dtype="<u4", count=2, offset=64)
-        self._seq, self._len = words[0:1], words[1:2]
-        self._word = ctypes.c_uint32.from_buffer(segment.buf, 64)  # keeps the mapping alive for the futex
-        self.futex = Futex(ctypes.addressof(self._word))
+        try:
+            head = bytes(segment.buf[:12])
+            if head[:4] != MAGIC or int.from_bytes(head[4:8], "little") != VERSION:
+                raise ValueError(f"segment {segment.name!r} is not an edgert mailbox v{VERSION}")
+            self.capacity = int.from_bytes(head[8:12], "little")
+            if _DATA + self.capacity > segment.size:
+                raise ValueError(f"segment {segment.name!r} is truncated: {segment.size} bytes, "
+                                 f"the header promises {_DATA + self.capacity}")
+            words = np.frombuffer(segment.buf, dtype="<u4", count=2, offset=64)
+            self._seq, self._len = words[0:1], words[1:2]
+            self._word = ctypes.c_uint32.from_buffer(segment.buf, 64)  # keeps the mapping alive for the futex
+            self.futex = Futex(ctypes.addressof(self._word))
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def create(cls, run_id: str, topic: str, capacity: int = CAPACITY) -> "Mailbox":
         seg = Segment.create(segment_name(run_id, _name(topic)), _DATA + capacity)
         seg.buf[:12] = MAGIC + VERSION.to_bytes(4, "little") + capacity.to_bytes(4, "little")
-        return cls(seg)
+        try:
+            return cls(seg)
+        except BaseException:
+            seg.unlink()
+            raise
 
     @classmethod
     def attach(cls, run_id: str, topic: str) -> "Mailbox":
@@ -85,8 +105,8 @@ class Mailbox:
         self.futex.wake()
 
     def close(self) -> None:
-        self._seq = self._len = None  # type: ignore[assignment]
-        del self._word
+        """Unmap; safe to call twice."""
+        self._seq = self._len = self._word = None  # type: ignore[assignment]
         self.segment.close()
 
     def unlink(self) -> None:
@@ -105,7 +125,7 @@ class MailboxSource:
     def wait(self, timeout_ms: float) -> bool:
         """Sleep until a message newer than the last one taken is complete, or `timeout_ms` passes."""
         mb = self.mailbox
-        end = time.monotonic_ns() + int(timeout_ms * 1_000_000)
+        end = time.monotonic_ns() + max(0, int(timeout_ms * 1_000_000))
         while True:
             s = mb.seq
             if s != self.last and s % 2 == 0:
@@ -116,15 +136,15 @@ class MailboxSource:
             mb.futex.wait(s, left)
 
     def take(self) -> bytes | None:
-        """The newest message if it is new to this reader, else None; never blocks for long."""
+        """The newest message if it is new to this reader, else None; never blocks. While a write
+        is under way it returns None too: `wait` then sleeps until the writer's wake-up (never a
+        spin, which in threads mode would hold the GIL the writer needs to finish)."""
         mb = self.mailbox
         buf = mb.segment.buf
         for _ in range(_TORN_RETRIES):
             s = mb.seq
-            if s == self.last:
+            if s == self.last or s % 2:
                 return None
-            if s % 2:
-                continue  # being written right now
             n = int(mb._len[0])
             data = bytes(buf[_DATA:_DATA + min(n, mb.capacity)])
             if mb.seq != s:
@@ -133,7 +153,7 @@ class MailboxSource:
             self.lost += gap - 1
             self.last = s
             return data
-        return None  # a writer died mid-message; the next post moves the sequence on
+        return None
 
     def close(self) -> None:
         self.mailbox.close()

@@ -204,7 +204,9 @@ class Supervisor:
                                                int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize))
             self.endpoints = Endpoints.for_run(self.cfg, self.run_id, self.run_dir)
             if self.endpoints.mailboxes:
-                self.mailboxes = [Mailbox.create(self.run_id, t.name) for t in TOPICS.values() if t.mailbox]
+                for t in TOPICS.values():
+                    if t.mailbox:
+                        self.mailboxes.append(Mailbox.create(self.run_id, t.name))
             if self.endpoints.curve_dir:
                 from runtime import curve
 

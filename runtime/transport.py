@@ -14,7 +14,6 @@ ZeroMQ's I/O threads. Every other subscriber still reads the socket.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 import zmq
 
-from runtime import futex, wire
+from runtime import mailbox, wire
 from runtime.mailbox import Mailbox, MailboxSource
 from runtime.topics import TOPICS, topic
 
@@ -54,9 +53,10 @@ class Endpoints:
         transport = "inproc" if p.mode == "threads" else p.transport
         curve_dir = str(Path(run_dir) / "curve") if p.curve and transport == "tcp" else ""
         mailboxes = p.mailbox and transport != "tcp"
-        if mailboxes and not futex.available():
-            log.warning("pipeline.mailbox: no futex support on %s %s; every hop goes through ZeroMQ "
-                        "(set pipeline.mailbox = false to silence this)", platform.system(), platform.machine())
+        why_not = mailbox.unsupported() if mailboxes else ""
+        if why_not:
+            log.warning("pipeline.mailbox: off, %s; every hop goes through ZeroMQ "
+                        "(set pipeline.mailbox = false to silence this)", why_not)
             mailboxes = False
         return cls(transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port, curve_dir, mailboxes)
 
@@ -118,6 +118,10 @@ def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
     return _attach(sock, endpoints, name, binds=topic(name).bound_by_subscriber)
 
 
+def _ms_until(t_ns: int) -> float:
+    return max(0.0, (t_ns - time.monotonic_ns()) / 1e6)
+
+
 class SocketSource:
     """A ZeroMQ socket in the shape LatestReader reads from (MailboxSource is the other)."""
 
@@ -128,7 +132,7 @@ class SocketSource:
         self.lost = 0  # ZeroMQ drops silently past the high-water mark; we cannot count those
 
     def wait(self, timeout_ms: float) -> bool:
-        return bool(self.poller.poll(int(timeout_ms)))  # whole milliseconds
+        return bool(self.poller.poll(max(0, int(timeout_ms))))  # whole milliseconds, rounded down
 
     def take(self) -> bytes | None:
         try:
@@ -150,9 +154,11 @@ class LatestReader:
     With `warm_us` > 0 the reader wakes once, that long before the next message is due, runs
     `on_warm` on the last message (the stage's own input path: decoding, checks) and sleeps
     again. The real message then finds a CPU already out of its idle state and the path in
-    cache: on the 2-core VM a wake-up after 33 ms asleep took 65 to 85 us and the input path
-    85 to 100 us, against 30 to 40 and 20 to 25 us warmed (docs/benchmarks.md, "Mailboxes"),
-    for about 20 us of CPU per frame.
+    cache: on the 2-core VM a futex wake-up after 33 ms asleep took 46 to 85 us p50 and the
+    input path 60 to 103 us, against 20 to 46 and 21 to 43 us with a warm-up 1 ms before
+    (docs/benchmarks.md, "Mailboxes and warm-up"), for about 20 us of CPU per frame. It is
+    skipped where warm_us is half the period or more (nothing would stay warm for long).
+    A message already waiting when the warm-up is due is returned instead.
 
     With `spin_us` > 0 the reader busy-polls in a window of that width around the next
     message's predicted arrival (the last arrival plus the smoothed period) instead of
@@ -184,32 +190,28 @@ class LatestReader:
     def close(self) -> None:
         self.source.close()
 
-    def recv(self, timeout_ms: int) -> bytes | None:
-        """The newest message, or None after `timeout_ms` (sooner when a spin window opens)."""
-        if self.warm_ns and self._period and self._warmed != self._last:
+    def recv(self, timeout_ms: float) -> bytes | None:
+        """The newest message, or None after `timeout_ms` (sooner when a spin window opens; 0 polls)."""
+        end = time.monotonic_ns() + max(0, int(timeout_ms * 1_000_000))
+        if self.warm_ns and self._warmed != self._last and 0 < 2 * self.warm_ns < self._period:
             at = self._last + self._period - self.warm_ns
-            wait_ms = min(timeout_ms, (at - time.monotonic_ns()) / 1e6)  # a mailbox waits to the microsecond
-            if wait_ms > 0:
-                if self.source.wait(wait_ms):
-                    return self._arrived(self.drain())
-                timeout_ms = max(0, int(timeout_ms - wait_ms))
-            if time.monotonic_ns() < at - 1_000_000:
-                return None  # timeout_ms ran out before the warm-up was due
+            if self.source.wait(_ms_until(min(at, end))):  # a message already waiting goes first
+                return self._arrived(self.drain())
+            if end < at:
+                return None  # the timeout ran out before the warm-up was due
             self._warm()
         if self.spin_ns and self._period:
             due = self._last + self._period
-            now = time.monotonic_ns()
-            if now < due - self.spin_ns // 2:  # sleep until the window opens (whole milliseconds)
-                wait_ms = min(timeout_ms, (due - self.spin_ns // 2 - now) // 1_000_000)
-                if wait_ms > 0:
-                    return self._arrived(self.drain()) if self.source.wait(wait_ms) else None
-            end = due + self.spin_ns // 2
-            while time.monotonic_ns() < end:
+            if time.monotonic_ns() < due - self.spin_ns // 2:  # sleep until the window opens
+                opens = min(end, due - self.spin_ns // 2)
+                return self._arrived(self.drain()) if self.source.wait(_ms_until(opens)) else None
+            close = due + self.spin_ns // 2
+            while time.monotonic_ns() < close:
                 msg = self.drain()
                 if msg is not None:
                     self.caught_spinning += 1
                     return self._arrived(msg)
-        if not self.source.wait(timeout_ms):
+        if not self.source.wait(_ms_until(end)):
             return None
         return self._arrived(self.drain())
 

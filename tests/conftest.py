@@ -90,6 +90,15 @@ def tiny_model(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture
+def run_id():
+    """A fresh run id; whatever shared memory a test leaves under it is removed afterwards."""
+    rid = shm.new_run_id()
+    yield rid
+    for name in shm.list_segments(rid):
+        (shm.SHM_DIR / name).unlink(missing_ok=True)
+
+
 class StageHarness:
     """Runs one real stage on a thread with inproc:// sockets, driven by the test."""
 

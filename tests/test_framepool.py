@@ -15,14 +15,6 @@ from runtime.framepool import FramePool, SlotError
 SHAPE = (512, 1024, 4)  # 2 MiB frames: big enough that a copy takes long enough to be lapped
 
 
-@pytest.fixture
-def run_id():
-    rid = shm.new_run_id()
-    yield rid
-    for name in shm.list_segments(rid):
-        (shm.SHM_DIR / name).unlink(missing_ok=True)
-
-
 def _writer(run_id: str, seconds: float, out: mp.Queue) -> None:
     """Fill slots as fast as possible; every byte of frame k is k % 251 so a torn frame is visible."""
     pool = FramePool.attach(run_id, "cam")

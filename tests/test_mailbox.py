@@ -16,14 +16,6 @@ from runtime.transport import LatestReader
 pytestmark = pytest.mark.skipif(not futex.available(), reason="futex(2) needs Linux on x86-64 or 64-bit Arm")
 
 
-@pytest.fixture
-def run_id():
-    rid = shm.new_run_id()
-    yield rid
-    for name in shm.list_segments(rid):
-        (shm.SHM_DIR / name).unlink(missing_ok=True)
-
-
 def _post_numbers(run_id: str, n: int, period_s: float) -> None:
     mb = Mailbox.attach(run_id, "frames")
     time.sleep(0.2)  # the reader is waiting by now
@@ -148,13 +140,11 @@ def test_a_pipeline_run_creates_and_removes_one_mailbox_per_hop():
     """The supervisor owns the mailboxes as it owns the frame pools: made before the stages, gone after."""
     from runtime.config import DEFAULT_CONFIG, load
     from runtime.supervisor import Supervisor
-    from runtime.topics import TOPICS
-
     sup = Supervisor(load(DEFAULT_CONFIG), duration_s=1.0, mode="threads")
     s = sup.run()
     assert sup.endpoints.mailboxes
-    assert sorted(m.segment.name for m in sup.mailboxes) == sorted(
-        segment_name(sup.run_id, f"mbox-{t.name}") for t in TOPICS.values() if t.mailbox)
+    assert sorted(m.segment.name for m in sup.mailboxes) == [
+        segment_name(sup.run_id, f"mbox-{t}") for t in ("commands", "frames", "results", "tensors", "vehicle")]
     assert s["leaked_segments"] == [] and shm.list_segments(sup.run_id) == []
     assert s["commands"]["model_commands"] > 0
 
@@ -165,3 +155,116 @@ def test_futex_wait_returns_at_its_timeout_without_a_wake(run_id):
     mb.futex.wait(mb.seq, 20_000_000)
     assert time.monotonic() - t0 >= 0.015  # it slept (no busy return), and came back on its own
     mb.close()
+
+
+def test_the_sequence_wraps_around_without_losing_or_repeating(run_id):
+    mb = Mailbox.create(run_id, "frames")
+    mb._seq[0] = 0xFFFFFFFC  # two posts before the 32-bit word wraps
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "frames")))
+    got = []
+    for i in range(4):
+        mb.post(bytes([i]))
+        got.append(reader.recv(100))
+    assert got == [bytes([i]) for i in range(4)] and reader.skipped == 0 and mb.seq == 4
+    mb.post(b"a")
+    mb.post(b"b")
+    assert reader.recv(100) == b"b" and reader.skipped == 1
+    reader.close()
+    reader.close()  # closing twice is harmless
+    mb.close()
+
+
+def test_a_message_waiting_when_the_warm_up_is_due_goes_first(run_id):
+    mb = Mailbox.create(run_id, "results")
+    warmed: list[bytes] = []
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "results")), warm_us=5000, on_warm=warmed.append)
+    mb.post(b"first")
+    assert reader.recv(100) == b"first"
+    reader._period = 33_000_000  # as if learnt from a 30 fps stream
+    reader._last -= 40_000_000  # and the next message is late: the warm-up time has passed
+    mb.post(b"late")
+    assert reader.recv(10) == b"late" and warmed == []  # not held back behind a warm-up
+    mb.post(b"polled")
+    assert reader.recv(0) == b"polled"  # a zero timeout still reads what is there
+    assert reader.recv(0) is None
+    reader._last = time.monotonic_ns() - 40_000_000
+    assert reader.recv(5) is None and warmed == [b"polled"] and reader.warmups == 1  # due, nothing there
+    reader.close()
+    mb.close()
+
+
+def test_warm_up_over_a_mailbox_runs_once_per_frame_on_the_last_one_and_loses_nothing(run_id):
+    mb = Mailbox.create(run_id, "tensors")
+    warmed: list[int] = []
+    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "tensors")), warm_us=5000,
+                          on_warm=lambda m: warmed.append(int.from_bytes(m, "little")))
+    proc = mp.get_context("spawn").Process(target=_post_tensors, args=(run_id,))
+    proc.start()
+    got: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 16 and time.monotonic() < deadline:
+        msg = reader.recv(100)
+        if msg is not None:
+            got.append(int.from_bytes(msg, "little"))
+    proc.join(5)
+    assert got == list(range(16)) and reader.skipped == 0
+    assert reader.warmups == len(warmed) >= 10 and warmed == sorted(set(warmed)) and max(warmed) < 15
+    reader.close()
+    mb.close()
+
+
+def _post_tensors(run_id: str) -> None:
+    mb = Mailbox.attach(run_id, "tensors")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    for i in range(16):
+        time.sleep(max(0.0, t0 + i * 0.03 - time.monotonic()))
+        mb.post(i.to_bytes(4, "little"))
+    mb.close()
+
+
+def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model):
+    """Control driven only through mailboxes (nothing on its ZeroMQ input) commands every result,
+    and its commands reach the commands mailbox."""
+    from conftest import StageHarness
+    from runtime import wire
+    from runtime.config import from_dict
+    from runtime.stages.control import ControlStage
+    from runtime.transport import Endpoints
+    from runtime.wire import MsgType, Stamp
+
+    h = StageHarness(from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}}))
+    h.endpoints = Endpoints("inproc", h.run_id, mailboxes=True)
+    boxes = {t: Mailbox.create(h.run_id, t) for t in ("results", "commands", "vehicle")}
+    commands = MailboxSource(Mailbox.attach(h.run_id, "commands"))
+    h.start(ControlStage)
+    time.sleep(0.3)
+    h.send_start()
+    rec = wire.new_message(MsgType.RESULT)
+    rec["n_values"] = 1
+    seen: set[int] = set()
+    for fid in range(1, 11):
+        rec["frame_id"], rec["values"][0] = fid, 0.01
+        rec["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+        boxes["results"].post(wire.encode(rec))
+        end = time.monotonic() + 1
+        while fid not in seen and time.monotonic() < end:
+            if commands.wait(50) and (msg := commands.take()) is not None:
+                seen.add(int(wire.decode(msg, MsgType.COMMAND)["frame_id"]))
+    h.close()
+    assert seen >= set(range(1, 11)) and h.code == 0 and h.stage.rejected == 0
+    commands.close()
+    for mb in boxes.values():
+        mb.close()
+
+
+def test_mailboxes_are_off_with_a_warning_where_the_seqlock_has_no_fences(monkeypatch, caplog):
+    import platform
+
+    from runtime.config import DEFAULT_CONFIG, load
+    from runtime.transport import Endpoints
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    ep = Endpoints.for_run(load(DEFAULT_CONFIG), "1.ab", "/tmp")
+    assert not ep.mailboxes and not ep.has_mailbox("frames")
+    assert "pipeline.mailbox: off, the seqlock relies on x86-64 store ordering" in caplog.text
