@@ -16,8 +16,36 @@ from runtime.transport import LatestReader
 pytestmark = pytest.mark.skipif(not futex.available(), reason="futex(2) needs Linux on x86-64 or 64-bit Arm")
 
 
-def _post_numbers(run_id: str, n: int, period_s: float) -> None:
-    mb = Mailbox.attach(run_id, "frames")
+class Boxes:
+    """Mailboxes and readers for one test, all closed at its end."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.opened: list = []
+
+    def create(self, topic: str, **kw) -> Mailbox:
+        self.opened.append(Mailbox.create(self.run_id, topic, **kw))
+        return self.opened[-1]
+
+    def reader(self, topic: str, **kw) -> LatestReader:
+        self.opened.append(LatestReader(MailboxSource(Mailbox.attach(self.run_id, topic)), **kw))
+        return self.opened[-1]
+
+    def source(self, topic: str) -> MailboxSource:
+        self.opened.append(MailboxSource(Mailbox.attach(self.run_id, topic)))
+        return self.opened[-1]
+
+
+@pytest.fixture
+def boxes(run_id):
+    b = Boxes(run_id)
+    yield b
+    for x in reversed(b.opened):
+        x.close()
+
+
+def _post_numbers(run_id: str, n: int, period_s: float, topic: str = "frames") -> None:
+    mb = Mailbox.attach(run_id, topic)
     time.sleep(0.2)  # the reader is waiting by now
     t0 = time.monotonic()
     for i in range(n):
@@ -35,49 +63,49 @@ def _hammer(run_id: str, n: int) -> None:
     mb.close()
 
 
-def test_a_steady_stream_reaches_a_reader_in_another_process_in_order(run_id):
-    mb = Mailbox.create(run_id, "frames")
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "frames")))
-    proc = mp.get_context("spawn").Process(target=_post_numbers, args=(run_id, 20, 0.01))
+def _stream(boxes: Boxes, topic: str, n: int, period_s: float, **reader_kw) -> tuple[list[int], LatestReader]:
+    """Another process posts n numbered messages at a steady period; this one reads them all."""
+    boxes.create(topic)
+    reader = boxes.reader(topic, **reader_kw)
+    proc = mp.get_context("spawn").Process(target=_post_numbers, args=(boxes.run_id, n, period_s, topic))
     proc.start()
     got: list[int] = []
     deadline = time.monotonic() + 10
-    while len(got) < 20 and time.monotonic() < deadline:
+    while len(got) < n and time.monotonic() < deadline:
         msg = reader.recv(100)
         if msg is not None:
             got.append(int.from_bytes(msg, "little"))
     proc.join(5)
+    return got, reader
+
+
+def test_a_steady_stream_reaches_a_reader_in_another_process_in_order(boxes):
+    got, reader = _stream(boxes, "frames", 20, 0.01)
     assert got == list(range(20)) and reader.skipped == 0
-    reader.close()
-    mb.close()
 
 
-def test_the_reader_takes_only_the_newest_and_counts_the_rest(run_id):
-    mb = Mailbox.create(run_id, "results")
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "results")))
+def test_the_reader_takes_only_the_newest_and_counts_the_rest(boxes):
+    mb = boxes.create("results")
+    reader = boxes.reader("results")
     for i in range(5):
         mb.post(bytes([i]))
     assert reader.recv(100) == bytes([4]) and reader.skipped == 4
     assert reader.recv(20) is None  # nothing new: a timeout, not the same message again
-    reader.close()
-    mb.close()
 
 
-def test_a_reader_attached_later_does_not_see_older_messages(run_id):
-    mb = Mailbox.create(run_id, "commands")
+def test_a_reader_attached_later_does_not_see_older_messages(boxes):
+    mb = boxes.create("commands")
     mb.post(b"before")
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "commands")))
+    reader = boxes.reader("commands")
     assert reader.drain() is None
     mb.post(b"after")
     assert reader.recv(100) == b"after"
-    reader.close()
-    mb.close()
 
 
-def test_no_torn_message_is_ever_returned(run_id):
-    mb = Mailbox.create(run_id, "frames")
-    source = MailboxSource(Mailbox.attach(run_id, "frames"))
-    proc = mp.get_context("spawn").Process(target=_hammer, args=(run_id, 200_000))
+def test_no_torn_message_is_ever_returned(boxes):
+    boxes.create("frames")
+    source = boxes.source("frames")
+    proc = mp.get_context("spawn").Process(target=_hammer, args=(boxes.run_id, 200_000))
     proc.start()
     seen = 0
     deadline = time.monotonic() + 30
@@ -90,27 +118,23 @@ def test_no_torn_message_is_ever_returned(run_id):
                 seen += 1
     proc.join(5)
     assert seen > 100  # the check above really ran, many times, against a writer mid-write
-    source.close()
-    mb.close()
 
 
-def test_a_writer_that_died_mid_message_is_skipped_until_the_next_post(run_id):
-    mb = Mailbox.create(run_id, "tensors")
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "tensors")))
+def test_a_writer_that_died_mid_message_is_skipped_until_the_next_post(boxes):
+    mb = boxes.create("tensors")
+    reader = boxes.reader("tensors")
     mb._seq[0] = mb.seq + 1  # odd: as a writer killed between its two sequence stores leaves it
     assert reader.recv(30) is None
     mb.post(b"restarted")  # the restarted writer moves past the odd value
     assert mb.seq % 2 == 0
     assert reader.recv(100) == b"restarted"
-    reader.close()
-    mb.close()
 
 
-def test_a_waiting_reader_in_another_thread_is_woken_by_the_post(run_id):
+def test_a_waiting_reader_in_another_thread_is_woken_by_the_post(boxes):
     import threading
 
-    mb = Mailbox.create(run_id, "results")
-    source = MailboxSource(Mailbox.attach(run_id, "results"))
+    mb = boxes.create("results")
+    source = boxes.source("results")
     got: list[bool] = []
     t = threading.Thread(target=lambda: got.append(source.wait(5000)))
     t.start()
@@ -118,8 +142,6 @@ def test_a_waiting_reader_in_another_thread_is_woken_by_the_post(run_id):
     mb.post(b"x")
     t.join(5)
     assert got == [True] and not t.is_alive()  # a 5 s wait ended by the futex wake, not the timeout
-    source.close()
-    mb.close()
 
 
 def test_bad_sizes_and_segments_are_refused_with_the_reason(run_id):
@@ -149,18 +171,17 @@ def test_a_pipeline_run_creates_and_removes_one_mailbox_per_hop():
     assert s["commands"]["model_commands"] > 0
 
 
-def test_futex_wait_returns_at_its_timeout_without_a_wake(run_id):
-    mb = Mailbox.create(run_id, "vehicle")
+def test_futex_wait_returns_at_its_timeout_without_a_wake(boxes):
+    mb = boxes.create("vehicle")
     t0 = time.monotonic()
     mb.futex.wait(mb.seq, 20_000_000)
     assert time.monotonic() - t0 >= 0.015  # it slept (no busy return), and came back on its own
-    mb.close()
 
 
-def test_the_sequence_wraps_around_without_losing_or_repeating(run_id):
-    mb = Mailbox.create(run_id, "frames")
+def test_the_sequence_wraps_around_without_losing_or_repeating(boxes):
+    mb = boxes.create("frames")
     mb._seq[0] = 0xFFFFFFFC  # two posts before the 32-bit word wraps
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "frames")))
+    reader = boxes.reader("frames")
     got = []
     for i in range(4):
         mb.post(bytes([i]))
@@ -169,15 +190,13 @@ def test_the_sequence_wraps_around_without_losing_or_repeating(run_id):
     mb.post(b"a")
     mb.post(b"b")
     assert reader.recv(100) == b"b" and reader.skipped == 1
-    reader.close()
     reader.close()  # closing twice is harmless
-    mb.close()
 
 
-def test_a_message_waiting_when_the_warm_up_is_due_goes_first(run_id):
-    mb = Mailbox.create(run_id, "results")
+def test_a_message_waiting_when_the_warm_up_is_due_goes_first(boxes):
+    mb = boxes.create("results")
     warmed: list[bytes] = []
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "results")), warm_us=5000, on_warm=warmed.append)
+    reader = boxes.reader("results", warm_us=5000, on_warm=warmed.append)
     mb.post(b"first")
     assert reader.recv(100) == b"first"
     reader._period = 33_000_000  # as if learnt from a 30 fps stream
@@ -189,41 +208,17 @@ def test_a_message_waiting_when_the_warm_up_is_due_goes_first(run_id):
     assert reader.recv(0) is None
     reader._last = time.monotonic_ns() - 40_000_000
     assert reader.recv(5) is None and warmed == [b"polled"] and reader.warmups == 1  # due, nothing there
-    reader.close()
-    mb.close()
 
 
-def test_warm_up_over_a_mailbox_runs_once_per_frame_on_the_last_one_and_loses_nothing(run_id):
-    mb = Mailbox.create(run_id, "tensors")
+def test_warm_up_over_a_mailbox_runs_once_per_frame_on_the_last_one_and_loses_nothing(boxes):
     warmed: list[int] = []
-    reader = LatestReader(MailboxSource(Mailbox.attach(run_id, "tensors")), warm_us=5000,
+    got, reader = _stream(boxes, "tensors", 16, 0.03, warm_us=5000,
                           on_warm=lambda m: warmed.append(int.from_bytes(m, "little")))
-    proc = mp.get_context("spawn").Process(target=_post_tensors, args=(run_id,))
-    proc.start()
-    got: list[int] = []
-    deadline = time.monotonic() + 10
-    while len(got) < 16 and time.monotonic() < deadline:
-        msg = reader.recv(100)
-        if msg is not None:
-            got.append(int.from_bytes(msg, "little"))
-    proc.join(5)
     assert got == list(range(16)) and reader.skipped == 0
     assert reader.warmups == len(warmed) >= 10 and warmed == sorted(set(warmed)) and max(warmed) < 15
-    reader.close()
-    mb.close()
 
 
-def _post_tensors(run_id: str) -> None:
-    mb = Mailbox.attach(run_id, "tensors")
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    for i in range(16):
-        time.sleep(max(0.0, t0 + i * 0.03 - time.monotonic()))
-        mb.post(i.to_bytes(4, "little"))
-    mb.close()
-
-
-def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model):
+def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):
     """Control driven only through mailboxes (nothing on its ZeroMQ input) commands every result,
     and its commands reach the commands mailbox."""
     from conftest import StageHarness
