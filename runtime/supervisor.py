@@ -238,8 +238,9 @@ class Supervisor:
                  else ProcessHandle(name, self.run_dir, self.run_id, target))
             h.start()
             self.handles[name] = h
-        log.info("run %s: started %s in %s mode (%s)", self.run_id, ", ".join(self.status), self.mode,
-                 self.endpoints("frames").split("://")[0] + "://")
+        log.info("run %s: started %s in %s mode (%s%s)", self.run_id, ", ".join(self.status), self.mode,
+                 self.endpoints("frames").split("://")[0] + "://",
+                 ", inputs from shared-memory mailboxes" if self.endpoints.mailboxes else "")
 
     def _poll_heartbeats(self, timeout_ms: int) -> None:
         if not self.heartbeats.poll(timeout_ms):
