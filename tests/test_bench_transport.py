@@ -18,3 +18,13 @@ def test_transport_benchmark_report_shape(tmp_path):
     assert {p.suffix for p in report.write(tmp_path)} == {".json", ".md", ".png"}
     # the benchmark's frame pools were created by this process (its pid is in their names): all gone
     assert not [p for p in shm.SHM_DIR.iterdir() if p.name.startswith(f"{shm.PREFIX}.{os.getpid()}.")]
+
+
+def test_the_cli_runs_a_benchmark_that_takes_no_pipeline_options(tmp_path):
+    """`edgert bench transport` with no pipeline flag must not be refused for one it was not given
+    (a store_true flag's False once counted as given and broke every non-pipeline benchmark)."""
+    from runtime.cli import main as edgert
+
+    assert edgert(["bench", "transport", "--quick", "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"transport.json", "transport.md", "transport.png"}
+    assert edgert(["bench", "transport", "--compare-zmq", "--out", str(tmp_path)]) == 2  # given: refused
