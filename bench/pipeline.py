@@ -472,8 +472,8 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         for r in range(p["rounds"]):
             order = rep.pipelines if r % 2 == 0 else rep.pipelines[::-1]
             for name in order:
-                results[name].append(run_once(run_cfgs[name], STAGE_CLASSES if name == "naive" else None, p["min_count"],
-                                              p["min_duration_s"], p["warmup_s"],
+                results[name].append(run_once(run_cfgs[name], STAGE_CLASSES if name == "naive" else None,
+                                              p["min_count"], p["min_duration_s"], p["warmup_s"],
                                               desc=f"{scenario} {name} {r + 1}/{p['rounds']}", progress=progress))
     floors = {"edgert": ("standalone:preprocess", "standalone:infer"),
               ZMQ_ABLATION: ("standalone:preprocess", "standalone:infer"),

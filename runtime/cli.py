@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                    "window around each frame's due time; default: the config's, 0)")
     b.add_argument("--warm-us", dest="warm_us", type=int, help="pipeline: edgert's pipeline.warm_us (each input "
                    "wakes this long before its next frame is due to warm its path; default: the config's)")
-    b.add_argument("--compare-zmq", dest="compare_zmq", action="store_true", default=None, help="pipeline: also run edgert with "
-                   "ZeroMQ-only hops (pipeline.mailbox = false, no warm-up) in the same rounds")
+    b.add_argument("--compare-zmq", dest="compare_zmq", action="store_true", default=None,  # None: not given
+                   help="pipeline: also run edgert with ZeroMQ-only hops (pipeline.mailbox = false, no warm-up) "
+                   "in the same rounds")
     b.set_defaults(func=cmd_bench)
     args = ap.parse_args(argv)
     setup_logging("INFO")

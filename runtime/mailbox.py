@@ -27,7 +27,6 @@ import time
 import numpy as np
 
 from runtime import futex
-from runtime.futex import Futex
 from runtime.shm import Segment, segment_name
 
 MAGIC = b"EDMB"
@@ -67,7 +66,7 @@ class Mailbox:
             words = np.frombuffer(segment.buf, dtype="<u4", count=2, offset=64)
             self._seq, self._len = words[0:1], words[1:2]
             self._word = ctypes.c_uint32.from_buffer(segment.buf, 64)  # keeps the mapping alive for the futex
-            self.futex = Futex(ctypes.addressof(self._word))
+            self.futex = futex.Futex(ctypes.addressof(self._word))
         except BaseException:
             self.close()
             raise

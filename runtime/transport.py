@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Callable
 
 import zmq
 
-from runtime import mailbox, wire
-from runtime.mailbox import Mailbox, MailboxSource
+from runtime import wire
+from runtime.mailbox import Mailbox, MailboxSource, unsupported
 from runtime.topics import TOPICS, topic
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Endpoints:
         transport = "inproc" if p.mode == "threads" else p.transport
         curve_dir = str(Path(run_dir) / "curve") if p.curve and transport == "tcp" else ""
         mailboxes = p.mailbox and transport != "tcp"
-        why_not = mailbox.unsupported() if mailboxes else ""
+        why_not = unsupported() if mailboxes else ""
         if why_not:
             log.warning("pipeline.mailbox: off, %s; every hop goes through ZeroMQ "
                         "(set pipeline.mailbox = false to silence this)", why_not)

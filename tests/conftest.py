@@ -99,6 +99,20 @@ def run_id():
         (shm.SHM_DIR / name).unlink(missing_ok=True)
 
 
+def read_numbered(reader, proc, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Start `proc`, which sends 0..n-1 as 4-byte little-endian numbers, and take what `reader`
+    (a LatestReader) gets of them within 10 s; the sender is joined before returning."""
+    proc.start()
+    got: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        msg = reader.recv(50)
+        if msg is not None:
+            got.append(int.from_bytes(msg, "little"))
+    proc.join(5)
+    return got
+
+
 class StageHarness:
     """Runs one real stage on a thread with inproc:// sockets, driven by the test."""
 

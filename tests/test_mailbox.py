@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import read_numbered
 from runtime import futex, shm
 from runtime.mailbox import Mailbox, MailboxSource
 from runtime.shm import Segment, segment_name
@@ -68,15 +69,7 @@ def _stream(boxes: Boxes, topic: str, n: int, period_s: float, **reader_kw) -> t
     boxes.create(topic)
     reader = boxes.reader(topic, **reader_kw)
     proc = mp.get_context("spawn").Process(target=_post_numbers, args=(boxes.run_id, n, period_s, topic))
-    proc.start()
-    got: list[int] = []
-    deadline = time.monotonic() + 10
-    while len(got) < n and time.monotonic() < deadline:
-        msg = reader.recv(100)
-        if msg is not None:
-            got.append(int.from_bytes(msg, "little"))
-    proc.join(5)
-    return got, reader
+    return read_numbered(reader, proc, n), reader
 
 
 def test_a_steady_stream_reaches_a_reader_in_another_process_in_order(boxes):

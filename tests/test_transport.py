@@ -9,6 +9,7 @@ from pathlib import Path
 
 import zmq
 
+from conftest import read_numbered
 from runtime.transport import LatestReader
 
 
@@ -35,15 +36,7 @@ def _stream(tmp: Path, spin_us: int, n: int = 12, period_s: float = 0.02, warm_u
     addr = f"ipc://{tmp}/spin.sock"
     sub.bind(addr)
     reader = LatestReader(sub, spin_us=spin_us, warm_us=warm_us, on_warm=on_warm)
-    proc = mp.get_context("spawn").Process(target=_send, args=(addr, n, period_s))
-    proc.start()
-    got: list[int] = []
-    deadline = time.monotonic() + 10
-    while len(got) < n and time.monotonic() < deadline:
-        msg = reader.recv(50)
-        if msg is not None:
-            got.append(int.from_bytes(msg, "little"))
-    proc.join(5)
+    got = read_numbered(reader, mp.get_context("spawn").Process(target=_send, args=(addr, n, period_s)), n)
     reader.close()
     return got, reader
 
