@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 
+import numpy as np
 import pytest
 
 from bench import pipeline
@@ -51,6 +53,13 @@ def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
     # tax is end-to-end minus the standalone floors, exactly
     floor = data["details"]["pipelines"]["edgert"]["tax_floor_ms"]
     assert cases["edgert:tax"]["p50_ms"] == pytest.approx(cases["edgert"]["p50_ms"] - floor, abs=1e-6)
+    # and tax_vs_paced minus the same kernel and engine timed at the run's frame rate (edgert only)
+    assert cases["paced:preprocess"]["n"] == cases["paced:infer"]["n"] == data["config"]["paced_n"] > 0
+    paced = data["details"]["pipelines"]["edgert"]["paced_floor_ms"]
+    assert paced == pytest.approx(cases["paced:preprocess"]["p50_ms"] + cases["paced:infer"]["p50_ms"])
+    assert cases["edgert:tax_vs_paced"]["p50_ms"] == pytest.approx(cases["edgert"]["p50_ms"] - paced, abs=1e-6)
+    assert "naive:tax_vs_paced" not in cases and "paced_floor_ms" not in data["details"]["pipelines"]["naive"]
+    assert any(n.startswith("tax_vs_paced = ") for n in data["notes"])
 
 
 def test_single_stream_through_the_cli(tmp_path):
@@ -180,3 +189,26 @@ def test_bench_all_quick_cli_writes_every_report_and_the_index(tmp_path, monkeyp
         data = json.loads((tmp_path / f"{bench_name}.json").read_text())
         assert data["cases"] and f"## {bench_name}" in index, bench_name
         assert (tmp_path / f"{bench_name}.png").is_file()
+
+
+def test_paced_floor_times_each_frame_after_a_camera_copy_at_the_frame_rate():
+    frames = [np.full((4, 6, 3), v, np.uint8) for v in (10, 20, 30)]
+    seen: list[tuple[int, int]] = []
+    slots: set[int] = set()
+
+    def pre(src: np.ndarray) -> None:
+        slots.add(id(src))
+        seen.append((int(src[0, 0, 0]), int(src[-1, -1, -1])))
+        src[:] = 0  # so each tick must copy its frame in again for the next check to pass
+
+    calls = []
+    t0 = time.monotonic()
+    out = pipeline.paced(frames, pre, lambda: calls.append(1), fps=200.0, n=12, warmup=3)
+    elapsed = time.monotonic() - t0
+    assert set(out) == {"paced:preprocess", "paced:infer"}
+    assert out["paced:preprocess"].shape == out["paced:infer"].shape == (12,)
+    assert (out["paced:preprocess"] > 0).all() and (out["paced:infer"] > 0).all()
+    assert len(seen) == len(calls) == 15 and len(slots) == 1  # one camera buffer, refilled each tick
+    assert seen == [(frames[i % 3][0, 0, 0],) * 2 for i in range(-3, 12)]
+    assert elapsed >= 15 / 200.0  # it sleeps to each tick: the CPU idles between frames as in the pipeline
+    assert pipeline.paced(frames, pre, lambda: None, fps=30.0, n=0) == {}
