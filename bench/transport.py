@@ -4,6 +4,9 @@ Cases, per frame size, all timed in the same run against the same receiver proce
 - `shm`: edgert's way. The frame is already in a frame-pool slot (the producer renders or
   preprocesses into it in place); a FRAME descriptor goes over ipc://; the receiver
   validates it, checks the seqlock and holds a view of the slot.
+- `shm_mailbox`: the same slot and descriptor, the descriptor through the topic mailbox the
+  pipeline's stages read from (runtime/mailbox.py: one shared-memory slot woken by a futex,
+  no ZeroMQ I/O threads on the way). x86-64 Linux only, as in the pipeline.
 - `zmq_copy_ipc`, `zmq_copy_tcp`: the frame's bytes sent through ZeroMQ (copied into the
   message, then out of it on receipt); `zmq_nocopy_ipc`: the same with `copy=False` on both
   ends (pyzmq's zero-copy path; ZeroMQ still moves the bytes between processes).
@@ -28,6 +31,7 @@ import zmq
 from bench.report import Report, time_ns
 from runtime import shm, wire
 from runtime.framepool import FramePool
+from runtime.mailbox import Mailbox, MailboxSource, unsupported
 from runtime.wire import MsgType, Stamp
 
 SIZES = {  # name -> shape (uint8)
@@ -39,6 +43,7 @@ SIZES = {  # name -> shape (uint8)
 }
 ZMQ_CASES = ("zmq_copy_ipc", "zmq_nocopy_ipc", "zmq_copy_tcp")
 ACK = b"k"
+MAILBOX = "bench-transport"  # the mailbox's topic name in this run
 WARMUP = 20  # unrecorded messages per case: the receiver's connect and first-touch costs
 
 
@@ -72,6 +77,26 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
                 del view
                 ack.send(ACK)
             sock.close(0)
+            pool.close()
+        elif case == "shm_mailbox":
+            pool = FramePool.attach(run_id, size)
+            src = MailboxSource(Mailbox.attach(run_id, MAILBOX))
+            ack.send(ACK)  # attached: a mailbox keeps only what is posted from now on, so say so first
+            for i in range(WARMUP + n):
+                msg = None
+                while msg is None:
+                    if not src.wait(10_000):
+                        raise RuntimeError("no descriptor in the mailbox for 10 s")
+                    msg = src.take()
+                rec = wire.decode(msg, MsgType.FRAME)
+                slot, gen = int(rec["slot"]), int(rec["generation"])
+                if not pool.is_current(slot, gen):
+                    raise RuntimeError("slot overwritten: the ping-pong pacing is broken")
+                view = pool.view(slot, shape, np.uint8)
+                lat[i] = time.monotonic_ns() - int(rec["stamps"][Stamp.CAPTURE])
+                del view
+                ack.send(ACK)
+            src.close()
             pool.close()
         else:
             copy = case != "zmq_nocopy_ipc"
@@ -110,6 +135,8 @@ def run(quick: bool = False, n: int | None = None) -> Report:
         socks[case] = ctx.socket(zmq.PUSH)
         socks[case].bind(endpoints[case])
     pools = {size: FramePool.create(run_id, size, 2, int(np.prod(shape))) for size, shape in SIZES.items()}
+    no_mailbox = unsupported()
+    mailbox = None if no_mailbox else Mailbox.create(run_id, MAILBOX)
     parent, child = mp.get_context("spawn").Pipe()
     proc = mp.get_context("spawn").Process(target=_receiver, args=(run_id, endpoints, child), daemon=True)
     proc.start()
@@ -123,13 +150,19 @@ def run(quick: bool = False, n: int | None = None) -> Report:
             desc["shape"][:] = 0
             desc["shape"][: len(shape)] = shape
 
-            def send_shm() -> None:
+            def descriptor() -> bytes:
                 slot = pool.acquire()  # the producer already wrote the frame in place
                 gen = pool.publish(slot)
                 desc["slot"], desc["generation"] = slot, gen
                 desc["frame_id"] += 1
                 desc["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
-                socks["shm"].send(wire.encode(desc))
+                return wire.encode(desc)
+
+            def send_shm() -> None:
+                socks["shm"].send(descriptor())
+
+            def send_mailbox() -> None:
+                mailbox.post(descriptor())  # type: ignore[union-attr]
 
             def send_zmq(case: str) -> None:
                 stamp = time.monotonic_ns().to_bytes(8, "little")
@@ -138,10 +171,12 @@ def run(quick: bool = False, n: int | None = None) -> Report:
             def send_pickle() -> None:
                 parent.send((time.monotonic_ns(), frame))
 
-            senders = {"shm": send_shm, "pickle_pipe": send_pickle,
-                       **{c: (lambda c=c: send_zmq(c)) for c in ZMQ_CASES}}
+            senders = {"shm": send_shm, **({} if mailbox is None else {"shm_mailbox": send_mailbox}),
+                       "pickle_pipe": send_pickle, **{c: (lambda c=c: send_zmq(c)) for c in ZMQ_CASES}}
             for case, send in senders.items():
                 parent.send((case, size, shape, count))
+                if case == "shm_mailbox":
+                    ack.recv()  # the receiver is attached (ZeroMQ queues; a mailbox holds only the newest)
                 for _ in range(WARMUP + count):
                     send()
                     ack.recv()
@@ -160,6 +195,9 @@ def run(quick: bool = False, n: int | None = None) -> Report:
         for p in pools.values():
             p.close()
             p.unlink()
+        if mailbox is not None:
+            mailbox.close()
+            mailbox.unlink()
         for f in os.listdir(run_dir):
             os.unlink(os.path.join(run_dir, f))
         os.rmdir(run_dir)
@@ -167,8 +205,15 @@ def run(quick: bool = False, n: int | None = None) -> Report:
         report.ratio("zmq_copy_ipc@1080p", "shm@1080p", p99=p99)
         report.ratio("shm@1080p", "memcpy@1080p", p99=p99)
         report.ratio("pickle_pipe@1080p", "shm@1080p", p99=p99)
+        if mailbox is not None:
+            report.ratio("shm@1080p", "shm_mailbox@1080p", p99=p99)
     report.notes.append("shm: the frame is already in its slot (producers write in place), so the hop is "
                         "the descriptor plus validation; the copies it avoids are what the other cases time.")
+    if no_mailbox:
+        report.notes.append(f"shm_mailbox left out: {no_mailbox}")
+    else:
+        report.notes.append("shm_mailbox: the same slot and descriptor as shm, the descriptor through a mailbox "
+                            "(a futex wake-up) instead of ZeroMQ: the pipeline's hop between stages on one host.")
     report.notes.append("pickle_pipe pickles only inside this benchmark, between its own two processes: "
                         "nothing in edgert's pipeline unpickles.")
     return report

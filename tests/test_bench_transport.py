@@ -6,18 +6,30 @@ import os
 
 from bench import transport
 from runtime import shm
+from runtime.mailbox import unsupported
 
 
 def test_transport_benchmark_report_shape(tmp_path):
     report = transport.run(quick=True, n=5)
     methods = ("shm", "pickle_pipe", "zmq_copy_ipc", "zmq_nocopy_ipc", "zmq_copy_tcp", "memcpy")
+    if not unsupported():  # the pipeline's mailbox hop, where the pipeline has mailboxes
+        methods += ("shm_mailbox",)
     assert set(report.cases) == {f"{m}@{s}" for m in methods for s in transport.SIZES}
     assert all(c["n"] == 5 and c["p50_ms"] > 0 for c in report.cases.values())
-    for name in ("zmq_copy_ipc@1080p/shm@1080p", "shm@1080p/memcpy@1080p"):
+    for name in ("zmq_copy_ipc@1080p/shm@1080p", "shm@1080p/memcpy@1080p") + (
+            ("shm@1080p/shm_mailbox@1080p",) if "shm_mailbox" in methods else ()):
         assert report.ratios[name] > 0 and report.ratios[name + "_p99"] > 0
     assert {p.suffix for p in report.write(tmp_path)} == {".json", ".md", ".png"}
     # the benchmark's frame pools were created by this process (its pid is in their names): all gone
     assert not [p for p in shm.SHM_DIR.iterdir() if p.name.startswith(f"{shm.PREFIX}.{os.getpid()}.")]
+
+
+def test_transport_leaves_the_mailbox_case_out_with_the_reason_where_mailboxes_cannot_run(monkeypatch):
+    monkeypatch.setattr(transport, "unsupported", lambda: "no futex(2) on Plan9")
+    report = transport.run(quick=True, n=3)
+    assert not [c for c in report.cases if c.startswith("shm_mailbox@")]
+    assert "shm_mailbox left out: no futex(2) on Plan9" in report.notes
+    assert report.cases["shm@1080p"]["n"] == 3
 
 
 def test_the_cli_runs_a_benchmark_that_takes_no_pipeline_options(tmp_path):
