@@ -550,7 +550,11 @@ def _notes(rep: PipelineReport, scenario: str, min_count: int) -> None:
             f"p50 {c['edgert:tax']['p50_ms']:.3f} ms splits into the rate itself "
             f"{c['edgert:tax']['p50_ms'] - c['edgert:tax_vs_paced']['p50_ms']:.3f} ms (caches and CPU cold between "
             f"frames: any implementation at this rate pays it) and the runtime's own cost "
-            f"{c['edgert:tax_vs_paced']['p50_ms']:.3f} ms (hops, checks, control); the targets are on the tax")
+            f"{c['edgert:tax_vs_paced']['p50_ms']:.3f} ms (hops, checks, control); the targets are on the tax. "
+            f"Stage by stage, p50: preprocess {c['edgert:preprocess']['p50_ms']:.3f} ms in the pipeline against "
+            f"{c['paced:preprocess']['p50_ms']:.3f} paced and {c['standalone:preprocess']['p50_ms']:.3f} hot; infer "
+            f"{c['edgert:infer']['p50_ms']:.3f} against {c['paced:infer']['p50_ms']:.3f} paced and "
+            f"{c['standalone:infer']['p50_ms']:.3f} hot")
     rep.notes.append("jitter = |latency of a command - latency of the previous one| (RFC 3393 IPDV); source drops "
                      "= ticks the source skipped or closed-loop commands that never came; pipeline drops = frames "
                      "captured but never commanded (frame-id gaps and stale results at control)")
