@@ -1,8 +1,10 @@
 """A model's manifest: what the model expects, how to feed it, and proof it is the right file.
 
 `models/<name>/manifest.toml` declares the inputs and outputs, the preprocessing spec
-(shared with kernels/), the output decoder, the sha256 of model.onnx and the markets the
-variant is approved for. `verify()` hashes the file before any session is created.
+(shared with kernels/), the output decoder, the sha256 of model.onnx, the markets the
+variant is approved for and, optionally, its operating domain (`[odd]`: the conditions it was
+validated in; outside them control hands over). `verify()` hashes the file before any session
+is created.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class ModelManifest:
     preprocess: PreprocessSpec
     decoder: Decoder
     publisher: str = ""  # who signed it: models/publishers/<publisher>.pub (runtime/signing.py)
+    # [odd] mean_level: the camera image's mean 8-bit level (lower, upper) the model was validated for;
+    # preprocess flags frames outside it (runtime/camhealth.py) and control hands over. None = no check
+    odd_mean_level: tuple[float, float] | None = None
 
     @property
     def path(self) -> Path:
@@ -108,6 +113,29 @@ def _tensors(raw: Any, where: str) -> tuple[TensorSpec, ...]:
     return tuple(out)
 
 
+ODD_KEYS = ("mean_level",)
+
+
+def _odd_mean_level(raw: dict[str, Any]) -> tuple[float, float] | None:
+    odd = raw.get("odd")
+    if odd is None:
+        return None
+    if not isinstance(odd, dict):
+        raise ModelError(f"odd: expected a table [odd], got {odd!r}")
+    unknown = sorted(set(odd) - set(ODD_KEYS))
+    if unknown:
+        raise ModelError(f"odd: unknown key(s) {', '.join(unknown)}; known: {', '.join(ODD_KEYS)}")
+    level = odd.get("mean_level")
+    if level is None:
+        return None
+    if not (isinstance(level, list) and len(level) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in level)
+            and 0 <= level[0] < level[1] <= 255):
+        raise ModelError(f"odd.mean_level: {level!r} must be [lower, upper] mean 8-bit levels of the camera "
+                         "image with 0 <= lower < upper <= 255, e.g. [100, 175]")
+    return float(level[0]), float(level[1])
+
+
 def load_manifest(model_dir: str | Path, data: bytes | None = None) -> ModelManifest:
     """Parse and validate `model_dir/manifest.toml` (the model file itself is checked by read_verified).
 
@@ -142,7 +170,7 @@ def load_manifest(model_dir: str | Path, data: bytes | None = None) -> ModelMani
         file=model.get("file", "model.onnx"), sha256=sha, markets=tuple(model.get("markets", [])),
         license=model.get("license", ""), provenance=model.get("provenance", ""),
         inputs=_tensors(raw.get("inputs"), "inputs"), outputs=_tensors(raw.get("outputs"), "outputs"),
-        preprocess=pre, decoder=decoder, publisher=model.get("publisher", ""))
+        preprocess=pre, decoder=decoder, publisher=model.get("publisher", ""), odd_mean_level=_odd_mean_level(raw))
     if not isinstance(m.publisher, str):
         raise ModelError(f"model.publisher: expected a string (a key in models/publishers/), got {m.publisher!r}")
     outputs = {o.name: o for o in m.outputs}

@@ -45,7 +45,8 @@ class CommandChecks:
     non_monotone_stamps: int = 0
 
 
-_FAULTS = (VehicleFlags.CAMERA_BLACKOUT, VehicleFlags.CAMERA_FROZEN, VehicleFlags.FRAME_DROPPED)
+_FAULTS = (VehicleFlags.CAMERA_BLACKOUT, VehicleFlags.CAMERA_FROZEN, VehicleFlags.FRAME_DROPPED,
+           VehicleFlags.LIGHT_OUTSIDE_ODD)
 
 
 @dataclass

@@ -51,6 +51,7 @@ class ResultStatus(enum.IntEnum):
     ERROR = 2
     CAMERA_BLACKOUT = 3  # the frame behind it was black (FrameFlags.CAMERA_DARK): no output computed
     CAMERA_FROZEN = 4  # the frame repeated the previous ones (FrameFlags.CAMERA_FROZEN): no output computed
+    LIGHT_OUTSIDE_ODD = 5  # the frame's light is outside the model's validated range (FrameFlags.LIGHT_OUTSIDE_ODD)
 
 
 class FrameFlags(enum.IntFlag):
@@ -59,6 +60,7 @@ class FrameFlags(enum.IntFlag):
     NONE = 0
     CAMERA_DARK = 1  # the image is black: a blackout, a covered lens, a dead sensor
     CAMERA_FROZEN = 2  # the image is bit-identical to the previous ones: a stuck camera or link
+    LIGHT_OUTSIDE_ODD = 4  # the image's mean level is outside the range the model's manifest was validated for
 
 
 class VehicleFlags(enum.IntFlag):
@@ -69,6 +71,7 @@ class VehicleFlags(enum.IntFlag):
     CAMERA_BLACKOUT = 2  # injected: this frame was rendered black
     CAMERA_FROZEN = 4  # injected: this frame repeats the previous image
     FRAME_DROPPED = 8  # injected: this frame was rendered but never published
+    LIGHT_OUTSIDE_ODD = 16  # injected: the scenario set the light outside the model's validated range
 
 
 class CommandFlags(enum.IntFlag):
@@ -86,6 +89,7 @@ class TakeoverReason(enum.IntEnum):
     SHUTDOWN = 5  # the control stage is stopping: nothing will steer after this command
     CAMERA_BLACKOUT = 6  # the camera delivers black frames
     CAMERA_FROZEN = 7  # the camera repeats the same image
+    LIGHT_OUTSIDE_ODD = 8  # the light is outside what the model was validated for (manifest [odd])
 
 
 class StageState(enum.IntEnum):
@@ -257,7 +261,7 @@ def _validate_frame(rec: np.void) -> None:
     shape = rec["shape"]
     if any(int(d) == 0 for d in shape[:ndim]) or any(int(d) != 0 for d in shape[ndim:]):
         raise WireError(f"FRAME shape {tuple(int(d) for d in shape)} inconsistent with ndim {ndim}")
-    if int(rec["flags"]) & ~int(FrameFlags.CAMERA_DARK | FrameFlags.CAMERA_FROZEN):
+    if int(rec["flags"]) & ~int(FrameFlags.CAMERA_DARK | FrameFlags.CAMERA_FROZEN | FrameFlags.LIGHT_OUTSIDE_ODD):
         raise WireError(f"FRAME flags {int(rec['flags']):#x} has unknown bits")
     _check_stamps(rec)
 
@@ -301,7 +305,8 @@ def _validate_vehicle(rec: np.void) -> None:
         if not math.isfinite(float(rec[key])):
             raise WireError(f"VEHICLE {key} not finite")
     if int(rec["flags"]) & ~int(VehicleFlags.ACTUATOR_TIMEOUT | VehicleFlags.CAMERA_BLACKOUT
-                                | VehicleFlags.CAMERA_FROZEN | VehicleFlags.FRAME_DROPPED):
+                                | VehicleFlags.CAMERA_FROZEN | VehicleFlags.FRAME_DROPPED
+                                | VehicleFlags.LIGHT_OUTSIDE_ODD):
         raise WireError(f"VEHICLE flags {int(rec['flags']):#x} has unknown bits")
 
 

@@ -276,6 +276,11 @@ kind = "TODO"
 output = "{out}"
 index = 0
 scale = 1.0
+
+# Optional: the conditions the model was validated in. Outside them preprocess flags the frame and
+# control hands over (LIGHT_OUTSIDE_ODD). mean_level: the camera image's mean 8-bit level.
+# [odd]
+# mean_level = [100, 175]
 """
 
 

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import make_steer_model, write_manifest
+from runtime.config import PROJECT_ROOT
 from runtime.engine import Engine
 from runtime.manifest import ModelError, load_manifest
 from runtime.providers import describe, nvidia_driver, plan
@@ -291,3 +292,29 @@ def test_device_binding_on_a_gpu_equals_session_run(tiny_model, graph):
         x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
         io.load("image", x)
         np.testing.assert_allclose(io.run()["steer"], cpu.run(None, {"image": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_manifest_operating_domain_is_parsed_and_checked(tiny_model):
+    """[odd] mean_level: the light range the model was validated for (preprocess flags frames outside it)."""
+    text = (tiny_model / "manifest.toml").read_text()
+    assert load_manifest(tiny_model).odd_mean_level is None  # optional: no [odd], no light check
+    (tiny_model / "manifest.toml").write_text(text + "\n[odd]\nmean_level = [100, 175.5]\n")
+    assert load_manifest(tiny_model).odd_mean_level == (100.0, 175.5)
+    for bad, why in (("mean_level = [175, 100]", r"odd.mean_level: \[175, 100\] must be \[lower, upper\]"),
+                     ("mean_level = [-1, 100]", "0 <= lower < upper <= 255"),
+                     ("mean_level = [100, 300]", "0 <= lower < upper <= 255"),
+                     ("mean_level = [100]", r"must be \[lower, upper\]"),
+                     ('mean_level = ["dark", 100]', r"must be \[lower, upper\]"),
+                     ("mean_level = [true, 100]", r"must be \[lower, upper\]"),
+                     ("light = [1, 2]", "odd: unknown key.s. light; known: mean_level")):
+        (tiny_model / "manifest.toml").write_text(text + f"\n[odd]\n{bad}\n")
+        with pytest.raises(ModelError, match=why):
+            load_manifest(tiny_model)
+    (tiny_model / "manifest.toml").write_text('odd = "daylight"\n' + text)  # top level, before any table
+    with pytest.raises(ModelError, match="odd: expected a table"):
+        load_manifest(tiny_model)
+
+
+def test_the_shipped_models_declare_their_operating_domain():
+    for name in ("pilotnet", "pilotnet-fp16", "pilotnet-int8"):
+        assert load_manifest(PROJECT_ROOT / "models" / name).odd_mean_level == (100.0, 175.0), name

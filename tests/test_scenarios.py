@@ -30,7 +30,7 @@ MS = 1_000_000
 
 def test_scenario_table_and_config_key():
     scenarios.check_table()
-    assert {"straight", "gentle_curve", "sharp_curve", "s_bend", "changing_light", "blackout", "frozen",
+    assert {"straight", "gentle_curve", "sharp_curve", "s_bend", "changing_light", "tunnel", "blackout", "frozen",
             "sensor_noise", "no_markings"} <= set(scenarios.names())
     with pytest.raises(ConfigError, match=r"sim.scenario: 'strait' is not a scenario \(did you mean 'straight'\?\); "
                                           r"valid: straight, .*no_markings"):
@@ -51,6 +51,10 @@ def test_condition_windows():
     assert scn.condition_at(5.5, c).gain == pytest.approx(1.2)
     b = scenarios.get("blackout")
     assert not b.condition_at(1.49, c).blackout and b.condition_at(1.5, c).blackout and not b.condition_at(2.5, c).blackout
+    t = scenarios.get("tunnel")  # ground truth for the light check: the window is marked outside the domain
+    assert t.condition_at(1.6, c).outside_odd and c.gain == pytest.approx(0.45)
+    assert not t.condition_at(2.6, c).outside_odd and c.gain == 1.0
+    assert not scn.condition_at(3.0, c).outside_odd  # changing_light stays inside it
 
 
 # --- camera health: the sampled statistic preprocess runs on every frame ----------------------
@@ -75,21 +79,44 @@ def test_camera_health_flags_black_and_repeated_frames():
     assert [off.check(black) for _ in range(4)] == [0, 0, 0, 0]  # both checks can be turned off
 
 
+def test_camera_health_flags_light_outside_the_models_domain():
+    """The manifest's [odd] mean_level: a frame lit outside it is flagged; black stays CAMERA_DARK."""
+    shape = (108, 192, 3)
+    h = CameraHealth(int(np.prod(shape)), dark_level=12.0, frozen_frames=0, light_range=(100.0, 175.0))
+    rng = np.random.default_rng(1)
+    base = rng.integers(110, 160, shape, dtype=np.uint8)  # mean ~135, as the simulator renders
+    assert h.check(base) == 0
+    for gain, expected in ((0.8, 0), (1.2, 0), (0.45, FrameFlags.LIGHT_OUTSIDE_ODD), (0.7, FrameFlags.LIGHT_OUTSIDE_ODD),
+                           (1.5, FrameFlags.LIGHT_OUTSIDE_ODD)):
+        frame = np.clip(base * gain, 0, 255).astype(np.uint8)
+        assert h.check(frame) == expected, gain
+    assert h.check(np.zeros(shape, np.uint8)) == FrameFlags.CAMERA_DARK  # the more specific verdict
+    edge = np.full(shape, 100, np.uint8)
+    assert h.check(edge) == 0 and h.check(edge - 1) == FrameFlags.LIGHT_OUTSIDE_ODD  # bounds are inclusive
+    no_odd = CameraHealth(int(np.prod(shape)), dark_level=12.0, frozen_frames=0)
+    assert no_odd.check(np.full(shape, 40, np.uint8)) == 0  # a model without [odd]: no light check
+
+
 def test_wire_v2_checks_the_new_flag_fields():
     f = wire.new_message(MsgType.FRAME)
     f["ndim"], f["dtype"], f["shape"][0], f["stamps"][Stamp.CAPTURE] = 1, 1, 4, 1
     f["flags"] = int(FrameFlags.CAMERA_DARK | FrameFlags.CAMERA_FROZEN)
     assert int(wire.decode(wire.encode(f))["flags"]) == 3
-    f["flags"] = 4
-    with pytest.raises(WireError, match="FRAME flags 0x4 has unknown bits"):
+    f["flags"] = int(FrameFlags.LIGHT_OUTSIDE_ODD)
+    assert int(wire.decode(wire.encode(f))["flags"]) == 4
+    f["flags"] = 8
+    with pytest.raises(WireError, match="FRAME flags 0x8 has unknown bits"):
         wire.decode(wire.encode(f))
     v = wire.new_message(MsgType.VEHICLE)
     v["flags"] = int(VehicleFlags.ACTUATOR_TIMEOUT | VehicleFlags.FRAME_DROPPED)
     assert wire.to_dict(wire.decode(wire.encode(v)))["flags"] == 9
-    v["flags"] = 0x10
-    with pytest.raises(WireError, match="VEHICLE flags 0x10 has unknown bits"):
+    v["flags"] = int(VehicleFlags.LIGHT_OUTSIDE_ODD)
+    assert wire.to_dict(wire.decode(wire.encode(v)))["flags"] == 0x10
+    v["flags"] = 0x20
+    with pytest.raises(WireError, match="VEHICLE flags 0x20 has unknown bits"):
         wire.decode(wire.encode(v))
-    for status in (wire.ResultStatus.CAMERA_BLACKOUT, wire.ResultStatus.CAMERA_FROZEN):
+    for status in (wire.ResultStatus.CAMERA_BLACKOUT, wire.ResultStatus.CAMERA_FROZEN,
+                   wire.ResultStatus.LIGHT_OUTSIDE_ODD):
         r = wire.new_message(MsgType.RESULT)
         r["status"], r["stamps"][Stamp.CAPTURE] = int(status), 1
         assert int(wire.decode(wire.encode(r))["status"]) == status
@@ -210,6 +237,8 @@ def test_scenario_ends_as_expected(name):
         fault = s["injected_faults"][scn.expect]
         assert 25 <= fault["frames"] <= 31  # the 1 s window, at 30 fps
         assert s["takeovers"][0]["resumed_after_s"] is not None  # model commands came back after the fault
+        # fail-safe commands carry no frame: the car's command age counts only commands made from one
+        assert s["actuation_age"]["n"] > 0 and s["actuation_age"]["max_ms"] < 1000, s["actuation_age"]
     else:
         assert s["commands"]["model_commands"] >= s["lane"]["frames"] - 5
 

@@ -1,1 +1,1 @@
-ed25519 9UxbFH37zIvlLMjtj5alTv87uluxsvt4LEFX0f4MrsRgPeZ5U5/wH7sKqhoBNI64GxlDrSXrjhSFAvYkj0UWCg==
+ed25519 6CCH0F9duqjIObei2NAVlMMeoidrPeGQi2nOZjt3owbJwrz04tA59/MhznH7puvLzHcYrUaetI/Rf/Wi12ubBA==

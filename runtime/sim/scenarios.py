@@ -26,6 +26,8 @@ class Effect:
     gain: light level ramps linearly from gain_from to gain_to over the window;
     noise: gaussian sigma (8-bit steps) and a salt-and-pepper fraction;
     blackout: black frames; frozen: the last image before the window, repeated.
+    outside_odd: ground truth that the window's light is outside the range the shipped model is
+    validated for (its manifest's [odd]): the run must hand over with LIGHT_OUTSIDE_ODD.
     """
 
     kind: str
@@ -35,6 +37,7 @@ class Effect:
     gain_to: float = 1.0
     sigma: float = 0.0
     salt: float = 0.0
+    outside_odd: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in EFFECT_KINDS:
@@ -54,6 +57,7 @@ class CameraCondition:
     gain: float = 1.0
     sigma: float = 0.0
     salt: float = 0.0
+    outside_odd: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,12 @@ class Scenario:
 
     def condition_at(self, t_s: float, out: CameraCondition) -> CameraCondition:
         """The camera condition at sim time t_s, written into `out` (no allocation per frame)."""
-        out.blackout = out.frozen = False
+        out.blackout = out.frozen = out.outside_odd = False
         out.gain, out.sigma, out.salt = 1.0, 0.0, 0.0
         for e in self.effects:
             if not e.t0_s <= t_s < e.t1_s:
                 continue
+            out.outside_odd |= e.outside_odd
             if e.kind == "blackout":
                 out.blackout = True
             elif e.kind == "frozen":
@@ -108,6 +113,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              ((30.0, 0.0), (30.0, 1 / 200), (30.0, -1 / 200), (60.0, 1 / 200)), 7.0),
     Scenario("changing_light", "a gentle curve while the light drops to 80 % and rises to 120 %",
              ((30.0, 0.0), (400.0, 1 / 500)), 6.0, effects=_light()),
+    Scenario("tunnel", "an underpass on a straight: for 1 s the light drops to 45 %, below the range the model is "
+             "validated for (at 45 % it drove out of the lane on the gentle curve with no takeover request)",
+             ((200.0, 0.0),), 4.0, effects=(Effect("gain", 1.5, 2.5, 0.45, 0.45, outside_odd=True),),
+             expect="LIGHT_OUTSIDE_ODD", react_frames=3),
     Scenario("blackout", "the camera delivers black frames for 1 s on a straight",
              ((200.0, 0.0),), 4.0, effects=(Effect("blackout", 1.5, 2.5),),
              expect="CAMERA_BLACKOUT", react_frames=3),

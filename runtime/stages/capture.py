@@ -122,6 +122,8 @@ class CaptureStage(Stage):
             self.renderer.render(st.x, st.y, st.yaw, view, s_hint=s)
         if self.effects is not None:
             self.effects.apply(view, cond.gain, cond.sigma, cond.salt)
+        if cond.outside_odd:
+            flags |= VehicleFlags.LIGHT_OUTSIDE_ODD
         return flags
 
     def step(self) -> None:
@@ -184,6 +186,7 @@ class CaptureStage(Stage):
         v["s"], v["lateral"] = s, lateral
         v["heading_err"] = heading_err
         v["steer"] = act.steer
-        v["cmd_age_ns"] = act_ns - act.capture_ns if new_command else 0  # a held command is no new sample
+        # a held command is no new sample, and a fail-safe command has no frame behind it (capture stamp 0)
+        v["cmd_age_ns"] = act_ns - act.capture_ns if new_command and act.capture_ns else 0
         v["flags"] = flags
         self.pub_vehicle.send(wire.encode(v))

@@ -25,9 +25,10 @@ from runtime.transport import latest_reader, publisher
 from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
-# A result made from a black or frozen camera image hands over with the camera's own reason.
+# A result made from a black, frozen or out-of-domain camera image hands over with the camera's own reason.
 _CAMERA_REASONS = {ResultStatus.CAMERA_BLACKOUT: TakeoverReason.CAMERA_BLACKOUT,
-                   ResultStatus.CAMERA_FROZEN: TakeoverReason.CAMERA_FROZEN}
+                   ResultStatus.CAMERA_FROZEN: TakeoverReason.CAMERA_FROZEN,
+                   ResultStatus.LIGHT_OUTSIDE_ODD: TakeoverReason.LIGHT_OUTSIDE_ODD}
 
 
 class ControlStage(Stage):

@@ -78,9 +78,10 @@ class InferStage(Stage):
             return
         r = self.res
         camera = int(rec["flags"])  # preprocess's camera-health verdict (runtime/camhealth.py)
-        if camera:  # a black or frozen image: whatever the model made of it is not passed on
+        if camera:  # a black, frozen or out-of-domain image: whatever the model made of it is not passed on
             r["status"] = (ResultStatus.CAMERA_BLACKOUT if camera & FrameFlags.CAMERA_DARK
-                           else ResultStatus.CAMERA_FROZEN)
+                           else ResultStatus.CAMERA_FROZEN if camera & FrameFlags.CAMERA_FROZEN
+                           else ResultStatus.LIGHT_OUTSIDE_ODD)
             r["values"][:] = 0.0
         elif np.isfinite(self.output).all():
             r["status"] = ResultStatus.OK

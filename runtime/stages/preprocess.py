@@ -50,7 +50,11 @@ class PreprocessStage(Stage):
         cam_pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
         self.tensors = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
         self.input = FrameInput(self, "frames", cam_pool, STREAM_IDS[CAMERA_STREAM], frame_shape, np.uint8)
-        self.health = CameraHealth(int(np.prod(frame_shape)), cam.dark_level, cam.frozen_frames)
+        self.health = CameraHealth(int(np.prod(frame_shape)), cam.dark_level, cam.frozen_frames,
+                                   manifest.odd_mean_level)
+        if manifest.odd_mean_level is not None:
+            lo, hi = manifest.odd_mean_level
+            self.log.info("light check: frames with a mean level outside %g..%g (the model's [odd]) hand over", lo, hi)
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "tensors"))
         self.out = wire.new_message(MsgType.FRAME)
         self.out["stream"] = STREAM_IDS[TENSOR_STREAM]
