@@ -45,6 +45,7 @@ ZMQ_CASES = ("zmq_copy_ipc", "zmq_nocopy_ipc", "zmq_copy_tcp")
 ACK = b"k"
 MAILBOX = "bench-transport"  # the mailbox's topic name in this run
 WARMUP = 20  # unrecorded messages per case: the receiver's connect and first-touch costs
+REPLY_TIMEOUT_S = 30.0  # the receiver answers each message within microseconds; this long means it is gone
 
 
 def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Connection") -> None:
@@ -134,14 +135,18 @@ def run(quick: bool = False, n: int | None = None) -> Report:
     for case in ("shm",) + ZMQ_CASES:
         socks[case] = ctx.socket(zmq.PUSH)
         socks[case].bind(endpoints[case])
-    pools = {size: FramePool.create(run_id, size, 2, int(np.prod(shape))) for size, shape in SIZES.items()}
+    pools: dict[str, FramePool] = {}
     no_mailbox = unsupported()
-    mailbox = None if no_mailbox else Mailbox.create(run_id, MAILBOX)
+    mailbox = None
     parent, child = mp.get_context("spawn").Pipe()
     proc = mp.get_context("spawn").Process(target=_receiver, args=(run_id, endpoints, child), daemon=True)
-    proc.start()
     desc = wire.new_message(MsgType.FRAME)
     try:
+        for size, shape in SIZES.items():
+            pools[size] = FramePool.create(run_id, size, 2, int(np.prod(shape)))
+        if not no_mailbox:
+            mailbox = Mailbox.create(run_id, MAILBOX)
+        proc.start()
         for size, shape in SIZES.items():
             frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
             count = n_large if frame.nbytes >= 1 << 20 else n_small
@@ -176,17 +181,19 @@ def run(quick: bool = False, n: int | None = None) -> Report:
             for case, send in senders.items():
                 parent.send((case, size, shape, count))
                 if case == "shm_mailbox":
-                    ack.recv()  # the receiver is attached (ZeroMQ queues; a mailbox holds only the newest)
+                    _reply(ack, proc)  # the receiver is attached (ZeroMQ queues; a mailbox holds only the newest)
                 for _ in range(WARMUP + count):
                     send()
-                    ack.recv()
+                    _reply(ack, proc)
+                if not parent.poll(REPLY_TIMEOUT_S):
+                    raise RuntimeError(f"the receiver sent no latencies for {case}@{size} in {REPLY_TIMEOUT_S:.0f} s")
                 report.add(f"{case}@{size}", parent.recv())
             dst = np.empty_like(frame)
             report.add(f"memcpy@{size}", time_ns(lambda: np.copyto(dst, frame), count))
         parent.send(None)
         proc.join(30)
     finally:
-        if proc.is_alive():
+        if proc.pid is not None and proc.is_alive():
             proc.kill()
         for s in socks.values():
             s.close(0)
@@ -217,6 +224,17 @@ def run(quick: bool = False, n: int | None = None) -> Report:
     report.notes.append("pickle_pipe pickles only inside this benchmark, between its own two processes: "
                         "nothing in edgert's pipeline unpickles.")
     return report
+
+
+def _reply(ack: zmq.Socket, proc: mp.process.BaseProcess) -> None:
+    """Wait for the receiver's acknowledgement: a clear error, never a hang, if it died or stalled."""
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while not ack.poll(500):
+        if not proc.is_alive():
+            raise RuntimeError(f"the receiver process exited with code {proc.exitcode} (its error is above)")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no acknowledgement from the receiver in {REPLY_TIMEOUT_S:.0f} s")
+    ack.recv()
 
 
 def _free_port() -> int:

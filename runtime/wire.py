@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"EDRT"
-VERSION = 2  # 2: camera-health flags and statuses, camera takeover reasons, VEHICLE flags (docs/wire.md)
+VERSION = 3  # 2: camera-health flags, statuses, reasons, VEHICLE flags; 3: LIGHT_OUTSIDE_ODD (docs/wire.md)
 N_STAMPS = 8
 MAX_VALUES = 16
 MAX_DIMS = 4

@@ -280,7 +280,7 @@ scale = 1.0
 # Optional: the conditions the model was validated in. Outside them preprocess flags the frame and
 # control hands over (LIGHT_OUTSIDE_ODD). mean_level: the camera image's mean 8-bit level.
 # [odd]
-# mean_level = [100, 175]
+# mean_level = [105, 165]
 """
 
 

@@ -40,3 +40,23 @@ def test_the_cli_runs_a_benchmark_that_takes_no_pipeline_options(tmp_path):
     assert edgert(["bench", "transport", "--quick", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"transport.json", "transport.md", "transport.png"}
     assert edgert(["bench", "transport", "--compare-zmq", "--out", str(tmp_path)]) == 2  # given: refused
+
+
+def test_a_receiver_that_died_is_an_error_not_a_hang():
+    import multiprocessing as mp
+
+    import pytest
+    import zmq
+
+    ctx = zmq.Context()
+    ack = ctx.socket(zmq.PAIR)
+    ack.bind("inproc://bench-transport-reply")
+    proc = mp.get_context("spawn").Process(target=os._exit, args=(3,))
+    proc.start()
+    proc.join(30)
+    try:
+        with pytest.raises(RuntimeError, match="the receiver process exited with code 3"):
+            transport._reply(ack, proc)
+    finally:
+        ack.close(0)
+        ctx.term()

@@ -124,6 +124,20 @@ def test_nonfinite_model_output_is_a_takeover(control):
     assert h.stage.invalid == 1
 
 
+@pytest.mark.parametrize("status, reason", [(ResultStatus.CAMERA_BLACKOUT, TakeoverReason.CAMERA_BLACKOUT),
+                                            (ResultStatus.CAMERA_FROZEN, TakeoverReason.CAMERA_FROZEN),
+                                            (ResultStatus.LIGHT_OUTSIDE_ODD, TakeoverReason.LIGHT_OUTSIDE_ODD)])
+def test_a_camera_fault_hands_over_with_its_own_reason_and_recovers(control, status, reason):
+    h, send, recv = control
+    _drive(send, 5)
+    send(0.0, status=status)
+    fs = [c for c in recv(0.2) if int(c["flags"]) & CommandFlags.FAILSAFE]
+    assert fs and int(fs[0]["reason"]) == reason and int(fs[0]["flags"]) & CommandFlags.TAKEOVER
+    assert h.stage.failsafe == reason
+    _drive(send, 3)  # good results again: model commands resume after control.recover_after (3) of them
+    assert [c for c in recv(0.1) if int(c["flags"]) == 0], "3 consecutive good results must recover"
+
+
 def test_stale_and_backwards_frames_never_commanded(control):
     h, send, recv = control
     _drive(send, 5)

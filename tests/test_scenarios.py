@@ -86,15 +86,42 @@ def test_camera_health_flags_light_outside_the_models_domain():
     rng = np.random.default_rng(1)
     base = rng.integers(110, 160, shape, dtype=np.uint8)  # mean ~135, as the simulator renders
     assert h.check(base) == 0
-    for gain, expected in ((0.8, 0), (1.2, 0), (0.45, FrameFlags.LIGHT_OUTSIDE_ODD), (0.7, FrameFlags.LIGHT_OUTSIDE_ODD),
-                           (1.5, FrameFlags.LIGHT_OUTSIDE_ODD)):
+    for gain, expected in ((0.8, 0), (1.2, 0), (0.45, FrameFlags.LIGHT_OUTSIDE_ODD), (1.0, 0),
+                           (0.7, FrameFlags.LIGHT_OUTSIDE_ODD), (1.0, 0), (1.5, FrameFlags.LIGHT_OUTSIDE_ODD)):
         frame = np.clip(base * gain, 0, 255).astype(np.uint8)
         assert h.check(frame) == expected, gain
     assert h.check(np.zeros(shape, np.uint8)) == FrameFlags.CAMERA_DARK  # the more specific verdict
-    edge = np.full(shape, 100, np.uint8)
-    assert h.check(edge) == 0 and h.check(edge - 1) == FrameFlags.LIGHT_OUTSIDE_ODD  # bounds are inclusive
+    level = [np.full(shape, v, np.uint8) for v in range(256)]
+    h = CameraHealth(int(np.prod(shape)), dark_level=12.0, frozen_frames=0, light_range=(100.0, 175.0))
+    assert h.check(level[100]) == 0 and h.check(level[175]) == 0  # the bounds are inside
+    # dusk hovering at the bound: once out, back only 4 levels inside (no hand-over/resume flicker)
+    hover = [99, 100, 101, 103, 101, 104, 100, 99, 102]
+    assert [h.check(level[v]) != 0 for v in hover] == [True, True, True, True, True, False, False, True, True]
     no_odd = CameraHealth(int(np.prod(shape)), dark_level=12.0, frozen_frames=0)
-    assert no_odd.check(np.full(shape, 40, np.uint8)) == 0  # a model without [odd]: no light check
+    assert no_odd.check(level[40]) == 0  # a model without [odd]: no light check
+
+
+def test_camera_health_checks_each_camera_of_a_batch_and_status_names_the_fault():
+    """Four cameras in one slot: one dark camera is not averaged away by three bright ones."""
+    from runtime.camhealth import status_for
+
+    shape = (72, 128, 3)
+    # frozen off: cameras 0 and 3 keep one image through these checks, which would (rightly) flag them
+    h = CameraHealth(int(np.prod(shape)), dark_level=12.0, frozen_frames=0, light_range=(100.0, 175.0), cameras=4)
+    rng = np.random.default_rng(2)
+    slot = rng.integers(110, 160, (4, *shape), dtype=np.uint8)
+    assert h.check(slot) == 0
+    slot[2] = 0  # the mean of the four is still ~100: only a per-camera check sees it
+    assert h.check(slot) == FrameFlags.CAMERA_DARK
+    slot[2] = rng.integers(110, 160, shape, dtype=np.uint8)
+    slot[1] = (slot[1] * 0.45).astype(np.uint8)
+    assert h.check(slot) == FrameFlags.LIGHT_OUTSIDE_ODD
+    with pytest.raises(ValueError, match="a frame of 82944 bytes, expected 4 x 27648"):
+        h.check(slot[:3])
+    assert status_for(FrameFlags.CAMERA_DARK | FrameFlags.LIGHT_OUTSIDE_ODD) == wire.ResultStatus.CAMERA_BLACKOUT
+    assert status_for(FrameFlags.CAMERA_FROZEN | FrameFlags.LIGHT_OUTSIDE_ODD) == wire.ResultStatus.CAMERA_FROZEN
+    assert status_for(FrameFlags.CAMERA_DARK | FrameFlags.CAMERA_FROZEN) == wire.ResultStatus.CAMERA_BLACKOUT
+    assert status_for(FrameFlags.LIGHT_OUTSIDE_ODD) == wire.ResultStatus.LIGHT_OUTSIDE_ODD
 
 
 def test_wire_v2_checks_the_new_flag_fields():

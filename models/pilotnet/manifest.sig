@@ -1,1 +1,1 @@
-ed25519 6CCH0F9duqjIObei2NAVlMMeoidrPeGQi2nOZjt3owbJwrz04tA59/MhznH7puvLzHcYrUaetI/Rf/Wi12ubBA==
+ed25519 be69dVPPrisbXZQ6jMfWbCQ9gC7kPfhVsnAEudbMAP5tScsNhKqUOodCfvXiTem0nzYjL95zcdzb5+HD3q6RAg==

@@ -168,10 +168,11 @@ def closed_loop(model_path: Path, seconds: float, start_lateral: float = 0.0) ->
 
 ODD = """
 # The operating domain it was validated in: outside it preprocess flags the frame and control hands over
-# (runtime/camhealth.py). Mean 8-bit level of the camera image: 135 as rendered; 100..175 is 0.74x to
-# 1.29x that light (changing_light's 0.8x to 1.2x passes; at 0.45x the model left the lane).
+# (runtime/camhealth.py). Mean 8-bit level of the camera image: 135 as rendered. The scenarios passed
+# from 0.8x to 1.2x that light (means 108 to 162); 105..165 is that with 3 levels to spare (0.78x to
+# 1.22x). At 0.75x the model ran 0.64 m off centre, at 0.45x it left the lane.
 [odd]
-mean_level = [100, 175]
+mean_level = [105, 165]
 """  # the same for every variant: one spec, one domain
 
 PUBLISHER = "edgert-sim"  # its public key: models/publishers/edgert-sim.pub; the private key is not in the repo

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from runtime import wire
+from runtime.camhealth import status_for
 from runtime.engine import Engine
 from runtime.frameinput import FrameInput
 from runtime.framepool import FramePool
@@ -22,7 +23,7 @@ from runtime.stage import Stage
 from runtime.stages.capture import STREAM_IDS
 from runtime.stages.preprocess import TENSOR_STREAM
 from runtime.transport import publisher
-from runtime.wire import MAX_VALUES, FrameFlags, MsgType, ResultStatus, Stamp
+from runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
 
 
 class InferStage(Stage):
@@ -79,9 +80,7 @@ class InferStage(Stage):
         r = self.res
         camera = int(rec["flags"])  # preprocess's camera-health verdict (runtime/camhealth.py)
         if camera:  # a black, frozen or out-of-domain image: whatever the model made of it is not passed on
-            r["status"] = (ResultStatus.CAMERA_BLACKOUT if camera & FrameFlags.CAMERA_DARK
-                           else ResultStatus.CAMERA_FROZEN if camera & FrameFlags.CAMERA_FROZEN
-                           else ResultStatus.LIGHT_OUTSIDE_ODD)
+            r["status"] = status_for(camera)
             r["values"][:] = 0.0
         elif np.isfinite(self.output).all():
             r["status"] = ResultStatus.OK

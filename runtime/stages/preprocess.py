@@ -50,8 +50,8 @@ class PreprocessStage(Stage):
         cam_pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
         self.tensors = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
         self.input = FrameInput(self, "frames", cam_pool, STREAM_IDS[CAMERA_STREAM], frame_shape, np.uint8)
-        self.health = CameraHealth(int(np.prod(frame_shape)), cam.dark_level, cam.frozen_frames,
-                                   manifest.odd_mean_level)
+        self.health = CameraHealth(int(np.prod(self.src_shape)), cam.dark_level, cam.frozen_frames,
+                                   manifest.odd_mean_level, cameras=cam.cameras)
         if manifest.odd_mean_level is not None:
             lo, hi = manifest.odd_mean_level
             self.log.info("light check: frames with a mean level outside %g..%g (the model's [odd]) hand over", lo, hi)
@@ -70,7 +70,7 @@ class PreprocessStage(Stage):
         t_recv = time.monotonic_ns()
         slot = self.tensors.acquire()
         self.pre(src, self.tensors.view(slot, self.out_shape, self.out_dtype))
-        health = self.health.check(src)  # black or repeated image: FrameFlags (runtime/camhealth.py)
+        health = self.health.check(src)  # black, repeated or out-of-domain image: FrameFlags (runtime/camhealth.py)
         if not self.input.still_valid(rec):
             return  # the camera overwrote the frame while we read it; the tensor slot is reused later
         gen = self.tensors.publish(slot)
