@@ -48,6 +48,18 @@ WARMUP = 20  # unrecorded messages per case: the receiver's connect and first-to
 REPLY_TIMEOUT_S = 30.0  # the receiver answers each message within microseconds; this long means it is gone
 
 
+def _hold_slot(pool: FramePool, msg: bytes, shape: tuple[int, ...]) -> int:
+    """Validate a slot's descriptor and hold a view of the slot, as a stage does: the one-way latency, ns."""
+    rec = wire.decode(msg, MsgType.FRAME)
+    slot, gen = int(rec["slot"]), int(rec["generation"])
+    if not pool.is_current(slot, gen):
+        raise RuntimeError("slot overwritten: the ping-pong pacing is broken")
+    view = pool.view(slot, shape, np.uint8)
+    latency = time.monotonic_ns() - int(rec["stamps"][Stamp.CAPTURE])
+    del view
+    return latency
+
+
 def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Connection") -> None:
     """Receive frames case by case; reply ACK to each; return the latencies through `conn`."""
     ctx = zmq.Context()
@@ -69,13 +81,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
             sock = ctx.socket(zmq.PULL)
             sock.connect(endpoints["shm"])
             for i in range(WARMUP + n):
-                rec = wire.decode(sock.recv(), MsgType.FRAME)
-                slot, gen = int(rec["slot"]), int(rec["generation"])
-                if not pool.is_current(slot, gen):
-                    raise RuntimeError("slot overwritten: the ping-pong pacing is broken")
-                view = pool.view(slot, shape, np.uint8)
-                lat[i] = time.monotonic_ns() - int(rec["stamps"][Stamp.CAPTURE])
-                del view
+                lat[i] = _hold_slot(pool, sock.recv(), shape)
                 ack.send(ACK)
             sock.close(0)
             pool.close()
@@ -89,13 +95,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
                     if not src.wait(10_000):
                         raise RuntimeError("no descriptor in the mailbox for 10 s")
                     msg = src.take()
-                rec = wire.decode(msg, MsgType.FRAME)
-                slot, gen = int(rec["slot"]), int(rec["generation"])
-                if not pool.is_current(slot, gen):
-                    raise RuntimeError("slot overwritten: the ping-pong pacing is broken")
-                view = pool.view(slot, shape, np.uint8)
-                lat[i] = time.monotonic_ns() - int(rec["stamps"][Stamp.CAPTURE])
-                del view
+                lat[i] = _hold_slot(pool, msg, shape)
                 ack.send(ACK)
             src.close()
             pool.close()
