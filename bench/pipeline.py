@@ -514,10 +514,11 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
     floors = {"edgert": ("standalone:preprocess", "standalone:infer"),
               ZMQ_ABLATION: ("standalone:preprocess", "standalone:infer"),
               "naive": ("standalone:naive_preprocess", "standalone:naive_infer")}
+    paced_floor_ns = (sum(float(np.percentile(alone[c], 50)) for c in ("paced:preprocess", "paced:infer"))
+                      if "paced:infer" in alone else None)  # edgert's kernel and engine: not the naive chain's
     for name in rep.pipelines:
         floor = sum(float(np.percentile(alone[c], 50)) for c in floors[name])
-        paced_floor = (sum(float(np.percentile(alone[c], 50)) for c in ("paced:preprocess", "paced:infer"))
-                       if name != "naive" and "paced:infer" in alone else None)
+        paced_floor = None if name == "naive" else paced_floor_ns
         _aggregate(rep, name, results[name], floor, paced_floor)
         rep.details["pipelines"][name]["tax_floor_ms"] = floor / 1e6
         if paced_floor is not None:

@@ -124,7 +124,7 @@ def test_camera_health_checks_each_camera_of_a_batch_and_status_names_the_fault(
     assert status_for(FrameFlags.LIGHT_OUTSIDE_ODD) == wire.ResultStatus.LIGHT_OUTSIDE_ODD
 
 
-def test_wire_v2_checks_the_new_flag_fields():
+def test_wire_checks_the_camera_and_vehicle_flag_fields():
     f = wire.new_message(MsgType.FRAME)
     f["ndim"], f["dtype"], f["shape"][0], f["stamps"][Stamp.CAPTURE] = 1, 1, 4, 1
     f["flags"] = int(FrameFlags.CAMERA_DARK | FrameFlags.CAMERA_FROZEN)
