@@ -108,6 +108,7 @@ class InferSection:
     warmup_runs: int = 5
     trusted_keys: str = ""  # folder of trusted publisher keys (<name>.pub); "" = models/publishers
     cuda_graph: bool = False  # on an NVIDIA GPU: capture the model once as a CUDA graph, replay it per frame
+    warm_run: bool = False  # with pipeline.warm_us: also run the model on the last input, so the next frame finds it hot
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not 0 <= cfg.pipeline.warm_us <= 100_000:
         raise ConfigError(f"pipeline.warm_us: {cfg.pipeline.warm_us} outside 0..100000 microseconds; 0 turns "
                           "the warm-up off, 1500 wakes each input 1.5 ms before its next frame is due")
+    if cfg.infer.warm_run and not cfg.pipeline.warm_us:
+        raise ConfigError("infer.warm_run: the model's warm run happens in the input's warm-up, which "
+                          "pipeline.warm_us = 0 turns off; set pipeline.warm_us (e.g. 1500) or remove infer.warm_run")
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")

@@ -7,6 +7,8 @@ for, frame ids moving forward, and the slot's seqlock before and after use.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from runtime import wire
@@ -18,8 +20,12 @@ from runtime.wire import MsgType, WireError
 
 class FrameInput:
     def __init__(self, stage: Stage, topic: str, pool: FramePool, stream_id: int,
-                 shape: tuple[int, ...], dtype: np.dtype | str) -> None:
+                 shape: tuple[int, ...], dtype: np.dtype | str,
+                 warm_work: Callable[[np.void], object] | None = None) -> None:
+        """`warm_work`, if given, runs in the reader's warm-up (pipeline.warm_us) on the last
+        frame's validated descriptor, after the same checks a real frame gets."""
         self.stage = stage
+        self.warm_work = warm_work
         self.pool = pool
         self.stream_id = stream_id
         self.shape = tuple(shape)
@@ -61,9 +67,11 @@ class FrameInput:
 
     def _warm(self, msg: bytes) -> None:
         try:
-            self._check(msg)
+            rec, _ = self._check(msg)
         except (WireError, SlotError):
-            pass  # rejected and counted when it arrived
+            return  # rejected and counted when it arrived
+        if self.warm_work is not None:
+            self.warm_work(rec)
 
     def still_valid(self, rec: np.void) -> bool:
         """After using the slot: False (and counted as dropped) if the writer lapped us mid-read."""

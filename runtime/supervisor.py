@@ -111,6 +111,7 @@ class ThreadHandle:
         self.stop_event = threading.Event()
         self.code: int | None = None
         self.pid = None
+        self.native_id: int | None = None  # the thread's id in the OS (its CPU time is per thread)
 
     def start(self) -> None:
         self.stop_event = threading.Event()
@@ -119,6 +120,7 @@ class ThreadHandle:
         self.thread.start()
 
     def _run(self) -> None:
+        self.native_id = threading.get_native_id()
         try:
             ctx = self.make_ctx(self.name, self.stop_event)
             cls = load_stage_class(self.target) if self.target else stage_class(self.name, ctx.config.camera.source)

@@ -30,7 +30,7 @@ def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
     assert data["benchmark"] == f"pipeline-{scenario}"
     assert data["config"]["scenario"] == scenario and data["config"]["cameras"] == cameras
     cases = data["cases"]
-    for p in ("edgert", "naive"):
+    for p in ("edgert", "edgert-threads", "naive"):
         assert cases[p]["n"] >= MIN["min_count"], (p, cases[p])
         for s in SEGMENTS + ("tax", "jitter"):
             assert set(cases[f"{p}:{s}"]) == CASE_KEYS, (p, s)
@@ -47,7 +47,8 @@ def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
             assert st["errors"] == st["rejected"] == st["restarts"] == 0, (p, stage, st)
     for c in ("standalone:preprocess", "standalone:infer", "standalone:naive_preprocess", "standalone:naive_infer"):
         assert cases[c]["n"] >= 20
-    for key in ("naive/edgert", "naive/edgert_p99", "naive:tax/edgert:tax", "naive:tax/edgert:tax_p99"):
+    for key in ("naive/edgert", "naive/edgert_p99", "naive:tax/edgert:tax", "naive:tax/edgert:tax_p99",
+                "naive/edgert-threads_p99", "edgert:tax/edgert-threads:tax"):
         assert data["ratios"][key] > 0, key
     assert data["ratios"]["naive/edgert"] == pytest.approx(cases["naive"]["p50_ms"] / cases["edgert"]["p50_ms"])
     # tax is end-to-end minus the standalone floors, exactly
@@ -81,7 +82,10 @@ def test_single_stream_through_the_cli(tmp_path):
     assert "| naive/edgert_p99 |" in md and "target" in md and "pipeline-single-stream-stages.png" in md
     for png in ("pipeline-single-stream.png", "pipeline-single-stream-stages.png", "pipeline-single-stream-time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for p in ("edgert", "naive"):
+    assert data["config"]["edgert-threads"] == {"mode": "threads", "warm_run": True}
+    for p in ("edgert", "edgert-threads"):  # each edgert pipeline is checked against the targets
+        assert any(n.startswith("target ") and f"{p} tax p50 " in n for n in data["notes"]), p
+    for p in ("edgert", "edgert-threads", "naive"):
         x = data["details"]["pipelines"][p]
         # closed loop: no frame went out before the command for the one before it (LoadGen single-stream),
         assert x["overlapping_frames"] == 0, x

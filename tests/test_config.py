@@ -39,6 +39,8 @@ def test_default_config_loads():
     ("[pipeline]\nspin_us = 200000\n", r"pipeline.spin_us: 200000 outside 0..100000 microseconds; 0 turns"),
     ("[pipeline]\nwarm_us = -5\n", r"pipeline.warm_us: -5 outside 0..100000 microseconds; 0 turns the warm-up off"),
     ("[pipeline]\nmailbox = 1\n", r"pipeline.mailbox: expected true or false"),
+    ("[infer]\nwarm_run = 'yes'\n", r"infer.warm_run: expected true or false"),
+    ("[pipeline]\nwarm_us = 0\n[infer]\nwarm_run = true\n", r"infer.warm_run: .*pipeline.warm_us = 0 turns off"),
     ("[pipeline.affinity]\ninfer = [999]\n", r"pipeline.affinity.infer: cores \[999\] invalid"),
     ("[pipeline.affinity]\ninfre = [0]\n", r"unknown key 'pipeline.affinity.infre' \(did you mean 'infer'\?\)"),
     ("[infer]\nmodel = 'nosuchmodel'\n", r"infer.model: no manifest.toml in .*nosuchmodel.*zoo's: pilotnet"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -76,6 +78,20 @@ def test_closed_loop_end_to_end(mode, mailbox):
     assert not sup.run_dir.exists()  # sockets and config removed
     assert shm.list_segments(sup.run_id) == []
     assert set(edgert_processes()) <= set(before)  # no orphans
+
+
+def test_warm_run_runs_the_model_once_per_frame_before_it_is_due(caplog):
+    """infer.warm_run: in the input's warm-up the model runs on the last tensor; the commands
+    are the same closed loop's, nothing rejected or lost."""
+    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True})
+    with caplog.at_level(logging.INFO, logger="edgert.infer"):
+        s = Supervisor(cfg, duration_s=3.0, mode="threads").run()
+    _check_summary(s, min_frames=45)
+    said = [r.getMessage() for r in caplog.records if "warm runs of the model" in r.getMessage()]
+    assert len(said) == 1, said
+    warm, frames = map(int, re.match(r"(\d+) warm runs of the model for (\d+) frames", said[0]).groups())
+    # one per frame once the reader has learnt the frame period (a few frames), never more than one
+    assert frames >= 45 and frames * 0.7 <= warm <= frames, said
 
 
 def _free_port_block(n: int) -> int:
