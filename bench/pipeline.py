@@ -153,8 +153,9 @@ class _Watcher(threading.Thread):
         return {n: dict(self.sup.status[n].counters or {}) for n in STAGES}
 
     def _cpu(self) -> dict[str, float]:
-        """CPU seconds of each stage so far; peak RSS on the side. In threads mode a stage's CPU time
-        is its thread's, and its RSS the one process's, shared by all stages."""
+        """CPU seconds of each stage so far (read at the window's two ends). In threads mode a
+        stage's CPU time is its thread's: psutil reads every thread's, 0.5 ms of Python holding
+        the GIL the stage threads need, so not in the sampling loop."""
         out = {}
         threads = None
         for name, p in self.procs.items():
@@ -163,15 +164,22 @@ class _Watcher(threading.Thread):
                     if threads is None:
                         threads = {t.id: t.user_time + t.system_time for t in self.me.threads()}
                     out[name] = threads.get(p, float("nan"))
-                    rss = self.me.memory_info().rss
                 else:
                     t = p.cpu_times()
                     out[name] = t.user + t.system
-                    rss = p.memory_info().rss
-                self.rss[name] = max(self.rss.get(name, 0.0), rss / 2 ** 20)
             except Exception:  # a stage that died (the run reports it); psutil.Error and OSError
                 out[name] = float("nan")
+        self._rss()
         return out
+
+    def _rss(self) -> None:
+        """Peak RSS of each stage; in threads mode the one process's, shared by all stages."""
+        for name, p in self.procs.items():
+            try:
+                rss = (self.me if isinstance(p, int) else p).memory_info().rss
+                self.rss[name] = max(self.rss.get(name, 0.0), rss / 2 ** 20)
+            except Exception:  # a stage that died (the run reports it); psutil.Error and OSError
+                pass
 
     def run(self) -> None:
         import psutil
@@ -193,7 +201,7 @@ class _Watcher(threading.Thread):
             time.sleep(0.1)
             got = tel.n - self.n0
             self.bar.update(min(got, self.min_count) - self.bar.n)
-            self._cpu()
+            self._rss()
             if got >= self.min_count and time.monotonic() - self.t0 >= self.min_duration_s:
                 self.n1, self.t1, self.counters1, self.cpu1 = tel.n, time.monotonic(), self._counters(), self._cpu()
                 sys1 = psutil.cpu_times()
