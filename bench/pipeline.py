@@ -14,8 +14,8 @@ process topology (bench/_naive.py: frames pickled through ZeroMQ, cv2 + NumPy pr
 plain `session.run`), and the standalone preprocessing kernel and engine (and the naive chain
 and bare session) are timed in this process on those frames. A second edgert pipeline,
 "edgert-threads", runs the same config in threads mode (one process, the stages as threads) with
-infer.warm_run: ARCHITECTURE's lowest-latency setup, so the report shows what a process per stage
-costs. Runs alternate between the pipelines, in reverse every other round (`rounds`), so a noisy
+infer.warm_run: ARCHITECTURE's lowest-latency setup, so the report shows a process per stage
+against it. Runs alternate between the pipelines, in reverse every other round (`rounds`), so a noisy
 spell on a shared machine hits all of them.
 
 Each run lasts until it has `min_count` commands AND `min_duration_s` seconds after a warm-up
@@ -38,7 +38,7 @@ is marked INVALID in the notes. Per command, from the stamps every stage adds
 plus drops (frames the source skipped or whose command never came; frames captured but never
 commanded, by frame-id gaps at control), CPU % and peak RSS of each stage process, and
 throughput. Ratios: naive/edgert (p50) and naive/edgert_p99 for end-to-end, and the same for tax;
-naive/edgert-threads, and edgert:tax/edgert-threads:tax (the cost of isolation).
+naive/edgert-threads, and edgert:tax/edgert-threads:tax (processes against threads + warm run).
 With `compare_zmq` a fourth pipeline, "edgert-zmq", runs edgert with ZeroMQ-only hops (no
 mailboxes, no warm-up) in the same rounds: ratio edgert-zmq:tax/edgert:tax is what they save.
 """
@@ -160,10 +160,11 @@ class _Watcher(threading.Thread):
         threads = None
         for name, p in self.procs.items():
             try:
-                if isinstance(p, int):  # a thread of this process
+                if isinstance(p, int):  # a thread of this process, if the stage has not been restarted since
                     if threads is None:
                         threads = {t.id: t.user_time + t.system_time for t in self.me.threads()}
-                    out[name] = threads.get(p, float("nan"))
+                    same = self.sup.handles[name].native_id == p
+                    out[name] = threads.get(p, float("nan")) if same else float("nan")
                 else:
                     t = p.cpu_times()
                     out[name] = t.user + t.system
@@ -351,7 +352,7 @@ class PipelineReport(Report):
         return "\n".join(lines)
 
     def plot(self, path: Path) -> None:
-        """Log-scale latency histograms of end-to-end and tax, edgert against naive."""
+        """Log-scale latency histograms of end-to-end and tax, every pipeline of the run."""
         import matplotlib
         import matplotlib.ticker
 
@@ -509,7 +510,8 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             if value is not None:
                 if not 0 <= value <= 100_000:
                     raise ValueError(f"--{key.replace('_', '-')}: {value} outside 0..100000")
-                cfg = cfg.replace(pipeline={key: value})
+                cfg = cfg.replace(pipeline={key: value}, **({"infer": {"warm_run": False}} if key == "warm_us"
+                                                           and not value else {}))  # no warm-up, no warm run
         if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
             from bench._batchmodel import batch_variant
 
@@ -520,13 +522,15 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
                 "model": Path(cfg.infer.model).name, "quick": quick, **p,
                 "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport,
                 "spin_us": cfg.pipeline.spin_us, "warm_us": cfg.pipeline.warm_us, "mailbox": cfg.pipeline.mailbox,
-                "warm_run": cfg.infer.warm_run, THREADS: {"mode": "threads", "warm_run": bool(cfg.pipeline.warm_us)}}
+                "warm_run": cfg.infer.warm_run}
+        no_warm = {"infer": {"warm_run": False}}
+        run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False, "warm_us": 0}, **no_warm),
+                    THREADS: cfg.replace(pipeline={"mode": "threads"}, infer={"warm_run": bool(cfg.pipeline.warm_us)}),
+                    "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0, "mailbox": False}, **no_warm)}  # by hand
+        conf[THREADS] = {"mode": run_cfgs[THREADS].pipeline.mode, "warm_run": run_cfgs[THREADS].infer.warm_run}
         rep = PipelineReport(f"pipeline-{scenario}", conf)
         if compare_zmq:
             rep.pipelines = (*PIPELINES, ZMQ_ABLATION)
-        run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False, "warm_us": 0}),
-                    THREADS: cfg.replace(pipeline={"mode": "threads"}, infer={"warm_run": bool(cfg.pipeline.warm_us)}),
-                    "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0, "mailbox": False})}  # the obvious way
         images = render_frames(cfg, cfg.camera.frames)
         alone = standalone(cfg, images, p["standalone_n"], p["paced_n"])
         del images
@@ -558,7 +562,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         rep.ratio("naive", "edgert", p99=p99)
         rep.ratio("naive:tax", "edgert:tax", p99=p99)
         rep.ratio("naive", THREADS, p99=p99)
-        rep.ratio("edgert:tax", f"{THREADS}:tax", p99=p99)  # what a process per stage costs
+        rep.ratio("edgert:tax", f"{THREADS}:tax", p99=p99)  # a process per stage, against threads + warm run
         if compare_zmq:
             rep.ratio(f"{ZMQ_ABLATION}:tax", "edgert:tax", p99=p99)
     _notes(rep, scenario, p["min_count"])
@@ -598,8 +602,9 @@ def _notes(rep: PipelineReport, scenario: str, min_count: int) -> None:
             f"as threads, the same stage code) with infer.warm_run where pipeline.warm_us > 0 (the model run once "
             f"on the last input in the input's warm-up, warm_us before the frame is due): ARCHITECTURE's lowest-latency setup, "
             f"traded against isolation (a stage that crashes the interpreter takes the others with it). Its CPU % "
-            f"per stage is its thread's; its RSS is the one process's. edgert:tax/{THREADS}:tax is what a process "
-            f"per stage costs")
+            f"per stage is its thread's; its RSS is the one process's (the benchmark's own included). "
+            f"edgert:tax/{THREADS}:tax compares a process per stage with threads plus the warm run; the infer "
+            f"stage turns the warm run off, with a warning, where its first 16 take over 3/4 of warm_us (p50)")
     if scenario == "single-stream":
         t = TARGETS
         for p in (x for x in ("edgert", THREADS) if x in rep.pipelines):
