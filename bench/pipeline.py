@@ -506,12 +506,12 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             p[key] = value
     with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
         cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])
+        no_warm = {"infer": {"warm_run": False}}  # the warm run happens in the warm-up: none without one
         for key, value in (("spin_us", spin_us), ("warm_us", warm_us)):
             if value is not None:
                 if not 0 <= value <= 100_000:
                     raise ValueError(f"--{key.replace('_', '-')}: {value} outside 0..100000")
-                cfg = cfg.replace(pipeline={key: value}, **({"infer": {"warm_run": False}} if key == "warm_us"
-                                                           and not value else {}))  # no warm-up, no warm run
+                cfg = cfg.replace(pipeline={key: value}, **(no_warm if key == "warm_us" and not value else {}))
         if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
             from bench._batchmodel import batch_variant
 
@@ -523,7 +523,6 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
                 "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport,
                 "spin_us": cfg.pipeline.spin_us, "warm_us": cfg.pipeline.warm_us, "mailbox": cfg.pipeline.mailbox,
                 "warm_run": cfg.infer.warm_run}
-        no_warm = {"infer": {"warm_run": False}}
         run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False, "warm_us": 0}, **no_warm),
                     THREADS: cfg.replace(pipeline={"mode": "threads"}, infer={"warm_run": bool(cfg.pipeline.warm_us)}),
                     "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0, "mailbox": False}, **no_warm)}  # by hand
@@ -543,14 +542,15 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
                 results[name].append(run_once(run_cfgs[name], STAGE_CLASSES if name == "naive" else None,
                                               p["min_count"], p["min_duration_s"], p["warmup_s"],
                                               desc=f"{scenario} {name} {r + 1}/{p['rounds']}", progress=progress))
-    floors = {"edgert": ("standalone:preprocess", "standalone:infer"),
-              ZMQ_ABLATION: ("standalone:preprocess", "standalone:infer"),
-              THREADS: ("standalone:preprocess", "standalone:infer"),
-              "naive": ("standalone:naive_preprocess", "standalone:naive_infer")}
-    paced_floor_ns = (sum(float(np.percentile(alone[c], 50)) for c in ("paced:preprocess", "paced:infer"))
-                      if "paced:infer" in alone else None)  # edgert's kernel and engine: not the naive chain's
+    def p50_sum(cases: tuple[str, ...]) -> float:
+        return sum(float(np.percentile(alone[c], 50)) for c in cases)
+
+    # every edgert pipeline runs edgert's kernel and engine; the naive one the cv2 chain and bare session
+    edgert_floor = p50_sum(("standalone:preprocess", "standalone:infer"))
+    naive_floor = p50_sum(("standalone:naive_preprocess", "standalone:naive_infer"))
+    paced_floor_ns = p50_sum(("paced:preprocess", "paced:infer")) if "paced:infer" in alone else None
     for name in rep.pipelines:
-        floor = sum(float(np.percentile(alone[c], 50)) for c in floors[name])
+        floor = naive_floor if name == "naive" else edgert_floor
         paced_floor = None if name == "naive" else paced_floor_ns
         _aggregate(rep, name, results[name], floor, paced_floor)
         rep.details["pipelines"][name]["tax_floor_ms"] = floor / 1e6

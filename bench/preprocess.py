@@ -117,20 +117,28 @@ def _cuda(spec: PreprocessSpec, src: np.ndarray) -> dict[str, Callable[[], None]
     return {"cuda_dev": dev, "cuda_host": host}
 
 
+def _bgr_fns(spec: PreprocessSpec, src: np.ndarray | Callable[[], np.ndarray], shape: tuple[int, ...],
+             threads: int) -> dict[str, Callable[[], object]]:
+    """The first case's implementations on `src`: one frame, or a function giving the next one."""
+    frame = src if callable(src) else (lambda: src)
+    fns = {"fused": _fused(spec, src, threads, shape)}
+    if threads > 1:  # what the threads buy, and what they cost in tail on a busy machine
+        fns["fused_1t"] = _fused(spec, src, 1, shape)
+    dst = np.empty(shape, np.uint8)
+    return {
+        **fns,
+        "naive": lambda: reference_preprocess(spec, frame()),
+        "blob": lambda: cv2.dnn.blobFromImage(frame(), 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
+        "memcpy": lambda: np.copyto(dst, frame()),
+    }
+
+
 def case_bgr(rng: np.random.Generator, threads: int) -> Case:
     """1920x1080 BGR -> 1x3x384x640 float32, (v/255 - 0.5)/0.5, RGB order, bilinear."""
     spec = _spec()
     src = _frames(rng, (1080, 1920, 3))
-    fns = {"fused": _fused(spec, src, threads, src.shape)}
-    if threads > 1:  # what the threads buy, and what they cost in tail on a busy machine
-        fns["fused_1t"] = _fused(spec, src, 1, src.shape)
-    return Case("bgr1080_to_384x640", {
-        **fns,
-        "naive": lambda: reference_preprocess(spec, src),
-        "blob": lambda: cv2.dnn.blobFromImage(src, 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
-        "memcpy": _memcpy(src),
-        **_cuda(spec, src),
-    }, floor_bytes=floor_bytes(Preprocessor(spec, src.shape), src.nbytes))
+    return Case("bgr1080_to_384x640", {**_bgr_fns(spec, src, src.shape, threads), **_cuda(spec, src)},
+                floor_bytes=floor_bytes(Preprocessor(spec, src.shape), src.nbytes))
 
 
 def case_bgr_fresh(rng: np.random.Generator, threads: int) -> Case:
@@ -139,20 +147,11 @@ def case_bgr_fresh(rng: np.random.Generator, threads: int) -> Case:
     reuses one frame, which the other cases leave more or less cached (docs/kernels.md)."""
     spec = _spec()
     frames = [_frames(rng, (1080, 1920, 3)) for _ in range(FRESH_FRAMES)]
-    ring = itertools.cycle(frames)
-    fns = {"fused": _fused(spec, ring.__next__, threads, frames[0].shape)}
-    if threads > 1:
-        fns["fused_1t"] = _fused(spec, ring.__next__, 1, frames[0].shape)
-    dst = np.empty_like(frames[0])
-    return Case("bgr1080_to_384x640_fresh", {
-        **fns,
-        "naive": lambda: reference_preprocess(spec, next(ring)),
-        "blob": lambda: cv2.dnn.blobFromImage(next(ring), 2 / 255, (640, 384), (127.5, 127.5, 127.5), swapRB=True),
-        "memcpy": lambda: np.copyto(dst, next(ring)),
-    }, note=f"bgr1080_to_384x640_fresh: the first case with a fresh frame each call ({FRESH_FRAMES} frames, "
-            f"{FRESH_FRAMES * frames[0].nbytes / 1e6:.0f} MB, in turn), as a camera delivers them: what each "
-            "implementation costs when the frame is not in cache",
-        floor_bytes=floor_bytes(Preprocessor(spec, frames[0].shape), frames[0].nbytes))
+    return Case("bgr1080_to_384x640_fresh", _bgr_fns(spec, itertools.cycle(frames).__next__, frames[0].shape, threads),
+                note=f"bgr1080_to_384x640_fresh: the first case with a fresh frame each call ({FRESH_FRAMES} frames, "
+                     f"{FRESH_FRAMES * frames[0].nbytes / 1e6:.0f} MB, in turn), as a camera delivers them: what each "
+                     "implementation costs when the frame is not in cache",
+                floor_bytes=floor_bytes(Preprocessor(spec, frames[0].shape), frames[0].nbytes))
 
 
 def case_nv12(rng: np.random.Generator, threads: int) -> Case | None:

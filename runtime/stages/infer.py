@@ -86,12 +86,14 @@ class InferStage(Stage):
         self.warm_runs += 1
         if self.warm_runs <= WARM_RUN_PROBE:  # a warm run still going when the frame comes delays it
             self._warm_ns[self.warm_runs - 1] = time.monotonic_ns() - t0
-            if self.warm_runs == WARM_RUN_PROBE and 4 * np.median(self._warm_ns) > 3 * self.warm_us * 1000:
-                self.input.warm_work = None
-                self.log.warning("infer.warm_run off after %d runs: a warm run takes %.2f ms p50, more than 3/4 "
-                                 "of pipeline.warm_us (%.2f ms), so frames would wait behind it; raise "
-                                 "pipeline.warm_us to at least %d", WARM_RUN_PROBE, np.median(self._warm_ns) / 1e6,
-                                 self.warm_us / 1e3, int(4 * np.median(self._warm_ns) / 3000) + 1)
+            if self.warm_runs == WARM_RUN_PROBE:
+                p50_ns = float(np.median(self._warm_ns))
+                if 4 * p50_ns > 3 * self.warm_us * 1000:
+                    self.input.warm_work = None
+                    self.log.warning("infer.warm_run off after %d runs: a warm run takes %.2f ms p50, more than 3/4 of "
+                                     "pipeline.warm_us (%.2f ms), so frames would wait behind it; raise "
+                                     "pipeline.warm_us to at least %d", WARM_RUN_PROBE, p50_ns / 1e6,
+                                     self.warm_us / 1e3, int(4 * p50_ns / 3000) + 1)
 
     def step(self) -> None:
         got = self.input.next(100)
