@@ -81,6 +81,19 @@ output = "steer"
 """)
 
 
+@pytest.fixture(autouse=True)
+def _root_log_handlers():
+    """A test that runs the CLI in-process points the root logger at pytest's captured stderr
+    (runtime/logs.py); put the handlers back, or later tests log to a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     d = tmp_path / "tiny"

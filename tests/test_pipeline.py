@@ -106,20 +106,33 @@ def test_warm_run_runs_the_model_once_per_frame_and_never_reaches_a_result(caplo
     said = [r.getMessage() for r in caplog.records if "warm runs of the model" in r.getMessage()]
     assert len(said) == 1, said
     warm, frames = map(int, re.match(r"(\d+) warm runs of the model for (\d+) frames", said[0]).groups())
-    # one per frame once the reader has learnt the frame period (a few frames; a frame already
-    # waiting at the warm-up's time skips it), never more than one
-    assert frames >= 45 and frames * 0.5 <= warm <= frames, said
+    # one per frame once the reader has learnt the frame period (a few frames), never more than
+    # one; a frame already waiting at the warm-up's time skips it, which on a loaded 2-core
+    # machine was up to half of them (44 warm runs for 91 frames with two busy loops beside)
+    assert frames >= 45 and frames // 4 <= warm <= frames, said
+
+
+class SlowModelInfer(InferStage):
+    """The real infer stage with every model run 2 ms longer (a bigger model or a slower
+    accelerator than this machine's): a warm run then outlasts 3/4 of the default warm-up."""
+
+    def _run_model(self, slot: int) -> None:
+        super()._run_model(slot)
+        time.sleep(0.002)
 
 
 def test_warm_run_turns_off_with_a_warning_where_a_model_run_outlasts_most_of_the_warm_up(caplog):
-    """A warm run that could still be running when the frame comes would delay it."""
-    cfg = load(DEFAULT_CONFIG).replace(pipeline={"warm_us": 20}, infer={"warm_run": True})
+    """A warm run that could still be running when the frame comes would delay it. (The
+    default 1.5 ms warm-up, so nearly every frame has its warm run: one 20 us before the frame,
+    as this test once had, is beaten by the arrival's jitter on a loaded machine.)"""
+    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True})
     with caplog.at_level(logging.INFO, logger="edgert.infer"):
-        s = Supervisor(cfg, duration_s=2.0, mode="threads").run()
-    _check_summary(s, min_frames=20)
+        s = Supervisor(cfg, duration_s=3.0, mode="threads",
+                       stage_classes={"infer": f"{Path(__file__).stem}:SlowModelInfer"}).run()
+    _check_summary(s, min_frames=30)
     text = caplog.text
     assert f"infer.warm_run off after {WARM_RUN_PROBE} runs: a warm run takes" in text, text
-    assert "raise pipeline.warm_us to at least" in text
+    assert "more than 3/4 of pipeline.warm_us (1.50 ms)" in text and "raise pipeline.warm_us to at least" in text
     assert re.search(rf"\b{WARM_RUN_PROBE} warm runs of the model for \d+ frames", text), text  # none after
 
 
