@@ -42,10 +42,12 @@ def _stream(tmp: Path, spin_us: int, n: int = 12, period_s: float = 0.02, warm_u
 
 
 def test_steady_stream_is_caught_in_the_spin_window_and_nothing_is_lost(tmp_path):
-    got, reader = _stream(tmp_path, spin_us=8000)
-    assert got == list(range(12)) and reader.skipped == 0
-    # the period is learnt from the first gaps; after that frames land inside the 8 ms window
-    assert reader.caught_spinning >= 6, reader.caught_spinning
+    got, reader = _stream(tmp_path, spin_us=8000, n=30)
+    assert got == list(range(30)) and reader.skipped == 0
+    # the period is learnt from the first gaps; after that frames land inside the 8 ms window,
+    # unless the sender's own sleep overshoots by 4 ms (half of them on a loaded 2-core CI
+    # machine, 5 of 12 once); without spinning none are
+    assert reader.caught_spinning >= 7, reader.caught_spinning
     assert 10_000_000 < reader._period < 40_000_000
 
 
