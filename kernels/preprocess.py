@@ -320,7 +320,15 @@ class Preprocessor:
             # them unless x is downscaled more than 2:1); windows index the compacted row
             cols, start, tw = compact_columns(xi, xw)
             self._cols = (cols + np.uint32(rx)).astype(np.uint32)  # absolute pixel columns
-            self._dense = bool(cols[-1] - cols[0] + 1 == cols.size)
+            from kernels.yuvkernel import MODE_DENSE, MODE_DIRECT, MODE_DIRECT3, MODE_SPARSE
+
+            if spec.src_format != "gray" and tw.shape[1] == 1 and cols.size == cw and np.all(tw == 1.0) \
+                    and np.array_equal(start, np.arange(cw)):
+                # each output pixel is one kept column: decoded into the output row; every third
+                # column (1920 -> 640) has its own gather with constant strides
+                self._mode = MODE_DIRECT3 if cw > 1 and np.all(np.diff(cols) == 3) else MODE_DIRECT
+            else:
+                self._mode = MODE_DENSE if cols[-1] - cols[0] + 1 == cols.size else MODE_SPARSE
             self._x0, self._rw3, n_buf = rx, rw * 3, cols.size
             self._pick = 0
         self._xstart = start * np.uint32(3)  # element offset of each window in the row buffer
@@ -339,6 +347,7 @@ class Preprocessor:
         # Zero tail: a window's zero-weight padding taps may run past the last kept pixel.
         self._rowbuf = np.zeros((self.threads, 3 * n_buf + 3 * tw.shape[1]), np.float32)
         self._rgbbuf = np.zeros((self.threads, 3 * n_buf), np.float32)  # one decoded source row (YUV/GRAY)
+        self._gatbuf = np.zeros((self.threads, 3, n_buf), np.uint8)  # its Y, U, V bytes, gathered (YUV)
         self._pixbuf = np.zeros((self.threads, 3, cw), np.float32)
         self._dummy32 = np.zeros((1, 1, 1), np.float32)
         self._dummy16 = np.zeros((1, 1, 1), np.uint16)
@@ -432,8 +441,8 @@ class Preprocessor:
                          self._coef, self._rowbuf, self._pixbuf, o32, o16, o8, self._kind, self._nchw, self._oy0,
                          self._ox0)
             return
-        self._kernel(s, self._fmt, self.frame_size[0], self._cols, self._dense, self._yidx, self._yw, self._xstart,
-                     self._xw, self._yc, self._coef, self._rgbbuf, self._rowbuf, self._pixbuf, o32, o16, o8,
+        self._kernel(s, self._fmt, self.frame_size[0], self._cols, self._mode, self._yidx, self._yw, self._xstart,
+                     self._xw, self._yc, self._coef, self._rgbbuf, self._gatbuf, self._rowbuf, self._pixbuf, o32, o16, o8,
                      self._kind, self._nchw, self._oy0, self._ox0)
 
     def _fill_borders(self, o: np.ndarray) -> None:

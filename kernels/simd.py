@@ -117,3 +117,33 @@ def permutation(coef) -> int:  # coef: float32 [3, 6] (kernels.preprocess.color_
     if (m == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]).all():
         return 2
     return 0
+
+
+@intrinsic
+def unit_row(typingctx, arr, i):  # pragma: no cover - compile-time
+    """Row i of a 2-D uint8 array whose inner stride is 1 (Preprocessor checks the frame's
+    strides), typed as a C-contiguous 1-D view of the same bytes. The kernels take frames as
+    'A' (any-layout) arrays so that row-padded slot views need no copy; indexing a row of one
+    then multiplies by a run-time stride, and LLVM vectorises no constant-stride loop over it
+    (the NV12 gathers of kernels/yuvkernel._gather3: 0.094 ms for 768 rows against 0.018 on a
+    C row)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.uint8):
+        return None
+    retty = types.Array(types.uint8, 1, "C", readonly=not arr.mutable)
+    sig = retty(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        from numba.core.imputils import impl_ret_borrowed
+        from numba.np.arrayobj import populate_array
+
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        shape = cgutils.unpack_tuple(builder, ary.shape)
+        strides = cgutils.unpack_tuple(builder, ary.strides)
+        out = context.make_array(retty)(context, builder)
+        populate_array(out, data=builder.gep(ary.data, [builder.mul(args[1], strides[0])]), shape=[shape[1]],
+                       strides=[context.get_constant(types.intp, 1)], itemsize=ary.itemsize, meminfo=ary.meminfo,
+                       parent=ary.parent)
+        return impl_ret_borrowed(context, builder, retty, out._getvalue())  # a new reference to the frame
+
+    return sig, codegen

@@ -97,6 +97,58 @@ def test_yuv_matches_opencv_chain(case: tuple[PreprocessSpec, np.ndarray]) -> No
     assert_close(spec, run(spec, src), reference_preprocess(spec, src), TOLERANCE_STEPS[spec.color] + 1.0)
 
 
+@pytest.mark.parametrize("step", [1, 3, 5])
+@pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
+@settings(max_examples=40, deadline=None)
+@given(ow=st.integers(1, 40), oh=st.integers(1, 12),
+       x=st.integers(0, 7), extra=st.integers(0, 3), color=st.sampled_from(["rgb", "bgr", "yuv601"]),
+       out=st.sampled_from([("float32", "nchw"), ("float32", "nhwc"), ("float16", "nchw"), ("uint8", "nhwc")]),
+       yuv=st.sampled_from([("bt601", "limited"), ("bt709", "full")]), letterbox=st.booleans(),
+       pad=st.sampled_from([0, 6]), seed=st.integers(0, 2**32 - 1))
+def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: int, ow: int, oh: int, x: int,
+                                                                extra: int, color: str, out: tuple[str, str],
+                                                                yuv: tuple[str, str], letterbox: bool, pad: int,
+                                                                seed: int) -> None:
+    """An odd whole x downscale (1920 -> 640 bilinear: one kept column per output pixel at
+    weight 1) decodes each tap straight into the output row (yuvkernel.MODE_DIRECT). It must
+    give the row-buffer path's bits for every format, dtype, layout, colour, matrix, the
+    letterbox offset, odd ROI offsets (the chroma phase) and padded rows."""
+    from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_SPARSE
+
+    rw, rh = step * ow, 2 * oh + 2
+    w, h = x + rw + extra, rh + 4
+    w, h = w + (w & 1), h + (h & 1)
+    src = yuv_frame(np.random.default_rng(seed), buffer_shape(fmt, h, w), pad)
+    dtype, layout = out
+    spec = PreprocessSpec(src_format=fmt, out_width=ow + (6 if letterbox else 0), out_height=oh,
+                          roi=(x, 2, rw, rh), resize="bilinear", letterbox=letterbox, color=color,
+                          scale=1 / 255 if dtype != "uint8" else 1.0, mean=(0.485, 0.456, 0.406) if dtype != "uint8"
+                          else (0.0, 0.0, 0.0), std=(0.229, 0.224, 0.225) if dtype != "uint8" else (1.0, 1.0, 1.0),
+                          layout=layout, dtype=dtype, yuv_matrix=yuv[0], yuv_range=yuv[1])
+    direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
+    # every third column has its own constant-stride gather; a letterboxed fit may not be a whole step
+    assert direct._mode == (MODE_DIRECT3 if step == 3 and ow > 1 else MODE_DIRECT) or letterbox
+    general._mode = MODE_SPARSE
+    got, want = np.empty(direct.out_shape, direct.out_dtype), np.empty(direct.out_shape, direct.out_dtype)
+    direct(src, got)
+    general(src, want)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    if dtype == "float32" and not letterbox:  # and both against the NumPy decode + float chain
+        rgb = yuv_to_rgb_reference(fmt, src, spec.yuv_matrix, spec.yuv_range).astype(np.float32)
+        assert_close(spec, got, float_chain(replace(spec, src_format="rgb"), rgb), FLOAT_STEPS)
+
+
+def test_1080p_nv12_to_640_decodes_straight_into_the_output() -> None:
+    from kernels.yuvkernel import MODE_DIRECT3
+
+    spec = replace(_spec("nv12"), out_width=640, out_height=384)
+    src = yuv_frame(np.random.default_rng(9), buffer_shape("nv12", 1080, 1920), 0)
+    assert Preprocessor(spec, src.shape)._mode == MODE_DIRECT3
+    rgb = yuv_to_rgb_reference("nv12", src, spec.yuv_matrix, spec.yuv_range).astype(np.float32)
+    assert_close(spec, run(spec, src), float_chain(replace(spec, src_format="rgb"), rgb), FLOAT_STEPS)
+    np.testing.assert_array_equal(run(spec, src, threads=2), run(spec, src))
+
+
 @pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
 @pytest.mark.parametrize("pad", [0, 10])
 def test_decode_alone_matches_cv2_cvtcolor(fmt: str, pad: int) -> None:
@@ -207,10 +259,12 @@ def test_bad_batches_are_rejected() -> None:
 # --- no allocation per frame --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt, batch", [("nv12", 1), ("i420", 1), ("yuyv", 1), ("gray", 1), ("bgr", 4),
-                                        ("nv12", 4)])
-def test_new_paths_allocate_nothing(fmt: str, batch: int) -> None:
-    shape = buffer_shape(fmt, 240, 320) if fmt != "bgr" else (240, 320, 3)
+@pytest.mark.parametrize("fmt, batch, w", [("nv12", 1, 320), ("i420", 1, 320), ("yuyv", 1, 320), ("gray", 1, 320),
+                                           ("bgr", 4, 320), ("nv12", 4, 320), ("nv12", 1, 480), ("i420", 1, 480),
+                                           ("yuyv", 1, 480)])
+def test_new_paths_allocate_nothing(fmt: str, batch: int, w: int) -> None:
+    """w = 320 to 160 decodes every pixel (2:1), 480 to 160 one kept column per output (direct)."""
+    shape = buffer_shape(fmt, 240, w) if fmt != "bgr" else (240, w, 3)
     pre = Preprocessor(replace(_spec(fmt), out_width=160, out_height=96), shape, batch=batch)
     pre.warmup()
     frames = [yuv_frame(np.random.default_rng(8), shape, 32) for _ in range(batch)]
