@@ -27,6 +27,7 @@ import cv2
 import numba
 import numpy as np
 
+from bench._suite import OPENCV_NO_SPIN
 from bench.report import Report, interleaved_ns
 from kernels import PreprocessSpec, Preprocessor, reference_preprocess
 
@@ -288,7 +289,8 @@ def run(quick: bool = False) -> Report:
     load0 = os.getloadavg()
     report = Report("preprocess", {"n": n, "quick": quick, "threads": threads, "cv2": cv2.__version__,
                                    "cv2_threads": cv2.getNumThreads(),
-                                   "numba_threading_layer": numba.config.THREADING_LAYER})
+                                   "numba_threading_layer": numba.config.THREADING_LAYER,
+                                   "cv2_active_wait": {k: os.environ.get(k, "default") for k in OPENCV_NO_SPIN}})
     builders: list[Callable[[], Case | None]] = [lambda: case_bgr(rng, threads), lambda: case_bgr_fresh(rng, threads)]
     if _supports(src_format="nv12"):
         builders.append(lambda: case_nv12(rng, threads))
