@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,19 +22,35 @@ from bench.report import Report, write_index
 log = logging.getLogger("edgert.bench")
 # OpenCV's thread pool busy-waits after each parallel call (its defaults: 2,000 rounds per
 # worker, 10,000 for the caller) before sleeping. In a benchmark that interleaves cv2 baselines
-# with our kernels, those spinning workers hold both cores of the 2-core machine while the next
-# case runs: the two-thread fused kernel right after blobFromImage had p99 4.3 ms against 0.13
-# without (p50 0.095 against 0.089), and blobFromImage's own p50 did not move (0.666-0.669 ms
-# either way). Read when the pool starts (its first parallel call), so set before any benchmark.
+# with our kernels, the spinning threads hold the 2-core machine's cores while the next case
+# runs. Two back-to-back `bench preprocess` runs, spinning on / off (docs/kernels.md): the
+# two-thread kernel's p99 on fresh 1080p frames 1.18 / 0.36 ms and on NV12 4.34 / 0.53 ms,
+# and blobFromImage's own p50 on fresh frames 1.03 / 0.72 ms. OpenCV reads these variables
+# when it loads (setting them after `import cv2` changed nothing, measured), so they are set
+# before any benchmark module is imported.
 OPENCV_NO_SPIN = {"OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER": "0", "OPENCV_THREAD_POOL_ACTIVE_WAIT_MAIN": "0"}
+_opencv: dict[str, Any] = {}  # what quiet_opencv_pool found and did, for the reports
 
 
-def quiet_opencv_pool() -> dict[str, str]:
-    """Turn OpenCV's busy-waiting off for this process and the stages it starts (a value the
-    user set is kept); returns what is in effect, for the report."""
+def quiet_opencv_pool() -> None:
+    """Turn OpenCV's busy-waiting off for this process and the stage processes it starts; a
+    value the user set is kept. Where cv2 is already loaded without them, this process keeps
+    OpenCV's default (said once, and recorded)."""
+    if _opencv:
+        return
+    late = "cv2" in sys.modules and any(k not in os.environ for k in OPENCV_NO_SPIN)
     for k, v in OPENCV_NO_SPIN.items():
         os.environ.setdefault(k, v)
-    return {k: os.environ[k] for k in OPENCV_NO_SPIN}
+    _opencv.update(env={k: os.environ[k] for k in OPENCV_NO_SPIN}, in_this_process=not late)
+    if late:
+        log.warning("OpenCV was loaded before edgert bench could turn its busy-waiting thread pool off: it "
+                    "stays on in this process (stage processes started from here get %s)", _opencv["env"])
+
+
+def opencv_pool() -> dict[str, Any]:
+    """For a report's config: OpenCV's pool settings and whether this process runs with them."""
+    env = {k: os.environ.get(k, "default") for k in OPENCV_NO_SPIN}
+    return {"env": env, "in_this_process": _opencv.get("in_this_process", "cv2" not in sys.modules)}
 
 
 PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "spin_us", "warm_us",

@@ -27,7 +27,7 @@ import cv2
 import numba
 import numpy as np
 
-from bench._suite import OPENCV_NO_SPIN
+from bench._suite import opencv_pool
 from bench.report import Report, interleaved_ns
 from kernels import PreprocessSpec, Preprocessor, reference_preprocess
 
@@ -290,7 +290,7 @@ def run(quick: bool = False) -> Report:
     report = Report("preprocess", {"n": n, "quick": quick, "threads": threads, "cv2": cv2.__version__,
                                    "cv2_threads": cv2.getNumThreads(),
                                    "numba_threading_layer": numba.config.THREADING_LAYER,
-                                   "cv2_active_wait": {k: os.environ.get(k, "default") for k in OPENCV_NO_SPIN}})
+                                   "cv2_active_wait": opencv_pool()})
     builders: list[Callable[[], Case | None]] = [lambda: case_bgr(rng, threads), lambda: case_bgr_fresh(rng, threads)]
     if _supports(src_format="nv12"):
         builders.append(lambda: case_nv12(rng, threads))
