@@ -100,34 +100,39 @@ def test_yuv_matches_opencv_chain(case: tuple[PreprocessSpec, np.ndarray]) -> No
 @pytest.mark.parametrize("step", [1, 3, 5])
 @pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
 @settings(max_examples=40, deadline=None)
-@given(ow=st.integers(1, 40), oh=st.integers(1, 12),
+@given(resize=st.sampled_from(["bilinear", "area"]), readonly=st.booleans(), ow=st.integers(1, 40),
+       oh=st.integers(1, 12),
        x=st.integers(0, 7), extra=st.integers(0, 3), color=st.sampled_from(["rgb", "bgr", "yuv601"]),
        out=st.sampled_from([("float32", "nchw"), ("float32", "nhwc"), ("float16", "nchw"), ("uint8", "nhwc")]),
-       yuv=st.sampled_from([("bt601", "limited"), ("bt709", "full")]), letterbox=st.booleans(),
+       yuv=st.sampled_from([("bt601", "limited"), ("bt601", "full"), ("bt709", "limited"), ("bt709", "full")]),
+       letterbox=st.booleans(),
        pad=st.sampled_from([0, 6]), seed=st.integers(0, 2**32 - 1))
-def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: int, ow: int, oh: int, x: int,
-                                                                extra: int, color: str, out: tuple[str, str],
-                                                                yuv: tuple[str, str], letterbox: bool, pad: int,
-                                                                seed: int) -> None:
+def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: int, resize: str, readonly: bool,
+                                                                ow: int, oh: int, x: int, extra: int, color: str,
+                                                                out: tuple[str, str], yuv: tuple[str, str],
+                                                                letterbox: bool, pad: int, seed: int) -> None:
     """An odd whole x downscale (1920 -> 640 bilinear: one kept column per output pixel at
-    weight 1) decodes each tap straight into the output row (yuvkernel.MODE_DIRECT). It must
-    give the row-buffer path's bits for every format, dtype, layout, colour, matrix, the
-    letterbox offset, odd ROI offsets (the chroma phase) and padded rows."""
+    weight 1; with area, an unscaled width) decodes each tap straight into the output row
+    (yuvkernel.MODE_DIRECT). It must give the row-buffer path's bits for every format, dtype,
+    layout, colour, matrix and range, area's 2-3 y taps, odd ROI offsets (the chroma phase),
+    padded and read-only frames. (Letterboxed fits are rarely a whole step here: the 1080p
+    letterbox test below covers that.)"""
     from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_SPARSE
 
     rw, rh = step * ow, 2 * oh + 2
     w, h = x + rw + extra, rh + 4
     w, h = w + (w & 1), h + (h & 1)
     src = yuv_frame(np.random.default_rng(seed), buffer_shape(fmt, h, w), pad)
+    src.flags.writeable = not readonly
     dtype, layout = out
     spec = PreprocessSpec(src_format=fmt, out_width=ow + (6 if letterbox else 0), out_height=oh,
-                          roi=(x, 2, rw, rh), resize="bilinear", letterbox=letterbox, color=color,
+                          roi=(x, 2, rw, rh), resize=resize, letterbox=letterbox, color=color,
                           scale=1 / 255 if dtype != "uint8" else 1.0, mean=(0.485, 0.456, 0.406) if dtype != "uint8"
                           else (0.0, 0.0, 0.0), std=(0.229, 0.224, 0.225) if dtype != "uint8" else (1.0, 1.0, 1.0),
                           layout=layout, dtype=dtype, yuv_matrix=yuv[0], yuv_range=yuv[1])
     direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
-    # every third column has its own constant-stride gather; a letterboxed fit may not be a whole step
-    assert direct._mode == (MODE_DIRECT3 if step == 3 and ow > 1 else MODE_DIRECT) or letterbox
+    if not letterbox and (resize == "bilinear" or step == 1):  # every third column: constant-stride gathers
+        assert direct._mode == (MODE_DIRECT3 if step == 3 and ow > 1 else MODE_DIRECT)
     general._mode = MODE_SPARSE
     got, want = np.empty(direct.out_shape, direct.out_dtype), np.empty(direct.out_shape, direct.out_dtype)
     direct(src, got)
@@ -147,6 +152,31 @@ def test_1080p_nv12_to_640_decodes_straight_into_the_output() -> None:
     rgb = yuv_to_rgb_reference("nv12", src, spec.yuv_matrix, spec.yuv_range).astype(np.float32)
     assert_close(spec, run(spec, src), float_chain(replace(spec, src_format="rgb"), rgb), FLOAT_STEPS)
     np.testing.assert_array_equal(run(spec, src, threads=2), run(spec, src))
+
+
+@pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
+def test_letterboxed_1080p_takes_the_direct_path_with_its_offset(fmt: str) -> None:
+    """1920x1080 into 700x360 with letterbox: 640x360 at x = 30, a 3:1 pick (MODE_DIRECT3) whose
+    output starts 30 pixels in; the same bits as the row-buffer path, padding included. The
+    frame is row-padded; no reference to it is left after 200 calls (simd.unit_row's views)."""
+    import sys
+
+    from kernels.yuvkernel import MODE_DIRECT3, MODE_SPARSE
+
+    spec = replace(_spec(fmt), out_width=700, out_height=360, letterbox=True, pad_value=0.5)
+    src = yuv_frame(np.random.default_rng(10), buffer_shape(fmt, 1080, 1920), 64)
+    direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
+    assert direct._mode == MODE_DIRECT3 and direct.letterbox[2:] == (30, 0)
+    general._mode = MODE_SPARSE
+    got, want = np.empty(direct.out_shape, np.float32), np.empty(direct.out_shape, np.float32)
+    direct(src, got)
+    general(src, want)
+    np.testing.assert_array_equal(got, want)
+    owner = src.base  # what a leaked view would hold (NumPy points views at the owning array)
+    refs = sys.getrefcount(src), sys.getrefcount(owner)
+    for _ in range(200):
+        direct(src, got)
+    assert (sys.getrefcount(src), sys.getrefcount(owner)) == refs
 
 
 @pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
@@ -276,3 +306,25 @@ def test_new_paths_allocate_nothing(fmt: str, batch: int, w: int) -> None:
 
 def test_steps_helper_is_shared() -> None:  # keeps the import honest if test_kernels changes
     assert steps_to_out(_spec("bgr"), 1.0) == pytest.approx(1 / 255)
+
+
+def test_unit_row_is_the_frame_row_on_padded_and_readonly_frames() -> None:
+    """simd.unit_row types a row of an any-layout frame as contiguous, for the vectorised
+    gathers: it must be that row's bytes (not the padding), for padded and read-only views."""
+    import numba
+
+    from kernels.simd import unit_row
+
+    @numba.njit
+    def rows(a):
+        out = np.empty(a.shape, np.uint8)
+        for i in range(a.shape[0]):
+            r = unit_row(a, i)
+            for j in range(r.shape[0]):
+                out[i, j] = r[j]
+        return out
+
+    src = yuv_frame(np.random.default_rng(3), (6, 10), 7)  # rows 17 bytes apart
+    np.testing.assert_array_equal(rows(src), src)
+    src.flags.writeable = False
+    np.testing.assert_array_equal(rows(src), src)
