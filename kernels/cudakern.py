@@ -25,7 +25,7 @@ def _sat(v):  # pragma: no cover - device code
 
 @cuda.jit(device=True)
 def _decode(src, fmt, h, sy, x, yc, c):  # pragma: no cover - device code
-    """Channel c (R, G, B) of pixel x of row sy, decoded and saturated as yuvkernel._put does."""
+    """Channel c (R, G, B) of pixel x of row sy, decoded and saturated as yuvkernel._decode_cols does."""
     if fmt == 0:
         return np.float32(src[sy, x])
     half = np.float32(128.0)

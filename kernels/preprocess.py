@@ -317,10 +317,11 @@ class Preprocessor:
             self._pick = pick_step(start, tw, yw)
         else:
             # YUV/GRAY decode is per pixel: decode only the pixels some x tap weighs (all of
-            # them unless x is downscaled more than 2:1); windows index the compacted row
+            # them unless x is downscaled more than 2:1); windows index the compacted row.
+            # self._x0 is unused by the YUV kernel (the columns carry the ROI).
             cols, start, tw = compact_columns(xi, xw)
             self._cols = (cols + np.uint32(rx)).astype(np.uint32)  # absolute pixel columns
-            from kernels.yuvkernel import MODE_DENSE, MODE_DIRECT, MODE_DIRECT3, MODE_SPARSE
+            from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_ROWBUF
 
             if spec.src_format != "gray" and tw.shape[1] == 1 and cols.size == cw and np.all(tw == 1.0) \
                     and np.array_equal(start, np.arange(cw)):
@@ -328,7 +329,7 @@ class Preprocessor:
                 # column (1920 -> 640) has its own gather with constant strides
                 self._mode = MODE_DIRECT3 if cw > 1 and np.all(np.diff(cols) == 3) else MODE_DIRECT
             else:
-                self._mode = MODE_DENSE if cols[-1] - cols[0] + 1 == cols.size else MODE_SPARSE
+                self._mode = MODE_ROWBUF
             self._x0, self._rw3, n_buf = rx, rw * 3, cols.size
             self._pick = 0
         self._xstart = start * np.uint32(3)  # element offset of each window in the row buffer

@@ -5,7 +5,7 @@ colour matrix + normalisation, layout + dtype), with one step in front: each sou
 vertical tap needs is decoded to float RGB (kernels/formats.py), saturated, into a one-row
 scratch, then accumulated, weighted, into the row buffer; no RGB image is ever built. Only
 the pixels some x tap weighs are decoded (kernels/resample.compact_columns: 1 in 3 for
-1920 -> 640); when those are all the columns, a pair loop shares each chroma sample.
+1920 -> 640), first gathered into contiguous Y, U, V rows so the decode vectorises.
 
 Where each output pixel is exactly one kept column at weight 1 (an odd whole x downscale:
 1920 -> 640 bilinear), there is no row buffer and no x-tap pass (MODE_DIRECT): each tap's
@@ -35,100 +35,6 @@ from numba import prange, types
 from kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
 from kernels.simd import unit_row
 from kernels.store import colour_span, store_row, taps_and_colour
-
-
-@njit(cache=True, nogil=True, fastmath=False, inline="always")
-def _put(rgb, j, yv, cr, cg, cb, yoff, ys):  # pragma: no cover - compiled
-    """One pixel into rgb[3j : 3j + 3]: luma plus the pixel's chroma terms, saturated."""
-    lo = np.float32(0.0)
-    hi = np.float32(255.0)
-    yy = max(yv - yoff, lo) * ys  # footroom clamps to black, as OpenCV does
-    rgb[3 * j] = min(max(yy + cr, lo), hi)
-    rgb[3 * j + 1] = min(max(yy + cg, lo), hi)
-    rgb[3 * j + 2] = min(max(yy + cb, lo), hi)
-
-
-@njit(cache=True, nogil=True, fastmath=False, inline="always")
-def _chroma(src, fmt, h, sy, x):  # pragma: no cover - compiled
-    """(U, V) bytes covering pixel x of row sy."""
-    if fmt == 3:  # yuyv: the (H, 2W) view of Y0 U Y1 V
-        p = 4 * (x // 2)
-        return src[sy, p + 1], src[sy, p + 3]
-    if fmt == 1:  # nv12: interleaved U, V rows after the luma
-        p = x - (x & 1)
-        r = h + sy // 2
-        return src[r, p], src[r, p + 1]
-    hw = src.shape[1] // 2  # i420: U then V planes, rows of w/2 bytes, two per buffer row
-    hu = 2 * h + sy // 2
-    hv = hu + h // 2
-    return src[hu // 2, (hu & 1) * hw + x // 2], src[hv // 2, (hv & 1) * hw + x // 2]
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def _decode_row(src, fmt, h, sy, x0, rw, yc, rgb):  # pragma: no cover - compiled
-    """Source row sy, pixels [x0, x0 + rw), decoded into rgb[0 : 3 * rw] as float R, G, B.
-
-    Walks pixel pairs that share a chroma sample (even x, x + 1), so each pair reads and
-    multiplies its U, V once, in one loop per format (no per-pixel format branch); an odd
-    first or last pixel is done alone."""
-    if fmt == 0:  # gray
-        for j in range(rw):
-            g = np.float32(src[sy, x0 + j])
-            rgb[3 * j] = g
-            rgb[3 * j + 1] = g
-            rgb[3 * j + 2] = g
-        return
-    yoff, ys, rv, gu, gv, bu = yc[0], yc[1], yc[2], yc[3], yc[4], yc[5]
-    half = np.float32(128.0)
-    # an odd first pixel shares its chroma with the pixel left of the ROI: do it alone
-    j = 0
-    if x0 & 1:
-        ub, vb = _chroma(src, fmt, h, sy, x0)
-        u = np.float32(ub) - half
-        v = np.float32(vb) - half
-        _put(rgb, 0, np.float32(src[sy, (2 if fmt == 3 else 1) * x0]), rv * v, gu * u + gv * v, bu * u, yoff, ys)
-        j = 1
-    npairs = (rw - j) // 2
-    # then whole pairs, one loop per format so the loop body has no format branch
-    if fmt == 1:  # nv12
-        crow = h + sy // 2
-        for p in range(npairs):
-            x = x0 + j + 2 * p
-            u = np.float32(src[crow, x]) - half
-            v = np.float32(src[crow, x + 1]) - half
-            cr, cg, cb = rv * v, gu * u + gv * v, bu * u
-            _put(rgb, j + 2 * p, np.float32(src[sy, x]), cr, cg, cb, yoff, ys)
-            _put(rgb, j + 2 * p + 1, np.float32(src[sy, x + 1]), cr, cg, cb, yoff, ys)
-    elif fmt == 2:  # i420
-        hw = src.shape[1] // 2
-        hu = 2 * h + sy // 2
-        hv = hu + h // 2
-        ur, uc = hu // 2, (hu & 1) * hw
-        vr, vc = hv // 2, (hv & 1) * hw
-        for p in range(npairs):
-            x = x0 + j + 2 * p
-            c = x // 2
-            u = np.float32(src[ur, uc + c]) - half
-            v = np.float32(src[vr, vc + c]) - half
-            cr, cg, cb = rv * v, gu * u + gv * v, bu * u
-            _put(rgb, j + 2 * p, np.float32(src[sy, x]), cr, cg, cb, yoff, ys)
-            _put(rgb, j + 2 * p + 1, np.float32(src[sy, x + 1]), cr, cg, cb, yoff, ys)
-    else:  # yuyv
-        for p in range(npairs):
-            x = x0 + j + 2 * p
-            q = 2 * x
-            u = np.float32(src[sy, q + 1]) - half
-            v = np.float32(src[sy, q + 3]) - half
-            cr, cg, cb = rv * v, gu * u + gv * v, bu * u
-            _put(rgb, j + 2 * p, np.float32(src[sy, q]), cr, cg, cb, yoff, ys)
-            _put(rgb, j + 2 * p + 1, np.float32(src[sy, q + 2]), cr, cg, cb, yoff, ys)
-    j += 2 * npairs
-    if j < rw:  # an odd last pixel
-        x = x0 + j
-        ub, vb = _chroma(src, fmt, h, sy, x)
-        u = np.float32(ub) - half
-        v = np.float32(vb) - half
-        _put(rgb, j, np.float32(src[sy, (2 if fmt == 3 else 1) * x]), rv * v, gu * u + gv * v, bu * u, yoff, ys)
 
 
 @njit(cache=True, nogil=True, fastmath=False)
@@ -234,10 +140,14 @@ def _gather3(src, fmt, h, sy, c0, n, gat, luma):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, fastmath=False)
 def _decode_cols(src, fmt, h, sy, cols, yc, rgb, gat):  # pragma: no cover - compiled
-    """Like _decode_row, for the kept pixel columns `cols` only (a strong x downscale weighs
-    1 or 2 pixels per output, kernels/resample.compact_columns): pixel k into rgb[3k : 3k + 3].
-    _put's arithmetic is written out: through the inlined call the loop ran scalar (1.25 ms
-    against 0.34 for the case above)."""
+    """The kept pixel columns `cols` of source row sy (all of them for an x downscale of 2:1 or
+    less; 1 in 3 for 1920 -> 640, kernels/resample.compact_columns), decoded to float R, G, B
+    and saturated to [0, 255]: pixel k into rgb[3k : 3k + 3].
+
+    The arithmetic is written out: through an inlined helper the loop ran scalar (1.25 ms
+    against 0.34 for the 768 rows of 1080p NV12 -> 384x640). A pair loop that shared each
+    chroma sample between two pixels (the earlier dense path) ran scalar too: 1280x720 NV12 ->
+    640x360 took 2.20 ms with it against 1.30 ms through this gather and decode."""
     n = cols.shape[0]
     if fmt == 0:  # gray
         for k in range(n):
@@ -290,16 +200,16 @@ def _decode_into(gat, yc, w, first, p0, p1, p2):  # pragma: no cover - compiled
             p2[k] += w * min(max(yy + bu * u, lo), hi)
 
 
-MODE_SPARSE, MODE_DENSE, MODE_DIRECT, MODE_DIRECT3 = 0, 1, 2, 3  # how _rows reads a source row (Preprocessor picks)
+MODE_ROWBUF, MODE_DIRECT, MODE_DIRECT3 = 0, 1, 2  # how _rows reads a source row (Preprocessor picks)
 
 
 @njit(cache=True, nogil=True, fastmath=False)
 def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf, pix, out32, out16, out8, kind,
           nchw, oy0, ox0, r0, r1):  # pragma: no cover - compiled
-    """mode: MODE_DENSE decodes every pixel of the span (pairs share chroma), MODE_SPARSE only
-    the kept columns; both sum the taps in a row buffer, then the x taps. MODE_DIRECT, where
-    each output pixel is one kept column at weight 1 (1920 -> 640 bilinear), decodes each tap
-    straight into the output planes: no row buffer and no x-tap pass."""
+    """mode: MODE_ROWBUF decodes the kept columns of each tap's row, sums the taps in a row
+    buffer, then applies the x taps. MODE_DIRECT, where each output pixel is one kept column at
+    weight 1 (1920 -> 640 bilinear), decodes each tap straight into the output planes: no row
+    buffer and no x-tap pass."""
     ty = yidx.shape[1]
     if mode == MODE_DIRECT or mode == MODE_DIRECT3:
         p0, p1, p2 = pix[0], pix[1], pix[2]
@@ -329,9 +239,7 @@ def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf
             colour_span(coef, p0, p1, p2, 0, p0.shape[0])
             store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
         return
-    x0 = np.intp(cols[0])
-    rw = cols.shape[0]
-    rw3 = 3 * rw
+    rw3 = 3 * cols.shape[0]
     for oy in range(r0, r1):
         for j in range(rw3):
             buf[j] = np.float32(0.0)
@@ -339,10 +247,7 @@ def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf
             w0 = yw[oy, k]
             if w0 == 0.0:
                 continue
-            if mode == MODE_DENSE:
-                _decode_row(src, fmt, h, yidx[oy, k], x0, rw, yc, rgb)
-            else:
-                _decode_cols(src, fmt, h, yidx[oy, k], cols, yc, rgb, gat)
+            _decode_cols(src, fmt, h, yidx[oy, k], cols, yc, rgb, gat)
             for j in range(rw3):
                 buf[j] += w0 * rgb[j]
         taps_and_colour(buf, xstart, xw, coef, pix)  # kernels/store.py, shared with the BGR kernel

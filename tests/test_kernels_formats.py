@@ -117,7 +117,7 @@ def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: i
     layout, colour, matrix and range, area's 2-3 y taps, odd ROI offsets (the chroma phase),
     padded and read-only frames. (Letterboxed fits are rarely a whole step here: the 1080p
     letterbox test below covers that.)"""
-    from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_SPARSE
+    from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_ROWBUF
 
     rw, rh = step * ow, 2 * oh + 2
     w, h = x + rw + extra, rh + 4
@@ -133,7 +133,7 @@ def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: i
     direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
     if not letterbox and (resize == "bilinear" or step == 1):  # every third column: constant-stride gathers
         assert direct._mode == (MODE_DIRECT3 if step == 3 and ow > 1 else MODE_DIRECT)
-    general._mode = MODE_SPARSE
+    general._mode = MODE_ROWBUF
     got, want = np.empty(direct.out_shape, direct.out_dtype), np.empty(direct.out_shape, direct.out_dtype)
     direct(src, got)
     general(src, want)
@@ -161,13 +161,13 @@ def test_letterboxed_1080p_takes_the_direct_path_with_its_offset(fmt: str) -> No
     frame is row-padded; no reference to it is left after 200 calls (simd.unit_row's views)."""
     import sys
 
-    from kernels.yuvkernel import MODE_DIRECT3, MODE_SPARSE
+    from kernels.yuvkernel import MODE_DIRECT3, MODE_ROWBUF
 
     spec = replace(_spec(fmt), out_width=700, out_height=360, letterbox=True, pad_value=0.5)
     src = yuv_frame(np.random.default_rng(10), buffer_shape(fmt, 1080, 1920), 64)
     direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
     assert direct._mode == MODE_DIRECT3 and direct.letterbox[2:] == (30, 0)
-    general._mode = MODE_SPARSE
+    general._mode = MODE_ROWBUF
     got, want = np.empty(direct.out_shape, np.float32), np.empty(direct.out_shape, np.float32)
     direct(src, got)
     general(src, want)
