@@ -321,13 +321,17 @@ class Preprocessor:
             # self._x0 is unused by the YUV kernel (the columns carry the ROI).
             cols, start, tw = compact_columns(xi, xw)
             self._cols = (cols + np.uint32(rx)).astype(np.uint32)  # absolute pixel columns
-            from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_ROWBUF
+            from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
 
-            if spec.src_format != "gray" and tw.shape[1] == 1 and cols.size == cw and np.all(tw == 1.0) \
+            yuv = spec.src_format != "gray"
+            if yuv and tw.shape[1] == 1 and cols.size == cw and np.all(tw == 1.0) \
                     and np.array_equal(start, np.arange(cw)):
                 # each output pixel is one kept column: decoded into the output row; every third
                 # column (1920 -> 640) has its own gather with constant strides
                 self._mode = MODE_DIRECT3 if cw > 1 and np.all(np.diff(cols) == 3) else MODE_DIRECT
+            elif yuv and tw.shape[1] == 2 and cols.size == 2 * cw and np.all(np.diff(cols) == 1) \
+                    and np.array_equal(start, 2 * np.arange(cw)):
+                self._mode = MODE_DIRECT2  # 2:1, two columns per output pixel, none shared
             else:
                 self._mode = MODE_ROWBUF
             self._x0, self._rw3, n_buf = rx, rw * 3, cols.size

@@ -12,7 +12,9 @@ Where each output pixel is exactly one kept column at weight 1 (an odd whole x d
 row is gathered into contiguous Y, U, V bytes, then decoded, weighted, straight into the
 output planes, in a loop LLVM vectorises. Every third column (MODE_DIRECT3) has a gather
 written with constant strides. 1080p NV12 -> 384x640, one thread, hot: 1.39 ms before,
-0.35 ms now (docs/kernels.md).
+0.35 ms now (docs/kernels.md). A 2:1 downscale (MODE_DIRECT2: two columns at 0.5 per output
+pixel) decodes the even and the odd columns into two planes and combines them with the x
+taps: 1280x720 NV12 -> 640x360 1.28 -> 0.72 ms.
 (Decoding straight into the row buffer through an inlined helper was tried: Numba 0.68 then
 leaked a reference per call, ~400 B/frame, caught by the tracemalloc tests; the scratch row
 costs no measurable time.) Decoding must precede resampling
@@ -139,6 +141,58 @@ def _gather3(src, fmt, h, sy, c0, n, gat, luma):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, fastmath=False)
+def _gather2(src, fmt, h, sy, c0, n, gat, luma):  # pragma: no cover - compiled
+    """MODE_DIRECT2 (2n consecutive kept columns from c0, output pixel k weighing columns c0 + 2k
+    and c0 + 2k + 1: a 2:1 downscale): the even columns' Y, U, V bytes into gat[:, :n], the odd
+    columns' into gat[:, n:2n], with constant strides (as _gather3); chroma only where `luma`
+    is False."""
+    ye, yo = gat[0, :n], gat[0, n:2 * n]
+    ue, uo = gat[1, :n], gat[1, n:2 * n]
+    ve, vo = gat[2, :n], gat[2, n:2 * n]
+    if fmt == 3:  # yuyv: Y at byte 2x, U V at 4 (x // 2) + 1, + 3 of the same row
+        row = unit_row(src, sy)
+        ys = row[2 * c0:]
+        for k in range(n):
+            ye[k] = ys[4 * k]
+            yo[k] = ys[4 * k + 2]
+        ca = row[4 * (c0 // 2):]
+        cb = row[4 * ((c0 + 1) // 2):]
+        for k in range(n):
+            ue[k] = ca[4 * k + 1]
+            ve[k] = ca[4 * k + 3]
+            uo[k] = cb[4 * k + 1]
+            vo[k] = cb[4 * k + 3]
+        return
+    ys = unit_row(src, sy)[c0:]
+    for k in range(n):
+        ye[k] = ys[2 * k]
+        yo[k] = ys[2 * k + 1]
+    if luma:
+        return
+    if fmt == 1:  # nv12: U V pairs at x - x % 2 of the chroma row
+        crow = unit_row(src, h + sy // 2)
+        ca = crow[c0 - (c0 & 1):]
+        cb = crow[c0 + 1 - ((c0 + 1) & 1):]
+        for k in range(n):
+            ue[k] = ca[2 * k]
+            ve[k] = ca[2 * k + 1]
+            uo[k] = cb[2 * k]
+            vo[k] = cb[2 * k + 1]
+        return
+    hw = src.shape[1] // 2  # i420: x // 2 of the U and V planes
+    hu = 2 * h + sy // 2
+    hv = hu + h // 2
+    urow = unit_row(src, hu // 2)[(hu & 1) * hw:]
+    vrow = unit_row(src, hv // 2)[(hv & 1) * hw:]
+    ua, ub_, va, vb_ = urow[c0 // 2:], urow[(c0 + 1) // 2:], vrow[c0 // 2:], vrow[(c0 + 1) // 2:]
+    for k in range(n):
+        ue[k] = ua[k]
+        ve[k] = va[k]
+        uo[k] = ub_[k]
+        vo[k] = vb_[k]
+
+
+@njit(cache=True, nogil=True, fastmath=False)
 def _decode_cols(src, fmt, h, sy, cols, yc, rgb, gat):  # pragma: no cover - compiled
     """The kept pixel columns `cols` of source row sy (all of them for an x downscale of 2:1 or
     less; 1 in 3 for 1920 -> 640, kernels/resample.compact_columns), decoded to float R, G, B
@@ -172,12 +226,11 @@ def _decode_cols(src, fmt, h, sy, cols, yc, rgb, gat):  # pragma: no cover - com
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _decode_into(gat, yc, w, first, p0, p1, p2):  # pragma: no cover - compiled
-    """MODE_DIRECT: the gathered pixels decoded, weighted by the tap's `w` and stored (first tap)
-    or added (later taps) straight into the output row's planes p0, p1, p2. The same products
-    in the same order as the general path's row buffer (0 + a == a for the a >= 0 here, and
-    the single x tap weighs 1), so the result has the same bits."""
-    yb, ub, vb = gat[0], gat[1], gat[2]
+def _decode_into(yb, ub, vb, yc, w, first, p0, p1, p2):  # pragma: no cover - compiled
+    """MODE_DIRECT*: the gathered pixels (Y, U, V bytes) decoded, weighted by the tap's `w` and
+    stored (first tap) or added (later taps) into the planar rows p0, p1, p2. The same products
+    in the same order as the row buffer's vertical sum (0 + a == a for the a >= 0 here), so
+    the result has the same bits."""
     yoff, ys, rv, gu, gv, bu = yc[0], yc[1], yc[2], yc[3], yc[4], yc[5]
     half = np.float32(128.0)
     lo = np.float32(0.0)
@@ -200,7 +253,7 @@ def _decode_into(gat, yc, w, first, p0, p1, p2):  # pragma: no cover - compiled
             p2[k] += w * min(max(yy + bu * u, lo), hi)
 
 
-MODE_ROWBUF, MODE_DIRECT, MODE_DIRECT3 = 0, 1, 2  # how _rows reads a source row (Preprocessor picks)
+MODE_ROWBUF, MODE_DIRECT, MODE_DIRECT3, MODE_DIRECT2 = 0, 1, 2, 3  # how _rows reads a source row (Preprocessor picks)
 
 
 @njit(cache=True, nogil=True, fastmath=False)
@@ -234,9 +287,36 @@ def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf
                 else:
                     _gather(src, fmt, h, sy, cols, gat)
                 held = sy // 2 if fmt != 3 else -1
-                _decode_into(gat, yc, w0, first, p0, p1, p2)
+                _decode_into(gat[0], gat[1], gat[2], yc, w0, first, p0, p1, p2)
                 first = False
             colour_span(coef, p0, p1, p2, 0, p0.shape[0])
+            store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
+        return
+    if mode == MODE_DIRECT2:  # output pixel k: columns c0 + 2k (even plane) and c0 + 2k + 1 (odd)
+        p0, p1, p2 = pix[0], pix[1], pix[2]
+        n = p0.shape[0]
+        q0, q1, q2 = rgb[:n], rgb[n:2 * n], rgb[2 * n:3 * n]  # the odd columns' vertical sums
+        held = -1
+        c0 = np.intp(cols[0])
+        for oy in range(r0, r1):
+            first = True
+            for k in range(ty):
+                w0 = yw[oy, k]
+                if w0 == 0.0:
+                    continue
+                sy = yidx[oy, k]
+                _gather2(src, fmt, h, sy, c0, n, gat, fmt != 3 and sy // 2 == held)
+                held = sy // 2 if fmt != 3 else -1
+                _decode_into(gat[0, :n], gat[1, :n], gat[2, :n], yc, w0, first, p0, p1, p2)
+                _decode_into(gat[0, n:2 * n], gat[1, n:2 * n], gat[2, n:2 * n], yc, w0, first, q0, q1, q2)
+                first = False
+            for j in range(n):  # the two x taps, as the row buffer's 2-tap loop (kernels/store.py)
+                a = xw[j, 0]
+                b = xw[j, 1]
+                p0[j] = a * p0[j] + b * q0[j]
+                p1[j] = a * p1[j] + b * q1[j]
+                p2[j] = a * p2[j] + b * q2[j]
+            colour_span(coef, p0, p1, p2, 0, n)
             store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
         return
     rw3 = 3 * cols.shape[0]

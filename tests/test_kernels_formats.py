@@ -97,7 +97,7 @@ def test_yuv_matches_opencv_chain(case: tuple[PreprocessSpec, np.ndarray]) -> No
     assert_close(spec, run(spec, src), reference_preprocess(spec, src), TOLERANCE_STEPS[spec.color] + 1.0)
 
 
-@pytest.mark.parametrize("step", [1, 3, 5])
+@pytest.mark.parametrize("step", [1, 2, 3, 5])
 @pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
 @settings(max_examples=40, deadline=None)
 @given(resize=st.sampled_from(["bilinear", "area"]), readonly=st.booleans(), ow=st.integers(1, 40),
@@ -113,11 +113,12 @@ def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: i
                                                                 letterbox: bool, pad: int, seed: int) -> None:
     """An odd whole x downscale (1920 -> 640 bilinear: one kept column per output pixel at
     weight 1; with area, an unscaled width) decodes each tap straight into the output row
-    (yuvkernel.MODE_DIRECT). It must give the row-buffer path's bits for every format, dtype,
+    (yuvkernel.MODE_DIRECT, MODE_DIRECT3), and 2:1 into an even and an odd plane combined by
+    the two x taps (MODE_DIRECT2). It must give the row-buffer path's bits for every format, dtype,
     layout, colour, matrix and range, area's 2-3 y taps, odd ROI offsets (the chroma phase),
     padded and read-only frames. (Letterboxed fits are rarely a whole step here: the 1080p
     letterbox test below covers that.)"""
-    from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT3, MODE_ROWBUF
+    from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
 
     rw, rh = step * ow, 2 * oh + 2
     w, h = x + rw + extra, rh + 4
@@ -131,8 +132,9 @@ def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: i
                           else (0.0, 0.0, 0.0), std=(0.229, 0.224, 0.225) if dtype != "uint8" else (1.0, 1.0, 1.0),
                           layout=layout, dtype=dtype, yuv_matrix=yuv[0], yuv_range=yuv[1])
     direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
-    if not letterbox and (resize == "bilinear" or step == 1):  # every third column: constant-stride gathers
-        assert direct._mode == (MODE_DIRECT3 if step == 3 and ow > 1 else MODE_DIRECT)
+    if not letterbox and (resize == "bilinear" or step <= 2):  # 2:1 is two columns at 0.5 either way
+        want = {1: MODE_DIRECT, 2: MODE_DIRECT2, 3: MODE_DIRECT3 if ow > 1 else MODE_DIRECT}.get(step, MODE_DIRECT)
+        assert direct._mode == want
     general._mode = MODE_ROWBUF
     got, want = np.empty(direct.out_shape, direct.out_dtype), np.empty(direct.out_shape, direct.out_dtype)
     direct(src, got)
@@ -154,19 +156,24 @@ def test_1080p_nv12_to_640_decodes_straight_into_the_output() -> None:
     np.testing.assert_array_equal(run(spec, src, threads=2), run(spec, src))
 
 
+@pytest.mark.parametrize("size, out, mode, x_in", [((1920, 1080), (700, 360), "MODE_DIRECT3", 30),
+                                                   ((1280, 720), (680, 360), "MODE_DIRECT2", 20)])
 @pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
-def test_letterboxed_1080p_takes_the_direct_path_with_its_offset(fmt: str) -> None:
-    """1920x1080 into 700x360 with letterbox: 640x360 at x = 30, a 3:1 pick (MODE_DIRECT3) whose
-    output starts 30 pixels in; the same bits as the row-buffer path, padding included. The
+def test_letterboxed_camera_frames_take_the_direct_paths_with_their_offset(fmt: str, size: tuple[int, int],
+                                                                         out: tuple[int, int], mode: str,
+                                                                         x_in: int) -> None:
+    """1920x1080 into 700x360 (640x360 at x = 30, a 3:1 pick) and 1280x720 into 680x360 (640x360
+    at x = 20, 2:1) with letterbox: the same bits as the row-buffer path, padding included. The
     frame is row-padded; no reference to it is left after 200 calls (simd.unit_row's views)."""
     import sys
 
-    from kernels.yuvkernel import MODE_DIRECT3, MODE_ROWBUF
+    from kernels import yuvkernel
+    from kernels.yuvkernel import MODE_ROWBUF
 
-    spec = replace(_spec(fmt), out_width=700, out_height=360, letterbox=True, pad_value=0.5)
-    src = yuv_frame(np.random.default_rng(10), buffer_shape(fmt, 1080, 1920), 64)
+    spec = replace(_spec(fmt), out_width=out[0], out_height=out[1], letterbox=True, pad_value=0.5)
+    src = yuv_frame(np.random.default_rng(10), buffer_shape(fmt, size[1], size[0]), 64)
     direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
-    assert direct._mode == MODE_DIRECT3 and direct.letterbox[2:] == (30, 0)
+    assert direct._mode == getattr(yuvkernel, mode) and direct.letterbox[2:] == (x_in, 0)
     general._mode = MODE_ROWBUF
     got, want = np.empty(direct.out_shape, np.float32), np.empty(direct.out_shape, np.float32)
     direct(src, got)
