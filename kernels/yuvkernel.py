@@ -40,6 +40,16 @@ from kernels.store import colour_span, store_row, taps_and_colour
 
 
 @njit(cache=True, nogil=True, fastmath=False)
+def _i420_chroma_rows(src, h, sy):  # pragma: no cover - compiled
+    """The U and V rows for luma row sy of an I420 frame: in its (3H/2, W) buffer each chroma
+    plane row is W/2 bytes, two to a buffer row (kernels/formats.py)."""
+    hw = src.shape[1] // 2
+    hu = 2 * h + sy // 2
+    hv = hu + h // 2
+    return unit_row(src, hu // 2)[(hu & 1) * hw:], unit_row(src, hv // 2)[(hv & 1) * hw:]
+
+
+@njit(cache=True, nogil=True, fastmath=False)
 def _gather(src, fmt, h, sy, cols, gat):  # pragma: no cover - compiled
     """The Y, U and V bytes of the kept pixel columns `cols` of row sy, into the contiguous rows
     of `gat` (uint8 [3, n]), one loop per format, so that the decode after it is one plain
@@ -59,11 +69,7 @@ def _gather(src, fmt, h, sy, cols, gat):  # pragma: no cover - compiled
             ub[k] = crow[p]
             vb[k] = crow[p + one]
     elif fmt == 2:  # i420
-        hw = src.shape[1] // 2
-        hu = 2 * h + sy // 2
-        hv = hu + h // 2
-        urow = src[hu // 2, (hu & 1) * hw:]
-        vrow = src[hv // 2, (hv & 1) * hw:]
+        urow, vrow = _i420_chroma_rows(src, h, sy)
         for k in range(n):
             x = np.uint64(cols[k])
             c = x >> one
@@ -124,11 +130,7 @@ def _gather3(src, fmt, h, sy, c0, n, gat, luma):  # pragma: no cover - compiled
             ub[n - 1] = ca[6 * m2]
             vb[n - 1] = ca[6 * m2 + 1]
         return
-    hw = src.shape[1] // 2  # i420: x // 2 of the U and V planes
-    hu = 2 * h + sy // 2
-    hv = hu + h // 2
-    urow = unit_row(src, hu // 2)[(hu & 1) * hw:]
-    vrow = unit_row(src, hv // 2)[(hv & 1) * hw:]
+    urow, vrow = _i420_chroma_rows(src, h, sy)  # i420: x // 2 of the U and V planes
     ua, ub_, va, vb_ = urow[c0 // 2:], urow[(c0 + 3) // 2:], vrow[c0 // 2:], vrow[(c0 + 3) // 2:]
     for m in range(m2):
         ub[2 * m] = ua[3 * m]
@@ -179,11 +181,7 @@ def _gather2(src, fmt, h, sy, c0, n, gat, luma):  # pragma: no cover - compiled
             uo[k] = cb[2 * k]
             vo[k] = cb[2 * k + 1]
         return
-    hw = src.shape[1] // 2  # i420: x // 2 of the U and V planes
-    hu = 2 * h + sy // 2
-    hv = hu + h // 2
-    urow = unit_row(src, hu // 2)[(hu & 1) * hw:]
-    vrow = unit_row(src, hv // 2)[(hv & 1) * hw:]
+    urow, vrow = _i420_chroma_rows(src, h, sy)  # i420: x // 2 of the U and V planes
     ua, ub_, va, vb_ = urow[c0 // 2:], urow[(c0 + 1) // 2:], vrow[c0 // 2:], vrow[(c0 + 1) // 2:]
     for k in range(n):
         ue[k] = ua[k]
