@@ -12,8 +12,8 @@ Where each output pixel is exactly one kept column at weight 1 (an odd whole x d
 row is gathered into contiguous Y, U, V bytes, then decoded, weighted, straight into the
 output planes, in a loop LLVM vectorises. Every third column (MODE_DIRECT3) has a gather
 written with constant strides. 1080p NV12 -> 384x640, one thread, hot: 1.39 ms before,
-0.35 ms now (docs/kernels.md). A 2:1 downscale (MODE_DIRECT2: two columns at 0.5 per output
-pixel) decodes the even and the odd columns into two planes and combines them with the x
+0.35 ms now (docs/kernels.md). A 2:1 downscale (MODE_DIRECT2: each output pixel weighs the
+next two of consecutive kept columns, with its own x weights) decodes the even and the odd columns into two planes and combines them with the x
 taps: 1280x720 NV12 -> 640x360 1.28 -> 0.72 ms.
 (Decoding straight into the row buffer through an inlined helper was tried: Numba 0.68 then
 leaked a reference per call, ~400 B/frame, caught by the tracemalloc tests; the scratch row
@@ -258,9 +258,11 @@ MODE_ROWBUF, MODE_DIRECT, MODE_DIRECT3, MODE_DIRECT2 = 0, 1, 2, 3  # how _rows r
 def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf, pix, out32, out16, out8, kind,
           nchw, oy0, ox0, r0, r1):  # pragma: no cover - compiled
     """mode: MODE_ROWBUF decodes the kept columns of each tap's row, sums the taps in a row
-    buffer, then applies the x taps. MODE_DIRECT, where each output pixel is one kept column at
-    weight 1 (1920 -> 640 bilinear), decodes each tap straight into the output planes: no row
-    buffer and no x-tap pass."""
+    buffer, then applies the x taps. MODE_DIRECT (MODE_DIRECT3: every third column), where each
+    output pixel is one kept column at weight 1 (1920 -> 640 bilinear), decodes each tap
+    straight into the output planes: no row buffer and no x-tap pass. MODE_DIRECT2, where each
+    output pixel weighs the next two of consecutive kept columns (2:1), decodes the even and the
+    odd columns into two planes and applies the two x taps to them."""
     ty = yidx.shape[1]
     if mode == MODE_DIRECT or mode == MODE_DIRECT3:
         p0, p1, p2 = pix[0], pix[1], pix[2]

@@ -102,37 +102,40 @@ def test_yuv_matches_opencv_chain(case: tuple[PreprocessSpec, np.ndarray]) -> No
 @settings(max_examples=40, deadline=None)
 @given(resize=st.sampled_from(["bilinear", "area"]), readonly=st.booleans(), ow=st.integers(1, 40),
        oh=st.integers(1, 12),
-       x=st.integers(0, 7), extra=st.integers(0, 3), color=st.sampled_from(["rgb", "bgr", "yuv601"]),
+       x=st.integers(0, 7), y=st.integers(0, 3), y_up=st.booleans(), extra=st.integers(0, 3),
+       color=st.sampled_from(["rgb", "bgr", "yuv601"]),
        out=st.sampled_from([("float32", "nchw"), ("float32", "nhwc"), ("float16", "nchw"), ("uint8", "nhwc")]),
        yuv=st.sampled_from([("bt601", "limited"), ("bt601", "full"), ("bt709", "limited"), ("bt709", "full")]),
        letterbox=st.booleans(),
        pad=st.sampled_from([0, 6]), seed=st.integers(0, 2**32 - 1))
 def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: int, resize: str, readonly: bool,
-                                                                ow: int, oh: int, x: int, extra: int, color: str,
+                                                                ow: int, oh: int, x: int, y: int, y_up: bool,
+                                                                extra: int, color: str,
                                                                 out: tuple[str, str], yuv: tuple[str, str],
                                                                 letterbox: bool, pad: int, seed: int) -> None:
     """An odd whole x downscale (1920 -> 640 bilinear: one kept column per output pixel at
     weight 1; with area, an unscaled width) decodes each tap straight into the output row
     (yuvkernel.MODE_DIRECT, MODE_DIRECT3), and 2:1 into an even and an odd plane combined by
     the two x taps (MODE_DIRECT2). It must give the row-buffer path's bits for every format, dtype,
-    layout, colour, matrix and range, area's 2-3 y taps, odd ROI offsets (the chroma phase),
-    padded and read-only frames. (Letterboxed fits are rarely a whole step here: the 1080p
-    letterbox test below covers that.)"""
+    layout, colour, matrix and range, area's 2-3 y taps, a y upscale (rows reused across output
+    rows), odd ROI offsets in x and y (the chroma phases), padded and read-only frames.
+    (Letterboxed fits are rarely a whole step here: the letterbox test below covers that.)"""
     from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
 
-    rw, rh = step * ow, 2 * oh + 2
-    w, h = x + rw + extra, rh + 4
+    rw, rh = step * ow, (oh // 2 + 1 if y_up else 2 * oh + 2)
+    w, h = x + rw + extra, y + rh + 2
     w, h = w + (w & 1), h + (h & 1)
     src = yuv_frame(np.random.default_rng(seed), buffer_shape(fmt, h, w), pad)
     src.flags.writeable = not readonly
     dtype, layout = out
     spec = PreprocessSpec(src_format=fmt, out_width=ow + (6 if letterbox else 0), out_height=oh,
-                          roi=(x, 2, rw, rh), resize=resize, letterbox=letterbox, color=color,
+                          roi=(x, y, rw, rh), resize=resize, letterbox=letterbox, color=color,
                           scale=1 / 255 if dtype != "uint8" else 1.0, mean=(0.485, 0.456, 0.406) if dtype != "uint8"
                           else (0.0, 0.0, 0.0), std=(0.229, 0.224, 0.225) if dtype != "uint8" else (1.0, 1.0, 1.0),
                           layout=layout, dtype=dtype, yuv_matrix=yuv[0], yuv_range=yuv[1])
     direct, general = Preprocessor(spec, src.shape), Preprocessor(spec, src.shape)
-    if not letterbox and (resize == "bilinear" or step <= 2):  # 2:1 is two columns at 0.5 either way
+    # (area with a y upscale takes linear x taps: not always a whole step)
+    if not letterbox and (resize == "bilinear" or (step <= 2 and not y_up)):
         want = {1: MODE_DIRECT, 2: MODE_DIRECT2, 3: MODE_DIRECT3 if ow > 1 else MODE_DIRECT}.get(step, MODE_DIRECT)
         assert direct._mode == want
     general._mode = MODE_ROWBUF
@@ -154,6 +157,22 @@ def test_1080p_nv12_to_640_decodes_straight_into_the_output() -> None:
     rgb = yuv_to_rgb_reference("nv12", src, spec.yuv_matrix, spec.yuv_range).astype(np.float32)
     assert_close(spec, run(spec, src), float_chain(replace(spec, src_format="rgb"), rgb), FLOAT_STEPS)
     np.testing.assert_array_equal(run(spec, src, threads=2), run(spec, src))
+
+
+@pytest.mark.parametrize("fmt", ["nv12", "i420", "yuyv"])
+def test_a_scale_between_2_and_3_keeps_the_row_buffer(fmt: str) -> None:
+    """1600 -> 640 bilinear: two taps per output pixel, starting every second kept column, but the
+    kept columns have gaps, so no constant-stride gather fits (MODE_DIRECT2 would read the wrong
+    columns): the row buffer, matching the float chain."""
+    from kernels.yuvkernel import MODE_ROWBUF
+
+    spec = replace(_spec(fmt), out_width=640, out_height=360)
+    src = yuv_frame(np.random.default_rng(11), buffer_shape(fmt, 900, 1600), 0)
+    pre = Preprocessor(spec, src.shape)
+    assert pre._xw.shape[1] == 2 and np.array_equal(pre._xstart, 6 * np.arange(640))  # looks like 2:1
+    assert pre._mode == MODE_ROWBUF
+    rgb = yuv_to_rgb_reference(fmt, src, spec.yuv_matrix, spec.yuv_range).astype(np.float32)
+    assert_close(spec, run(spec, src), float_chain(replace(spec, src_format="rgb"), rgb), FLOAT_STEPS)
 
 
 @pytest.mark.parametrize("size, out, mode, x_in", [((1920, 1080), (700, 360), "MODE_DIRECT3", 30),
@@ -179,6 +198,7 @@ def test_letterboxed_camera_frames_take_the_direct_paths_with_their_offset(fmt: 
     direct(src, got)
     general(src, want)
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(run(spec, src, threads=2), got)  # row chunks, each with its own scratch
     owner = src.base  # what a leaked view would hold (NumPy points views at the owning array)
     refs = sys.getrefcount(src), sys.getrefcount(owner)
     for _ in range(200):
