@@ -317,8 +317,7 @@ class Preprocessor:
             self._pick = pick_step(start, tw, yw)
         else:
             # YUV/GRAY decode is per pixel: decode only the pixels some x tap weighs (all of
-            # them unless x is downscaled more than 2:1); windows index the compacted row.
-            # self._x0 is unused by the YUV kernel (the columns carry the ROI).
+            # them unless x is downscaled more than 2:1); windows index the compacted row
             cols, start, tw = compact_columns(xi, xw)
             self._cols = (cols + np.uint32(rx)).astype(np.uint32)  # absolute pixel columns
             from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
@@ -334,7 +333,7 @@ class Preprocessor:
                 self._mode = MODE_DIRECT2  # 2:1, two columns per output pixel, none shared
             else:
                 self._mode = MODE_ROWBUF
-            self._x0, self._rw3, n_buf = rx, rw * 3, cols.size
+            n_buf = cols.size  # the columns carry the ROI: no byte offset or span as for packed rows
             self._pick = 0
         self._xstart = start * np.uint32(3)  # element offset of each window in the row buffer
         self._xw = np.ascontiguousarray(tw, np.float32)

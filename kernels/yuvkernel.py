@@ -264,11 +264,12 @@ def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf
     output pixel weighs the next two of consecutive kept columns (2:1), decodes the even and the
     odd columns into two planes and applies the two x taps to them."""
     ty = yidx.shape[1]
-    if mode == MODE_DIRECT or mode == MODE_DIRECT3:
+    if mode != MODE_ROWBUF:
         p0, p1, p2 = pix[0], pix[1], pix[2]
+        n = p0.shape[0]  # output pixels: the kept columns (MODE_DIRECT*), or half of them (MODE_DIRECT2)
+        q0, q1, q2 = rgb[:n], rgb[n:2 * n], rgb[2 * n:3 * n]  # MODE_DIRECT2: the odd columns' vertical sums
         held = -1  # the 4:2:0 chroma row whose U, V are in gat (shared by two luma rows)
         c0 = np.intp(cols[0])
-        n = cols.shape[0]
         for oy in range(r0, r1):
             first = True
             for k in range(ty):
@@ -279,7 +280,9 @@ def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf
                 luma = fmt != 3 and sy // 2 == held
                 if mode == MODE_DIRECT3:
                     _gather3(src, fmt, h, sy, c0, n, gat, luma)
-                elif luma:
+                elif mode == MODE_DIRECT2:
+                    _gather2(src, fmt, h, sy, c0, n, gat, luma)
+                elif luma:  # Y only, here: through _gather's call the whole path ran 5 % slower
                     yb = gat[0]
                     srow = src[sy]
                     for j in range(n):
@@ -287,35 +290,17 @@ def _rows(src, fmt, h, cols, mode, yidx, yw, xstart, xw, yc, coef, rgb, gat, buf
                 else:
                     _gather(src, fmt, h, sy, cols, gat)
                 held = sy // 2 if fmt != 3 else -1
-                _decode_into(gat[0], gat[1], gat[2], yc, w0, first, p0, p1, p2)
+                _decode_into(gat[0], gat[1], gat[2], yc, w0, first, p0, p1, p2)  # its first n: the even columns
+                if mode == MODE_DIRECT2:
+                    _decode_into(gat[0, n:2 * n], gat[1, n:2 * n], gat[2, n:2 * n], yc, w0, first, q0, q1, q2)
                 first = False
-            colour_span(coef, p0, p1, p2, 0, p0.shape[0])
-            store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
-        return
-    if mode == MODE_DIRECT2:  # output pixel k: columns c0 + 2k (even plane) and c0 + 2k + 1 (odd)
-        p0, p1, p2 = pix[0], pix[1], pix[2]
-        n = p0.shape[0]
-        q0, q1, q2 = rgb[:n], rgb[n:2 * n], rgb[2 * n:3 * n]  # the odd columns' vertical sums
-        held = -1
-        c0 = np.intp(cols[0])
-        for oy in range(r0, r1):
-            first = True
-            for k in range(ty):
-                w0 = yw[oy, k]
-                if w0 == 0.0:
-                    continue
-                sy = yidx[oy, k]
-                _gather2(src, fmt, h, sy, c0, n, gat, fmt != 3 and sy // 2 == held)
-                held = sy // 2 if fmt != 3 else -1
-                _decode_into(gat[0, :n], gat[1, :n], gat[2, :n], yc, w0, first, p0, p1, p2)
-                _decode_into(gat[0, n:2 * n], gat[1, n:2 * n], gat[2, n:2 * n], yc, w0, first, q0, q1, q2)
-                first = False
-            for j in range(n):  # the two x taps, as the row buffer's 2-tap loop (kernels/store.py)
-                a = xw[j, 0]
-                b = xw[j, 1]
-                p0[j] = a * p0[j] + b * q0[j]
-                p1[j] = a * p1[j] + b * q1[j]
-                p2[j] = a * p2[j] + b * q2[j]
+            if mode == MODE_DIRECT2:
+                for j in range(n):  # the two x taps, as the row buffer's 2-tap loop (kernels/store.py)
+                    a = xw[j, 0]
+                    b = xw[j, 1]
+                    p0[j] = a * p0[j] + b * q0[j]
+                    p1[j] = a * p1[j] + b * q1[j]
+                    p2[j] = a * p2[j] + b * q2[j]
             colour_span(coef, p0, p1, p2, 0, n)
             store_row(pix, oy, out32, out16, out8, kind, nchw, oy0, ox0)
         return
