@@ -155,21 +155,25 @@ def case_bgr_fresh(rng: np.random.Generator, threads: int) -> Case:
                 floor_bytes=floor_bytes(Preprocessor(spec, frames[0].shape), frames[0].nbytes))
 
 
-def case_nv12(rng: np.random.Generator, threads: int) -> Case | None:
-    """1920x1080 NV12 (BT.601 limited, as cv2's COLOR_YUV2*_NV12) -> the same tensor."""
-    spec = _spec(src_format="nv12")
-    src = _frames(rng, (1620, 1920))
-    rgb = _spec(src_format="rgb")  # the same tensor from the cv2-converted RGB frame
+def case_nv12(rng: np.random.Generator, threads: int, size: tuple[int, int] = (1920, 1080),
+              out: tuple[int, int] = (640, 384)) -> Case:
+    """NV12 (BT.601 limited, as cv2's COLOR_YUV2*_NV12) -> 1x3xHxW float32 as the first case's.
+    1920x1080 -> 384x640 is a 3:1 pick in x; 1280x720 -> 360x640, a common camera's 2:1, takes
+    the kernel's other direct path (docs/kernels.md)."""
+    (w, h), (ow, oh) = size, out
+    spec = _spec(src_format="nv12", out_width=ow, out_height=oh)
+    src = _frames(rng, (h * 3 // 2, w))
+    rgb = _spec(src_format="rgb", out_width=ow, out_height=oh)  # the same tensor from the cv2-converted RGB frame
 
     def naive() -> np.ndarray:
         return reference_preprocess(rgb, cv2.cvtColor(src, cv2.COLOR_YUV2RGB_NV12))
 
     def blob() -> np.ndarray:
-        return cv2.dnn.blobFromImage(cv2.cvtColor(src, cv2.COLOR_YUV2BGR_NV12), 2 / 255, (640, 384),
+        return cv2.dnn.blobFromImage(cv2.cvtColor(src, cv2.COLOR_YUV2BGR_NV12), 2 / 255, (ow, oh),
                                      (127.5, 127.5, 127.5), swapRB=True)
 
-    return Case("nv12_1080_to_384x640", {"fused": _fused(spec, src, threads, src.shape), "naive": naive,
-                                         "blob": blob, "memcpy": _memcpy(src)},
+    return Case(f"nv12_{h}_to_{oh}x{ow}", {"fused": _fused(spec, src, threads, src.shape), "naive": naive,
+                                          "blob": blob, "memcpy": _memcpy(src)},
                 floor_bytes=floor_bytes(Preprocessor(spec, src.shape), src.nbytes))
 
 
@@ -294,6 +298,7 @@ def run(quick: bool = False) -> Report:
     builders: list[Callable[[], Case | None]] = [lambda: case_bgr(rng, threads), lambda: case_bgr_fresh(rng, threads)]
     if _supports(src_format="nv12"):
         builders.append(lambda: case_nv12(rng, threads))
+        builders.append(lambda: case_nv12(rng, threads, (1280, 720), (640, 360)))
     else:
         report.notes.append("nv12 case left out: the kernel does not read NV12 yet")
     builders.append(lambda: case_pilotnet(rng, threads))

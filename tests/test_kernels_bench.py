@@ -10,7 +10,8 @@ import pytest
 from bench import _suite
 from bench._suite import OPENCV_NO_SPIN, run_one
 
-CASES = ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "nv12_1080_to_384x640", "pilotnet_bgr1080_to_66x200_yuv", "8cam_720p_to_8x3x256x512")
+CASES = ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "nv12_1080_to_384x640", "nv12_720_to_360x640",
+         "pilotnet_bgr1080_to_66x200_yuv", "8cam_720p_to_8x3x256x512")
 
 
 def test_quick_run_has_every_case_baseline_and_ratio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +33,8 @@ def test_quick_run_has_every_case_baseline_and_ratio(tmp_path: Path, monkeypatch
         for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
             for suffix in ("", "_p99"):
                 assert report.ratios[f"{case}:{a}/{case}:{b}{suffix}"] > 0
-    for case in ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "nv12_1080_to_384x640"):  # derived memory floor
+    for case in ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "nv12_1080_to_384x640",
+                 "nv12_720_to_360x640"):  # derived memory floor
         floor = report.config["floor"][case]
         assert floor["read_bytes"] > 0 and floor["written_bytes"] > 0 and floor["floor_ms"] > 0
     # 1920x1080 BGR -> 384 rows: 768 weighted source rows of 5760 bytes (+ a line), 3x384x640 float32
