@@ -24,6 +24,7 @@ import zmq
 
 from runtime.config import PipelineConfig
 from runtime.logs import setup_logging
+from runtime.signals import set_on_signal
 from runtime.stage import StageContext, run_stage
 from runtime.stages import stage_class
 from runtime.transport import Endpoints
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger(f"edgert.{name}")
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    set_on_signal(signal.SIGTERM, stop)  # not stop.set() in the handler: runtime/signals.py says why
     apply_affinity(cfg.pipeline.affinity.get(name), log)
     ctx = zmq.Context()
     endpoints = Endpoints.for_run(cfg, run_id, run_dir)

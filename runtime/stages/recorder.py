@@ -52,6 +52,7 @@ from runtime.fleet.clips import ClipPolicy, ClipWriter, Event
 from runtime.fleet.ring import Ring
 from runtime.framepool import FramePool, SlotError
 from runtime.manifest import load_manifest
+from runtime.signals import set_on_signal
 from runtime.stage import Stage, StageContext
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from runtime.transport import subscriber
@@ -97,7 +98,7 @@ class RecorderStage(Stage):
             # First thing: SIGUSR1's default action ends the process. The supervisor starts stage
             # processes with it blocked, so a trigger sent while we started up is pending, not fatal:
             # it is delivered here, once handled, and becomes a clip at the first step.
-            signal.signal(signal.SIGUSR1, lambda *_: self._operator.set())
+            set_on_signal(signal.SIGUSR1, self._operator)  # the handler must not take its lock (runtime/signals.py)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         super().__init__(ctx)
         self.frame_filter = frame_filter
