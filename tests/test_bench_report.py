@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.report import Report, interleaved_ns, time_ns
+from bench.report import Report, blocked_ns, interleaved_ns, time_ns
 from runtime.stats import Samples, summarize_ns
 
 
@@ -42,6 +42,7 @@ def test_report_ratios_and_files(tmp_path):
     assert data["ratios"] == {"slow/fast": 3.0, "slow/fast_p99": 3.0}
     assert {"cpu", "cores", "python", "numpy", "numba", "onnxruntime", "providers", "gpu"} <= set(data["machine"])
     assert "| slow/fast | 3.000 |" in paths[1].read_text()
+    assert "| mean ms | p99/p50 |" in paths[1].read_text() and "| 3.0000 | 1.00 |" in paths[1].read_text()
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -51,3 +52,12 @@ def test_timers_return_one_sample_per_call():
     assert t.shape == (20,) and (t >= 0).all() and len(calls) == 23
     d = interleaved_ns({"a": lambda: None, "b": lambda: None}, n=5, warmup=1)
     assert set(d) == {"a", "b"} and all(v.shape == (5,) for v in d.values())
+
+
+def test_blocked_timer_runs_each_case_in_blocks_in_turn():
+    order: list[str] = []
+    d = blocked_ns({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, n=7, block=3, warmup=1,
+                   block_warmup=1)
+    assert all(v.shape == (7,) and (v >= 0).all() for v in d.values())
+    # warm-up once each, then blocks of 3, 3 and the last 1 (each after one untimed call), the cases in turn
+    assert "".join(order) == "ab" + "aaaabbbb" + "aaaabbbb" + "aabb"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from bench import _suite
 from bench._suite import OPENCV_NO_SPIN, run_one
 
-CASES = ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "nv12_1080_to_384x640", "nv12_720_to_360x640",
+CASES = ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "bgr1080_to_384x640_steady", "nv12_1080_to_384x640",
+         "nv12_720_to_360x640",
          "pilotnet_bgr1080_to_66x200_yuv", "8cam_720p_to_8x3x256x512")
 
 
@@ -40,6 +42,16 @@ def test_quick_run_has_every_case_baseline_and_ratio(tmp_path: Path, monkeypatch
     # 1920x1080 BGR -> 384 rows: 768 weighted source rows of 5760 bytes (+ a line), 3x384x640 float32
     assert report.config["floor"]["bgr1080_to_384x640"]["read_bytes"] == 768 * (5760 // 64 + 1) * 64
     assert report.config["floor"]["bgr1080_to_384x640"]["written_bytes"] == 3 * 384 * 640 * 4
+    # the first case's tail baselines, and issue 4's targets checked on each first case
+    for case in ("bgr1080_to_384x640", "bgr1080_to_384x640_steady"):
+        for impl in ("fixed", "fixed_1t"):
+            assert report.cases[f"{case}:{impl}"]["n"] == 3
+    for case in ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "bgr1080_to_384x640_steady"):
+        t = report.config["targets"][case]
+        assert set(t["value"]) == set(t["met"]) == {"blob/fused", "naive/fused", "fused p99/p50", "fused/memcpy"}
+        assert t["value"]["blob/fused"] == pytest.approx(report.ratios[f"{case}:blob/{case}:fused"], rel=1e-2)
+        assert any(n.startswith(f"{case} against issue 4's targets") for n in report.notes)
+    assert set(report.config["machine_jitter"]) == {f"cpu{c}" for c in os.sched_getaffinity(0)}
     paths = report.write(tmp_path)
     data = json.loads(paths[0].read_text())
     assert set(data) >= {"benchmark", "machine", "config", "cases", "ratios"}
