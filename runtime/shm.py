@@ -4,18 +4,27 @@ We map files under /dev/shm ourselves instead of using multiprocessing.shared_me
 before Python 3.13 that class registers every *attached* segment with a resource
 tracker that may unlink it when an unrelated process exits, which breaks a run whose
 stages restart. Here ownership is explicit: the supervisor creates and unlinks, stages
-only attach. Names carry the supervisor's PID, so `sweep_stale()` can remove segments
-left by a supervisor that was SIGKILLed (nothing else could clean up after it).
+only attach. `sweep_stale()` removes segments left by a supervisor that was SIGKILLed
+(nothing else could clean up after it).
+
+Whether a segment's owner lives is told by a lock, not by its PID: the creating process holds
+a shared flock(2) on the segment for as long as it lives, and the kernel drops it when the
+process dies, however it dies. A PID alone would lie once reused, and reuse is the rule in a
+container, where a restarted supervisor is PID 1 again: its predecessors' segments would look
+alive forever and fill /dev/shm (64 MiB by default in Docker) run after run. The same goes for
+each run's socket/config directory, which holds a locked `owner.lock`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
 import re
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -23,6 +32,9 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 PREFIX = "edgert"
 _NAME_RE = re.compile(rf"^{PREFIX}\.(\d+)\.[0-9a-f]+\.[A-Za-z0-9_-]+$")
+_TMP_RE = re.compile(rf"^\.{PREFIX}\..+\.tmp$")  # a segment being made: locked, then linked to its name
+TMP_GRACE_S = 60.0  # an unlocked temporary older than this was left by a creator that died
+RUN_LOCK = "owner.lock"
 
 
 def new_run_id() -> str:
@@ -39,17 +51,22 @@ def segment_name(run_id: str, name: str) -> str:
 class Segment:
     """A mapped shared-memory file; `create` makes a new one, `attach` maps an existing one."""
 
-    def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool) -> None:
+    def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool, lock_fd: int | None = None) -> None:
         self.name = name
         self.size = size
         self.buf = mm
         self.owner = owner
+        self._lock_fd = lock_fd  # the owner's open file, flock'ed: the segment is alive while it is open
 
     @classmethod
     def create(cls, name: str, size: int) -> "Segment":
+        """Made under a temporary name, locked, then linked to `name`: no sweeper ever sees the
+        segment unlocked (link fails like O_EXCL if `name` exists)."""
         path = SHM_DIR / name
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        tmp = SHM_DIR / f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
             try:
                 os.posix_fallocate(fd, 0, size)  # fail now with ENOSPC, not with SIGBUS on a later write
             except OSError as e:
@@ -57,12 +74,17 @@ class Segment:
                                        f"for {name}: {e.strerror}; free /dev/shm, enlarge it, or use smaller "
                                        "frames or fewer pool slots (camera.width/height, camera.pool_slots)") from None
             mm = mmap.mmap(fd, size)
+            try:
+                os.link(tmp, path)
+            except BaseException:
+                mm.close()
+                raise
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
             raise
-        os.close(fd)
-        return cls(name, size, mm, owner=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(name, size, mm, owner=True, lock_fd=fd)
 
     @classmethod
     def attach(cls, name: str) -> "Segment":
@@ -87,6 +109,9 @@ class Segment:
         except BufferError:
             # numpy views still point into the mapping; it is unmapped when they go.
             pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def unlink(self) -> None:
         (SHM_DIR / self.name).unlink(missing_ok=True)
@@ -102,14 +127,48 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _unlocked(path: Path) -> bool | None:
+    """True if no process holds a lock on `path` (its owner is gone), False if one does, None if
+    the file is gone. Takes the lock for a moment: a file nobody owns stays nobody's."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except PermissionError:  # another user's: not ours to judge
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def hold_run_dir(run_dir: Path) -> int:
+    """Lock `run_dir/owner.lock` for this process's lifetime (close the returned fd at the end)."""
+    fd = os.open(run_dir / RUN_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
 def sweep_stale() -> list[str]:
-    """Remove segments whose owning supervisor is no longer alive; return their names."""
-    removed = []
+    """Remove segments no live process holds (their supervisor died); return their names."""
+    removed: list[str] = []
     if not SHM_DIR.is_dir():
         return removed
+    now = time.time()
     for path in SHM_DIR.iterdir():
-        m = _NAME_RE.match(path.name)
-        if m and not pid_alive(int(m.group(1))):
+        if _NAME_RE.match(path.name):
+            stale = _unlocked(path)
+        elif _TMP_RE.match(path.name):  # a creator that died between open and link
+            try:
+                stale = now - path.stat().st_mtime > TMP_GRACE_S and _unlocked(path)
+            except FileNotFoundError:
+                continue
+        else:
+            continue
+        if stale:
             path.unlink(missing_ok=True)
             removed.append(path.name)
     if removed:
@@ -120,13 +179,19 @@ def sweep_stale() -> list[str]:
 
 def run_dirs() -> list[tuple[Path, str, bool]]:
     """Every run's socket/config directory (the supervisor's mkdtemp `edgert.<run id>.<random>`),
-    as (path, run id, whether its supervisor is alive), oldest first."""
+    as (path, run id, whether its supervisor is alive), oldest first. Alive: its owner.lock is
+    held; a directory without one yet (just made) counts as alive while its PID is."""
     out = []
     for d in Path(tempfile.gettempdir()).glob(f"{PREFIX}.*.*.*"):
         pid, token = d.name.split(".")[1:3]
-        if pid.isdigit():
-            out.append((d, f"{pid}.{token}", pid_alive(int(pid))))
-    return sorted(out, key=lambda r: r[0].stat().st_mtime)
+        if not pid.isdigit():
+            continue
+        free = _unlocked(d / RUN_LOCK)
+        try:
+            out.append((d, f"{pid}.{token}", pid_alive(int(pid)) if free is None else not free, d.stat().st_mtime))
+        except FileNotFoundError:  # removed since the glob
+            continue
+    return [r[:3] for r in sorted(out, key=lambda r: r[3])]
 
 
 def list_segments(run_id: str) -> list[str]:

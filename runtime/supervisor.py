@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,7 @@ class Supervisor:
         self.auth = None
         self.zmq = zmq.Context()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
+        self._run_lock = shm.hold_run_dir(self.run_dir)  # tells other runs this one lives (runtime/shm.py)
         started = time.monotonic()
         try:  # from here on, whatever fails, _shutdown removes what was made
             (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
@@ -379,6 +381,9 @@ class Supervisor:
             seg.close()
             seg.unlink()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._run_lock is not None:
+            os.close(self._run_lock)
+            self._run_lock = None
         leaked = shm.list_segments(self.run_id)
         if leaked:
             log.error("shared memory still present after shutdown: %s", leaked)

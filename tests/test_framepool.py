@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ import pytest
 from runtime import shm
 from runtime.framepool import FramePool, SlotError
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (512, 1024, 4)  # 2 MiB frames: big enough that a copy takes long enough to be lapped
 
 
@@ -128,16 +133,75 @@ def test_writer_crash_mid_write_leaves_slot_rejected(run_id):
     pool.unlink()
 
 
+def _orphan(code: str) -> None:
+    """Run `code` in a fresh interpreter that makes shared memory and exits without cleaning up."""
+    subprocess.run([sys.executable, "-c", "from runtime import shm\n" + code], cwd=ROOT, check=True, timeout=60)
+
+
 def test_sweep_removes_segments_of_dead_runs_only(run_id):
-    p = mp.get_context("spawn").Process(target=os.getpid)
-    p.start()
-    p.join()
-    dead = shm.Segment.create(shm.segment_name(f"{p.pid}.deadbeef", "cam"), 4096)
+    # an owner that died (its PID gone), and one whose PID lives on in another process: in a
+    # container a restarted supervisor is PID 1 again. Here the live PID is this test's own.
+    dead_pid = mp.get_context("spawn").Process(target=os.getpid)
+    dead_pid.start()
+    dead_pid.join()
+    dead = shm.segment_name(f"{dead_pid.pid}.deadbeef", "cam")
+    reused = shm.segment_name(f"{os.getpid()}.cafef00d", "cam")
+    for name in (dead, reused):
+        _orphan(f"shm.Segment.create({name!r}, 4096)")
     live = FramePool.create(run_id, "cam", n_slots=2, slot_bytes=64)
-    removed = shm.sweep_stale()
-    assert dead.name in removed
-    assert not (shm.SHM_DIR / dead.name).exists()
-    assert shm.list_segments(run_id) == [live.segment.name]
-    dead.close()
-    live.close()
-    live.unlink()
+    try:
+        removed = shm.sweep_stale()
+        assert dead in removed and reused in removed
+        assert not (shm.SHM_DIR / dead).exists() and not (shm.SHM_DIR / reused).exists()
+        assert shm.list_segments(run_id) == [live.segment.name]  # held by this process: kept
+    finally:
+        live.close()
+        live.unlink()
+    for name in (dead, reused):
+        (shm.SHM_DIR / name).unlink(missing_ok=True)
+
+
+def test_sweep_leaves_a_segment_being_made_and_removes_an_old_unlocked_temporary():
+    fresh = shm.SHM_DIR / f".edgert.{os.getpid()}.0badf00d.cam.1234abcd.tmp"
+    old = shm.SHM_DIR / f".edgert.{os.getpid()}.0badf00d.cam.5678abcd.tmp"
+    for path in (fresh, old):
+        path.write_bytes(b"\0" * 64)
+    past = time.time() - 2 * shm.TMP_GRACE_S
+    os.utime(old, (past, past))
+    try:
+        removed = shm.sweep_stale()
+        assert old.name in removed and not old.exists()
+        assert fresh.name not in removed and fresh.exists()  # its creator may be about to lock it
+    finally:
+        fresh.unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+
+
+def test_segment_create_refuses_an_existing_name_and_leaves_no_temporary(run_id):
+    a = shm.Segment.create(shm.segment_name(run_id, "cam"), 4096)
+    try:
+        with pytest.raises(FileExistsError):
+            shm.Segment.create(shm.segment_name(run_id, "cam"), 4096)
+        assert not [p for p in shm.SHM_DIR.iterdir() if p.name.startswith(f".edgert.{run_id}.")]
+    finally:
+        a.close()
+        a.unlink()
+
+
+def test_run_dirs_alive_by_lock_not_by_pid(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pid = os.getpid()
+    held = tmp_path / f"edgert.{pid}.aaaa0001.x"
+    held.mkdir()
+    fd = shm.hold_run_dir(held)
+    # made by a process that exited, under this (live) PID: dead although the PID runs
+    _orphan(f"import os, pathlib; d = pathlib.Path({str(tmp_path)!r}) / 'edgert.{pid}.aaaa0002.x'; "
+            "d.mkdir(); shm.hold_run_dir(d)")
+    new_live = tmp_path / f"edgert.{pid}.aaaa0003.x"  # just made, no lock yet: judged by its PID
+    new_live.mkdir()
+    try:
+        alive = {d.name: a for d, _, a in shm.run_dirs()}
+        assert alive == {held.name: True, f"edgert.{pid}.aaaa0002.x": False, new_live.name: True}
+    finally:
+        os.close(fd)
+    assert {d.name: a for d, _, a in shm.run_dirs()}[held.name] is False  # lock released
