@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Report, write_index
+from runtime.procenv import OPENCV_NO_SPIN
 
 log = logging.getLogger("edgert.bench")
 # OpenCV's thread pool busy-waits after each parallel call (its defaults: 2,000 rounds per
@@ -27,8 +28,8 @@ log = logging.getLogger("edgert.bench")
 # two-thread kernel's p99 on fresh 1080p frames 1.18 / 0.36 ms and on NV12 4.34 / 0.53 ms,
 # and blobFromImage's own p50 on fresh frames 1.03 / 0.72 ms. OpenCV reads these variables
 # when it loads (setting them after `import cv2` changed nothing, measured), so they are set
-# before any benchmark module is imported.
-OPENCV_NO_SPIN = {"OPENCV_THREAD_POOL_ACTIVE_WAIT_WORKER": "0", "OPENCV_THREAD_POOL_ACTIVE_WAIT_MAIN": "0"}
+# before any benchmark module is imported. Stage processes get them from the supervisor
+# anyway (runtime/procenv.py); this is for the benchmark's own process.
 _opencv: dict[str, Any] = {}  # what quiet_opencv_pool found and did, for the reports
 
 

@@ -32,6 +32,7 @@ from runtime import shm, wire
 from runtime.config import PipelineConfig
 from runtime.framepool import FramePool
 from runtime.mailbox import Mailbox
+from runtime.procenv import stage_env
 from runtime.signing import approved_manifest
 from runtime.stage import StageContext, run_stage
 from runtime.stage_main import load_stage_class
@@ -70,7 +71,8 @@ class ProcessHandle:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "runtime.stage_main", self.name,
-                                          str(self.run_dir), self.run_id] + ([self.target] if self.target else []))
+                                          str(self.run_dir), self.run_id] + ([self.target] if self.target else []),
+                                         env=stage_env())
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
