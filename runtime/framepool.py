@@ -11,15 +11,16 @@ Layout of the segment (all little-endian):
     [64, 64 + 64*n_slots)  one cache line per slot; its first u64 is the generation
     [data_offset, ...)     slot data, each slot page-aligned
 
-The seqlock relies on x86-64's store ordering (aligned 8-byte stores are atomic and not
-reordered with earlier stores). On weakly ordered CPUs (Arm, e.g. Jetson) it needs
-explicit fences around the generation updates; see docs/decisions.md.
+Aligned 8-byte loads and stores of the generation are single accesses on x86-64 and aarch64;
+their order against the data is kept by `runtime.fence.fence()` on both sides (a no-op on
+x86-64, `dmb ish` on Arm; see runtime/fence.py and docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from runtime.fence import fence
 from runtime.shm import Segment, segment_name
 
 MAGIC = b"EDFP"
@@ -104,20 +105,26 @@ class FramePool:
         self._next = (slot + 1) % self.n_slots
         g = int(self._gen[slot])
         self._gen[slot] = g + 1 if g % 2 == 0 else g + 2  # a crashed writer may have left it odd
+        fence()  # odd before any byte of the new frame
         return slot
 
     def publish(self, slot: int) -> int:
         """Mark the slot complete; return the (even) generation to put in the descriptor."""
         g = int(self._gen[slot]) + 1
+        fence()  # every byte of the frame before even
         self._gen[slot] = g
         return g
 
     # -- reader ------------------------------------------------------------------------
     def is_current(self, slot: int, generation: int) -> bool:
-        """True if the slot still holds exactly the frame the descriptor announced."""
+        """True if the slot still holds exactly the frame the descriptor announced. Called before
+        a reader uses the slot and again after: fenced on both sides for both uses."""
         if not 0 <= slot < self.n_slots:
             raise SlotError(f"slot {slot} outside pool of {self.n_slots} slots")
-        return generation % 2 == 0 and int(self._gen[slot]) == generation
+        fence()  # the reader's loads of the frame (the check after) before this load
+        g = int(self._gen[slot])
+        fence()  # this load before the reader's loads of the frame (the check before)
+        return generation % 2 == 0 and g == generation
 
     def close(self) -> None:
         self._views.clear()

@@ -15,7 +15,9 @@ Layout of the segment (little-endian):
     [68, 72)    length of the message, bytes
     [128, ...)  the message
 
-Like the frame pool's seqlock this relies on x86-64's store ordering; see docs/decisions.md.
+Like the frame pool's seqlock, the order of the sequence word against the message is kept by
+`runtime.fence.fence()` (runtime/fence.py). Mailboxes are still used only on x86-64 until a run
+on Arm hardware has tested them; see docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 import numpy as np
 
 from runtime import futex
+from runtime.fence import fence
 from runtime.shm import Segment, segment_name
 
 MAGIC = b"EDMB"
@@ -39,8 +42,8 @@ _TORN_RETRIES = 3  # copies overtaken by a newer post before take() gives up unt
 def unsupported() -> str:
     """Why mailboxes cannot be used on this machine, or "" where they can."""
     if platform.machine() not in ("x86_64", "AMD64"):
-        return (f"the seqlock relies on x86-64 store ordering and has no memory fences for "
-                f"{platform.machine()} yet (docs/decisions.md)")
+        return (f"mailboxes have been tested only on x86-64, not yet on {platform.machine()} hardware "
+                "(their seqlock is fenced for Arm: docs/decisions.md)")
     if not futex.available():
         return f"no futex(2) on {platform.system()}"
     return ""
@@ -98,8 +101,10 @@ class Mailbox:
         s = self.seq
         s = (s + 1 if s % 2 == 0 else s + 2) & 0xFFFFFFFF  # a crashed writer may have left it odd
         self._seq[0] = s
+        fence()  # odd before the message
         self._len[0] = n
         self.segment.buf[_DATA:_DATA + n] = data
+        fence()  # the message before even
         self._seq[0] = (s + 1) & 0xFFFFFFFF
         self.futex.wake()
 
@@ -144,8 +149,10 @@ class MailboxSource:
             s = mb.seq
             if s == self.last or s % 2:
                 return None
+            fence()  # the word before the message
             n = int(mb._len[0])
             data = bytes(buf[_DATA:_DATA + min(n, mb.capacity)])
+            fence()  # the message before the word again
             if mb.seq != s:
                 continue  # overwritten while we copied: take the newer one
             gap = ((s - self.last) & 0xFFFFFFFF) // 2

@@ -1,0 +1,36 @@
+"""A CPU memory fence, for the seqlocks that guard shared memory (frame pool, mailboxes).
+
+A seqlock reader trusts data it copied only if the sequence word read the same, and even,
+before and after the copy. That holds only if the writer's stores become visible in order
+(odd word, then data, then even word) and the reader's loads happen in order (word, data,
+word). x86-64 keeps stores in order and loads in order by itself; Arm (the SoCs in most
+vehicle computers) reorders both, so the writer needs a fence after the odd word and before
+the even one, and the reader one after its first load of the word and before its second.
+
+Python has no fence of its own, so this is one compiled by Numba: LLVM's `fence acq_rel`,
+which is `dmb ish` on aarch64 and no instruction at all on x86-64 (only the compiler may not
+move memory operations across it, and nothing around a call from Python could). Checked for
+both targets by tests/test_fence.py. A call from Python costs a few hundred nanoseconds.
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import types
+from numba.extending import intrinsic
+
+ORDERING = "acq_rel"
+
+
+@intrinsic
+def _fence(typingctx):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        builder.fence(ORDERING)
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@numba.njit("void()", nogil=True, cache=True)
+def fence() -> None:
+    """Memory operations before this call complete, for every core, before any after it."""
+    _fence()
