@@ -54,11 +54,12 @@ def interruptions(seconds_per_core: float = 0.5, gap_ns: int = 5_000) -> dict[st
     return out
 
 
-def interruptions_line(stats: dict[str, dict[str, float]]) -> str:
+def interruptions_line(stats: dict[str, dict[str, float]], gap_ns: int = 5_000) -> str:
+    """The report's note for `interruptions()`'s result (measured with the same `gap_ns`)."""
     per_core = "; ".join(f"{k}: {v['per_s']:.0f}/s, {v['lost_pct']:.2f} % lost, gap p50 {v['p50_us']:.0f} us, "
                          f"p99 {v['p99_us']:.0f} us, max {v['max_us']:.0f} us" for k, v in stats.items())
-    return ("machine jitter (a clock-reading loop pinned to each core; gaps > 5 us are time the core was taken "
-            f"away): {per_core}")
+    return (f"machine jitter (a clock-reading loop pinned to each core; gaps > {gap_ns / 1000:g} us are time the core "
+            f"was taken away): {per_core}")
 
 
 @numba.njit(nogil=True, cache=True)

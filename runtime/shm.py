@@ -56,7 +56,9 @@ class Segment:
         self.size = size
         self.buf = mm
         self.owner = owner
-        self._lock_fd = lock_fd  # the owner's open file, flock'ed: the segment is alive while it is open
+        # the owner's descriptor, flock'ed: the lock lasts while it or the mapping (CPython's mmap
+        # keeps a duplicate of the descriptor) is open, and the kernel drops it when the owner dies
+        self._lock_fd = lock_fd
 
     @classmethod
     def create(cls, name: str, size: int) -> "Segment":
@@ -134,7 +136,7 @@ def _unlocked(path: Path) -> bool | None:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except PermissionError:  # another user's: not ours to judge
+    except OSError:  # another user's (EACCES), or not a file we made (ENOTDIR...): cannot tell, keep it
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -146,9 +148,19 @@ def _unlocked(path: Path) -> bool | None:
 
 
 def hold_run_dir(run_dir: Path) -> int:
-    """Lock `run_dir/owner.lock` for this process's lifetime (close the returned fd at the end)."""
-    fd = os.open(run_dir / RUN_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_SH)
+    """Lock `run_dir/owner.lock` for this process's lifetime (close the returned fd at the end).
+    Made locked under a temporary name and linked into place, as segments are: a sweeper never
+    finds it unlocked while its run lives."""
+    tmp = run_dir / f".{RUN_LOCK}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.link(tmp, run_dir / RUN_LOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
     return fd
 
 
@@ -180,17 +192,21 @@ def sweep_stale() -> list[str]:
 def run_dirs() -> list[tuple[Path, str, bool]]:
     """Every run's socket/config directory (the supervisor's mkdtemp `edgert.<run id>.<random>`),
     as (path, run id, whether its supervisor is alive), oldest first. Alive: its owner.lock is
-    held; a directory without one yet (just made) counts as alive while its PID is."""
+    held. A directory without one is either just made (alive while its PID is, for TMP_GRACE_S)
+    or was left by a supervisor that died before locking it (dead after that)."""
     out = []
+    now = time.time()
     for d in Path(tempfile.gettempdir()).glob(f"{PREFIX}.*.*.*"):
         pid, token = d.name.split(".")[1:3]
-        if not pid.isdigit():
+        try:
+            if not pid.isdigit() or not d.is_dir():
+                continue
+            mtime = d.stat().st_mtime
+        except OSError:  # removed since the glob
             continue
         free = _unlocked(d / RUN_LOCK)
-        try:
-            out.append((d, f"{pid}.{token}", pid_alive(int(pid)) if free is None else not free, d.stat().st_mtime))
-        except FileNotFoundError:  # removed since the glob
-            continue
+        alive = (now - mtime <= TMP_GRACE_S and pid_alive(int(pid))) if free is None else not free
+        out.append((d, f"{pid}.{token}", alive, mtime))
     return [r[:3] for r in sorted(out, key=lambda r: r[3])]
 
 

@@ -200,9 +200,10 @@ class Supervisor:
         self.auth = None
         self.zmq = zmq.Context()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
-        self._run_lock = shm.hold_run_dir(self.run_dir)  # tells other runs this one lives (runtime/shm.py)
+        self._run_lock: int | None = None
         started = time.monotonic()
         try:  # from here on, whatever fails, _shutdown removes what was made
+            self._run_lock = shm.hold_run_dir(self.run_dir)  # tells other runs this one lives (runtime/shm.py)
             (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
             self.pools.append(FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots,
                                                cam.width * cam.height * 3 * cam.cameras))

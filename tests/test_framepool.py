@@ -177,6 +177,33 @@ def test_sweep_leaves_a_segment_being_made_and_removes_an_old_unlocked_temporary
         old.unlink(missing_ok=True)
 
 
+def test_sweep_keeps_an_old_temporary_its_creator_still_holds():
+    import fcntl
+
+    path = shm.SHM_DIR / f".edgert.{os.getpid()}.0badf00d.cam.9abcabcd.tmp"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        past = time.time() - 2 * shm.TMP_GRACE_S  # a slow fallocate of a huge pool, say
+        os.utime(path, (past, past))
+        assert path.name not in shm.sweep_stale() and path.exists()
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def test_segment_create_that_cannot_reserve_memory_says_so_and_leaves_nothing(run_id, monkeypatch):
+    import errno
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # a full /dev/shm, without filling this machine's
+    with pytest.raises(OSError, match="cannot reserve .* free /dev/shm, enlarge it"):
+        shm.Segment.create(shm.segment_name(run_id, "cam"), 4096)
+    assert not [p for p in shm.SHM_DIR.iterdir() if run_id in p.name]
+
+
 def test_segment_create_refuses_an_existing_name_and_leaves_no_temporary(run_id):
     a = shm.Segment.create(shm.segment_name(run_id, "cam"), 4096)
     try:
@@ -199,9 +226,15 @@ def test_run_dirs_alive_by_lock_not_by_pid(tmp_path, monkeypatch):
             "d.mkdir(); shm.hold_run_dir(d)")
     new_live = tmp_path / f"edgert.{pid}.aaaa0003.x"  # just made, no lock yet: judged by its PID
     new_live.mkdir()
+    never_locked = tmp_path / f"edgert.{pid}.aaaa0004.x"  # its supervisor died before locking it
+    never_locked.mkdir()
+    past = time.time() - 2 * shm.TMP_GRACE_S
+    os.utime(never_locked, (past, past))
+    (tmp_path / f"edgert.{pid}.aaaa0005.x").write_text("a file, not a run: skipped, not a crash")
     try:
         alive = {d.name: a for d, _, a in shm.run_dirs()}
-        assert alive == {held.name: True, f"edgert.{pid}.aaaa0002.x": False, new_live.name: True}
+        assert alive == {held.name: True, f"edgert.{pid}.aaaa0002.x": False, new_live.name: True,
+                         never_locked.name: False}
     finally:
         os.close(fd)
     assert {d.name: a for d, _, a in shm.run_dirs()}[held.name] is False  # lock released
