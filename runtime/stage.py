@@ -17,7 +17,7 @@ import zmq
 
 from runtime import wire
 from runtime.config import PipelineConfig
-from runtime.transport import Endpoints, publisher
+from runtime.transport import Endpoints, LatestReader, publisher
 import numpy as np
 
 from runtime.wire import MsgType, StageState, WireError
@@ -102,8 +102,12 @@ class Stage:
             r = self._owned.pop()
             if isinstance(r, zmq.Socket):
                 r.close(linger=0)
-            else:
-                r.close()
+                continue
+            if isinstance(r, LatestReader) and (r.warm_ns or r.spin_ns):
+                # what pipeline.warm_us / spin_us did for this input, said once at the end
+                self.log.info("input: %d warm-up(s) (pipeline.warm_us), %d message(s) caught spinning "
+                              "(pipeline.spin_us), %d replaced unread", r.warmups, r.caught_spinning, r.skipped)
+            r.close()
 
     # -- helpers for subclasses -------------------------------------------------------
     def reject(self, why: object) -> None:

@@ -67,16 +67,20 @@ def _check_summary(s: dict, min_frames: int) -> None:
 
 
 @pytest.mark.parametrize("mode,mailbox", [("processes", True), ("threads", True), ("processes", False)])
-def test_closed_loop_end_to_end(mode, mailbox):
+def test_closed_loop_end_to_end(mode, mailbox, caplog):
     """Stages read their inputs from shared-memory mailboxes, or (pipeline.mailbox = false) from
     ZeroMQ; telemetry reads every command from ZeroMQ either way."""
     before = edgert_processes()
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"mailbox": mailbox})
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
-    s = sup.run()
+    with caplog.at_level(logging.INFO):
+        s = sup.run()
     assert sup.endpoints.mailboxes is mailbox
     assert s["exit_reason"] == "duration 4 s reached"
     _check_summary(s, min_frames=60)
+    if mode == "threads":  # stage logs reach this process: each warmed input says what its warm-ups did
+        warmed = re.findall(r"input: (\d+) warm-up\(s\) \(pipeline.warm_us\)", caplog.text)
+        assert len(warmed) == 3 and all(int(n) > 0 for n in warmed), warmed  # preprocess, infer, control
     assert not sup.run_dir.exists()  # sockets and config removed
     assert shm.list_segments(sup.run_id) == []
     assert set(edgert_processes()) <= set(before)  # no orphans
