@@ -30,7 +30,10 @@ def _fence(typingctx):  # type: ignore[no-untyped-def]
     return types.void(), codegen
 
 
-@numba.njit("void()", nogil=True, cache=True)
+# Not nogil: releasing the GIL for an 80 ns call only gives it away. In threads mode, with another
+# stage running Python, taking it back can wait up to the 5 ms switch interval (3 calls in 200
+# beside a busy Python thread did, measured), a few times per frame and stage.
+@numba.njit("void()", cache=True)
 def fence() -> None:
     """Loads and stores before this call are ordered, for every core, before loads and stores after
     it, except an earlier store against a later load (acq_rel, not seq_cst: a seqlock needs no

@@ -50,3 +50,9 @@ def test_on_x86_64_it_costs_no_instruction():
     asm = _asm("x86_64-unknown-linux-gnu")
     assert "MEMBARRIER" in asm  # a compiler-only barrier: x86-64 keeps stores (and loads) in order
     assert "mfence" not in asm and "lock" not in asm
+
+
+def test_fence_keeps_the_gil():
+    """A nogil call gives the GIL away and may wait up to the switch interval (5 ms) to get it back
+    from another thread: in threads mode that stalled the pipeline past its deadline."""
+    assert not fence.targetoptions.get("nogil", False)
