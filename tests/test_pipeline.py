@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_MACHINE_CONTROL
 from runtime import shm
 from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
 from runtime.stages.infer import WARM_RUN_PROBE, InferStage
@@ -71,7 +72,7 @@ def test_closed_loop_end_to_end(mode, mailbox, caplog):
     """Stages read their inputs from shared-memory mailboxes, or (pipeline.mailbox = false) from
     ZeroMQ; telemetry reads every command from ZeroMQ either way."""
     before = edgert_processes()
-    cfg = load(DEFAULT_CONFIG).replace(pipeline={"mailbox": mailbox})
+    cfg = load(DEFAULT_CONFIG).replace(pipeline={"mailbox": mailbox}, control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
     with caplog.at_level(logging.INFO):
         s = sup.run()
@@ -102,7 +103,7 @@ class WarmRunCheckingInfer(InferStage):
 def test_warm_run_runs_the_model_once_per_frame_and_never_reaches_a_result(caplog):
     """infer.warm_run: in the input's warm-up the model runs on the last tensor; the commands
     are the same closed loop's, all from the frames' own runs, nothing rejected or lost."""
-    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True})
+    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True}, control=SHARED_MACHINE_CONTROL)
     with caplog.at_level(logging.INFO, logger="edgert.infer"):
         s = Supervisor(cfg, duration_s=3.0, mode="threads",
                        stage_classes={"infer": f"{Path(__file__).stem}:WarmRunCheckingInfer"}).run()
@@ -129,7 +130,7 @@ def test_warm_run_turns_off_with_a_warning_where_a_model_run_outlasts_most_of_th
     """A warm run that could still be running when the frame comes would delay it. (The
     default 1.5 ms warm-up, so nearly every frame has its warm run: one 20 us before the frame,
     as this test once had, is beaten by the arrival's jitter on a loaded machine.)"""
-    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True})
+    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True}, control=SHARED_MACHINE_CONTROL)
     with caplog.at_level(logging.INFO, logger="edgert.infer"):
         s = Supervisor(cfg, duration_s=3.0, mode="threads",
                        stage_classes={"infer": f"{Path(__file__).stem}:SlowModelInfer"}).run()
@@ -166,7 +167,8 @@ def test_closed_loop_over_tcp_loopback():
     from runtime.topics import TOPICS
 
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "tcp_host": "127.0.0.1",
-                                                 "tcp_base_port": _free_port_block(len(TOPICS))})
+                                                 "tcp_base_port": _free_port_block(len(TOPICS))},
+                                       control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=3.0, mode="processes")
     s = sup.run()
     assert sup.endpoints("frames").startswith("tcp://127.0.0.1:")
@@ -183,7 +185,8 @@ def test_curve_pipeline_runs_and_refuses_outsiders(tmp_path):
     from runtime.transport import Endpoints
 
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True,
-                                                 "tcp_base_port": _free_port_block(len(TOPICS))})
+                                                 "tcp_base_port": _free_port_block(len(TOPICS))},
+                                       control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode="processes")
     got = {"insider": 0, "plain": 0, "foreign": 0}
     finished = threading.Event()

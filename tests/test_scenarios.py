@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import StageHarness
+from conftest import SHARED_MACHINE_CONTROL, StageHarness
 from runtime import wire
 from runtime.camhealth import CameraHealth
 from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load
@@ -255,7 +255,7 @@ def test_scenario_ends_as_expected(name):
     from runtime.cli_sim import run_scenario
 
     scn = scenarios.get(name)
-    s, outcome = run_scenario(load(DEFAULT_CONFIG), name, mode="threads")
+    s, outcome = run_scenario(load(DEFAULT_CONFIG).replace(control=SHARED_MACHINE_CONTROL), name, mode="threads")
     _check_run(s)
     assert outcome.ok, (outcome, s["lane"], s["takeovers"])
     assert s["lane"]["frames"] >= scn.duration_s * 30 * 0.9
