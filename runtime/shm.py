@@ -17,6 +17,7 @@ each run's socket/config directory, which holds a locked `owner.lock`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import mmap
@@ -25,6 +26,7 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -62,30 +64,22 @@ class Segment:
 
     @classmethod
     def create(cls, name: str, size: int) -> "Segment":
-        """Made under a temporary name, locked, then linked to `name`: no sweeper ever sees the
-        segment unlocked (link fails like O_EXCL if `name` exists)."""
-        path = SHM_DIR / name
-        tmp = SHM_DIR / f".{name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        """Made locked (`_made_locked`): no sweeper ever sees the segment unlocked."""
+        mm: mmap.mmap | None = None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                os.posix_fallocate(fd, 0, size)  # fail now with ENOSPC, not with SIGBUS on a later write
-            except OSError as e:
-                raise OSError(e.errno, f"cannot reserve {size / 2**20:.1f} MiB of shared memory in {SHM_DIR} "
-                                       f"for {name}: {e.strerror}; free /dev/shm, enlarge it, or use smaller "
-                                       "frames or fewer pool slots (camera.width/height, camera.pool_slots)") from None
-            mm = mmap.mmap(fd, size)
-            try:
-                os.link(tmp, path)
-            except BaseException:
-                mm.close()
-                raise
+            with _made_locked(SHM_DIR / name) as fd:
+                try:
+                    os.posix_fallocate(fd, 0, size)  # fail now with ENOSPC, not with SIGBUS on a later write
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot reserve {size / 2**20:.1f} MiB of shared memory in {SHM_DIR} "
+                                           f"for {name}: {e.strerror}; free /dev/shm, enlarge it, or use smaller "
+                                           "frames or fewer pool slots (camera.width/height, camera.pool_slots)"
+                                  ) from None
+                mm = mmap.mmap(fd, size)
         except BaseException:
-            os.close(fd)
+            if mm is not None:
+                mm.close()
             raise
-        finally:
-            tmp.unlink(missing_ok=True)
         return cls(name, size, mm, owner=True, lock_fd=fd)
 
     @classmethod
@@ -147,20 +141,30 @@ def _unlocked(path: Path) -> bool | None:
     return True
 
 
-def hold_run_dir(run_dir: Path) -> int:
-    """Lock `run_dir/owner.lock` for this process's lifetime (close the returned fd at the end).
-    Made locked under a temporary name and linked into place, as segments are: a sweeper never
-    finds it unlocked while its run lives."""
-    tmp = run_dir / f".{RUN_LOCK}.{secrets.token_hex(4)}.tmp"
+@contextlib.contextmanager
+def _made_locked(path: Path) -> Iterator[int]:
+    """Make `path` so that no sweeper ever finds it unlocked: under a temporary name beside it,
+    flock'ed (shared), prepared by the `with` body, then link(2)ed to `path` (EEXIST like O_EXCL).
+    Yields the locked descriptor, which the caller keeps open for as long as it owns `path`; on
+    any failure it is closed. The temporary name is gone either way."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        os.link(tmp, run_dir / RUN_LOCK)
+        yield fd
+        os.link(tmp, path)
     except BaseException:
         os.close(fd)
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def hold_run_dir(run_dir: Path) -> int:
+    """Lock `run_dir/owner.lock` for this process's lifetime (close the returned fd at the end),
+    made as segments are (`_made_locked`): a sweeper never finds it unlocked while its run lives."""
+    with _made_locked(run_dir / RUN_LOCK) as fd:
+        pass
     return fd
 
 
