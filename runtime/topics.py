@@ -29,6 +29,9 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
     Topic("vehicle", MsgType.VEHICLE, "capture", 30.0, mailbox=True),    # simulator ground truth (pose, lane error)
     Topic("heartbeat", MsgType.HEARTBEAT, "*", 10.0, bound_by_subscriber=True),  # stages -> supervisor
     Topic("supervisor", MsgType.HEARTBEAT, "supervisor", 10.0),  # supervisor -> stages (start signal)
+    # the camera descriptor of each frame the recorder is done with (copied, or counted as lost): a
+    # max-speed replay (replay.speed = 0) waits for it, so it never outruns its own recording
+    Topic("recorded", MsgType.FRAME, "recorder", 30.0),
 )}
 
 

@@ -5,6 +5,10 @@ up to where it is readable and said so."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,50 @@ def test_replay_with_the_same_model_is_bit_exact_and_equal(recording, tmp_path):
     assert r.max_abs_diff == 0.0  # same frames, same model, same machine: the same numbers
     assert r.truncated == "" and "OK" in text
     assert not list(tmp_path.iterdir())  # the replay's own recording is scratch, removed
+
+
+def _child_pid(comm: str) -> int | None:
+    """The pid of this process's child named `comm` (as /proc/PID/comm shows it), if there is one."""
+    me = str(os.getpid())
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "comm").read_text().strip() == comm and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                    return int(p.name)
+            except (OSError, IndexError):
+                continue
+    return None
+
+
+def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path):
+    """The recorder frozen for 0.6 s mid-replay (SIGSTOP, processes mode): a max-speed replay waits
+    for it (topic `recorded`) instead of lapping the camera pool's 4 slots, so every frame is checked."""
+    path, _, _ = recording
+    done, froze = threading.Event(), []
+
+    def freeze_once_recording() -> None:
+        end = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < end:
+            pid = _child_pid("edgert-recorder")
+            if pid is not None and list(tmp_path.glob("edgert-replay.*/*.mcap")):  # frames are flowing
+                os.kill(pid, signal.SIGSTOP)
+                froze.append(time.monotonic())
+                done.wait(0.6)
+                os.kill(pid, signal.SIGCONT)
+                return
+            time.sleep(0.002)
+    t = threading.Thread(target=freeze_once_recording, daemon=True)
+    t.start()
+    try:
+        r = run_replay(path, speed=0.0, mode="processes", verify_frames=True, work_dir=tmp_path)
+    finally:
+        done.set()
+        t.join(5)
+    text = format_report(r)
+    assert froze, "the recorder process was never seen recording"
+    assert r.ok and r.frames_replayed == r.frames_recorded, text
+    assert r.frames_checked == r.frames_replayed == r.frames_bit_exact, text
+    assert not any("dropped" in n for n in r.notes), text
 
 
 def test_replay_with_another_model_reports_the_frames_that_differ(recording, tmp_path, capsys):

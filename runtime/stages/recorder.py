@@ -55,7 +55,7 @@ from runtime.manifest import load_manifest
 from runtime.signals import set_on_signal
 from runtime.stage import Stage, StageContext
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import subscriber
+from runtime.transport import publisher, subscriber
 from runtime.wire import CommandFlags, MsgType, TakeoverReason
 
 FRAMES, RESULTS, COMMANDS, VEHICLE, EVENTS = range(5)  # topic ids in the ring
@@ -155,6 +155,7 @@ class RecorderStage(Stage):
             self.poller.register(sock, zmq.POLLIN)
         if rec.frames != "none":
             self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+            self.done = self.own(publisher(ctx, ep, "recorded"))  # paces a max-speed replay (runtime/topics.py)
         self._in_takeover = False
         self._event_rec = {"kind": "", "reason": "", "frame_id": 0, "t_ns": 0}
         self.writer.start()
@@ -265,6 +266,7 @@ class RecorderStage(Stage):
         shape = tuple(int(d) for d in rec["shape"][: int(rec["ndim"])])
         try:
             if not self.pool.is_current(slot, gen):
+                self.done.send(msg)
                 return  # reused already: its id is never accepted, so the next frame's id gap counts it (missed)
             pixels = self.pool.view(slot, shape, np.uint8)
         except SlotError as e:
@@ -288,18 +290,21 @@ class RecorderStage(Stage):
         """Copy the pending frame from its slot into the ring, unless the camera has reused the slot."""
         f, self._pending = self._pending, None
         assert f is not None
-        if not self.pool.is_current(f.slot, f.generation):  # reused while it waited: counted, never torn
-            self.overwritten += 1
-            return
-        dst = self.ring.reserve(_FRAME_HEADER + f.pixels.nbytes)
-        dst[:_FRAME_HEADER] = np.frombuffer(f.msg, np.uint8)
-        np.copyto(dst[_FRAME_HEADER:].reshape(f.pixels.shape), f.pixels)
-        if not self.pool.is_current(f.slot, f.generation):  # the camera lapped us mid-copy: never kept torn
-            self.ring.abort()
-            self.overwritten += 1
-            return
-        self.ring.commit(FRAMES, time.monotonic_ns())
-        self.frames += 1
+        try:
+            if not self.pool.is_current(f.slot, f.generation):  # reused while it waited: counted, never torn
+                self.overwritten += 1
+                return
+            dst = self.ring.reserve(_FRAME_HEADER + f.pixels.nbytes)
+            dst[:_FRAME_HEADER] = np.frombuffer(f.msg, np.uint8)
+            np.copyto(dst[_FRAME_HEADER:].reshape(f.pixels.shape), f.pixels)
+            if not self.pool.is_current(f.slot, f.generation):  # the camera lapped us mid-copy: never kept torn
+                self.ring.abort()
+                self.overwritten += 1
+                return
+            self.ring.commit(FRAMES, time.monotonic_ns())
+            self.frames += 1
+        finally:
+            self.done.send(f.msg)  # the slot is free for the camera as far as the recorder is concerned
 
     def _on_message(self, topic: str, msg: bytes) -> None:
         topic_id, msg_type = _WIRE[topic]

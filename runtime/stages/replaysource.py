@@ -11,7 +11,9 @@ Frames keep their recorded ids (that is how outputs are matched) and get a fresh
   > 0  the recorded capture times, divided by the speed (1 = as recorded)
   0    as fast as the pipeline drains: the next frame once the command for the last one is out
        (or its result, when control acts on none: a fail-safe), or after a second without either
-       (counted as dropped)
+       (counted as dropped); where the replay records frames, also once the recorder is done with
+       the last one (topic `recorded`), so the replay never laps its own recording and every frame
+       can be checked (or after a second without it: counted, and the recorder counts the frame)
 A recording that breaks off (truncated) is replayed up to where it is readable, and says so.
 """
 
@@ -87,6 +89,9 @@ class ReplayStage(Stage):
         self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
         self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.results = self.own(latest_reader(ctx, ep, "results"))
+        rec = self.cfg.record
+        self.recorded = (self.own(latest_reader(ctx, ep, "recorded"))
+                         if self.speed == 0 and rec.enabled and rec.frames != "none" else None)
         self.frame = wire.new_message(MsgType.FRAME)
         self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
         self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
@@ -100,6 +105,8 @@ class ReplayStage(Stage):
         self.sent_ns = 0
         self.result_ns = 0
         self.unanswered = 0
+        self.commanded = False  # speed 0: the awaited frame's command (or result) is out
+        self.unrecorded = 0  # speed 0: frames the recorder did not report done with within a second
         self.last_id = 0
 
     def _next_frame(self) -> tuple[int, int, np.ndarray] | None:
@@ -139,6 +146,19 @@ class ReplayStage(Stage):
             return True
         return False
 
+    def _recorder_done(self) -> bool:
+        """speed 0, recording frames: has the recorder copied the awaited frame (or given up on it)?"""
+        assert self.recorded is not None
+        msg = self.recorded.recv(5)
+        if msg is not None:
+            rec = self.decode(msg, MsgType.FRAME)
+            if rec is not None and int(rec["frame_id"]) >= self.awaiting:
+                return True
+        if time.monotonic_ns() - self.sent_ns > ANSWER_TIMEOUT_NS:
+            self.unrecorded += 1
+            return True
+        return False
+
     def step(self) -> None:
         if not self.started:
             self._wait_for_start()
@@ -147,9 +167,10 @@ class ReplayStage(Stage):
             self.ctx.stop.wait(0.1)
             return
         if self.awaiting:
-            if not self._answered():
+            self.commanded = self.commanded or self._answered()
+            if not self.commanded or (self.recorded is not None and not self._recorder_done()):
                 return
-            self.awaiting = 0
+            self.awaiting, self.commanded = 0, False
         frame_id, capture_ns, pixels = self.pending  # type: ignore[misc]
         if self.speed > 0:
             if not self.wait_until(self.t0 + int((capture_ns - self.first_capture) / self.speed)):
@@ -161,8 +182,10 @@ class ReplayStage(Stage):
         self.pending = self._next_frame()
         if self.pending is None:
             self.finished = True
-            self.log.info("replay finished: %d frames published%s", self.frames,
-                          f", {self.unanswered} without an answer" if self.unanswered else "")
+            self.log.info("replay finished: %d frames published%s%s", self.frames,
+                          f", {self.unanswered} without an answer" if self.unanswered else "",
+                          f", {self.unrecorded} the recorder did not report done within a second"
+                          if self.unrecorded else "")
 
     def _publish(self, frame_id: int, pixels: np.ndarray) -> None:
         slot = self.pool.acquire()
