@@ -31,7 +31,7 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
     Topic("supervisor", MsgType.HEARTBEAT, "supervisor", 10.0),  # supervisor -> stages (start signal)
     # the camera descriptor of each frame the recorder is done with (copied, or counted as lost): a
     # max-speed replay (replay.speed = 0) waits for it, so it never outruns its own recording
-    Topic("recorded", MsgType.FRAME, "recorder", 30.0),
+    Topic("recorded", MsgType.FRAME, "recorder", 30.0, mailbox=True),
 )}
 
 

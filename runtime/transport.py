@@ -110,12 +110,28 @@ def publisher(ctx: zmq.Context, endpoints: Endpoints, name: str) -> Publisher:
     return Publisher(sock, Mailbox.attach(endpoints.run_id, name) if endpoints.has_mailbox(name) else None)
 
 
-def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
+def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str, confirm_s: float = 0.0) -> zmq.Socket:
+    """A SUB socket on `name`. With `confirm_s`, wait up to that long for the connection's handshake
+    with the publisher, for a reader that must not miss the first messages (the recorder): a ZeroMQ
+    subscription only takes effect once connected, and a connect made before the publisher has bound
+    is retried only every 100 ms, so without it a ready stage can still miss what is published first."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    return _attach(sock, endpoints, name, binds=topic(name).bound_by_subscriber)
+    binds = topic(name).bound_by_subscriber
+    if not confirm_s or binds or endpoints.transport == "inproc":  # inproc: no handshake, nothing to wait for
+        return _attach(sock, endpoints, name, binds=binds)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # before connecting: no event missed
+    try:
+        _attach(sock, endpoints, name, binds=False)
+        if not monitor.poll(int(confirm_s * 1000)):
+            log.warning("%s: not connected to its publisher within %g s (%s); the first messages on it may "
+                        "be lost", name, confirm_s, endpoints(name))
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+    return sock
 
 
 def _ms_until(t_ns: int) -> float:

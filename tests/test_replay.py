@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from runtime import cli
+from runtime import supervisor as supervisor_module
 from runtime.fleet import mcapio
 from runtime.replay import format_report, run_replay
 from runtime.supervisor import Supervisor
@@ -49,37 +50,32 @@ def test_replay_with_the_same_model_is_bit_exact_and_equal(recording, tmp_path):
     assert not list(tmp_path.iterdir())  # the replay's own recording is scratch, removed
 
 
-def _child_pid(comm: str) -> int | None:
-    """The pid of this process's child named `comm` (as /proc/PID/comm shows it), if there is one."""
-    me = str(os.getpid())
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if (p / "comm").read_text().strip() == comm and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
-                    return int(p.name)
-            except (OSError, IndexError):
-                continue
-    return None
-
-
-def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path):
-    """The recorder frozen for 0.6 s mid-replay (SIGSTOP, processes mode): a max-speed replay waits
-    for it (topic `recorded`) instead of lapping the camera pool's 4 slots, so every frame is checked."""
+def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path, monkeypatch):
+    """The recorder frozen (SIGSTOP, processes mode) for 0.6 s from the moment the camera starts: a
+    max-speed replay waits for it (topic `recorded`) instead of lapping the camera pool's 4 slots
+    (61 frames go out in ~50 ms here), so every frame is still checked bit for bit."""
     path, _, _ = recording
+    sups: list[Supervisor] = []
+
+    class Watched(Supervisor):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            sups.append(self)
+    monkeypatch.setattr(supervisor_module, "Supervisor", Watched)
     done, froze = threading.Event(), []
 
-    def freeze_once_recording() -> None:
+    def freeze_at_start() -> None:
         end = time.monotonic() + 120
         while not done.is_set() and time.monotonic() < end:
-            pid = _child_pid("edgert-recorder")
-            if pid is not None and list(tmp_path.glob("edgert-replay.*/*.mcap")):  # frames are flowing
+            if sups and hasattr(sups[0], "started_at"):  # set as the camera is told to start
+                pid = sups[0].handles["recorder"].pid
                 os.kill(pid, signal.SIGSTOP)
-                froze.append(time.monotonic())
+                froze.append(int(sups[0].status["capture"].counters.get("frames", 0)))
                 done.wait(0.6)
                 os.kill(pid, signal.SIGCONT)
                 return
-            time.sleep(0.002)
-    t = threading.Thread(target=freeze_once_recording, daemon=True)
+            time.sleep(0.001)
+    t = threading.Thread(target=freeze_at_start, daemon=True)
     t.start()
     try:
         r = run_replay(path, speed=0.0, mode="processes", verify_frames=True, work_dir=tmp_path)
@@ -87,7 +83,7 @@ def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path):
         done.set()
         t.join(5)
     text = format_report(r)
-    assert froze, "the recorder process was never seen recording"
+    assert froze == [0], f"the recorder was not frozen as the replay started: {froze}"
     assert r.ok and r.frames_replayed == r.frames_recorded, text
     assert r.frames_checked == r.frames_replayed == r.frames_bit_exact, text
     assert not any("dropped" in n for n in r.notes), text

@@ -10,7 +10,7 @@ from pathlib import Path
 import zmq
 
 from conftest import read_numbered
-from runtime.transport import LatestReader
+from runtime.transport import Endpoints, LatestReader, subscriber
 
 
 def _send(addr: str, n: int, period_s: float) -> None:
@@ -88,3 +88,48 @@ def test_reader_keeps_only_the_newest_message():
     assert reader.recv(10) is None
     push.close(linger=0)
     reader.close()
+
+
+def _bind_late_then_send(addr: str, go, delay_s: float) -> None:
+    """A publisher that binds `delay_s` after the subscriber connected, and sends one message the
+    moment it is told to."""
+    time.sleep(delay_s)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(addr)
+    go.wait(10)
+    pub.send(b"first")
+    pub.close(linger=1000)
+    ctx.term()
+
+
+def test_a_confirmed_subscriber_gets_the_first_message_of_a_publisher_that_binds_late(tmp_path):
+    """The recorder's case: it connects before capture has bound, is ready, and the first frame is
+    published at once. Unconfirmed, the connect is only retried 100 ms later and that frame is lost."""
+    ep = Endpoints("ipc", "t", run_dir=str(tmp_path))
+    spawn = mp.get_context("spawn")
+    go = spawn.Event()
+    proc = spawn.Process(target=_bind_late_then_send, args=(ep("frames"), go, 0.3))
+    proc.start()
+    ctx = zmq.Context()
+    try:
+        sub = subscriber(ctx, ep, "frames", confirm_s=20.0)  # returns once the handshake is done
+        go.set()
+        assert sub.poll(5000), "the first message after the late bind was lost"
+        assert sub.recv() == b"first"
+    finally:
+        go.set()
+        proc.join(10)
+        ctx.destroy(linger=0)
+
+
+def test_an_unconfirmed_subscription_is_a_warning_naming_the_topic_not_a_hang(tmp_path, caplog):
+    ep = Endpoints("ipc", "t", run_dir=str(tmp_path))
+    ctx = zmq.Context()
+    t0 = time.monotonic()
+    sub = subscriber(ctx, ep, "results", confirm_s=0.3)  # nobody ever binds it
+    waited = time.monotonic() - t0
+    sub.close()
+    ctx.term()
+    assert 0.25 < waited < 10
+    assert "results: not connected to its publisher within 0.3 s" in caplog.text

@@ -1,8 +1,10 @@
 """recorder: frames, model outputs, commands, vehicle state and events into MCAP clips.
 
 An optional fifth stage (record.enabled). It must never slow the control path, so it is a
-process of its own at the lowest priority (SCHED_IDLE, or os.nice), it only subscribes (a ZeroMQ publisher
-never waits for a slow subscriber: past the high-water mark messages to it are dropped),
+process of its own at the lowest priority (SCHED_IDLE, or os.nice), it only subscribes to the
+pipeline's data (a ZeroMQ publisher never waits for a slow subscriber: past the high-water mark
+messages to it are dropped) and publishes one acknowledgement, `recorded`, that nothing on the
+control path reads (a max-speed replay waits for it, runtime/stages/replaysource.py),
 and its receive loop only copies into a preallocated ring (runtime/fleet/ring.py): a camera
 frame is copied straight from its frame-pool slot, and dropped and counted if the camera
 overwrote the slot during the copy (the seqlock). The copy waits until the frame's command
@@ -63,6 +65,7 @@ _WIRE = {"results": (RESULTS, MsgType.RESULT), "commands": (COMMANDS, MsgType.CO
          "vehicle": (VEHICLE, MsgType.VEHICLE)}
 _MCAP_TOPIC = {RESULTS: "/results", COMMANDS: "/commands", VEHICLE: "/vehicle", EVENTS: mcapio.EVENTS_TOPIC}
 DRAIN_PER_STEP = 16  # messages per socket per step, so a burst never delays heartbeats
+CONNECT_WAIT_S = 30.0  # setup: for each subscription's handshake (a stage that binds late is still loading)
 _FRAME_HEADER = wire.LAYOUTS[MsgType.FRAME].itemsize
 _U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
 
@@ -111,6 +114,7 @@ class RecorderStage(Stage):
         # 6 MB copy runs in the pipeline's idle time, not beside the stages working on that frame.
         self._pending: _Pending | None = None
         self._last_command_frame = 0
+        self._last_done: bytes | None = None  # the last `recorded` message, sent again while idle
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -150,7 +154,8 @@ class RecorderStage(Stage):
         self.socks: dict[zmq.Socket, str] = {}
         topics = list(_WIRE) + ([] if rec.frames == "none" else ["frames"])
         for topic in topics:
-            sock = self.own(subscriber(ctx, ep, topic))
+            # from the first message on; only the simulator publishes `vehicle`, so nothing to wait for there
+            sock = self.own(subscriber(ctx, ep, topic, confirm_s=0.0 if topic == "vehicle" else CONNECT_WAIT_S))
             self.socks[sock] = topic
             self.poller.register(sock, zmq.POLLIN)
         if rec.frames != "none":
@@ -227,7 +232,10 @@ class RecorderStage(Stage):
                 self._copy_pending()
             else:
                 wait_ms = min(wait_ms, left // 1_000_000 + 1)
-        for sock, _ in self.poller.poll(wait_ms):
+        ready = self.poller.poll(wait_ms)
+        if not ready and self._last_done is not None:  # idle: again, for a subscriber that joined late
+            self.done.send(self._last_done)
+        for sock, _ in ready:
             topic = self.socks[sock]
             for _ in range(DRAIN_PER_STEP):
                 try:
@@ -266,7 +274,7 @@ class RecorderStage(Stage):
         shape = tuple(int(d) for d in rec["shape"][: int(rec["ndim"])])
         try:
             if not self.pool.is_current(slot, gen):
-                self.done.send(msg)
+                self._done(msg)
                 return  # reused already: its id is never accepted, so the next frame's id gap counts it (missed)
             pixels = self.pool.view(slot, shape, np.uint8)
         except SlotError as e:
@@ -304,7 +312,12 @@ class RecorderStage(Stage):
             self.ring.commit(FRAMES, time.monotonic_ns())
             self.frames += 1
         finally:
-            self.done.send(f.msg)  # the slot is free for the camera as far as the recorder is concerned
+            self._done(f.msg)
+
+    def _done(self, descriptor: bytes) -> None:
+        """Say the recorder is done with this camera frame (topic `recorded`): its slot may be reused."""
+        self._last_done = descriptor
+        self.done.send(descriptor)
 
     def _on_message(self, topic: str, msg: bytes) -> None:
         topic_id, msg_type = _WIRE[topic]

@@ -13,7 +13,7 @@ Frames keep their recorded ids (that is how outputs are matched) and get a fresh
        (or its result, when control acts on none: a fail-safe), or after a second without either
        (counted as dropped); where the replay records frames, also once the recorder is done with
        the last one (topic `recorded`), so the replay never laps its own recording and every frame
-       can be checked (or after a second without it: counted, and the recorder counts the frame)
+       can be checked (after a second without it the replay goes on, and counts the frame unacknowledged)
 A recording that breaks off (truncated) is replayed up to where it is readable, and says so.
 """
 
