@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     name, run_dir, run_id = args[:3]
     target = args[3] if len(args) > 3 else ""
-    setproctitle.setproctitle(f"edgert-{name}")
+    # ps shows which run a stage belongs to (two pipelines on one host: a replay beside a live run);
+    # comm, what top and `edgert record trigger` match, stays the bare name (cut at 15 characters)
+    setproctitle.setproctitle(f"edgert-{name} run {run_id}")
+    setproctitle.setthreadtitle(f"edgert-{name}")
     _die_with_parent(int(run_id.split(".")[0]))  # the run id starts with the supervisor's pid
     cfg = PipelineConfig.from_json((Path(run_dir) / "pipeline.json").read_text())
     setup_logging(cfg.pipeline.log_level)

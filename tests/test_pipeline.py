@@ -28,11 +28,12 @@ from runtime.wire import StageState
 STAGE_TITLES = {"edgert-capture", "edgert-preprocess", "edgert-infer", "edgert-control"}
 
 
-def edgert_processes() -> dict[int, str]:
-    """pid -> title of every live edgert-<stage> process.
+def edgert_processes(run_id: str | None = None) -> dict[int, str]:
+    """pid -> name (edgert-<stage>) of every live stage process, or of one run's only, so that
+    another pipeline on the host (a demo, a second test run) cannot fail these checks.
 
     `top` shows /proc/PID/comm, which the kernel cuts at 15 characters (edgert-preproce);
-    `ps` shows the full title from the command line, which is what this returns.
+    `ps` shows the full title from the command line, `edgert-<stage> run <run id>`.
     """
     out = {}
     for p in Path("/proc").iterdir():
@@ -44,8 +45,10 @@ def edgert_processes() -> dict[int, str]:
             except (OSError, StopIteration, UnicodeDecodeError):
                 continue
             if comm.startswith("edgert-") and "zombie" not in state and title:  # no title: exiting
-                assert title.startswith(comm), (comm, title)
-                out[int(p.name)] = title
+                name, _, run = title.partition(" run ")
+                assert name.startswith(comm) and run, (comm, title)
+                if run_id is None or run == run_id:
+                    out[int(p.name)] = name
     return out
 
 
@@ -71,7 +74,6 @@ def _check_summary(s: dict, min_frames: int) -> None:
 def test_closed_loop_end_to_end(mode, mailbox, caplog):
     """Stages read their inputs from shared-memory mailboxes, or (pipeline.mailbox = false) from
     ZeroMQ; telemetry reads every command from ZeroMQ either way."""
-    before = edgert_processes()
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"mailbox": mailbox}, control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
     with caplog.at_level(logging.INFO):
@@ -84,7 +86,7 @@ def test_closed_loop_end_to_end(mode, mailbox, caplog):
         assert len(warmed) == 3 and all(int(n) > 0 for n in warmed), warmed  # preprocess, infer, control
     assert not sup.run_dir.exists()  # sockets and config removed
     assert shm.list_segments(sup.run_id) == []
-    assert set(edgert_processes()) <= set(before)  # no orphans
+    assert edgert_processes(sup.run_id) == {}  # no orphans
 
 
 class WarmRunCheckingInfer(InferStage):
@@ -232,6 +234,11 @@ def _start_cli(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT, env=env)
 
 
+def _run_id(out: list[str]) -> str:
+    """The run id from `edgert run`'s log."""
+    return next(line.split("run ")[1].split(":")[0] for line in out if "started capture" in line)
+
+
 def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120.0) -> list[str]:
     lines, end = [], time.monotonic() + timeout
     while time.monotonic() < end:
@@ -248,14 +255,15 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120.0) -> li
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_cleanly_with_named_processes(sig):
-    before = edgert_processes()
     proc = _start_cli("--duration", "60")
     try:
         out = _wait_for(proc, "all stages ready")
+        run_id = _run_id(out)
         time.sleep(1.5)
-        names = set(edgert_processes().values())
-        assert STAGE_TITLES <= names, names  # each stage shows its name in ps/top
-        echo = subprocess.run([sys.executable, "-m", "runtime.cli", "echo", "commands", "--count", "3"],
+        names = set(edgert_processes(run_id).values())
+        assert STAGE_TITLES <= names, names  # each stage shows its name (and run) in ps/top
+        echo = subprocess.run([sys.executable, "-m", "runtime.cli", "echo", "commands", "--run", run_id,
+                               "--count", "3"],
                               capture_output=True, text=True, timeout=30, cwd=PROJECT_ROOT)
         msgs = [json.loads(line) for line in echo.stdout.splitlines()]
         assert echo.returncode == 0 and len(msgs) == 3, echo.stderr
@@ -267,10 +275,9 @@ def test_signal_stops_cleanly_with_named_processes(sig):
     text = "".join(out) + rest
     assert proc.returncode == 0, text
     assert "stop requested (signal)" in text and "lane error over" in text
-    run_id = next(line.split("run ")[1].split(":")[0] for line in out if "started capture" in line)
     assert shm.list_segments(run_id) == []
     assert not list(Path(tempfile.gettempdir()).glob(f"edgert.{run_id}.*"))
-    assert set(edgert_processes()) <= set(before)
+    assert edgert_processes(run_id) == {}
 
 
 @pytest.mark.parametrize("stage", ["capture", "preprocess", "infer", "control"])
@@ -329,14 +336,13 @@ def test_hung_stage_is_killed_and_restarted():
 
 
 def test_supervisor_sigkill_leaves_no_orphans_and_sweep_cleans_memory():
-    before = edgert_processes()
     proc = _start_cli("--duration", "60")
     try:
         out = _wait_for(proc, "all stages ready")
-        run_id = next(line.split("run ")[1].split(":")[0] for line in out if "started capture" in line)
-        now = edgert_processes()
-        children = set(now) - set(before)
-        assert len(children) == 4, (now, before)
+        run_id = _run_id(out)
+        now = edgert_processes(run_id)
+        children = set(now)
+        assert len(children) == 4, now
     finally:
         proc.kill()
         proc.wait(10)
