@@ -116,6 +116,11 @@ class FramePool:
         return g
 
     # -- reader ------------------------------------------------------------------------
+    def has_published(self) -> bool:
+        """Has the writer ever started a frame here? For a reader (re)starting: is the stream already
+        running, so that waiting for anything at setup would only lose frames?"""
+        return bool((self._gen > 0).any())
+
     def is_current(self, slot: int, generation: int) -> bool:
         """True if the slot still holds exactly the frame the descriptor announced. Called before
         a reader uses the slot and again after: fenced on both sides for both uses."""

@@ -3,7 +3,7 @@
 MODULE:CLASS, given by the supervisor only (its `stage_classes`), runs that class instead of the
 registry's (a benchmark's baseline stage in the same process topology).
 
-The process names itself edgert-<stage> (ps, top), dies with its supervisor
+The process names itself edgert-<stage> (top; ps adds "run <run id>"), dies with its supervisor
 (PR_SET_PDEATHSIG), leaves SIGINT to the supervisor (a terminal Ctrl-C reaches the
 whole process group; the supervisor orders the shutdown) and stops cleanly on SIGTERM.
 """

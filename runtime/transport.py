@@ -110,28 +110,63 @@ def publisher(ctx: zmq.Context, endpoints: Endpoints, name: str) -> Publisher:
     return Publisher(sock, Mailbox.attach(endpoints.run_id, name) if endpoints.has_mailbox(name) else None)
 
 
-def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str, confirm_s: float = 0.0) -> zmq.Socket:
-    """A SUB socket on `name`. With `confirm_s`, wait up to that long for the connection's handshake
-    with the publisher, for a reader that must not miss the first messages (the recorder): a ZeroMQ
-    subscription only takes effect once connected, and a connect made before the publisher has bound
-    is retried only every 100 ms, so without it a ready stage can still miss what is published first."""
+def _sub_socket(ctx: zmq.Context) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    binds = topic(name).bound_by_subscriber
-    if not confirm_s or binds or endpoints.transport == "inproc":  # inproc: no handshake, nothing to wait for
-        return _attach(sock, endpoints, name, binds=binds)
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # before connecting: no event missed
-    try:
-        _attach(sock, endpoints, name, binds=False)
-        if not monitor.poll(int(confirm_s * 1000)):
-            log.warning("%s: not connected to its publisher within %g s (%s); the first messages on it may "
-                        "be lost", name, confirm_s, endpoints(name))
-    finally:
-        sock.disable_monitor()
-        monitor.close(linger=0)
     return sock
+
+
+def subscriber(ctx: zmq.Context, endpoints: Endpoints, name: str) -> zmq.Socket:
+    return _attach(_sub_socket(ctx), endpoints, name, binds=topic(name).bound_by_subscriber)
+
+
+SUBSCRIPTION_SETTLE_S = 0.01  # after the handshake, for the publisher's I/O thread to take the subscription
+
+
+def confirmed_subscribers(ctx: zmq.Context, endpoints: Endpoints, names: list[str],
+                          wait_s: float) -> dict[str, zmq.Socket]:
+    """SUB sockets on `names`, returned once each has finished its handshake with its publisher
+    (all waited for together, at most `wait_s`; a warning names any that did not).
+
+    For a reader that must not miss the first messages (the recorder): a subscription only takes
+    effect once connected, and a connect made before the publisher has bound is retried only every
+    100 ms. The handshake is seen from this side; the publisher takes the subscription just after,
+    hence a short settle. inproc has no handshake (connecting before the bind works there)."""
+    socks: dict[str, zmq.Socket] = {}
+    monitors: dict[zmq.Socket, str] = {}
+    done = False
+    try:
+        for name in names:
+            sock = socks[name] = _sub_socket(ctx)
+            binds = topic(name).bound_by_subscriber
+            if not binds and endpoints.transport != "inproc":  # armed before connecting: no event missed
+                monitors[sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)] = name
+            _attach(sock, endpoints, name, binds=binds)
+        poller = zmq.Poller()
+        for mon in monitors:
+            poller.register(mon, zmq.POLLIN)
+        waiting = set(monitors.values())
+        end = time.monotonic() + wait_s
+        while waiting and (left := end - time.monotonic()) > 0:
+            for mon, _ in poller.poll(left * 1000):
+                poller.unregister(mon)
+                waiting.discard(monitors[mon])
+        for name in sorted(waiting):
+            log.warning("%s: not connected to its publisher within %g s (%s); the first messages on it may "
+                        "be lost", name, wait_s, endpoints(name))
+        if monitors:
+            time.sleep(SUBSCRIPTION_SETTLE_S)
+        done = True
+    finally:
+        for mon, name in monitors.items():
+            socks[name].disable_monitor()
+            mon.close(linger=0)
+        if not done:
+            for sock in socks.values():
+                sock.close(linger=0)
+    return socks
 
 
 def _ms_until(t_ns: int) -> float:

@@ -91,7 +91,9 @@ def test_attach_reads_layout_and_shares_bytes(run_id):
     pool = FramePool.create(run_id, "s", n_slots=3, slot_bytes=100)
     other = FramePool.attach(run_id, "s")
     assert (other.n_slots, other.slot_bytes) == (3, 100)
+    assert not other.has_published()  # a reader starting now is in time for the first frame
     slot = pool.acquire()
+    assert other.has_published()  # ... and now it is not (a restart into a running stream)
     assert not other.is_current(slot, 1)  # odd generation: being written
     pool.view(slot, (10, 10), np.uint8)[:] = 7
     gen = pool.publish(slot)

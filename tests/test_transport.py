@@ -10,7 +10,7 @@ from pathlib import Path
 import zmq
 
 from conftest import read_numbered
-from runtime.transport import Endpoints, LatestReader, subscriber
+from runtime.transport import Endpoints, LatestReader, confirmed_subscribers
 
 
 def _send(addr: str, n: int, period_s: float) -> None:
@@ -90,33 +90,39 @@ def test_reader_keeps_only_the_newest_message():
     reader.close()
 
 
-def _bind_late_then_send(addr: str, go, delay_s: float) -> None:
-    """A publisher that binds `delay_s` after the subscriber connected, and sends one message the
-    moment it is told to."""
+def _bind_late_then_send(addrs: list[str], go, delay_s: float) -> None:
+    """Publishers that bind `delay_s` after the subscriber connected, and send one message each the
+    moment they are told to."""
     time.sleep(delay_s)
     ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.bind(addr)
+    pubs = []
+    for addr in addrs:
+        pubs.append(ctx.socket(zmq.PUB))
+        pubs[-1].bind(addr)
     go.wait(10)
-    pub.send(b"first")
-    pub.close(linger=1000)
+    for i, pub in enumerate(pubs):
+        pub.send(b"first %d" % i)
+    for pub in pubs:
+        pub.close(linger=1000)
     ctx.term()
 
 
-def test_a_confirmed_subscriber_gets_the_first_message_of_a_publisher_that_binds_late(tmp_path):
-    """The recorder's case: it connects before capture has bound, is ready, and the first frame is
-    published at once. Unconfirmed, the connect is only retried 100 ms later and that frame is lost."""
+def test_confirmed_subscribers_get_the_first_message_of_publishers_that_bind_late(tmp_path):
+    """The recorder's case: it connects before capture and infer have bound, is ready, and the
+    first frame is published at once. Unconfirmed, a connect is only retried 100 ms later and that
+    frame is lost."""
     ep = Endpoints("ipc", "t", run_dir=str(tmp_path))
     spawn = mp.get_context("spawn")
     go = spawn.Event()
-    proc = spawn.Process(target=_bind_late_then_send, args=(ep("frames"), go, 0.3))
+    proc = spawn.Process(target=_bind_late_then_send, args=([ep("frames"), ep("results")], go, 0.3))
     proc.start()
     ctx = zmq.Context()
     try:
-        sub = subscriber(ctx, ep, "frames", confirm_s=20.0)  # returns once the handshake is done
+        socks = confirmed_subscribers(ctx, ep, ["frames", "results"], wait_s=20.0)  # once both have connected
         go.set()
-        assert sub.poll(5000), "the first message after the late bind was lost"
-        assert sub.recv() == b"first"
+        for i, name in enumerate(["frames", "results"]):
+            assert socks[name].poll(5000), f"the first message on {name} after the late bind was lost"
+            assert socks[name].recv() == b"first %d" % i
     finally:
         go.set()
         proc.join(10)
@@ -127,9 +133,9 @@ def test_an_unconfirmed_subscription_is_a_warning_naming_the_topic_not_a_hang(tm
     ep = Endpoints("ipc", "t", run_dir=str(tmp_path))
     ctx = zmq.Context()
     t0 = time.monotonic()
-    sub = subscriber(ctx, ep, "results", confirm_s=0.3)  # nobody ever binds it
+    socks = confirmed_subscribers(ctx, ep, ["results", "commands"], wait_s=0.3)  # nobody ever binds them
     waited = time.monotonic() - t0
-    sub.close()
-    ctx.term()
-    assert 0.25 < waited < 10
+    ctx.destroy(linger=0)
+    assert 0.25 < waited < 10 and set(socks) == {"results", "commands"}
     assert "results: not connected to its publisher within 0.3 s" in caplog.text
+    assert "commands: not connected to its publisher within 0.3 s" in caplog.text

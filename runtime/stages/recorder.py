@@ -57,7 +57,7 @@ from runtime.manifest import load_manifest
 from runtime.signals import set_on_signal
 from runtime.stage import Stage, StageContext
 from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import publisher, subscriber
+from runtime.transport import confirmed_subscribers, publisher, subscriber
 from runtime.wire import CommandFlags, MsgType, TakeoverReason
 
 FRAMES, RESULTS, COMMANDS, VEHICLE, EVENTS = range(5)  # topic ids in the ring
@@ -65,7 +65,7 @@ _WIRE = {"results": (RESULTS, MsgType.RESULT), "commands": (COMMANDS, MsgType.CO
          "vehicle": (VEHICLE, MsgType.VEHICLE)}
 _MCAP_TOPIC = {RESULTS: "/results", COMMANDS: "/commands", VEHICLE: "/vehicle", EVENTS: mcapio.EVENTS_TOPIC}
 DRAIN_PER_STEP = 16  # messages per socket per step, so a burst never delays heartbeats
-CONNECT_WAIT_S = 30.0  # setup: for each subscription's handshake (a stage that binds late is still loading)
+CONNECT_WAIT_S = 30.0  # setup: for the subscriptions' handshakes (a stage that binds late is still loading)
 _FRAME_HEADER = wire.LAYOUTS[MsgType.FRAME].itemsize
 _U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
 
@@ -153,14 +153,21 @@ class RecorderStage(Stage):
         self.poller = zmq.Poller()
         self.socks: dict[zmq.Socket, str] = {}
         topics = list(_WIRE) + ([] if rec.frames == "none" else ["frames"])
+        camera = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        if rec.frames != "none":
+            self.pool = camera
+            self.done = self.own(publisher(ctx, ep, "recorded"))  # paces a max-speed replay (runtime/topics.py)
+        # Record from the first frame: wait (together) until the subscriptions have connected, except
+        # to `vehicle`, which only the simulator publishes, and on a restart into a running pipeline,
+        # where the frames of a wait for a dead publisher would be lost.
+        confirm = [] if camera.has_published() else [t for t in topics if t != "vehicle"]
+        if not confirm:
+            self.log.info("the camera is already running (a restart): subscribing without waiting for publishers")
+        socks = confirmed_subscribers(ctx, ep, confirm, CONNECT_WAIT_S)
         for topic in topics:
-            # from the first message on; only the simulator publishes `vehicle`, so nothing to wait for there
-            sock = self.own(subscriber(ctx, ep, topic, confirm_s=0.0 if topic == "vehicle" else CONNECT_WAIT_S))
+            sock = self.own(socks[topic] if topic in socks else subscriber(ctx, ep, topic))
             self.socks[sock] = topic
             self.poller.register(sock, zmq.POLLIN)
-        if rec.frames != "none":
-            self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
-            self.done = self.own(publisher(ctx, ep, "recorded"))  # paces a max-speed replay (runtime/topics.py)
         self._in_takeover = False
         self._event_rec = {"kind": "", "reason": "", "frame_id": 0, "t_ns": 0}
         self.writer.start()
@@ -233,8 +240,8 @@ class RecorderStage(Stage):
             else:
                 wait_ms = min(wait_ms, left // 1_000_000 + 1)
         ready = self.poller.poll(wait_ms)
-        if not ready and self._last_done is not None:  # idle: again, for a subscriber that joined late
-            self.done.send(self._last_done)
+        if not ready and self._last_done is not None and self.done.mailbox is None:
+            self.done.send(self._last_done)  # idle: again, for a subscriber that joined late (a mailbox keeps it)
         for sock, _ in ready:
             topic = self.socks[sock]
             for _ in range(DRAIN_PER_STEP):
