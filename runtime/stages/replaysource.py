@@ -125,19 +125,18 @@ class ReplayStage(Stage):
             self.log.info("replaying %s (%s) at %s", self.path, self.topic,
                           "the pipeline's pace" if self.speed == 0 else f"{self.speed:g}x the recorded pace")
 
+    def _names_awaited(self, msg: bytes | None, msg_type: MsgType) -> bool:
+        """speed 0: is `msg` valid and about the awaited frame or a later one?"""
+        rec = self.decode(msg, msg_type) if msg is not None else None
+        return rec is not None and int(rec["frame_id"]) >= self.awaiting
+
     def _answered(self) -> bool:
         """speed 0: is the command for the awaited frame out (or will none come)?"""
         now = time.monotonic_ns()
-        msg = self.commands.recv(5)
-        if msg is not None:
-            rec = self.decode(msg, MsgType.COMMAND)
-            if rec is not None and int(rec["frame_id"]) >= self.awaiting:
-                return True
-        msg = self.results.drain()
-        if msg is not None:
-            rec = self.decode(msg, MsgType.RESULT)
-            if rec is not None and int(rec["frame_id"]) >= self.awaiting and not self.result_ns:
-                self.result_ns = now
+        if self._names_awaited(self.commands.recv(5), MsgType.COMMAND):
+            return True
+        if self._names_awaited(self.results.drain(), MsgType.RESULT) and not self.result_ns:
+            self.result_ns = now
         if self.result_ns and now - self.result_ns > RESULT_GRACE_NS:
             return True  # a result control acted on with no command (fail-safe, stale): go on
         if now - self.sent_ns > ANSWER_TIMEOUT_NS:
@@ -149,11 +148,8 @@ class ReplayStage(Stage):
     def _recorder_done(self) -> bool:
         """speed 0, recording frames: has the recorder copied the awaited frame (or given up on it)?"""
         assert self.recorded is not None
-        msg = self.recorded.recv(5)
-        if msg is not None:
-            rec = self.decode(msg, MsgType.FRAME)
-            if rec is not None and int(rec["frame_id"]) >= self.awaiting:
-                return True
+        if self._names_awaited(self.recorded.recv(5), MsgType.FRAME):
+            return True
         if time.monotonic_ns() - self.sent_ns > ANSWER_TIMEOUT_NS:
             self.unrecorded += 1
             return True
