@@ -283,22 +283,20 @@ def export(clips: Iterable[str | Path], to_region: str, dest: str | Path, policy
             except ClipError as e:
                 refuse(clip, str(e))
                 continue
-            try:
+            try:  # the temp copy goes whatever happens: refused, audited and linked, or failed
                 with os.fdopen(os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), "rb") as copy:
                     if clip_info(copy, clip, keys_dir) != info:  # changed while it was copied
                         raise ClipError(f"{clip}: its metadata changed while it was copied; refused")
+                target = out_dir / clip.name
+                audit.append("export", **fields, sha256=sha, dest=str(target), reason=d.reason, approval=d.approval)
+                os.link(tmp, clip.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except ClipError as e:
-                os.unlink(tmp, dir_fd=dir_fd)
                 refuse(clip, str(e), fields)
                 continue
-            target = out_dir / clip.name
-            audit.append("export", **fields, sha256=sha, dest=str(target), reason=d.reason, approval=d.approval)
-            try:
-                os.link(tmp, clip.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-            except OSError as e:
-                audit.append("export_failed", **fields, dest=str(target),
-                             reason=f"the copy could not be given its name ({e.strerror}); nothing exported")
-                results.append(ExportResult(clip, Decision(False, f"{target}: {e.strerror}; nothing exported")))
+            except FileExistsError:  # appeared since it was checked: never overwritten
+                audit.append("export_failed", **fields, dest=str(target), reason="a file of that name appeared "
+                             "meanwhile; nothing exported")
+                results.append(ExportResult(clip, Decision(False, f"{target} appeared meanwhile; nothing exported")))
                 continue
             finally:
                 os.unlink(tmp, dir_fd=dir_fd)
