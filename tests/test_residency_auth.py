@@ -41,8 +41,9 @@ def recorded_clip(path: Path, keys: Path, region: str, recorded_ns: int = NOW_NS
     return f.close()
 
 
-def rewrite_metadata(src: Path, dst: Path, **changes: str) -> Path:
-    """What an editor does: the same file with some `edgert` metadata values changed (the auth record kept)."""
+def rewrite_metadata(src: Path, dst: Path, key: bytes | None = None, **changes: str) -> Path:
+    """What an editor does: the same file with some `edgert` metadata values changed, the auth record
+    kept as it was; or, with the vehicle KEY, re-authenticated (as if the vehicle had written it so)."""
     with open(src, "rb") as f:
         r = make_reader(f)
         metas = [(m.name, dict(m.metadata)) for m in r.iter_metadata()]
@@ -50,8 +51,13 @@ def rewrite_metadata(src: Path, dst: Path, **changes: str) -> Path:
     with open(dst, "wb") as out:
         w = Writer(out)
         w.start(profile="", library="hex editor")
+        edited = {**dict(metas)["edgert"], **changes}
         for name, m in metas:
-            w.add_metadata(name, {**m, **changes} if name == "edgert" else m)
+            if name == "edgert":
+                m = edited
+            elif name == mcapio.AUTH_RECORD and key is not None:
+                m = mcapio.auth_record(key, edited)
+            w.add_metadata(name, m)
         channels: dict[int, int] = {}
         for schema, channel, msg in msgs:
             if channel.id not in channels:
