@@ -3,15 +3,15 @@
 The regression check for a new model variant: the recorded frames go through the real
 pipeline (camera.source = "replay", runtime/stages/replaysource.py) with the recording's model,
 or another one (`--model`), and the recorder (mode "all") records the new run into a scratch
-folder.
+folder. The model's steering output per frame id is then compared with the recorded one.
+Commands are not compared: control rate-limits on wall-clock time, so they legitimately
+depend on the replay's pace; the model output does not.
 
 Replay never drives a vehicle. A recording is data from elsewhere: its metadata must
 authenticate with the vehicle key (runtime/fleet/export.py), and even then it gives only the
 camera geometry, the model name and the decoder to compare with. Everything else is this
 machine's config (`--config`, else configs/sim.toml): its trusted keys, market and caches;
-and whatever either says, CAN output is off and the stages talk over ipc:// only. The model's steering output per frame id is then compared with the recorded
-one. Commands are not compared: control rate-limits on wall-clock time, so they legitimately
-depend on the replay's pace; the model output does not.
+and whatever either says, CAN output is off and the stages talk over ipc:// only.
 
 With `verify_frames` the replay also records its input frames and checks each against the
 recording byte for byte, which proves the path camera pool -> recorder -> MCAP -> replay

@@ -93,6 +93,7 @@ GOOD = 'store_in = ["a"]\nretention_days = 7\nanonymise = false\nencrypt = false
     ("[regions.a]\n" + GOOD + "[regions.a.transfer_to]\nb = ''\n", r"transfer_to.b: expected the approval's reference"),
     ("[regions.a]\n" + GOOD + "[regions.a.transfer_to]\nb = 'ref-1'\n", r"destination 'b' is not a region of this policy; add \[regions.b\]"),
     ("[regions.A]\n" + GOOD, r"regions: 'A' is not a region name"),
+    ("[regions.vehicle]\n" + GOOD.replace('"a"', '"vehicle"'), r"'vehicle' names a vehicle key file \(keys/vehicle.key\)"),
     ("[region.a]\n" + GOOD, r"unknown key 'region' \(did you mean 'regions'\?\)"),
     ("", r"no \[regions.NAME\] tables"),
     ("[regions.a\n", r"not valid TOML"),

@@ -142,7 +142,7 @@ def test_an_edited_encrypted_header_is_refused_not_relabelled(tmp_path, capsys):
     assert [e["event"] for e in audit_entries(tmp_path / "audit.jsonl")] == ["export_refused"]
     # an edited age in an encrypted header: prune keeps it and says why
     old = encrypt_clip(recorded_clip(tmp_path / "us-old.mcap", keys, "us", recorded_ns=NOW_NS - 400 * DAY_NS), keys)
-    patch_header(old, str(NOW_NS - 400 * DAY_NS).encode(), str(NOW_NS - 399 * DAY_NS + 10**9 * 0).encode())
+    patch_header(old, str(NOW_NS - 400 * DAY_NS).encode(), str(NOW_NS - 1 * DAY_NS).encode())  # "1 day old"
     audit = AuditLog(tmp_path / "audit2.jsonl")
     p = prune(tmp_path, POLICY, audit, NOW_NS, keys)
     assert old.exists() and any("us-old.mcap.enc" in e and "fails authentication" in e for e in p.errors)

@@ -24,10 +24,11 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
-import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -213,7 +214,7 @@ def authenticated_header(f: BinaryIO, path: str | Path, keys_dir: str | Path) ->
     return h
 
 
-def _chunks(f: BinaryIO, path: Path, key: bytes, limit: int | None = None):  # type: ignore[no-untyped-def]
+def _chunks(f: BinaryIO, path: Path, key: bytes, limit: int | None = None) -> Iterator[bytes]:
     """Yield the plaintext chunks of the file open as F (at its start), each authenticated."""
     _, hh = _open_header(f, path, key)
     aes = AESGCM(key)

@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import secrets
-import shutil
 import stat
 import struct
 import time
@@ -107,7 +106,7 @@ def _mcap_metadata(f: BinaryIO, path: Path) -> tuple[dict[str, str], dict[str, s
                 raise ClipError(f"{path}: not a readable MCAP file ({type(e).__name__}: {e})") from None
     if META_NAME not in found:
         raise ClipError(f"{path}: no {META_NAME!r} metadata record, so its region of collection is unknown; "
-                        "only clips written by the edgert recorder can be exported or pruned")
+                        "only clips written by the edgert recorder can be exported, pruned or replayed")
     return found[META_NAME], found.get(mcapio.AUTH_RECORD)
 
 
