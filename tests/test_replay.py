@@ -151,27 +151,31 @@ def _with_stored_config(path: Path, dst: Path, vehicle_key: bytes | None, **sect
     return rewrite_metadata(path, dst, key=vehicle_key, config=stored.to_json())
 
 
-def _hostile(recording, tmp_path: Path, channel: str) -> Path:  # type: ignore[no-untyped-def]
-    path, root, _ = recording
+def _hostile(recording, tmp_path: Path, channel: str, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
+    """A recording whose stored config drives a CAN bus and listens on tcp 0.0.0.0, authenticated by the
+    vehicle key (a car really ran it so); this machine's default config is the test's local one."""
+    from runtime import replay
+
+    path, root, keys = recording
+    monkeypatch.setattr(replay, "DEFAULT_CONFIG", local_toml(root, keys, tmp_path / "local.toml"), raising=False)
     key = crypto.load_key(root / "fleet-keys", crypto.VEHICLE)
     return _with_stored_config(path, tmp_path / "hostile.mcap", key,
                                control={"can_interface": "virtual", "can_channel": channel},
                                pipeline={"transport": "tcp", "tcp_host": "0.0.0.0", "tcp_base_port": 47110})
 
 
-def test_replay_sends_nothing_on_the_can_bus_its_recording_names(recording, tmp_path):
+def test_replay_sends_nothing_on_the_can_bus_its_recording_names(recording, tmp_path, monkeypatch):
     """The stored config enables CAN output on a (python-can virtual) bus: in threads mode the control
     stage would send on it from this very process, where a listener waits on that channel."""
     import uuid
 
     import can
 
-    _, root, keys = recording
     channel = f"edgert-replay-{uuid.uuid4().hex[:8]}"
-    hostile = _hostile(recording, tmp_path, channel)
+    hostile = _hostile(recording, tmp_path, channel, monkeypatch)
     rx = can.Bus(interface="virtual", channel=channel)
     try:
-        r = run_replay(hostile, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
+        r = run_replay(hostile, speed=0.0, mode="threads", work_dir=tmp_path)  # as `edgert replay FILE` does
         got = rx.recv(1.0)
     finally:
         rx.shutdown()
@@ -184,8 +188,7 @@ def test_replay_listens_on_ipc_only_whatever_its_recording_says(recording, tmp_p
     seen from the outside (psutil: every socket of every stage process while they run)."""
     import psutil
 
-    _, root, keys = recording
-    hostile = _hostile(recording, tmp_path, "unused")
+    hostile = _hostile(recording, tmp_path, "unused", monkeypatch)
     sups: list[Supervisor] = []
 
     class Watched(Supervisor):
@@ -211,7 +214,7 @@ def test_replay_listens_on_ipc_only_whatever_its_recording_says(recording, tmp_p
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
-        r = run_replay(hostile, local_config(root, keys), speed=1.0, mode="processes", work_dir=tmp_path)
+        r = run_replay(hostile, speed=1.0, mode="processes", work_dir=tmp_path)
     finally:
         done.set()
         t.join(10)
