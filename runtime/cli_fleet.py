@@ -3,7 +3,7 @@
     edgert fleet export CLIP... --to REGION [--dest DIR] [--policy FILE]
     edgert fleet prune [DIR] [--policy FILE] [--now WHEN]
     edgert fleet audit verify [LOG] [--key FILE]
-    edgert fleet keygen REGION | --audit [--keys DIR]
+    edgert fleet keygen REGION | --audit | --vehicle [--keys DIR]
     edgert fleet encrypt CLIP... [--keys DIR] [--keep]
     edgert fleet decrypt CLIP.enc --out FILE [--keys DIR]
 
@@ -74,7 +74,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     log = _audit(args)
     dest = Path(args.dest) if args.dest else Path(f"export-{args.to}")
-    results = export(args.clips, args.to, dest, policy, log)
+    results = export(args.clips, args.to, dest, policy, log, args.keys)
     refused = 0
     for r in results:
         if r.decision.allowed:
@@ -91,7 +91,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     log = _audit(args)
     now = parse_when(args.now) if args.now else audit_mod.now_ns()
-    res = prune(args.dir or data_dir() / "recordings", policy, log, now)
+    res = prune(args.dir or data_dir() / "recordings", policy, log, now, args.keys)
     for p in res.deleted:
         print(f"deleted {p}")
     for e in res.errors:
@@ -115,13 +115,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 @_errors
 def cmd_keygen(args: argparse.Namespace) -> int:
-    if bool(args.region) == bool(args.audit):
-        print("edgert: error: give a REGION or --audit (one of them)", file=sys.stderr)
+    if bool(args.region) + bool(args.audit) + bool(args.vehicle) != 1:
+        print("edgert: error: give a REGION, --audit or --vehicle (one of them)", file=sys.stderr)
         return 2
-    path = crypto.keygen(args.keys, AUDIT_KEY if args.audit else args.region)
+    path = crypto.keygen(args.keys, AUDIT_KEY if args.audit else crypto.VEHICLE if args.vehicle else args.region)
     why = ("keep a copy off the vehicle to verify its log: without the key the chain proves order, not authorship"
-           if args.audit else "back it up where the region's data may be read: a lost key makes its recordings "
-           "unreadable")
+           if args.audit else "it authenticates the metadata of this vehicle's plain clips; copy it to where "
+           "they are exported, pruned or replayed" if args.vehicle else "back it up where the region's data may "
+           "be read: a lost key makes its recordings unreadable")
     print(f"wrote {path} (32 random bytes, mode 0600); {why}")
     return 0
 
@@ -176,9 +177,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("log", nargs="?", default=str(d / "audit.jsonl"), help="audit log (default: %(default)s)")
     p.add_argument("--key", default=None, help="the vehicle's audit HMAC key, if the log uses one")
     p.set_defaults(func=cmd_audit_verify)
-    p = fsub.add_parser("keygen", help="a new 32-byte key: REGION (clip encryption) or --audit (log HMAC)")
+    p = fsub.add_parser("keygen", help="a new 32-byte key: REGION (clip encryption), --audit (log HMAC) or "
+                        "--vehicle (clip metadata HMAC)")
     p.add_argument("region", nargs="?", default=None)
     p.add_argument("--audit", action="store_true", help="make the audit log's HMAC key instead")
+    p.add_argument("--vehicle", action="store_true", help="make the vehicle key (the recorder makes one at its "
+                   "first start) that authenticates plain clips' metadata")
     p.add_argument("--keys", default=str(d / "keys"), help="key folder (default: %(default)s)")
     p.set_defaults(func=cmd_keygen)
     p = fsub.add_parser("encrypt", help="encrypt clips at rest with their region's key (CLIP -> CLIP.enc)")

@@ -1,6 +1,6 @@
 """`edgert replay` and `edgert record ...`: argparse wiring; the logic is in runtime/replay.py and runtime/fleet/.
 
-    edgert replay FILE.mcap [--config C.toml] [--model NAME] [--speed 1|max|X] [--tolerance RAD]
+    edgert replay FILE.mcap [--config C.toml] [--keys DIR] [--model NAME] [--speed 1|max|X] [--tolerance RAD]
                   [--mode processes|threads] [--verify-frames] [--report OUT.json]
     edgert record list [DIR] [--config C.toml]
     edgert record trigger [--run RUN_ID]
@@ -42,8 +42,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = load(args.config) if args.config else None
     try:
         report = run_replay(path, cfg, model=args.model, speed=args.speed, tolerance=args.tolerance,
-                            mode=args.mode, verify_frames=args.verify_frames)
-    except ValueError as e:  # not a recording, no frames, frames of another size...
+                            mode=args.mode, verify_frames=args.verify_frames, keys_dir=args.keys)
+    except ValueError as e:  # not a recording, metadata not authenticated, no frames, frames of another size...
         print(f"edgert: error: {e}", file=sys.stderr)
         return 2
     print(format_report(report), flush=True)
@@ -127,7 +127,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     """Add `replay` and `record list|trigger` to the CLI's subparsers."""
     r = sub.add_parser("replay", help="feed a recording through the pipeline; report where the outputs differ")
     r.add_argument("file", help="an .mcap recording with frames (record.frames = raw for a bit-exact replay)")
-    r.add_argument("--config", help="pipeline config to replay with (default: the one stored in the recording)")
+    r.add_argument("--config", help=f"this machine's pipeline config to replay with (default: {DEFAULT_CONFIG.name}); "
+                   "the recording gives only frame size and model, and CAN output is always off, transport ipc")
+    r.add_argument("--keys", help="folder with the vehicle key (vehicle.key) that must authenticate the recording's "
+                   "metadata (default: record.keys_dir of --config)")
     r.add_argument("--model", help="model to replay with (zoo name or folder; default: the config's)")
     r.add_argument("--speed", type=_speed, default=1.0,
                    help="1 = recorded pace (default), 'max' = next frame once the last one's command is out")

@@ -1,11 +1,17 @@
 """`edgert replay`: feed a recording through today's pipeline and say where the outputs differ.
 
 The regression check for a new model variant: the recorded frames go through the real
-pipeline (camera.source = "replay", runtime/stages/replaysource.py) with the recording's own
-config, or another model (`--model`), and the recorder (mode "all") records the new run into a
-scratch folder. The model's steering output per frame id is then compared with the recorded
-one. Commands are not compared: control rate-limits on wall-clock time, so they legitimately
+pipeline (camera.source = "replay", runtime/stages/replaysource.py) with the recording's model,
+or another one (`--model`), and the recorder (mode "all") records the new run into a scratch
+folder. The model's steering output per frame id is then compared with the recorded one.
+Commands are not compared: control rate-limits on wall-clock time, so they legitimately
 depend on the replay's pace; the model output does not.
+
+Replay never drives a vehicle. A recording is data from elsewhere: its metadata must
+authenticate with the vehicle key (runtime/fleet/export.py), and even then it gives only the
+camera geometry, the model name and the decoder to compare with. Everything else is this
+machine's config (`--config`, else configs/sim.toml): its trusted keys, market and caches;
+and whatever either says, CAN output is off and the stages talk over ipc:// only.
 
 With `verify_frames` the replay also records its input frames and checks each against the
 recording byte for byte, which proves the path camera pool -> recorder -> MCAP -> replay
@@ -25,8 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.config import ConfigError, PipelineConfig
+from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
 from runtime.fleet import mcapio
+from runtime.fleet.export import authenticated_metadata, open_clip
 from runtime.manifest import load_manifest
 from runtime.stages.replaysource import frame_topic, iter_frames
 
@@ -124,25 +131,49 @@ def frame_digests(paths: list[Path]) -> dict[int, str]:
     return out
 
 
-def replay_config(path: Path, base: PipelineConfig, out_dir: Path, model: str | None, speed: float,
-                  mode: str | None, verify_frames: bool, topic: str) -> PipelineConfig:
-    """`base` turned into a replay of `path`, recording everything (outputs; frames if verifying) to out_dir."""
+# What a replay forces whatever any config says: nothing reaches a bus, nothing listens beyond this host.
+NEVER_DRIVES: dict[str, dict[str, Any]] = {
+    "control": {"can_interface": "", "can_channel": ""},
+    "pipeline": {"transport": "ipc", "tcp_host": "127.0.0.1", "curve": False},
+}
+
+
+def recorded_model(meta: dict[str, str]) -> str | None:
+    """The model the recording ran (a zoo name or the absolute folder it was loaded from), if it says."""
+    try:
+        rec = PipelineConfig.from_json(meta["config"])
+    except (KeyError, ValueError):
+        return None
+    m = rec.infer.model
+    return m if "/" not in m else str(rec.model_dir())
+
+
+def replay_config(path: Path, local: PipelineConfig, meta: dict[str, str], out_dir: Path, model: str | None,
+                  speed: float, mode: str | None, verify_frames: bool, topic: str) -> PipelineConfig:
+    """This machine's config LOCAL turned into a replay of `path`, recording everything to out_dir.
+
+    From the recording (its authenticated metadata META) come only the frame geometry, the
+    model (unless `model` is given) and the region label of the scratch recording.
+    """
     _, _, first = next(iter_frames(str(path), topic))
     h, w = first.shape[-3], first.shape[-2]
-    region = mcapio.read_metadata(path).get("region") or base.record.region or "sim"
+    n_cameras = first.shape[0] if first.ndim == 4 else 1
+    model = model or recorded_model(meta)
+    if model is None:
+        raise ConfigError(f"{path}: the recording does not say which model it ran; pass one with --model")
     changes: dict[str, dict[str, Any]] = {
-        "camera": {"source": "replay", "width": w, "height": h},
+        "camera": {"source": "replay", "width": w, "height": h, "cameras": n_cameras},
         "replay": {"file": str(path.resolve()), "speed": speed},
         "record": {"enabled": True, "mode": "all", "frames": "raw" if verify_frames else "none",
-                   "dir": str(out_dir), "region": region, "pre_s": 0.0, "ring_mb": 0, "segment_s": 3600.0,
-                   "nice": 0, "policy": "off"},  # a scratch copy for the comparison, deleted after: as recorded
-        "pipeline": {"duration_s": 0.0},
+                   "dir": str(out_dir), "region": meta.get("region") or "sim", "pre_s": 0.0, "ring_mb": 0,
+                   "segment_s": 3600.0, "nice": 0, "policy": "off"},  # a scratch copy for the comparison, deleted after
+        "pipeline": {"duration_s": 0.0, **NEVER_DRIVES["pipeline"]},
+        "control": dict(NEVER_DRIVES["control"]),
+        "infer": {"model": model},
     }
     if mode:
         changes["pipeline"]["mode"] = mode
-    if model:
-        changes["infer"] = {"model": model}
-    return base.replace(**changes)
+    return local.replace(**changes)
 
 
 def _counter(sup: Any, stage: str, key: str) -> int:
@@ -198,26 +229,27 @@ def _drive(sup: Any, n_frames: int) -> dict[str, Any]:
 
 def run_replay(path: str | Path, config: PipelineConfig | None = None, model: str | None = None,
                speed: float = 1.0, tolerance: float = 1e-4, mode: str | None = None,
-               verify_frames: bool = False, work_dir: str | Path | None = None) -> ReplayReport:
-    """Replay `path` through the pipeline and compare the model's steering output per frame id."""
+               verify_frames: bool = False, work_dir: str | Path | None = None,
+               keys_dir: str | Path | None = None) -> ReplayReport:
+    """Replay `path` through the pipeline and compare the model's steering output per frame id.
+
+    `config` is this machine's (default configs/sim.toml), never the recording's; `keys_dir`
+    (default its record.keys_dir) holds the vehicle key that must authenticate the recording.
+    """
     from runtime.supervisor import Supervisor
 
     path = Path(path)
+    local = config if config is not None else load(DEFAULT_CONFIG)
+    if path.name.endswith(".enc"):
+        raise ValueError(f"{path}: encrypted; `edgert fleet decrypt` it with its region's key, then replay that")
+    with open_clip(path) as f:  # refused (ValueError) unless the vehicle key authenticates its metadata
+        meta, _ = authenticated_metadata(f, path, keys_dir or local.record_path("keys_dir"))  # type: ignore[arg-type]
     info = mcapio.inspect(path)
-    if not info.metadata.get("edgert"):
-        raise ValueError(f"{path}: not an edgert recording (no 'edgert' metadata record)")
-    meta = info.metadata["edgert"]
     topic = frame_topic(str(path), info)  # no frames: nothing to replay, whatever the config
-    if config is None:
-        try:
-            config = PipelineConfig.from_json(meta["config"])
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"{path}: the recording's pipeline config does not load here ({e}); pass one "
-                              "with --config") from None
     n_frames = info.topics[topic]
     with tempfile.TemporaryDirectory(prefix="edgert-replay.", dir=work_dir) as tmp:
         out_dir = Path(tmp)
-        cfg = replay_config(path, config, out_dir, model, speed, mode, verify_frames, topic)
+        cfg = replay_config(path, local, meta, out_dir, model, speed, mode, verify_frames, topic)
         sup = Supervisor(cfg)
         summary = _drive(sup, n_frames)
         new_files = sorted(out_dir.glob("*.mcap")) + sorted(out_dir.glob(f"*{mcapio.TRUNCATED}"))

@@ -138,7 +138,7 @@ def test_cli_encrypts_with_the_region_key_and_decrypts_back(tmp_path, capsys):
     assert cli.main(["fleet", "encrypt", str(clip), *common]) == 0
     enc = tmp_path / "eu-1.mcap.enc"
     assert not clip.exists() and enc.exists()  # the plaintext is gone
-    info = read_clip_info(enc)  # the policy's view, without the key
+    info = read_clip_info(enc, keys)  # the policy's view, authenticated with the eu key
     assert (info.region, info.recorded_ns, info.run_id, info.encrypted, info.anonymised) == ("eu", 123, "run-9", True, True)
     out = tmp_path / "back.mcap"
     assert cli.main(["fleet", "decrypt", str(enc), "--out", str(out), *common]) == 0
@@ -162,7 +162,7 @@ def test_recorder_hooks_follow_the_region_policy(tmp_path):
     assert frame_filter is None  # us: encrypt, no anonymisation
     clip = make_clip(tmp_path / "us-1.mcap", "us", recorded_ns=5)
     out = on_closed(clip)
-    assert out.name == "us-1.mcap.enc" and not clip.exists() and read_clip_info(out).recorded_ns == 5
+    assert out.name == "us-1.mcap.enc" and not clip.exists() and read_clip_info(out, keys).recorded_ns == 5
     crypto.keygen(keys, "eu")
     if not hasattr(__import__("cv2"), "CascadeClassifier"):  # OpenCV 5: no face detector without a model
         with pytest.raises(AnonymiseError, match="face anonymisation needs a detector"):

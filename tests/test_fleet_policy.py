@@ -10,7 +10,7 @@ import pytest
 from mcap.writer import Writer
 
 from runtime import cli
-from runtime.fleet import crypto
+from runtime.fleet import crypto, mcapio
 from runtime.fleet.audit import verify
 from runtime.fleet.export import read_clip_info
 from runtime.fleet.policy import Policy, PolicyError
@@ -22,8 +22,10 @@ NOW_NS = 1_800_000_000 * 10**9  # 2027-01-15, fixed so retention is deterministi
 
 
 def make_clip(path: Path, region: str, recorded_ns: int | None = NOW_NS - DAY_NS, anonymised: bool | None = True,
-              run_id: str = "run-1", log_ns: int = 0) -> Path:
-    """A real MCAP clip as the recorder writes it: the 'edgert' metadata first, then JSON messages."""
+              run_id: str = "run-1", log_ns: int = 0, keys: Path | None = None) -> Path:
+    """A real MCAP clip as the recorder writes it: the 'edgert' metadata first, authenticated with the
+    vehicle key of KEYS (default: the test's keys folder, the one `_fleet` passes), then JSON messages."""
+    keys = keys or path.parent / "keys"
     meta = {"region": region, "run_id": run_id}
     if recorded_ns is not None:
         meta["recorded_ns"] = str(recorded_ns)
@@ -33,6 +35,8 @@ def make_clip(path: Path, region: str, recorded_ns: int | None = NOW_NS - DAY_NS
         w = Writer(f)
         w.start(profile="", library="edgert-test")
         w.add_metadata("edgert", meta)
+        if keys is not False:
+            w.add_metadata(mcapio.AUTH_RECORD, mcapio.auth_record(crypto.load_or_make_key(keys, crypto.VEHICLE), meta))
         schema = w.register_schema(name="cmd", encoding="jsonschema", data=b"{}")
         ch = w.register_channel(topic="commands", message_encoding="json", schema_id=schema)
         for i in range(200):
@@ -43,10 +47,10 @@ def make_clip(path: Path, region: str, recorded_ns: int | None = NOW_NS - DAY_NS
 
 
 def encrypted_clip(tmp: Path, name: str, region: str, keys: Path, **kw) -> Path:  # type: ignore[no-untyped-def]
-    plain = make_clip(tmp / name, region, **kw)
+    plain = make_clip(tmp / name, region, keys=keys, **kw)
     if not (keys / f"{region}.key").exists():
         crypto.keygen(keys, region)
-    info = read_clip_info(plain)
+    info = read_clip_info(plain, keys)
     meta = {"region": region, "run_id": info.run_id}
     if info.recorded_ns is not None:
         meta["recorded_ns"] = str(info.recorded_ns)
@@ -89,6 +93,7 @@ GOOD = 'store_in = ["a"]\nretention_days = 7\nanonymise = false\nencrypt = false
     ("[regions.a]\n" + GOOD + "[regions.a.transfer_to]\nb = ''\n", r"transfer_to.b: expected the approval's reference"),
     ("[regions.a]\n" + GOOD + "[regions.a.transfer_to]\nb = 'ref-1'\n", r"destination 'b' is not a region of this policy; add \[regions.b\]"),
     ("[regions.A]\n" + GOOD, r"regions: 'A' is not a region name"),
+    ("[regions.vehicle]\n" + GOOD.replace('"a"', '"vehicle"'), r"'vehicle' names a vehicle key file \(keys/vehicle.key\)"),
     ("[region.a]\n" + GOOD, r"unknown key 'region' \(did you mean 'regions'\?\)"),
     ("", r"no \[regions.NAME\] tables"),
     ("[regions.a\n", r"not valid TOML"),
@@ -165,11 +170,11 @@ def test_unreadable_clip_is_refused_not_guessed(tmp_path, capsys):
 def test_prune_deletes_past_retention_keeps_the_rest_and_the_unknown(tmp_path, capsys):
     keys, rec = tmp_path / "keys", tmp_path / "rec"
     (rec / "day1").mkdir(parents=True)
-    old_sim = make_clip(rec / "day1" / "old-sim.mcap", "sim", recorded_ns=NOW_NS - 8 * DAY_NS)  # retention 7 d
-    new_sim = make_clip(rec / "new-sim.mcap", "sim", recorded_ns=NOW_NS - 6 * DAY_NS)
+    old_sim = make_clip(rec / "day1" / "old-sim.mcap", "sim", recorded_ns=NOW_NS - 8 * DAY_NS, keys=keys)  # 7 d
+    new_sim = make_clip(rec / "new-sim.mcap", "sim", recorded_ns=NOW_NS - 6 * DAY_NS, keys=keys)
     old_eu = encrypted_clip(rec, "old-eu.mcap", "eu", keys, recorded_ns=NOW_NS - 31 * DAY_NS)  # retention 30 d
     new_us = encrypted_clip(rec, "new-us.mcap", "us", keys, recorded_ns=NOW_NS - 300 * DAY_NS)  # retention 365 d
-    ageless = make_clip(rec / "ageless.mcap", "sim", recorded_ns=None)
+    ageless = make_clip(rec / "ageless.mcap", "sim", recorded_ns=None, keys=keys)
     (rec / "notes.txt").write_text("not a clip")
     code = _fleet(tmp_path, "prune", str(rec), "--now", f"@{NOW_NS // 10**9}", "--policy", str(SHIPPED))
     assert code == 1  # one clip could not be decided
@@ -191,16 +196,18 @@ def test_prune_now_must_be_a_time(tmp_path, capsys):
     assert "--now 'yesterday': give an ISO date/time" in capsys.readouterr().err
 
 
-def test_age_from_message_times_and_region_from_a_cut_off_clip(tmp_path):
-    """Without recorded_ns the first message's (wall-clock) log time dates the clip; a clip cut off by a
-    crash still says where it was collected, so the policy still applies to it."""
-    clip = make_clip(tmp_path / "a.mcap", "cn", recorded_ns=None, log_ns=NOW_NS - 3 * DAY_NS)
-    info = read_clip_info(clip)
-    assert info.recorded_ns == NOW_NS - 3 * DAY_NS and info.region == "cn"
+def test_region_and_age_from_a_cut_off_clip(tmp_path):
+    """A clip cut off by a crash still says, authenticated, where and when it was collected (its metadata
+    and their MAC come first), so the policy still applies to it. A message's log time is not
+    authenticated: a clip without recorded_ns has no known age."""
+    keys = tmp_path / "keys"
+    clip = make_clip(tmp_path / "a.mcap", "cn", recorded_ns=NOW_NS - 3 * DAY_NS)
     cut = tmp_path / "cut.truncated.mcap"
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
-    info = read_clip_info(cut)
+    info = read_clip_info(cut, keys)
     assert info.region == "cn" and info.recorded_ns == NOW_NS - 3 * DAY_NS
+    ageless = make_clip(tmp_path / "b.mcap", "cn", recorded_ns=None, log_ns=NOW_NS - 3 * DAY_NS)
+    assert read_clip_info(ageless, keys).recorded_ns is None
     d = Policy.load(SHIPPED)
     from runtime.fleet.export import decide_export
     assert not decide_export(info, "eu", d).allowed

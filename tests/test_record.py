@@ -58,8 +58,8 @@ def pipeline_config(model: Path, keys: Path, width: int = 160, height: int = 120
     if keys.exists():
         infer["trusted_keys"] = str(keys)
     raw = {"camera": {"width": width, "height": height, **NO_FROZEN}, "infer": infer}
-    if record:
-        raw["record"] = {"enabled": True, "region": "sim", **record}
+    if record:  # the vehicle key that authenticates each file's metadata: the test's own, not the user's
+        raw["record"] = {"enabled": True, "region": "sim", "keys_dir": str(model.parent / "fleet-keys"), **record}
     return from_dict(raw)
 
 
@@ -290,7 +290,8 @@ class FakePipeline:
 def _start_recorder(tmp_path, tiny_model, stage_cls=RecorderStage, pattern=frame_pixels, size=(W, H),
                     **record):  # type: ignore[no-untyped-def]
     cfg = from_dict({"camera": {"width": size[0], "height": size[1]}, "infer": {"model": str(tiny_model)},
-                     "record": {"enabled": True, "region": "sim", "dir": str(tmp_path / "rec"), "nice": 0, **record}})
+                     "record": {"enabled": True, "region": "sim", "dir": str(tmp_path / "rec"), "nice": 0,
+                                "keys_dir": str(tmp_path / "fleet-keys"), **record}})
     h = StageHarness(cfg)
     fake = FakePipeline(h, pattern)
     h.start(stage_cls)

@@ -15,11 +15,22 @@ import pytest
 
 from runtime import cli
 from runtime import supervisor as supervisor_module
-from runtime.fleet import mcapio
+from runtime.fleet import crypto, mcapio
 from runtime.replay import format_report, run_replay
 from runtime.supervisor import Supervisor
 
 from test_record import pipeline_config, signed_tiny
+
+
+def local_config(root: Path, keys: Path):  # type: ignore[no-untyped-def]
+    """This machine's config: its trusted keys (the test publisher's) and its vehicle key folder."""
+    return pipeline_config(root / "tiny", keys).replace(record={"keys_dir": str(root / "fleet-keys")})
+
+
+def local_toml(root: Path, keys: Path, out: Path) -> Path:
+    out.write_text(f'[camera]\nfrozen_frames = 0\n[infer]\ntrusted_keys = "{keys}"\n'
+                   f'[record]\nkeys_dir = "{root / "fleet-keys"}"\n')
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +46,10 @@ def recording(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def test_replay_with_the_same_model_is_bit_exact_and_equal(recording, tmp_path):
-    path, _, _ = recording
+    path, root, keys = recording
     info = mcapio.inspect(path)
     assert info.complete and info.topics[mcapio.RAW_TOPIC] >= 30
-    r = run_replay(path, speed=0.0, mode="threads", verify_frames=True, work_dir=tmp_path)
+    r = run_replay(path, local_config(root, keys), speed=0.0, mode="threads", verify_frames=True, work_dir=tmp_path)
     text = format_report(r)
     assert r.ok, text
     assert r.frames_replayed == info.topics[mcapio.RAW_TOPIC]  # every recorded frame went out again
@@ -54,7 +65,7 @@ def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path, monk
     """The recorder frozen (SIGSTOP, processes mode) for 0.6 s from the moment the camera starts: a
     max-speed replay waits for it (topic `recorded`) instead of lapping the camera pool's 4 slots
     (61 frames go out in ~50 ms here), so every frame is still checked bit for bit."""
-    path, _, _ = recording
+    path, root, keys = recording
     sups: list[Supervisor] = []
 
     class Watched(Supervisor):
@@ -78,7 +89,8 @@ def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path, monk
     t = threading.Thread(target=freeze_at_start, daemon=True)
     t.start()
     try:
-        r = run_replay(path, speed=0.0, mode="processes", verify_frames=True, work_dir=tmp_path)
+        r = run_replay(path, local_config(root, keys), speed=0.0, mode="processes", verify_frames=True,
+                       work_dir=tmp_path)
     finally:
         done.set()
         t.join(5)
@@ -90,10 +102,11 @@ def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path, monk
 
 
 def test_replay_with_another_model_reports_the_frames_that_differ(recording, tmp_path, capsys):
-    path, root, _ = recording
+    path, root, keys = recording
     other, _ = signed_tiny(root, weight=0.6, name="tiny-0.6")  # a "new variant": 20 % more steering
     out = tmp_path / "report.json"
-    code = cli.main(["replay", str(path), "--model", str(other), "--speed", "1", "--mode", "threads",
+    code = cli.main(["replay", str(path), "--config", str(local_toml(root, keys, tmp_path / "local.toml")),
+                     "--model", str(other), "--speed", "1", "--mode", "threads",
                      "--tolerance", "1e-6", "--report", str(out)])
     text = capsys.readouterr().out
     assert code == 1, text
@@ -105,13 +118,13 @@ def test_replay_with_another_model_reports_the_frames_that_differ(recording, tmp
 
 
 def test_a_truncated_recording_replays_its_readable_part_and_says_so(recording, tmp_path):
-    path, _, _ = recording
+    path, root, keys = recording
     data = path.read_bytes()
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(data[: int(len(data) * 0.6)])
     info = mcapio.inspect(cut)
     assert not info.complete and info.topics.get(mcapio.RAW_TOPIC, 0) > 0
-    r = run_replay(cut, speed=0.0, mode="threads", work_dir=tmp_path)
+    r = run_replay(cut, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
     assert r.truncated and r.frames_recorded == info.topics[mcapio.RAW_TOPIC]
     assert r.frames_replayed == r.frames_recorded and r.ok
     assert "RECORDING TRUNCATED" in format_report(r)
@@ -119,8 +132,111 @@ def test_a_truncated_recording_replays_its_readable_part_and_says_so(recording, 
 
 def test_replay_refuses_a_recording_without_frames(tmp_path, capsys):
     path = tmp_path / "x.mcap"
-    f = mcapio.McapFile(path, {"region": "sim", "config": "{}"})
+    key = crypto.load_or_make_key(tmp_path / "keys", crypto.VEHICLE)
+    f = mcapio.McapFile(path, {"region": "sim", "config": "{}"}, auth_key=key)
     f.write("/events", 1, 1, b'{"kind": "operator", "reason": "", "frame_id": 0, "t_ns": 1}')
     f.close()
-    assert cli.main(["replay", str(path)]) == 2
+    assert cli.main(["replay", str(path), "--keys", str(tmp_path / "keys")]) == 2
     assert "no frames to replay" in capsys.readouterr().err
+
+
+# -- replay never drives a vehicle; it replays only what authenticates (issue 17, points 1 and 6) ---------
+def _with_stored_config(path: Path, dst: Path, vehicle_key: bytes | None, **sections: dict) -> Path:
+    """The recording as a vehicle running another config would have written it (re-authenticated with
+    its vehicle key), or, without the key, as someone editing the file would leave it."""
+    from runtime.config import PipelineConfig
+    from test_residency_auth import rewrite_metadata
+
+    stored = PipelineConfig.from_json(mcapio.read_metadata(path)["config"]).replace(**sections)
+    return rewrite_metadata(path, dst, key=vehicle_key, config=stored.to_json())
+
+
+def _hostile(recording, tmp_path: Path, channel: str, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
+    """A recording whose stored config drives a CAN bus and listens on tcp 0.0.0.0, authenticated by the
+    vehicle key (a car really ran it so); this machine's default config is the test's local one."""
+    from runtime import replay
+
+    path, root, keys = recording
+    monkeypatch.setattr(replay, "DEFAULT_CONFIG", local_toml(root, keys, tmp_path / "local.toml"), raising=False)
+    key = crypto.load_key(root / "fleet-keys", crypto.VEHICLE)
+    return _with_stored_config(path, tmp_path / "hostile.mcap", key,
+                               control={"can_interface": "virtual", "can_channel": channel},
+                               pipeline={"transport": "tcp", "tcp_host": "0.0.0.0", "tcp_base_port": 47110})
+
+
+def test_replay_sends_nothing_on_the_can_bus_its_recording_names(recording, tmp_path, monkeypatch):
+    """The stored config enables CAN output on a (python-can virtual) bus: in threads mode the control
+    stage would send on it from this very process, where a listener waits on that channel."""
+    import uuid
+
+    import can
+
+    channel = f"edgert-replay-{uuid.uuid4().hex[:8]}"
+    hostile = _hostile(recording, tmp_path, channel, monkeypatch)
+    rx = can.Bus(interface="virtual", channel=channel)
+    try:
+        r = run_replay(hostile, speed=0.0, mode="threads", work_dir=tmp_path)  # as `edgert replay FILE` does
+        got = rx.recv(1.0)
+    finally:
+        rx.shutdown()
+    assert r.ok and r.compared > 0, format_report(r)  # the replay ran, and compared outputs
+    assert got is None, f"the replay sent {got} on the recording's CAN bus"
+
+
+def test_replay_listens_on_ipc_only_whatever_its_recording_says(recording, tmp_path, monkeypatch):
+    """The stored config says tcp on 0.0.0.0: the replay's stage processes still bind ipc:// only,
+    seen from the outside (psutil: every socket of every stage process while they run)."""
+    import psutil
+
+    hostile = _hostile(recording, tmp_path, "unused", monkeypatch)
+    sups: list[Supervisor] = []
+
+    class Watched(Supervisor):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            sups.append(self)
+    monkeypatch.setattr(supervisor_module, "Supervisor", Watched)
+    seen: dict[str, list] = {"inet": [], "unix": [], "stages": []}
+    done = threading.Event()
+
+    def watch() -> None:
+        me = psutil.Process()
+        while not done.is_set():
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    seen["inet"] += [c for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+                    if p is not me:
+                        seen["unix"] += p.net_connections("unix")
+                        seen["stages"].append(p.name())
+                except psutil.Error:  # it ended meanwhile
+                    pass
+            done.wait(0.25)  # light: the replay's recorder runs at SCHED_IDLE, on what CPU is left
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        r = run_replay(hostile, speed=1.0, mode="processes", work_dir=tmp_path)
+    finally:
+        done.set()
+        t.join(10)
+    assert r.compared > 0, format_report(r)
+    cfg = sups[0].cfg
+    assert cfg.pipeline.transport == "ipc" and cfg.control.can_interface == "" and cfg.control.can_channel == ""
+    assert {"edgert-infer", "edgert-control"} <= set(seen["stages"]), seen["stages"]  # watched while they ran
+    assert seen["unix"], "no ipc socket seen: the watcher saw no stage at work"
+    assert seen["inet"] == [], f"listening beyond ipc: {seen['inet']}"
+
+
+def test_replay_refuses_a_recording_whose_metadata_was_edited(recording, tmp_path, capsys):
+    """Edited without the vehicle key (here: its stored config), or from another vehicle: refused before
+    anything starts, with the reason."""
+    path, root, keys = recording
+    edited = _with_stored_config(path, tmp_path / "edited.mcap", None, control={"can_interface": "virtual",
+                                                                                "can_channel": "x"})
+    with pytest.raises(ValueError, match=r"edited.mcap: its metadata was edited after recording"):
+        run_replay(edited, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
+    conf = str(local_toml(root, keys, tmp_path / "local.toml"))
+    assert cli.main(["replay", str(edited), "--config", conf]) == 2
+    assert "its metadata was edited after recording" in capsys.readouterr().err
+    assert cli.main(["replay", str(path), "--config", conf, "--keys", str(tmp_path / "other-keys")]) == 2
+    assert "no vehicle key at" in capsys.readouterr().err
+    assert list(tmp_path.glob("edgert-replay.*")) == []

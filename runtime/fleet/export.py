@@ -14,22 +14,27 @@ region's retention; a clip whose age or region is unknown is kept and reported, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
-import shutil
+import secrets
+import stat
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from runtime.fleet import crypto
+from runtime.fleet import crypto, mcapio
 from runtime.fleet.audit import AuditLog
 from runtime.fleet.policy import Decision, Policy
 
 META_NAME = "edgert"
 NS_PER_DAY = 86_400 * 10**9
+log = logging.getLogger("edgert.fleet")
 
 
 class ClipError(ValueError):
@@ -50,69 +55,109 @@ def is_clip(path: Path) -> bool:
     return path.is_file() and (path.name.endswith(".mcap") or path.name.endswith(".mcap" + crypto.SUFFIX))
 
 
-def _mcap_metadata(path: Path) -> dict[str, str]:
-    """The "edgert" metadata, plus `recorded_ns` from the first message's log time if it lacks one.
+def open_clip(path: str | Path) -> BinaryIO:
+    """PATH opened for reading, never through a symlink (whose target someone else may choose)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ClipError(f"{path}: no such clip") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ClipError(f"{path}: is a symlink; refused (decide on the clip itself, not a link to it)") from None
+        raise ClipError(f"{path}: cannot be opened ({e.strerror})") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise ClipError(f"{path}: not a regular file")
+    return f
+
+
+def _mcap_metadata(f: BinaryIO, path: Path) -> tuple[dict[str, str], dict[str, str] | None]:
+    """The "edgert" metadata record and its "edgert.auth" record (None if it has none).
 
     The indexed summary is used when the file has one; a file cut off by a crash (no summary)
-    is read record by record, as far as it goes.
+    is read record by record, as far as it goes (both records are written first).
     """
     from mcap.exceptions import McapError
     from mcap.reader import make_reader
-    from mcap.records import Message, Metadata
+    from mcap.records import Metadata
     from mcap.stream_reader import StreamReader
 
     errors = (McapError, ValueError, EOFError, OSError, struct.error)
-    meta: dict[str, str] | None = None
-    first_ns: int | None = None
+    found: dict[str, dict[str, str]] = {}
     try:
-        with open(path, "rb") as f:
-            reader = make_reader(f)
-            for m in reader.iter_metadata():
-                if m.name == META_NAME:
-                    meta = dict(m.metadata)
-                    break
-            summary = reader.get_summary()
-            if summary is not None and summary.statistics is not None and summary.statistics.message_count:
-                first_ns = summary.statistics.message_start_time
+        f.seek(0)
+        for m in make_reader(f).iter_metadata():
+            if m.name in (META_NAME, mcapio.AUTH_RECORD) and m.name not in found:
+                found[m.name] = dict(m.metadata)
     except errors:
-        meta = None
+        found = {}
         try:
-            with open(path, "rb") as f:
-                for rec in StreamReader(f).records:
-                    if isinstance(rec, Metadata) and rec.name == META_NAME and meta is None:
-                        meta = dict(rec.metadata)
-                    elif isinstance(rec, Message) and first_ns is None:
-                        first_ns = rec.log_time
-                    if meta is not None and first_ns is not None:
-                        break
+            f.seek(0)
+            for rec in StreamReader(f).records:
+                if isinstance(rec, Metadata) and rec.name in (META_NAME, mcapio.AUTH_RECORD) \
+                        and rec.name not in found:
+                    found[rec.name] = dict(rec.metadata)
+                if len(found) == 2:
+                    break
         except errors as e:
-            if meta is None:
+            if META_NAME not in found:
                 raise ClipError(f"{path}: not a readable MCAP file ({type(e).__name__}: {e})") from None
-    if meta is None:
+    if META_NAME not in found:
         raise ClipError(f"{path}: no {META_NAME!r} metadata record, so its region of collection is unknown; "
-                        "only clips written by the edgert recorder can be exported or pruned")
-    if "recorded_ns" not in meta and first_ns:
-        meta["recorded_ns"] = str(first_ns)  # the recorder's log_time is wall-clock ns (mcapio.py)
-    return meta
+                        "only clips written by the edgert recorder can be exported, pruned or replayed")
+    return found[META_NAME], found.get(mcapio.AUTH_RECORD)
 
 
-def read_clip_info(path: str | Path) -> ClipInfo:
-    """Region, start time, run id and flags of a clip, plain or encrypted, without any key."""
+def check_metadata(path: Path, meta: dict[str, str], auth: dict[str, str] | None, keys_dir: str | Path) -> None:
+    """Refuse a plain clip whose `edgert` metadata is not the one its vehicle key authenticated.
+
+    Region, age and the anonymised flag decide where a clip may go and when it is deleted, and
+    a replay builds its run from the metadata: an edit must make the clip refused, not re-labelled.
+    """
+    if auth is None:
+        raise ClipError(f"{path}: its metadata is not authenticated (no {mcapio.AUTH_RECORD!r} record: not "
+                        "written by an edgert recorder with a vehicle key, or the record was stripped); refused, "
+                        "since its region, age and flags could have been edited")
+    if auth.get("key") != crypto.VEHICLE or auth.get("alg") != "hmac-sha256":
+        raise ClipError(f"{path}: its metadata is authenticated with {auth.get('alg')!r} by key "
+                        f"{auth.get('key')!r}, not hmac-sha256 by the vehicle key; refused")
+    try:
+        key = crypto.load_key(keys_dir, crypto.VEHICLE)
+    except crypto.CryptoError as e:
+        raise ClipError(f"{path}: cannot authenticate its metadata: {e}") from None
+    if auth.get("key_id") != crypto.key_id(key):
+        raise ClipError(f"{path}: its metadata is authenticated by vehicle key {auth.get('key_id')}, not by this "
+                        f"machine's ({crypto.key_id(key)}): recorded by another vehicle. Decide on it where that "
+                        "vehicle's key is (--keys DIR with it as vehicle.key); refused")
+    if not crypto.check_meta_mac(key, meta, auth.get("mac", "")):
+        raise ClipError(f"{path}: its metadata was edited after recording (the vehicle key's MAC over its "
+                        f"{META_NAME!r} record does not match); refused, not re-labelled")
+
+
+def authenticated_metadata(f: BinaryIO, path: str | Path, keys_dir: str | Path) -> tuple[dict[str, str], bool]:
+    """(metadata, encrypted) of the clip open as F, authenticated with a key from KEYS_DIR or ClipError."""
     path = Path(path)
-    if not path.is_file():
-        raise ClipError(f"{path}: no such clip")
-    encrypted = path.name.endswith(crypto.SUFFIX)
-    if encrypted:
+    if path.name.endswith(crypto.SUFFIX):
         try:
-            h = crypto.read_header(path)
+            h = crypto.authenticated_header(f, path, keys_dir)
         except crypto.CryptoError as e:
-            raise ClipError(str(e)) from None
+            raise ClipError(f"{e}; refused") from None
         meta = {str(k): str(v) for k, v in dict(h.get("meta") or {}).items()}
         meta.setdefault("region", h["region"])
         if meta["region"] != h["region"]:
             raise ClipError(f"{path}: header region {h['region']!r} and metadata region {meta['region']!r} differ")
-    else:
-        meta = _mcap_metadata(path)
+        return meta, True
+    meta, auth = _mcap_metadata(f, path)
+    check_metadata(path, meta, auth, keys_dir)
+    return meta, False
+
+
+def clip_info(f: BinaryIO, path: str | Path, keys_dir: str | Path) -> ClipInfo:
+    """Region, start time, run id and flags of the clip open as F, from authenticated metadata only."""
+    path = Path(path)
+    meta, encrypted = authenticated_metadata(f, path, keys_dir)
     region = meta.get("region", "")
     if not region:
         raise ClipError(f"{path}: its {META_NAME!r} metadata has no 'region'; the recorder must tag every clip")
@@ -126,12 +171,10 @@ def read_clip_info(path: str | Path) -> ClipInfo:
                     None if anon is None else anon.lower() == "true")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def read_clip_info(path: str | Path, keys_dir: str | Path) -> ClipInfo:
+    """Region, start time, run id and flags of a clip, plain or encrypted, authenticated with KEYS_DIR's keys."""
+    with open_clip(path) as f:
+        return clip_info(f, path, keys_dir)
 
 
 def decide_export(info: ClipInfo, to_region: str, policy: Policy) -> Decision:
@@ -157,39 +200,110 @@ class ExportResult:
     dest: Path | None = None
 
 
-def export(clips: Iterable[str | Path], to_region: str, dest: str | Path, policy: Policy,
-           audit: AuditLog) -> list[ExportResult]:
-    """Copy each clip the policy allows into DEST; refuse the others. Every decision is audited."""
-    out_dir = Path(dest)
-    results = []
-    for clip in map(Path, clips):
+def _open_dest(out_dir: Path) -> int:
+    """DEST as a directory fd, made 0700 if new; a symlink there is refused, never followed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(out_dir, 0o700)
+    except FileExistsError:
+        pass
+    try:
+        return os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        why = "is a symlink" if e.errno in (errno.ELOOP, errno.ENOTDIR) and out_dir.is_symlink() else e.strerror
+        raise ClipError(f"export destination {out_dir} {why}; give a real folder (links are not followed)") from None
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)  # a dangling symlink exists too
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _copy_to_temp(src: BinaryIO, name: str, dir_fd: int) -> tuple[str, str]:
+    """Copy SRC into a new 0600 file with an unpredictable name in DIR_FD; (temp name, sha256)."""
+    while True:
+        tmp = f".{name}.{secrets.token_hex(8)}.tmp"
         try:
-            info = read_clip_info(clip)
-        except ClipError as e:
-            d = Decision(False, str(e))
-            audit.append("export_refused", clip=str(clip), to=to_region, reason=d.reason)
-            results.append(ExportResult(clip, d))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
             continue
-        d = decide_export(info, to_region, policy)
-        fields = {"clip": str(clip), "run_id": info.run_id, "from": info.region, "to": to_region}
-        if not d.allowed:
-            audit.append("export_refused", **fields, reason=d.reason)
-            results.append(ExportResult(clip, d))
-            continue
-        target = out_dir / clip.name
-        if target.exists():
-            d = Decision(False, f"{target} already exists; export to an empty folder or remove it first")
-            audit.append("export_refused", **fields, reason=d.reason)
-            results.append(ExportResult(clip, d))
-            continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(clip, tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-        audit.append("export", **fields, sha256=_sha256(target), dest=str(target), reason=d.reason,
-                     approval=d.approval)
-        results.append(ExportResult(clip, d, target))
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as w:
+            src.seek(0)
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                w.write(block)
+            w.flush()
+            os.fsync(w.fileno())
+    except BaseException:
+        os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    return tmp, h.hexdigest()
+
+
+def export(clips: Iterable[str | Path], to_region: str, dest: str | Path, policy: Policy,
+           audit: AuditLog, keys_dir: str | Path) -> list[ExportResult]:
+    """Copy each clip the policy allows into DEST; refuse the others. Every decision is audited.
+
+    The decision is made on the clip's authenticated metadata (keys from KEYS_DIR), read from the
+    same open file that is then copied; the copy goes to a private temp file in DEST, is checked
+    again, and gets its name (a hard link: never over an existing file or through a symlink)
+    only after its audit entry is on disk.
+    """
+    out_dir = Path(dest)
+    results: list[ExportResult] = []
+    dir_fd: int | None = None
+
+    def refuse(clip: Path, reason: str, fields: dict[str, str] | None = None) -> None:
+        audit.append("export_refused", **(fields or {"clip": str(clip), "to": to_region}), reason=reason)
+        results.append(ExportResult(clip, Decision(False, reason)))
+    try:
+        for clip in map(Path, clips):
+            try:
+                with open_clip(clip) as f:
+                    info = clip_info(f, clip, keys_dir)
+                    d = decide_export(info, to_region, policy)
+                    fields = {"clip": str(clip), "run_id": info.run_id, "from": info.region, "to": to_region}
+                    if not d.allowed:
+                        refuse(clip, d.reason, fields)
+                        continue
+                    if dir_fd is None:
+                        dir_fd = _open_dest(out_dir)
+                    if _exists(clip.name, dir_fd):
+                        refuse(clip, f"{out_dir / clip.name} already exists; export to an empty folder or remove "
+                                     "it first", fields)
+                        continue
+                    tmp, sha = _copy_to_temp(f, clip.name, dir_fd)
+            except ClipError as e:
+                refuse(clip, str(e))
+                continue
+            try:  # the temp copy goes whatever happens: refused, audited and linked, or failed
+                with os.fdopen(os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), "rb") as copy:
+                    if clip_info(copy, clip, keys_dir) != info:  # changed while it was copied
+                        raise ClipError(f"{clip}: its metadata changed while it was copied; refused")
+                target = out_dir / clip.name
+                audit.append("export", **fields, sha256=sha, dest=str(target), reason=d.reason, approval=d.approval)
+                os.link(tmp, clip.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except ClipError as e:
+                refuse(clip, str(e), fields)
+                continue
+            except FileExistsError:  # appeared since it was checked: never overwritten
+                audit.append("export_failed", **fields, dest=str(target), reason="a file of that name appeared "
+                             "meanwhile; nothing exported")
+                results.append(ExportResult(clip, Decision(False, f"{target} appeared meanwhile; nothing exported")))
+                continue
+            finally:
+                os.unlink(tmp, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            results.append(ExportResult(clip, d, target))
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     return results
 
 
@@ -200,15 +314,21 @@ class PruneResult:
     errors: list[str]
 
 
-def prune(root: str | Path, policy: Policy, audit: AuditLog, now_ns: int) -> PruneResult:
-    """Delete clips under ROOT older than their region's retention_days (as of `now_ns`)."""
+def prune(root: str | Path, policy: Policy, audit: AuditLog, now_ns: int, keys_dir: str | Path) -> PruneResult:
+    """Delete clips under ROOT older than their region's retention_days (as of `now_ns`).
+
+    Age and region come from authenticated metadata (keys from KEYS_DIR); a clip that does not
+    authenticate is kept and reported, never deleted or kept on what an edit says.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ClipError(f"{root}: no such folder of recordings")
     deleted, kept, errors = [], [], []
     for clip in sorted(p for p in root.rglob("*") if is_clip(p)):
         try:
-            info = read_clip_info(clip)
+            with open_clip(clip) as f:
+                info = clip_info(f, clip, keys_dir)
+                ident = os.fstat(f.fileno())
             rp = policy.region(info.region)
             if info.recorded_ns is None:
                 raise ClipError(f"{clip}: no recorded_ns in its metadata, so its age is unknown; kept, decide by hand")
@@ -219,6 +339,12 @@ def prune(root: str | Path, policy: Policy, audit: AuditLog, now_ns: int) -> Pru
             continue
         age_days = (now_ns - info.recorded_ns) / NS_PER_DAY
         if age_days > rp.retention_days:
+            now = os.lstat(clip)
+            if (now.st_dev, now.st_ino) != (ident.st_dev, ident.st_ino):  # replaced since it was decided on
+                errors.append(f"{clip}: replaced while it was being decided on; kept, run prune again")
+                kept.append(clip)
+                audit.append("prune_error", clip=str(clip), reason=errors[-1])
+                continue
             clip.unlink()
             deleted.append(clip)
             audit.append("prune_delete", clip=str(clip), run_id=info.run_id, region=info.region,
@@ -236,7 +362,7 @@ def encrypt_clip(clip: str | Path, keys_dir: str | Path, keep: bool = False) -> 
     Removes the plaintext unless `keep`. Fits the recorder's `on_clip_closed(path) -> path` hook.
     """
     clip = Path(clip)
-    info = read_clip_info(clip)
+    info = read_clip_info(clip, keys_dir)
     if info.encrypted:
         raise ClipError(f"{clip} is already encrypted")
     meta = {"region": info.region, "run_id": info.run_id}
@@ -248,6 +374,50 @@ def encrypt_clip(clip: str | Path, keys_dir: str | Path, keep: bool = False) -> 
     if not keep:
         clip.unlink()
     return out
+
+
+ENCRYPT_TRIES = 3
+QUARANTINE = "quarantine"
+
+
+class Quarantined(ClipError):
+    """A finished clip could not be encrypted and was locked away (mode 0) with the reason beside it."""
+
+
+def quarantine(clip: Path, reason: str) -> Path:
+    """Lock a plaintext CLIP away: mode 0 first (unreadable even if the move fails), then into
+    CLIP's folder/quarantine/ (0700) with NAME.reason beside it. Returns its new path."""
+    os.chmod(clip, 0)
+    qdir = clip.parent / QUARANTINE
+    qdir.mkdir(mode=0o700, exist_ok=True)
+    dest = qdir / clip.name
+    os.rename(clip, dest)
+    fd = os.open(qdir / f"{clip.name}.reason", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as w:
+        w.write(reason + "\n")
+    log.error("%s quarantined as %s (mode 0, plaintext): %s. Fix the cause, then `chmod 600` it and "
+              "`edgert fleet encrypt` it", clip.name, dest, reason)
+    return dest
+
+
+def encrypt_or_quarantine(clip: str | Path, keys_dir: str | Path, tries: int = ENCRYPT_TRIES,
+                          wait_s: float = 0.2) -> Path:
+    """encrypt_clip, retried; if it still fails, the plaintext is quarantined (never left readable).
+
+    Returns the encrypted clip; raises Quarantined (naming where and why) if it was quarantined.
+    """
+    clip = Path(clip)
+    why = ""
+    for attempt in range(1, tries + 1):
+        try:
+            return encrypt_clip(clip, keys_dir)
+        except (ClipError, crypto.CryptoError, OSError) as e:
+            why = f"{type(e).__name__}: {e}"
+            log.warning("encrypting %s failed (try %d of %d): %s", clip.name, attempt, tries, why)
+            if attempt < tries:
+                time.sleep(wait_s * attempt)
+    dest = quarantine(clip, f"encryption failed {tries} times; last error {why}")
+    raise Quarantined(f"{clip}: encryption failed {tries} times ({why}); quarantined as {dest}, mode 0")
 
 
 def recorder_hooks(policy: Policy, region: str, frame_shape: tuple[int, int, int], keys_dir: str | Path,
@@ -267,5 +437,5 @@ def recorder_hooks(policy: Policy, region: str, frame_shape: tuple[int, int, int
     crypto.load_key(keys_dir, region)  # fail now, not at the first clip
 
     def on_closed(path: Path) -> Path:
-        return encrypt_clip(path, keys_dir)
+        return encrypt_or_quarantine(path, keys_dir)
     return frame_filter, on_closed

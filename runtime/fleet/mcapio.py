@@ -40,6 +40,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
 from runtime import wire
+from runtime.fleet import crypto
 from runtime.wire import MsgType
 
 PARTIAL = ".partial"  # suffix of a file still being written
@@ -162,6 +163,15 @@ def decode_raw_frame(data: bytes) -> RawFrame:
 
 
 # -- writing -------------------------------------------------------------------------------
+AUTH_RECORD = "edgert.auth"  # HMAC of the `edgert` record with the vehicle key: export, prune, replay check it
+
+
+def auth_record(key: bytes, meta: dict[str, str]) -> dict[str, str]:
+    """The `edgert.auth` metadata that authenticates META (the `edgert` record) with the vehicle KEY."""
+    return {"alg": "hmac-sha256", "key": crypto.VEHICLE, "key_id": crypto.key_id(key),
+            "mac": crypto.meta_mac(key, meta)}
+
+
 def _fsync_dir(d: Path) -> None:
     fd = os.open(d, os.O_RDONLY)
     try:
@@ -174,7 +184,7 @@ class McapFile:
     """One recording file being written: `NAME.mcap.partial` until `close()` makes it `NAME.mcap`."""
 
     def __init__(self, path: str | Path, metadata: dict[str, str], compression: str = "lz4",
-                 chunk_size: int = CHUNK_BYTES) -> None:
+                 chunk_size: int = CHUNK_BYTES, auth_key: bytes | None = None) -> None:
         self.path = Path(path)
         if self.path.suffix != ".mcap":
             raise ValueError(f"recording path {self.path} must end in .mcap")
@@ -184,7 +194,10 @@ class McapFile:
         self._f = open(self.tmp, "xb")  # never clobber: names carry a timestamp and a counter
         self._w = Writer(self._f, chunk_size=chunk_size, compression=COMPRESSION[compression])
         self._w.start(profile="", library=f"edgert {metadata.get('edgert_version', '')}".strip())
-        self._w.add_metadata("edgert", {k: str(v) for k, v in metadata.items()})
+        meta = {k: str(v) for k, v in metadata.items()}
+        self._w.add_metadata("edgert", meta)
+        if auth_key is not None:  # right after it, so a file cut off by a crash is still authenticated
+            self._w.add_metadata(AUTH_RECORD, auth_record(auth_key, meta))
         self._f.flush()  # the metadata reaches the disk with the first chunk, even if nothing else does
         self._channels: dict[str, int] = {}
         self.counts: dict[str, int] = {}

@@ -32,6 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_KEY_NAMES = ("audit", "vehicle")  # keys/audit.key, keys/vehicle.key: not region keys
 _KEYS = ("store_in", "transfer_to", "retention_days", "anonymise", "encrypt")
 
 
@@ -67,6 +68,8 @@ def _unknown(key: str, allowed: tuple[str, ...] | list[str]) -> PolicyError:
 def _region_name(where: str, name: Any) -> str:
     if not isinstance(name, str) or not _REGION.match(name):
         raise PolicyError(f"{where}: {name!r} is not a region name; use lower-case letters, digits, '-' or '_'")
+    if name in _KEY_NAMES:  # keys/<region>.key would be that key
+        raise PolicyError(f"{where}: {name!r} names a vehicle key file (keys/{name}.key), not a region; rename it")
     return name
 
 

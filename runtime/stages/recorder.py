@@ -27,6 +27,9 @@ no face detector) fails the start rather than recording in the clear. A frame th
 fails on is dropped and counted, never written unfiltered, so a file's `anonymised` flag is
 true exactly when every frame in it went through the filter. Files a crash cut off are
 renamed *.truncated.mcap at the next start and, where the policy encrypts, encrypted then.
+Every file's metadata is authenticated with the vehicle key (`edgert.auth`, made at the first
+start), so export, prune and replay can refuse an edited one; a file that cannot be encrypted
+is quarantined unreadable (runtime/fleet/export.encrypt_or_quarantine).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from runtime import wire
 from runtime.config import ring_bytes
 from runtime.fleet.export import recorder_hooks
 from runtime.fleet.policy import Policy
-from runtime.fleet import mcapio
+from runtime.fleet import crypto, mcapio
 from runtime.fleet.clips import ClipPolicy, ClipWriter, Event
 from runtime.fleet.ring import Ring
 from runtime.framepool import FramePool, SlotError
@@ -129,8 +132,8 @@ class RecorderStage(Stage):
             if self.on_clip_closed is not None:  # the region's duty applies to what the crash left too
                 try:
                     self.log.info("cut-off recording now %s", self.on_clip_closed(info.path).name)
-                except Exception as e:  # noqa: BLE001 - kept as it is and said so; export refuses it plaintext
-                    self.log.error("could not apply on_clip_closed to %s (%s); left as it is", info.path.name, e)
+                except Exception as e:  # noqa: BLE001 - said so; an encryption hook quarantines what it cannot encrypt
+                    self.log.error("could not apply on_clip_closed to %s: %s", info.path.name, e)
         manifest = load_manifest(self.cfg.model_dir())
         self.wall_offset = mcapio.wall_offset_ns()
         self.meta = {
@@ -178,6 +181,7 @@ class RecorderStage(Stage):
         """frame_filter / on_clip_closed from the residency policy of record.region, where not given."""
         rec, cam = self.cfg.record, self.cfg.camera
         path = self.cfg.record_path("policy")
+        self.auth_key: bytes | None = None  # the vehicle key: every file's metadata is authenticated with it
         if path is None:
             self.log.warning("record.policy = off: no anonymisation or encryption whatever the region's policy "
                              "says (for replay's scratch recordings; export refuses such clips where duties apply)")
@@ -189,6 +193,8 @@ class RecorderStage(Stage):
             self.frame_filter = frame_filter
             self.log.info("region %s: anonymising frames before they are written (%s)", rec.region,
                           frame_filter.describe())  # type: ignore[attr-defined]
+        keys_dir = self.cfg.record_path("keys_dir")
+        self.auth_key = crypto.load_or_make_key(keys_dir, crypto.VEHICLE)  # type: ignore[arg-type]
         if self.on_clip_closed is None and on_closed is not None:
             self.on_clip_closed = on_closed
             self.log.info("region %s: clips encrypted at rest with %s", rec.region,
@@ -223,7 +229,8 @@ class RecorderStage(Stage):
         if event is not None:
             meta.update(event_kind=event.kind, event_reason=event.reason, event_t_ns=str(event.t_ns),
                         pre_s=repr(self.cfg.record.pre_s), post_s=repr(self.cfg.record.post_s))
-        return mcapio.McapFile(self.dir / name.replace("/", "-"), meta, compression=self.cfg.record.compression)
+        return mcapio.McapFile(self.dir / name.replace("/", "-"), meta, compression=self.cfg.record.compression,
+                               auth_key=self.auth_key)
 
     # -- receive loop ----------------------------------------------------------------------
     def trigger(self, reason: str = "operator") -> None:

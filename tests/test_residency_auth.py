@@ -1,0 +1,210 @@
+"""Residency decisions rest on authenticated metadata; export leaves nothing unaudited or
+followable in a shared destination; a clip that cannot be encrypted is never left readable.
+
+Issue 17, points 6 and 9. Clips are written by the recorder's own writer (mcapio.McapFile with
+the vehicle key) or encrypted with the region's key, then edited the way someone with write
+access to the disk would: the metadata rewritten, the cleartext header patched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from mcap.reader import make_reader
+from mcap.writer import Writer
+
+from runtime import cli
+from runtime.fleet import crypto, mcapio
+from runtime.fleet.audit import AuditLog
+from runtime.fleet.export import (ClipError, Quarantined, encrypt_clip, export, prune, read_clip_info,
+                                  recorder_hooks)
+from runtime.fleet.policy import Policy
+
+from test_fleet_policy import DAY_NS, NOW_NS, SHIPPED, audit_entries
+
+POLICY = Policy.load(SHIPPED)
+
+
+def recorded_clip(path: Path, keys: Path, region: str, recorded_ns: int = NOW_NS - DAY_NS,
+                  anonymised: str = "true") -> Path:
+    """A clip as the recorder writes it: McapFile with the vehicle key, a few /commands messages."""
+    meta = {"region": region, "run_id": "run-7", "recorded_ns": str(recorded_ns), "anonymised": anonymised,
+            "vehicle_id": "car7"}
+    f = mcapio.McapFile(path, meta, auth_key=crypto.load_or_make_key(keys, crypto.VEHICLE))
+    for i in range(50):
+        f.write("/commands", NOW_NS + i, NOW_NS + i, json.dumps({"frame_id": i, "steer": 0.01}).encode())
+    return f.close()
+
+
+def rewrite_metadata(src: Path, dst: Path, key: bytes | None = None, **changes: str) -> Path:
+    """What an editor does: the same file with some `edgert` metadata values changed, the auth record
+    kept as it was; or, with the vehicle KEY, re-authenticated (as if the vehicle had written it so)."""
+    with open(src, "rb") as f:
+        r = make_reader(f)
+        metas = [(m.name, dict(m.metadata)) for m in r.iter_metadata()]
+        msgs = list(r.iter_messages())
+    with open(dst, "wb") as out:
+        w = Writer(out)
+        w.start(profile="", library="hex editor")
+        edited = {**dict(metas)["edgert"], **changes}
+        for name, m in metas:
+            if name == "edgert":
+                m = edited
+            elif name == mcapio.AUTH_RECORD and key is not None:
+                m = mcapio.auth_record(key, edited)
+            w.add_metadata(name, m)
+        channels: dict[int, int] = {}
+        for schema, channel, msg in msgs:
+            if channel.id not in channels:
+                sid = w.register_schema(schema.name, schema.encoding, schema.data)
+                channels[channel.id] = w.register_channel(channel.topic, channel.message_encoding, sid)
+            w.add_message(channels[channel.id], log_time=msg.log_time, publish_time=msg.publish_time, data=msg.data)
+        w.finish()
+    return dst
+
+
+def patch_header(enc: Path, old: bytes, new: bytes) -> None:
+    """Edit the cleartext JSON header of an encrypted clip in place (same length: the file stays well formed)."""
+    assert len(old) == len(new)
+    raw = bytearray(enc.read_bytes())
+    hlen = int.from_bytes(raw[8:12], "little")
+    header = bytes(raw[12:12 + hlen])
+    assert old in header, header
+    raw[12:12 + hlen] = header.replace(old, new)
+    enc.write_bytes(bytes(raw))
+
+
+# -- point 6: metadata is authenticated -------------------------------------------------------
+def test_an_edited_plain_clip_is_refused_by_export_and_prune_not_relabelled(tmp_path):
+    keys, rec = tmp_path / "keys", tmp_path / "rec"
+    rec.mkdir()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    good = recorded_clip(rec / "sim-good.mcap", keys, "sim")
+    assert read_clip_info(good, keys).region == "sim"
+    # a 'cn' clip (no transfer out) re-labelled 'sim' (transfer anywhere), and its age made older
+    cn = recorded_clip(tmp_path / "cn.mcap", keys, "cn", recorded_ns=NOW_NS - DAY_NS)
+    relabelled = rewrite_metadata(cn, rec / "relabelled.mcap", region="sim", recorded_ns=str(NOW_NS - 30 * DAY_NS))
+    with pytest.raises(ClipError, match=r"relabelled.mcap: its metadata was edited after recording .*refused, "
+                                        "not re-labelled"):
+        read_clip_info(relabelled, keys)
+    res = export([good, relabelled], "eu", tmp_path / "out", POLICY, audit, keys)
+    assert [r.decision.allowed for r in res] == [True, False]
+    assert "metadata was edited after recording" in res[1].decision.reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sim-good.mcap"]
+    # prune: the edit would have made it past sim's 7-day retention; it is kept and reported instead
+    p = prune(rec, POLICY, audit, NOW_NS, keys)
+    assert relabelled.exists() and good.exists() and p.deleted == []
+    assert len(p.errors) == 1 and "metadata was edited after recording" in p.errors[0]
+    # a clip without the auth record (stripped, or not from an edgert recorder), or from another vehicle
+    stripped = tmp_path / "stripped.mcap"
+    with open(cn, "rb") as f:
+        meta = next(m for m in make_reader(f).iter_metadata() if m.name == "edgert").metadata
+    with open(stripped, "wb") as f:
+        w = Writer(f)
+        w.start(profile="", library="x")
+        w.add_metadata("edgert", dict(meta))
+        w.finish()
+    with pytest.raises(ClipError, match=r"its metadata is not authenticated \(no 'edgert.auth' record"):
+        read_clip_info(stripped, keys)
+    other = recorded_clip(tmp_path / "other.mcap", tmp_path / "other-keys", "sim")
+    with pytest.raises(ClipError, match=r"authenticated by vehicle key \w+, not by this machine's .*another vehicle"):
+        read_clip_info(other, keys)
+    events = [e["event"] for e in audit_entries(tmp_path / "audit.jsonl")]
+    assert events == ["export", "export_refused", "prune_error", "prune"]
+
+
+def test_an_edited_encrypted_header_is_refused_not_relabelled(tmp_path, capsys):
+    keys = tmp_path / "keys"
+    for region in ("cn", "us"):
+        crypto.keygen(keys, region)
+    cn = encrypt_clip(recorded_clip(tmp_path / "cn-1.mcap", keys, "cn"), keys)
+    assert read_clip_info(cn, keys).region == "cn"
+    # cn data may not leave cn; re-labelled 'us' (which may transfer to eu) it would
+    patch_header(cn, b'"region": "cn"', b'"region": "us"')
+    with pytest.raises(ClipError, match=r"encrypted with key \w+ \(region 'us'\), not with the key given"):
+        read_clip_info(cn, keys)
+    # the key id patched too (it is public: any us clip's header shows it): chunk 0 fails
+    us_id = crypto.key_id(crypto.load_key(keys, "us"))
+    patch_header(cn, crypto.key_id(crypto.load_key(keys, "cn")).encode(), us_id.encode())
+    with pytest.raises(ClipError, match=r"chunk 0 fails authentication: the file \(or its header\) was altered"):
+        read_clip_info(cn, keys)
+    # through the CLI: refused, audited, nothing copied
+    argv = ["fleet", "export", str(cn), "--to", "eu", "--dest", str(tmp_path / "eu"), "--policy", str(SHIPPED),
+            "--audit", str(tmp_path / "audit.jsonl"), "--keys", str(keys)]
+    assert cli.main(argv) == 1
+    assert "chunk 0 fails authentication" in capsys.readouterr().err
+    assert not (tmp_path / "eu").exists() or not list((tmp_path / "eu").iterdir())
+    assert [e["event"] for e in audit_entries(tmp_path / "audit.jsonl")] == ["export_refused"]
+    # an edited age in an encrypted header: prune keeps it and says why
+    old = encrypt_clip(recorded_clip(tmp_path / "us-old.mcap", keys, "us", recorded_ns=NOW_NS - 400 * DAY_NS), keys)
+    patch_header(old, str(NOW_NS - 400 * DAY_NS).encode(), str(NOW_NS - 1 * DAY_NS).encode())  # "1 day old"
+    audit = AuditLog(tmp_path / "audit2.jsonl")
+    p = prune(tmp_path, POLICY, audit, NOW_NS, keys)
+    assert old.exists() and any("us-old.mcap.enc" in e and "fails authentication" in e for e in p.errors)
+
+
+# -- point 6: export into a shared destination ------------------------------------------------
+def test_export_follows_no_symlink_and_uses_no_predictable_temp_file(tmp_path):
+    """Someone who can write the destination plants links at the names export would write (the
+    old temp name was .NAME.PID.tmp, and the final name): the clip must not land behind them."""
+    keys = tmp_path / "keys"
+    clip = recorded_clip(tmp_path / "sim-1.mcap", keys, "sim")
+    dest, loot = tmp_path / "shared", tmp_path / "attacker"
+    dest.mkdir()
+    loot.mkdir()
+    os.symlink(loot / "via-temp", dest / f".{clip.name}.{os.getpid()}.tmp")
+    res = export([clip], "eu", dest, POLICY, AuditLog(tmp_path / "a.jsonl"), keys)
+    assert res[0].decision.allowed and (dest / clip.name).read_bytes() == clip.read_bytes()
+    assert not (dest / clip.name).is_symlink() and stat.S_IMODE((dest / clip.name).stat().st_mode) == 0o600
+    assert list(loot.iterdir()) == []  # nothing written through the planted link
+    # a link at the final name (even a dangling one) is an existing file: refused, not followed
+    clip2 = recorded_clip(tmp_path / "sim-2.mcap", keys, "sim")
+    os.symlink(loot / "via-name", dest / clip2.name)
+    res = export([clip2], "eu", dest, POLICY, AuditLog(tmp_path / "a.jsonl"), keys)
+    assert not res[0].decision.allowed and "already exists" in res[0].decision.reason
+    assert list(loot.iterdir()) == []
+    # the destination itself a link: refused
+    os.symlink(loot, tmp_path / "linked")
+    res = export([clip2], "eu", tmp_path / "linked", POLICY, AuditLog(tmp_path / "a.jsonl"), keys)
+    assert not res[0].decision.allowed and "is a symlink" in res[0].decision.reason
+    assert list(loot.iterdir()) == []
+    assert sorted(p.name for p in dest.iterdir() if not p.is_symlink()) == [clip.name]  # no temp file left
+
+
+def test_the_audit_entry_is_written_before_the_copy_is_visible(tmp_path):
+    """An audit log that cannot be written: the export fails and nothing appears at the destination."""
+    keys = tmp_path / "keys"
+    clip = recorded_clip(tmp_path / "sim-1.mcap", keys, "sim")
+    (tmp_path / "not-a-dir").write_text("")
+    broken = AuditLog(tmp_path / "not-a-dir" / "audit.jsonl")
+    with pytest.raises(OSError):
+        export([clip], "eu", tmp_path / "out", POLICY, broken, keys)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+# -- point 9: a clip that cannot be encrypted ---------------------------------------------------
+def test_a_clip_that_cannot_be_encrypted_is_quarantined_unreadable_with_its_reason(tmp_path, caplog):
+    keys, rec = tmp_path / "keys", tmp_path / "rec"
+    rec.mkdir(mode=0o700)
+    crypto.keygen(keys, "us")
+    _, on_closed = recorder_hooks(POLICY, "us", (48, 64, 3), keys)  # us: encrypt at rest
+    ok = recorded_clip(rec / "us-1.mcap", keys, "us")
+    assert on_closed(ok).name == "us-1.mcap.enc" and not ok.exists()
+    (keys / "us.key").rename(tmp_path / "us.key.offline")  # the key store is gone (unmounted, deleted...)
+    clip = recorded_clip(rec / "us-2.mcap", keys, "us")
+    assert stat.S_IMODE(clip.stat().st_mode) & 0o044  # what the writer leaves: readable until encrypted
+    with caplog.at_level(logging.WARNING, logger="edgert.fleet"), \
+            pytest.raises(Quarantined, match=r"us-2.mcap: encryption failed 3 times .*no key for region 'us'"):
+        on_closed(clip)
+    assert not clip.exists()  # no plaintext left under its name
+    q = rec / "quarantine" / "us-2.mcap"
+    assert stat.S_IMODE(q.stat().st_mode) == 0 and stat.S_IMODE(q.parent.stat().st_mode) == 0o700
+    assert "no key for region 'us'" in (rec / "quarantine" / "us-2.mcap.reason").read_text()
+    assert sum("try" in r.getMessage() for r in caplog.records) == 3  # retried before giving up
+    assert any("quarantined" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert list(rec.glob("*.mcap")) == [] and list(rec.glob(".*")) == []  # no plaintext, no temp file beside
