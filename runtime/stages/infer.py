@@ -35,7 +35,8 @@ class InferStage(Stage):
 
     def setup(self) -> None:
         icfg = self.cfg.infer
-        manifest = approved_manifest(self.cfg)  # signed, unaltered, approved for pipeline.market
+        # signed, unaltered, approved for pipeline.market, and the one the supervisor pinned at start
+        manifest = approved_manifest(self.cfg, pin=self.ctx.manifest_sha256)
         cache = self.cfg.cache_dir()
         profile = resolve(icfg.profile, cache, cuda_graph=icfg.cuda_graph)
         providers = icfg.providers if icfg.providers != ["auto"] else list(profile.providers)
