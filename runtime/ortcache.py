@@ -35,6 +35,7 @@ def cache_path(cache_dir: Path, model_sha256: str, providers: list[str]) -> Path
 
 def load(path: Path, key: bytes) -> bytes | None:
     """The cached optimised model, if present and its seal verifies; None means: build it now."""
+    path.with_suffix(".sha256").unlink(missing_ok=True)  # the unauthenticated checksum of earlier versions
     try:
         return cacheseal.read_sealed(path, key, path.name)
     except cacheseal.SealBroken:
