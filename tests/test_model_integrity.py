@@ -60,6 +60,7 @@ def _sha(d: Path) -> str:
     return hashlib.sha256((d / "manifest.toml").read_bytes()).hexdigest()
 
 
+@pytest.mark.timeout(400)  # a whole pipeline and three refused restarts, on a shared machine
 def test_edited_manifest_mid_run_keeps_killed_control_from_coming_back(pilotnet_signed, tmp_path, capfd):
     """processes mode: edit (and re-sign) manifest.toml while the pipeline runs, SIGKILL control:
     every restart refuses the new manifest, naming the file and both hashes, and the run ends
@@ -114,6 +115,7 @@ class CrashOnDemandControl(ControlStage):
         super().step()
 
 
+@pytest.mark.timeout(400)  # a whole pipeline and three refused restarts, on a shared machine
 def test_threads_mode_stages_get_the_pin_and_a_restart_refuses_the_edit(pilotnet_signed, tmp_path, caplog):
     d, priv, trusted = pilotnet_signed
     cfg = load(DEFAULT_CONFIG).replace(infer={"model": str(d), "trusted_keys": str(trusted),
