@@ -84,8 +84,9 @@ def load_key(path: Path | None = None) -> bytes:
         try:
             _create(path)
         except OSError as e:
-            raise CacheKeyError(f"cannot create the cache key {path} ({e}); make {path.parent} writable by this "
-                                "user, set XDG_CONFIG_HOME to a folder that is, or set infer.cache_dir = \"off\"") from None
+            raise CacheKeyError(f"cannot create the cache key {path} ({e}); make {path.parent} writable by "
+                                "this user, set XDG_CONFIG_HOME to a folder that is, or set infer.cache_dir = "
+                                "\"off\"") from None
     _check_dirs(path.parent, path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

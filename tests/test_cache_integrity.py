@@ -113,7 +113,8 @@ def test_tensorrt_caches_reach_the_provider_only_through_a_verified_private_copy
 
     key = cacheseal.load_key()
     trt = resolve("x86-nvidia", tmp_path / "cache").provider_options["TensorrtExecutionProvider"]
-    assert wants_caches(trt) and not wants_caches(resolve("x86-nvidia", None).provider_options["TensorrtExecutionProvider"])
+    assert wants_caches(trt)
+    assert not wants_caches(resolve("x86-nvidia", None).provider_options["TensorrtExecutionProvider"])
     model_a, model_b = "a" * 64, "b" * 64
     first = TrtCaches(trt, model_a, key)
     assert first.options["trt_engine_cache_path"] == first.options["trt_timing_cache_path"] == str(first.private)
