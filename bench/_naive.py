@@ -81,7 +81,7 @@ class _NaiveStage(Stage):
     in_topic = out_topic = ""
 
     def setup(self) -> None:
-        self.manifest = approved_manifest(self.cfg)  # signed and approved, as edgert loads it
+        self.manifest = approved_manifest(self.cfg, pin=self.ctx.manifest_sha256)  # as edgert loads it
         self.inp = _sub(self, self.in_topic)
         self.out = _pub(self, self.out_topic) if self.out_topic else None
         self.prepare()

@@ -3,7 +3,9 @@
 Inputs are bound where the preprocessing stage wrote them (a frame-pool slot), outputs
 land in buffers allocated once, so a frame costs one `run_with_iobinding` and no copies.
 With a cache directory, the optimised graph is kept on disk (runtime/ortcache.py) and
-TensorRT keeps its engines there (runtime/profiles.py), so a restart is warm.
+TensorRT keeps its engines there (runtime/profiles.py), so a restart is warm. Both are sealed
+with the user's cache key and used only when the seal verifies (runtime/cacheseal.py,
+runtime/trtcache.py): a cache can make a start faster, never change what the model computes.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime import ortcache
+from runtime import cacheseal, ortcache
 from runtime.deviceio import DeviceIO, cuda_graph_enabled, session_device, without_graph
 from runtime.manifest import ModelError, ModelManifest
 from runtime.providers import describe, plan
+from runtime.trtcache import TrtCaches, wants_caches
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +62,20 @@ class Engine:
         self.manifest = manifest
         data = manifest.read_verified()
         self.plan = plan(providers)
-        options = provider_options or {}
-        for opts in options.values():  # TensorRT writes its engine/timing caches there
-            for key, value in opts.items():
-                if key.endswith("_cache_path"):
-                    Path(value).mkdir(parents=True, exist_ok=True)
+        options = dict(provider_options or {})
+        trt = options.get("TensorrtExecutionProvider", {})
+        use_trt_caches = "TensorrtExecutionProvider" in self.plan.chosen and wants_caches(trt)
+        key = cacheseal.load_key() if cache_dir is not None or use_trt_caches else b""
+        self.trt_caches: TrtCaches | None = None
+        if use_trt_caches:  # TensorRT reads a private copy of the caches whose seal verifies
+            self.trt_caches = TrtCaches(trt, manifest.sha256, key)
+            options["TensorrtExecutionProvider"] = self.trt_caches.options
         self.cache_hit = False
         cache = None
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             cache = ortcache.cache_path(Path(cache_dir), manifest.sha256, self.plan.chosen)
-            cached = ortcache.load(cache)
+            cached = ortcache.load(cache, key)
             if cached is not None:
                 try:
                     self.session, options = self._open(cached, lambda: session_options(
@@ -78,15 +84,16 @@ class Engine:
                 except Exception as e:  # a cache ORT cannot read is rebuilt, not fatal
                     log.warning("optimised-model cache %s unusable (%s): rebuilding it", cache, ort_reason(e))
         if not self.cache_hit:
-            try:
-                self.session, options = self._open(data, lambda: session_options(
-                    intra_op_threads, save_to=cache), options)
-            except Exception as e:  # onnxruntime raises its own exception types without a common base
-                raise ModelError(f"{manifest.path}: onnxruntime {ort.__version__} cannot load it with "
-                                 f"{', '.join(self.plan.chosen)}: {ort_reason(e)}. Check the model's opset and "
-                                 "operators against this onnxruntime, or choose another provider") from None
-            if cache is not None:
-                ortcache.seal(cache)
+            with ortcache.saving(cache) as save_to:  # ORT writes the graph privately; it is sealed from there
+                try:
+                    self.session, options = self._open(data, lambda: session_options(
+                        intra_op_threads, save_to=save_to), options)
+                except Exception as e:  # onnxruntime raises its own exception types without a common base
+                    raise ModelError(f"{manifest.path}: onnxruntime {ort.__version__} cannot load it with "
+                                     f"{', '.join(self.plan.chosen)}: {ort_reason(e)}. Check the model's opset and "
+                                     "operators against this onnxruntime, or choose another provider") from None
+                if cache is not None and save_to is not None:
+                    ortcache.store(save_to, cache, key)
         self.providers = self.session.get_providers()
         self.provider_note = describe(self.plan, self.providers)
         log.info("model %s %s: %s%s", manifest.name, manifest.version, self.provider_note,
@@ -95,6 +102,13 @@ class Engine:
         self.outputs = {o.name: np.zeros(o.shape, dtype=o.dtype) for o in manifest.outputs}
         self.device = session_device(self.providers)  # "cuda": bind_device() keeps tensors on the GPU
         self.cuda_graph = cuda_graph_enabled(self.providers, options)
+        self.seal_caches()
+
+    def seal_caches(self) -> None:
+        """Seal the TensorRT engines and timing caches built so far into the shared cache (after
+        the session is made and again after warm-up, when engines for new shapes are built)."""
+        if self.trt_caches is not None:
+            self.trt_caches.publish()
 
     def _open(self, model: bytes | str, make_options, options: dict[str, dict[str, str]],  # type: ignore[no-untyped-def]
               ) -> tuple[ort.InferenceSession, dict[str, dict[str, str]]]:
@@ -171,3 +185,4 @@ class Engine:
         binding = self.bind(zeros)
         for _ in range(runs):
             self.run(binding)
+        self.seal_caches()

@@ -5,6 +5,10 @@
 variant is approved for and, optionally, its operating domain (`[odd]`: the conditions it was
 validated in; outside them control hands over). `verify()` hashes the file before any session
 is created.
+
+A pipeline run pins the manifest too: the supervisor approves it once at start and hands its
+sha256 to every stage (`pin`), and a stage that finds other bytes refuses to start
+(ManifestChanged), so an edit mid-run never reaches a restarted stage, control's decoder included.
 """
 
 from __future__ import annotations
@@ -29,6 +33,21 @@ DTYPES = ("float32", "float16", "uint8", "int32")
 
 class ModelError(ValueError):
     """A model or its manifest is missing, corrupt or does not match what was declared."""
+
+
+class ManifestChanged(ModelError):
+    """The manifest on disk is not the one the pipeline approved at start (its pinned sha256)."""
+
+
+def check_pin(path: Path, data: bytes, pin: str) -> str:
+    """The sha256 of the manifest bytes `data`; ManifestChanged unless it is `pin` ("" = no pin)."""
+    digest = hashlib.sha256(data).hexdigest()
+    if pin and digest != pin:
+        raise ManifestChanged(f"{path} changed after the pipeline approved it: its sha256 is now {digest}, the run "
+                              f"pinned {pin} at start. A stage of this run loads only the approved manifest, so it "
+                              "refuses to start; restore the approved manifest, or restart the pipeline to have "
+                              "the new one verified and approved")
+    return digest
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,7 @@ class ModelManifest:
     # [odd] mean_level: the camera image's mean 8-bit level (lower, upper) the model was validated for;
     # preprocess flags frames outside it (runtime/camhealth.py) and control hands over. None = no check
     odd_mean_level: tuple[float, float] | None = None
+    manifest_sha256: str = ""  # of the manifest.toml bytes this was parsed from (what a run pins)
 
     @property
     def path(self) -> Path:
@@ -136,16 +156,20 @@ def _odd_mean_level(raw: dict[str, Any]) -> tuple[float, float] | None:
     return float(level[0]), float(level[1])
 
 
-def load_manifest(model_dir: str | Path, data: bytes | None = None) -> ModelManifest:
+def load_manifest(model_dir: str | Path, data: bytes | None = None, pin: str = "") -> ModelManifest:
     """Parse and validate `model_dir/manifest.toml` (the model file itself is checked by read_verified).
 
     `data` is the manifest's bytes when the caller already read them (runtime/signing.py parses
-    exactly the bytes whose signature it checked).
+    exactly the bytes whose signature it checked). `pin`: the sha256 those bytes must have (the
+    run's approved manifest); other bytes raise ManifestChanged.
     """
     model_dir = Path(model_dir)
     path = model_dir / "manifest.toml"
     try:
-        raw = tomllib.loads(path.read_text() if data is None else data.decode())
+        if data is None:
+            data = path.read_bytes()
+        digest = check_pin(path, data, pin)
+        raw = tomllib.loads(data.decode())
     except UnicodeDecodeError as e:
         raise ModelError(f"{path}: not UTF-8 text ({e})") from None
     except FileNotFoundError:
@@ -170,7 +194,8 @@ def load_manifest(model_dir: str | Path, data: bytes | None = None) -> ModelMani
         file=model.get("file", "model.onnx"), sha256=sha, markets=tuple(model.get("markets", [])),
         license=model.get("license", ""), provenance=model.get("provenance", ""),
         inputs=_tensors(raw.get("inputs"), "inputs"), outputs=_tensors(raw.get("outputs"), "outputs"),
-        preprocess=pre, decoder=decoder, publisher=model.get("publisher", ""), odd_mean_level=_odd_mean_level(raw))
+        preprocess=pre, decoder=decoder, publisher=model.get("publisher", ""), odd_mean_level=_odd_mean_level(raw),
+        manifest_sha256=digest)
     if not isinstance(m.publisher, str):
         raise ModelError(f"model.publisher: expected a string (a key in models/publishers/), got {m.publisher!r}")
     outputs = {o.name: o for o in m.outputs}

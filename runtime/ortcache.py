@@ -3,18 +3,27 @@
 The first session of a model saves the graph ONNX Runtime optimised; later sessions load
 that file with optimisation off. The file is specific to this machine, this onnxruntime
 version and these providers (ORT may fuse nodes for the hardware it saw), so its name
-carries all three and the model's sha256. Its own sha256 is written beside it when it is
-created and checked before every load: a corrupt or replaced cache file is deleted and
-rebuilt, never loaded, so the cache cannot weaken the manifest's integrity check.
+carries all three and the model's sha256.
+
+The cached graph is what runs, so it must be exactly what this runtime built from the
+verified model: it is sealed with the user's cache key (runtime/cacheseal.py, HMAC-SHA256
+over its name and bytes), and loaded only if the seal verifies, from the same bytes that were
+checked. A replaced, corrupt or foreign graph (another model's, sealed under its own name) is
+deleted and rebuilt from the model, never loaded. ONNX Runtime writes the new graph into a
+private temporary folder, so the bytes sealed are the ones it wrote.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
+
+from runtime import cacheseal
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +33,29 @@ def cache_path(cache_dir: Path, model_sha256: str, providers: list[str]) -> Path
     return cache_dir / f"{model_sha256[:24]}-ort{ort.__version__}-{tag}.onnx"
 
 
-def load(path: Path) -> bytes | None:
-    """The cached optimised model, if present and intact; None means: build it now."""
-    side = path.with_suffix(".sha256")
-    if not path.is_file() or not side.is_file():
+def load(path: Path, key: bytes) -> bytes | None:
+    """The cached optimised model, if present and its seal verifies; None means: build it now."""
+    path.with_suffix(".sha256").unlink(missing_ok=True)  # the unauthenticated checksum of earlier versions
+    try:
+        return cacheseal.read_sealed(path, key, path.name)
+    except cacheseal.SealBroken:
+        log.warning("optimised-model cache %s is not sealed by this user's key (replaced, corrupt or another "
+                    "model's): deleted, not loaded; rebuilding it from the verified model", path)
         return None
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != side.read_text().strip():
-        log.warning("optimised-model cache %s is corrupt (sha256 mismatch): rebuilding it", path)
-        path.unlink(missing_ok=True)
-        side.unlink(missing_ok=True)
-        return None
-    return data
 
 
-def seal(path: Path) -> None:
-    """Record the sha256 of a cache file ONNX Runtime has just written."""
-    if path.is_file():
-        path.with_suffix(".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())
+@contextlib.contextmanager
+def saving(path: Path | None) -> Iterator[Path | None]:
+    """Where ONNX Runtime should save the optimised graph destined for `path`: a file in a private
+    temporary folder (None when there is no cache), removed afterwards."""
+    if path is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="edgert-ort-") as tmp:  # 0700: only this user writes there
+        yield Path(tmp) / path.name
+
+
+def store(saved: Path, path: Path, key: bytes) -> None:
+    """Seal the graph ONNX Runtime wrote at `saved` and put it at `path`."""
+    if saved.is_file():
+        cacheseal.write_sealed(path, saved.read_bytes(), key, path.name)

@@ -10,6 +10,10 @@ public keys (more than one while a key is being rotated).
 The pipeline loads a model only through `load_approved`: unsigned, altered, signed by an
 unknown key or not approved for `pipeline.market` is refused with the model, the problem and
 the fix. `edgert infer` (one-shot, any ONNX file) does not ask for a signature.
+
+The supervisor approves the manifest once at start and pins its sha256 for the run; every stage
+passes that pin back (`pin=`), so a manifest edited (even re-signed) mid-run is refused by a
+stage that restarts, with the file and both hashes, instead of being loaded.
 """
 
 from __future__ import annotations
@@ -137,14 +141,16 @@ def _read_sig(model_dir: Path, name: str) -> bytes:
     return sig
 
 
-def verify_signature(model_dir: str | Path, trusted_dir: str | Path) -> ModelManifest:
-    """The manifest parsed from exactly the bytes whose signature checked out, else ApprovalError."""
+def verify_signature(model_dir: str | Path, trusted_dir: str | Path, pin: str = "") -> ModelManifest:
+    """The manifest parsed from exactly the bytes whose signature checked out, else ApprovalError.
+
+    `pin`: the sha256 the bytes must have (the run's approved manifest), else ManifestChanged."""
     d, trusted = Path(model_dir), Path(trusted_dir)
     try:
         data = (d / "manifest.toml").read_bytes()
     except FileNotFoundError:
         raise ModelError(f"no manifest at {d / 'manifest.toml'}") from None
-    m = load_manifest(d, data)
+    m = load_manifest(d, data, pin=pin)
     sig = _read_sig(d, m.name)
     if not m.publisher:
         raise ApprovalError(f"model {m.name!r} ({d}): the manifest names no publisher, so no key can vouch for "
@@ -174,16 +180,21 @@ def check_market(m: ModelManifest, market: str) -> None:
                             "markets) or set pipeline.market to where the vehicle is sold")
 
 
-def load_approved(model_dir: str | Path, market: str, trusted_dir: str | Path) -> ModelManifest:
-    """The manifest of a model the pipeline may run in `market`; ApprovalError says why not."""
-    m = verify_signature(model_dir, trusted_dir)
+def load_approved(model_dir: str | Path, market: str, trusted_dir: str | Path, pin: str = "") -> ModelManifest:
+    """The manifest of a model the pipeline may run in `market`; ApprovalError says why not.
+
+    `pin`: the sha256 the manifest's bytes must have (ManifestChanged otherwise)."""
+    m = verify_signature(model_dir, trusted_dir, pin=pin)
     check_market(m, market)
     return m
 
 
-def approved_manifest(cfg: PipelineConfig) -> ModelManifest:
-    """`load_approved` for a pipeline config: its model, `pipeline.market`, `infer.trusted_keys`."""
-    return load_approved(cfg.model_dir(), cfg.pipeline.market, cfg.trusted_keys_dir())
+def approved_manifest(cfg: PipelineConfig, pin: str = "") -> ModelManifest:
+    """`load_approved` for a pipeline config: its model, `pipeline.market`, `infer.trusted_keys`.
+
+    A stage passes its run's pin (StageContext.manifest_sha256): the manifest the supervisor
+    approved at start, and no other."""
+    return load_approved(cfg.model_dir(), cfg.pipeline.market, cfg.trusted_keys_dir(), pin=pin)
 
 
 def signature_status(model_dir: str | Path, trusted_dir: str | Path) -> str:

@@ -33,6 +33,7 @@ class StageContext:
     endpoints: Endpoints
     zmq: zmq.Context
     stop: threading.Event
+    manifest_sha256: str = ""  # the run's approved manifest (supervisor's pin); "" = a stage run alone
 
 
 class RateLimitedLog:

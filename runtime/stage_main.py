@@ -30,6 +30,7 @@ from runtime.stages import stage_class
 from runtime.transport import Endpoints
 
 PR_SET_PDEATHSIG = 1
+MANIFEST_PIN = "manifest.sha256"  # in the run dir, beside pipeline.json: written by the supervisor
 
 
 def _die_with_parent(supervisor_pid: int) -> None:
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     setproctitle.setthreadtitle(f"edgert-{name}")
     _die_with_parent(int(run_id.split(".")[0]))  # the run id starts with the supervisor's pid
     cfg = PipelineConfig.from_json((Path(run_dir) / "pipeline.json").read_text())
+    try:  # the sha256 of the manifest the supervisor approved at start: a stage loads no other
+        pin = (Path(run_dir) / MANIFEST_PIN).read_text().strip()
+    except FileNotFoundError:
+        sys.exit(f"edgert-{name}: no {MANIFEST_PIN} in {run_dir}; stages are started by the supervisor")
     setup_logging(cfg.pipeline.log_level)
     log = logging.getLogger(f"edgert.{name}")
     stop = threading.Event()
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         auth = start_authenticator(ctx, endpoints.curve_dir)
     try:
         cls = load_stage_class(target) if target else stage_class(name, cfg.camera.source)
-        return run_stage(cls(StageContext(name, cfg, run_id, endpoints, ctx, stop)))
+        return run_stage(cls(StageContext(name, cfg, run_id, endpoints, ctx, stop, manifest_sha256=pin)))
     finally:
         if auth is not None:
             auth.stop()

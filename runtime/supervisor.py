@@ -35,7 +35,7 @@ from runtime.mailbox import Mailbox
 from runtime.procenv import stage_env
 from runtime.signing import approved_manifest
 from runtime.stage import StageContext, run_stage
-from runtime.stage_main import load_stage_class
+from runtime.stage_main import MANIFEST_PIN, load_stage_class
 from runtime.stages import STAGE_NAMES, stage_class, stage_names
 from runtime.stages.capture import CAMERA_STREAM
 from runtime.stages.preprocess import TENSOR_STREAM
@@ -191,6 +191,9 @@ class Supervisor:
         # error (ApprovalError / ModelError), before any stage starts
         manifest = approved_manifest(self.cfg)
         manifest.read_verified()
+        self.manifest_sha256 = manifest.manifest_sha256  # pinned: every stage loads these bytes or refuses
+        log.info("model %s %s approved; manifest sha256 %s pinned for the run", manifest.name, manifest.version,
+                 self.manifest_sha256)
         cam = self.cfg.camera
         spec = manifest.inputs[0]
         self.pools: list[FramePool] = []
@@ -205,6 +208,7 @@ class Supervisor:
         try:  # from here on, whatever fails, _shutdown removes what was made
             self._run_lock = shm.hold_run_dir(self.run_dir)  # tells other runs this one lives (runtime/shm.py)
             (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
+            (self.run_dir / MANIFEST_PIN).write_text(self.manifest_sha256)
             self.pools.append(FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots,
                                                cam.width * cam.height * 3 * cam.cameras))
             self.pools.append(FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
@@ -228,7 +232,8 @@ class Supervisor:
         return self.summary()
 
     def _make_ctx(self, name: str, stop: threading.Event) -> StageContext:
-        return StageContext(name, self.cfg, self.run_id, self.endpoints, self.zmq, stop)
+        return StageContext(name, self.cfg, self.run_id, self.endpoints, self.zmq, stop,
+                            manifest_sha256=self.manifest_sha256)
 
     def _start(self) -> None:
         self.heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")

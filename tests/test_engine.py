@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -154,7 +156,7 @@ def test_optimised_model_cache_is_used_and_checked(tiny_model, tmp_path):
     first = Engine(m, providers=["CPUExecutionProvider"], cache_dir=cache)
     assert not first.cache_hit
     files = sorted(cache.glob("*.onnx"))
-    assert len(files) == 1 and files[0].with_suffix(".sha256").is_file()
+    assert len(files) == 1 and Path(f"{files[0]}.seal").is_file()  # sealed with the user's key (test_cache_integrity)
     second = Engine(m, providers=["CPUExecutionProvider"], cache_dir=cache)
     assert second.cache_hit
     x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)

@@ -36,7 +36,8 @@ class ControlStage(Stage):
 
     def setup(self) -> None:
         c = self.cfg.control
-        self.decoder = load_manifest(self.cfg.model_dir()).decoder
+        # the manifest the supervisor approved at start (its pin), never one edited since
+        self.decoder = load_manifest(self.cfg.model_dir(), pin=self.ctx.manifest_sha256).decoder
         self.deadline_ns = self.cfg.deadline_ns
         self.period_ns = int(1e9 / self.cfg.camera.fps)
         self.max_steer = c.max_steer_rad

@@ -35,7 +35,8 @@ class InferStage(Stage):
 
     def setup(self) -> None:
         icfg = self.cfg.infer
-        manifest = approved_manifest(self.cfg)  # signed, unaltered, approved for pipeline.market
+        # signed, unaltered, approved for pipeline.market, and the one the supervisor pinned at start
+        manifest = approved_manifest(self.cfg, pin=self.ctx.manifest_sha256)
         cache = self.cfg.cache_dir()
         profile = resolve(icfg.profile, cache, cuda_graph=icfg.cuda_graph)
         providers = icfg.providers if icfg.providers != ["auto"] else list(profile.providers)
@@ -58,8 +59,9 @@ class InferStage(Stage):
         if self.device_io:  # warm up on the binding the frames use: its first run captures the CUDA graph
             for _ in range(max(icfg.warmup_runs, 2)):
                 self.device_io.run()
+            self.engine.seal_caches()  # TensorRT engines built in the warm-up, sealed for the next start
         else:
-            self.engine.warmup(icfg.warmup_runs)
+            self.engine.warmup(icfg.warmup_runs)  # seals them itself
         self.input = FrameInput(self, "tensors", pool, STREAM_IDS[TENSOR_STREAM], spec.shape, spec.dtype,
                                 warm_work=self._warm_run if icfg.warm_run and self.warm_us else None)
         self._warm_ns = np.zeros(WARM_RUN_PROBE, np.int64)

@@ -30,7 +30,8 @@ class PreprocessStage(Stage):
 
     def setup(self) -> None:
         cam = self.cfg.camera
-        manifest = approved_manifest(self.cfg)  # signed, unaltered, approved for pipeline.market
+        # signed, unaltered, approved for pipeline.market, and the one the supervisor pinned at start
+        manifest = approved_manifest(self.cfg, pin=self.ctx.manifest_sha256)
         self.src_shape = (cam.height, cam.width, 3)
         if self.cfg.preprocess.threads > 1:  # a serial kernel needs no thread pool
             numba.set_num_threads(min(self.cfg.preprocess.threads, numba.config.NUMBA_NUM_THREADS))

@@ -134,7 +134,7 @@ class RecorderStage(Stage):
                     self.log.info("cut-off recording now %s", self.on_clip_closed(info.path).name)
                 except Exception as e:  # noqa: BLE001 - said so; an encryption hook quarantines what it cannot encrypt
                     self.log.error("could not apply on_clip_closed to %s: %s", info.path.name, e)
-        manifest = load_manifest(self.cfg.model_dir())
+        manifest = load_manifest(self.cfg.model_dir(), pin=self.ctx.manifest_sha256)  # the run's approved one
         self.wall_offset = mcapio.wall_offset_ns()
         self.meta = {
             "region": rec.region, "vehicle_id": rec.vehicle_id or socket.gethostname(), "run_id": self.ctx.run_id,

@@ -1,0 +1,164 @@
+"""Seals for cache files: HMAC-SHA256 under a key only the runtime user can read.
+
+A cache folder may be writable by others (a shared /var/cache, a group-writable home, a
+service account's group). A plain sha256 beside a cached file proves nothing there: whoever
+replaces the file replaces its sum too. Every cache file the runtime loads (ONNX Runtime's
+optimised graph, TensorRT's engines and timing caches) is therefore sealed with HMAC-SHA256
+over its name and bytes, under a per-user key: `$XDG_CONFIG_HOME/edgert/cache.key`
+(`~/.config/edgert/cache.key`), 32 random bytes made 0600 on first use. The name is part of
+what is sealed, so a sealed file copied under another name (another model's graph) fails too.
+
+The key is used only if it is a regular file (not a link) owned by this user that nobody else
+can read, in folders nobody else can write (a sticky folder such as /tmp excepted); otherwise
+CacheKeyError names the file, what is wrong and the fix. A seal that does not verify is never
+loaded: the caller rebuilds the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from runtime.manifest import ModelError
+
+KEY_BYTES = 32
+SEAL_PREFIX = "hmac-sha256 "
+SEAL_SUFFIX = ".seal"
+_DOMAIN = b"edgert cache seal v1\0"
+
+
+class CacheKeyError(ModelError):
+    """The cache key cannot be trusted (owner, mode, type) or cannot be made."""
+
+
+class SealBroken(Exception):
+    """A cache file's seal does not verify; the file has been deleted (the caller says so and rebuilds)."""
+
+
+def key_path() -> Path:
+    """Where this user's cache key lives (XDG config dir, not the cache dir it protects)."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgert" / "cache.key"
+
+
+def _check_dirs(folder: Path, key: Path) -> None:
+    """Every folder above the key must be this user's or root's and writable by nobody else
+    (unless sticky): otherwise another user could rename the key away and put their own there."""
+    uid = os.geteuid()
+    for d in [folder, *folder.parents]:
+        st = d.stat()
+        if st.st_uid not in (uid, 0):
+            raise CacheKeyError(f"cache key {key}: folder {d} belongs to uid {st.st_uid}, not to this user ({uid}) "
+                                "or root, so its owner could swap the key; keep the key under your own folders "
+                                "(set XDG_CONFIG_HOME) or set infer.cache_dir = \"off\"")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            raise CacheKeyError(f"cache key {key}: folder {d} is writable by group or others (mode "
+                                f"{stat.S_IMODE(st.st_mode):o}), so they could swap the key; `chmod go-w {d}`, "
+                                "or set infer.cache_dir = \"off\"")
+
+
+def _create(path: Path) -> None:
+    """A new random key, appearing complete or not at all (link(2) of a finished 0600 file)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(KEY_BYTES))
+        os.fsync(fd)
+        os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another stage made it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_key(path: Path | None = None) -> bytes:
+    """This user's cache key, made on first use; CacheKeyError if it cannot be trusted."""
+    path = path or key_path()
+    if not path.exists() and not path.is_symlink():
+        try:
+            _create(path)
+        except OSError as e:
+            raise CacheKeyError(f"cannot create the cache key {path} ({e}); make {path.parent} writable by "
+                                "this user, set XDG_CONFIG_HOME to a folder that is, or set infer.cache_dir = "
+                                "\"off\"") from None
+    _check_dirs(path.parent, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:  # ELOOP: a symbolic link
+        raise CacheKeyError(f"cache key {path} cannot be opened as a plain file ({e.strerror}); remove it (a new "
+                            "one is made) and clear the cache folder") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CacheKeyError(f"cache key {path} is not a regular file; remove it (a new one is made)")
+        if st.st_uid != os.geteuid():
+            raise CacheKeyError(f"cache key {path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}): "
+                                "someone else could have made it. Remove it (a new one is made) and clear the "
+                                "cache folder")
+        if st.st_mode & 0o077:
+            raise CacheKeyError(f"cache key {path} has mode {stat.S_IMODE(st.st_mode):o}: others can read it and forge "
+                                f"cache seals. Remove it (a new one is made) and clear the cache folder; keys are "
+                                "made 0600")
+        data = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) != KEY_BYTES:
+        raise CacheKeyError(f"cache key {path} holds {len(data)} bytes, not {KEY_BYTES}; remove it (a new one is made)")
+    return data
+
+
+def seal_of(key: bytes, name: str, data: bytes) -> str:
+    """The seal text for the bytes `data` cached under `name`."""
+    mac = hmac.new(key, _DOMAIN + name.encode() + b"\0" + data, hashlib.sha256)
+    return SEAL_PREFIX + mac.hexdigest()
+
+
+def verifies(key: bytes, name: str, data: bytes, seal: str) -> bool:
+    """True if `seal` is the seal of `data` under `name` (compared in constant time)."""
+    return hmac.compare_digest(seal.strip().encode(), seal_of(key, name, data).encode())
+
+
+def seal_path(path: Path) -> Path:
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_sealed(path: Path, data: bytes, key: bytes, name: str) -> None:
+    """Store `data` at `path` with its seal beside it (each replaced whole, never half-written)."""
+    _write_atomic(path, data)
+    _write_atomic(seal_path(path), (seal_of(key, name, data) + "\n").encode())
+
+
+def read_sealed(path: Path, key: bytes, name: str) -> bytes | None:
+    """The bytes at `path` if its seal verifies, None if there is no such file. A file whose seal
+    is missing or does not verify (replaced, corrupt, sealed under another name or key) is deleted
+    and SealBroken raised: the caller rebuilds it. The bytes returned are the ones checked: hand
+    those on, never the path, so nothing can be swapped between the check and the use."""
+    try:
+        data = path.read_bytes()
+        seal = seal_path(path).read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        data, seal = b"", ""
+        if not path.exists():
+            return None
+    if verifies(key, name, data, seal):
+        return data
+    path.unlink(missing_ok=True)
+    seal_path(path).unlink(missing_ok=True)
+    raise SealBroken(path)
