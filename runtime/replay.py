@@ -253,7 +253,7 @@ def run_replay(path: str | Path, config: PipelineConfig | None = None, model: st
         sup = Supervisor(cfg)
         summary = _drive(sup, n_frames)
         new_files = sorted(out_dir.glob("*.mcap")) + sorted(out_dir.glob(f"*{mcapio.TRUNCATED}"))
-        new_dec = load_manifest(cfg.model_dir()).decoder
+        new_dec = load_manifest(cfg.model_dir(), pin=sup.manifest_sha256).decoder  # the one the run used
         old_index = int(meta.get("decoder_index", new_dec.index))
         old_scale = float(meta.get("decoder_scale", new_dec.scale))
         recorded = steering_outputs([path], old_index, old_scale)
