@@ -46,6 +46,7 @@ class PipelineSection:
     curve: bool = False  # tcp only: encrypt and authenticate every socket with ZeroMQ CURVE
     duration_s: float = 0.0  # 0 = until SIGINT/SIGTERM
     ready_timeout_s: float = 180.0
+    restart_timeout_s: float = 60.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     spin_us: int = 0  # processes mode: busy-poll each input this wide around the next frame's due time
@@ -258,6 +259,7 @@ _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots",
              "camera.cameras", "camera.frames",
              "preprocess.threads", "control.max_steer_rad",
              "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad", "pipeline.ready_timeout_s",
+             "pipeline.restart_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
              "sim.vehicle_width_m", "sim.road_length_m", "record.ring_s", "record.segment_s"}
 _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
@@ -286,6 +288,7 @@ _MAX = {
     "infer.intra_op_threads": (256, "threads", ""),
     "preprocess.threads": (256, "threads", ""),
     "pipeline.ready_timeout_s": (3600.0, "s", "a first start compiles kernels; an hour is a hang"),
+    "pipeline.restart_timeout_s": (600.0, "s", "a restart finds the kernels compiled; longer is a hang"),
     "sim.speed_mps": (70.0, "m/s", "252 km/h"),
     "sim.added_latency_ms": (2000.0, "ms", ""),
     "sim.actuator_timeout_ms": (1000.0, "ms", "an actuator holding a stale command longer is unsafe"),
