@@ -16,9 +16,10 @@ each run's socket/config directory, which holds a locked `owner.lock`.
 
 /dev/shm and the temp directory are shared by every local user, so the sweeps and run discovery
 trust only what this user owns: an entry owned by another user, not a plain file or directory
-(a FIFO, a device, a symlink), a directory writable by group or others, or named with an absurd PID is
-skipped, never opened, followed, deleted or signalled. Files are opened O_NOFOLLOW | O_NONBLOCK,
-so a FIFO or a symlink swapped in after the check cannot block or redirect the open either.
+(a FIFO, a device, a symlink), a directory writable by group or others, or one named with an
+absurd PID is skipped: never opened, followed, deleted or signalled. Files are opened
+O_NOFOLLOW | O_NONBLOCK, so a FIFO or a link swapped in after the check cannot block or redirect
+the open either.
 """
 
 from __future__ import annotations
