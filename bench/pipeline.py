@@ -236,7 +236,7 @@ def run_once(cfg: PipelineConfig, stage_classes: dict[str, str] | None, min_coun
     if not w.done:  # the cap came first: report what there is, marked invalid
         w.n1, w.t1 = sup.telemetry.stamps.n, w.t0 + (summary["duration_s"] - warmup_s)
         w.counters1, w.cpu1 = {n: summary["stages"][n] for n in STAGES}, w.cpu0
-    stamps = sup.telemetry.stamps.data[w.n0:w.n1].astype(np.int64)
+    stamps = sup.telemetry.stamps.rows(w.n0, w.n1).astype(np.int64)  # the newest STAMP_WINDOW are kept
     window = max(w.t1 - w.t0, 1e-9)
     counters = {n: {k: int(w.counters1.get(n, {}).get(k, 0)) - int(w.counters0.get(n, {}).get(k, 0))
                     for k in ("frames", "dropped", "rejected", "errors")} for n in STAGES}

@@ -11,9 +11,12 @@ kernels/*.py file starts from an empty cache (one compile, ~5 s per kernel famil
 versions installed side by side never share compiled code. <root> is NUMBA_CACHE_DIR when the
 user set it (their choice of place is kept; the keyed sub-directory is added), else
 $XDG_CACHE_HOME/edgert/numba (~/.cache/edgert/numba), else a per-user folder in the temp dir
-when that is not writable. Each start marks its directory as used (its mtime); `kernels-*`
-directories beside it that no start has used for 30 days (older versions, old edits; a few MB
-each) are deleted then. Deleting any of them by hand is always safe too.
+when that is not writable. Numba's cache index is a pickle, so whoever can write the cache
+directory can run code in the pipeline: the temp-dir folder is used only if this user made it
+(owner, a real directory, mode 0700: `private_dir`); one planted by another user, or opened
+to group or others, is left alone and a fresh mkdtemp folder used instead. Each start marks
+its directory as used (its mtime); `kernels-*` directories beside it that no start has used for
+30 days (older versions, old edits; a few MB each) are deleted then. Deleting any of them by hand is always safe too.
 
 How: Numba picks a function's cache directory once, when the dispatcher is created with
 cache=True (numba.core.caching.UserProvidedCacheLocator reads numba.config.CACHE_DIR then).
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 import threading
@@ -39,6 +44,7 @@ from numba.core import config
 
 _PACKAGE = Path(__file__).resolve().parent
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def source_hash(package: Path = _PACKAGE) -> str:
@@ -60,6 +66,25 @@ def _writable(path: Path) -> bool:
     return True
 
 
+def private_dir(path: Path) -> Path:
+    """`path` made 0700, or kept if this user made it so (a directory, not a link, owned by this
+    user, no access for group or others); else a fresh mkdtemp folder beside it. In a shared
+    directory (/tmp) another user may have made `path` first to plant files for us to load."""
+    try:
+        os.mkdir(path, 0o700)
+        return path
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+        return path
+    fresh = Path(tempfile.mkdtemp(prefix=f"{path.name}-", dir=path.parent))
+    log.warning("%s is not a private directory of this user (owner uid %d, mode %o): not used for the Numba "
+                "cache, whose index is a pickle; compiling into %s instead. Remove %s, or set NUMBA_CACHE_DIR",
+                path, st.st_uid, stat.S_IMODE(st.st_mode), fresh, path)
+    return fresh
+
+
 @functools.lru_cache(maxsize=1)
 def cache_dir() -> str:
     """The directory the kernels' compiled code is cached in (created; see the module docstring)."""
@@ -72,7 +97,11 @@ def cache_dir() -> str:
         root = (Path(xdg) if xdg else Path.home() / ".cache") / "edgert" / "numba"
     path = root / name
     if not _writable(path):
-        path = Path(tempfile.gettempdir()) / f"edgert-numba-{os.getuid() if hasattr(os, 'getuid') else 0}" / name
+        shared = Path(tempfile.gettempdir()) / f"edgert-numba-{os.geteuid() if hasattr(os, 'geteuid') else 0}"
+        try:
+            path = private_dir(shared) / name
+        except OSError:
+            path = shared / name  # said below
         if not _writable(path):
             raise OSError(f"kernels: cannot create a Numba cache directory at {root / name} or {path}; "
                           "set NUMBA_CACHE_DIR to a writable directory")

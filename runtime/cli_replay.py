@@ -97,12 +97,14 @@ def _recorder_pid(run: str | None) -> tuple[int | None, str]:
     runs = [(d, rid) for d, rid, alive in shm.run_dirs() if alive and (run is None or rid == run or f".{run}" in rid)]
     if not runs:
         return None, "no running pipeline found; start one with `edgert run`"
-    _, run_id = runs[-1]
+    _, run_id = runs[-1]  # this user's own run directories only (shm.run_dirs)
     sup_pid = run_id.split(".")[0]
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
+            if p.stat().st_uid != os.geteuid():  # another user's process: never ours to signal
+                continue
             comm = (p / "comm").read_text().strip()
             ppid = next(line.split()[1] for line in (p / "status").read_text().splitlines() if line.startswith("PPid:"))
         except (OSError, StopIteration):
@@ -118,7 +120,12 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     if pid is None:
         print(f"edgert: error: {run_id}", file=sys.stderr)
         return 1
-    os.kill(pid, signal.SIGUSR1)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except (ProcessLookupError, PermissionError) as e:  # it ended (or changed hands) since we looked
+        print(f"edgert: error: cannot signal the recorder of run {run_id} (pid {pid}): {e.strerror}; "
+              "is the run still going? `edgert record trigger` again", file=sys.stderr)
+        return 1
     print(f"clip requested from the recorder of run {run_id} (pid {pid})")
     return 0
 

@@ -46,6 +46,7 @@ class PipelineSection:
     curve: bool = False  # tcp only: encrypt and authenticate every socket with ZeroMQ CURVE
     duration_s: float = 0.0  # 0 = until SIGINT/SIGTERM
     ready_timeout_s: float = 180.0
+    restart_timeout_s: float = 60.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     spin_us: int = 0  # processes mode: busy-poll each input this wide around the next frame's due time
@@ -258,6 +259,7 @@ _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots",
              "camera.cameras", "camera.frames",
              "preprocess.threads", "control.max_steer_rad",
              "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad", "pipeline.ready_timeout_s",
+             "pipeline.restart_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
              "sim.vehicle_width_m", "sim.road_length_m", "record.ring_s", "record.segment_s"}
 _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
@@ -265,6 +267,45 @@ _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadl
                  "camera.dark_level", "camera.frozen_frames", "sim.added_latency_ms", "sim.drop_rate",
                  "sim.actuator_timeout_ms",
                  "record.pre_s", "record.post_s", "record.ring_mb", "replay.speed"}
+# Upper bounds (key: (largest value, unit, why)): what a safety review accepts, or what the machine can hold.
+# A value above is refused with its whole range (the lower bound from _POSITIVE / _NON_NEGATIVE).
+_MAX = {
+    "control.deadline_ms": (500.0, "ms", "a command older than this still steers; 0 = two frame periods, "
+                                         "which must be within the bound too"),
+    "control.max_steer_rad": (0.6, "rad", "about a passenger car's full road-wheel lock (34 degrees)"),
+    "control.plausible_steer_rad": (1.0, "rad", "beyond any road wheel's lock: larger outputs are faults"),
+    "control.max_steer_rate_rad_s": (2.0, "rad/s", "road-wheel rate; faster than a driver can follow"),
+    "control.failsafe_decel_mps2": (5.0, "m/s^2", "a fail-safe stop harder than ~0.5 g invites a rear-end collision"),
+    "control.recover_after": (300, "results", "10 s at 30 fps"),
+    "camera.fps": (240.0, "frames/s", "the watchdog deadline and heartbeats follow the frame period"),
+    "camera.width": (7680, "px", "8K"),
+    "camera.height": (4320, "px", "8K"),
+    "camera.pool_slots": (64, "slots", "each holds a whole frame in shared memory"),
+    "camera.cameras": (16, "cameras", "each tick's slot holds them all"),
+    "camera.frames": (1024, "frames", "each is held in memory"),
+    "infer.pool_slots": (64, "slots", "each holds a model input in shared memory"),
+    "infer.warmup_runs": (1000, "runs", "start-up time"),
+    "infer.intra_op_threads": (256, "threads", ""),
+    "preprocess.threads": (256, "threads", ""),
+    "pipeline.ready_timeout_s": (3600.0, "s", "a first start compiles kernels; an hour is a hang"),
+    "pipeline.restart_timeout_s": (600.0, "s", "a restart finds the kernels compiled; longer is a hang"),
+    "sim.speed_mps": (70.0, "m/s", "252 km/h"),
+    "sim.added_latency_ms": (2000.0, "ms", ""),
+    "sim.actuator_timeout_ms": (1000.0, "ms", "an actuator holding a stale command longer is unsafe"),
+    "record.ring_s": (600.0, "s", "the ring is held in memory"),
+    "record.pre_s": (300.0, "s", ""),
+    "record.post_s": (300.0, "s", ""),
+    "record.segment_s": (3600.0, "s", "a crash loses the open file"),
+    "record.ring_mb": (65536, "MiB", "the ring is held in memory"),
+    "replay.speed": (100.0, "x", ""),
+}
+
+
+def _range(key: str) -> str:
+    """`key`'s allowed range, as the refusals say it: "0 <= deadline_ms <= 500 ms"."""
+    hi, unit, why = _MAX[key]
+    lo = "0 < " if key in _POSITIVE else "0 <= " if key in _NON_NEGATIVE else ""
+    return f"{lo}{key.rsplit('.', 1)[-1]} <= {hi:g} {unit}" + (f" ({why})" if why else "")
 
 
 def _check_type(key: str, value: Any, want: Any) -> Any:
@@ -321,6 +362,8 @@ def _section(name: str, cls: type, raw: Any) -> Any:
             raise ConfigError(f"{key}: must be > 0, got {v!r}")
         if key in _NON_NEGATIVE and v < 0:
             raise ConfigError(f"{key}: must be >= 0, got {v!r}")
+        if key in _MAX and v > _MAX[key][0]:
+            raise ConfigError(f"{key}: {v!r} is outside its range {_range(key)}")
         values[k] = v
     return cls(**values)
 
@@ -361,6 +404,10 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if cfg.camera.fps < 1:
         raise ConfigError(f"camera.fps: {cfg.camera.fps} is below 1 frame per second; the deadline and "
                           "heartbeats assume at least 1")
+    if cfg.deadline_ns > _MAX["control.deadline_ms"][0] * 1e6:
+        raise ConfigError(f"control.deadline_ms: 0 means two frame periods, {cfg.deadline_ns / 1e6:g} ms at "
+                          f"camera.fps = {cfg.camera.fps:g}: outside its range {_range('control.deadline_ms')}; "
+                          "set control.deadline_ms or a higher camera.fps")
     if not 1024 <= cfg.pipeline.tcp_base_port <= 65535 - 16:
         raise ConfigError(f"pipeline.tcp_base_port: {cfg.pipeline.tcp_base_port} outside 1024..65519 "
                           "(each topic uses base + its index)")

@@ -18,6 +18,8 @@ x86-64, `dmb ish` on Arm; see runtime/fence.py and docs/decisions.md).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from runtime.fence import fence
@@ -57,6 +59,7 @@ class FramePool:
         self._gen = np.frombuffer(segment.buf, dtype="<u8", count=self.n_slots * (_LINE // 8), offset=_LINE)[:: _LINE // 8]
         self._raw = np.frombuffer(segment.buf, dtype=np.uint8)
         self._views: dict[tuple[int, tuple[int, ...], str], np.ndarray] = {}
+        self._max_views = 4 * self.n_slots  # a few shapes per slot; descriptors cannot grow it past this
         self._next = 0
 
     @classmethod
@@ -83,18 +86,25 @@ class FramePool:
 
     # -- views -----------------------------------------------------------------------
     def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
-        """The slot's bytes as an array; cached, so the hot path creates no new objects."""
+        """The slot's bytes as an array; cached, so the hot path creates no new objects. The size
+        is computed exactly (math.prod: np.prod wraps at 2**64, so a crafted (65536,)*4 would pass
+        as 0 bytes), and the cache is bounded: descriptors naming ever new shapes empty it rather
+        than grow it."""
         key = (slot, shape, str(dtype))
         arr = self._views.get(key)
         if arr is None:
             if not 0 <= slot < self.n_slots:
                 raise SlotError(f"slot {slot} outside pool of {self.n_slots} slots")
+            if any(d < 0 for d in shape):
+                raise SlotError(f"shape {shape} has a negative dimension")
             dt = np.dtype(dtype)
-            nbytes = int(np.prod(shape)) * dt.itemsize
+            nbytes = math.prod(shape) * dt.itemsize
             if nbytes > self.slot_bytes:
                 raise SlotError(f"shape {shape} {dt} needs {nbytes} bytes, a slot holds {self.slot_bytes}")
             start = self._data_offset + slot * self._stride
             arr = self._raw[start:start + nbytes].view(dt).reshape(shape)
+            if len(self._views) >= self._max_views:
+                self._views.clear()
             self._views[key] = arr
         return arr
 

@@ -13,6 +13,13 @@ process dies, however it dies. A PID alone would lie once reused, and reuse is t
 container, where a restarted supervisor is PID 1 again: its predecessors' segments would look
 alive forever and fill /dev/shm (64 MiB by default in Docker) run after run. The same goes for
 each run's socket/config directory, which holds a locked `owner.lock`.
+
+/dev/shm and the temp directory are shared by every local user, so the sweeps and run discovery
+trust only what this user owns: an entry owned by another user, not a plain file or directory
+(a FIFO, a device, a symlink), a directory writable by group or others, or one named with an
+absurd PID is skipped: never opened, followed, deleted or signalled. Files are opened
+O_NOFOLLOW | O_NONBLOCK, so a FIFO or a link swapped in after the check cannot block or redirect
+the open either.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +45,8 @@ _NAME_RE = re.compile(rf"^{PREFIX}\.(\d+)\.[0-9a-f]+\.[A-Za-z0-9_-]+$")
 _TMP_RE = re.compile(rf"^\.{PREFIX}\..+\.tmp$")  # a segment being made: locked, then linked to its name
 TMP_GRACE_S = 60.0  # an unlocked temporary older than this was left by a creator that died
 RUN_LOCK = "owner.lock"
+# no process waits on a file here: a FIFO would block a plain open, a symlink could lead anywhere
+_OPEN_SAFE = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def new_run_id() -> str:
@@ -113,6 +123,23 @@ class Segment:
         (SHM_DIR / self.name).unlink(missing_ok=True)
 
 
+def pid_max() -> int:
+    """The largest PID this kernel hands out (/proc/sys/kernel/pid_max; 2**22, Linux's ceiling, if unreadable)."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 1 << 22
+
+
+def plausible_pid(text: str) -> int | None:
+    """`text` as a PID if it could be one (decimal, 1..pid_max), else None: a name like
+    edgert.99999999999999999999.x must be skipped, not overflow os.kill."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    pid = int(text)
+    return pid if 1 <= pid <= pid_max() else None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,25 +147,48 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    except (OverflowError, ValueError):  # not a PID at all
+        return False
     return True
 
 
+def owned(st: os.stat_result, kind: int) -> bool:
+    """Is this (lstat) entry ours to trust: of file type `kind` (stat.S_IFREG, S_IFDIR), not a
+    link, owned by this user, and for a directory not writable by group or others (who could
+    plant an owner.lock or a pipeline.json in it)?"""
+    if stat.S_IFMT(st.st_mode) != kind or st.st_uid != os.geteuid():
+        return False
+    return kind != stat.S_IFDIR or not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _unlocked(path: Path) -> bool | None:
-    """True if no process holds a lock on `path` (its owner is gone), False if one does, None if
-    the file is gone. Takes the lock for a moment: a file nobody owns stays nobody's."""
+    """True if no process holds a lock on `path` (its owner is gone), False if one does or the file
+    is not ours (another user's, not a plain file: keep it, never touch it), None if it is gone.
+    Takes the lock for a moment: a file nobody owns stays nobody's."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, _OPEN_SAFE)
     except FileNotFoundError:
         return None
-    except OSError:  # another user's (EACCES), or not a file we made (ENOTDIR...): cannot tell, keep it
+    except OSError:  # another user's (EACCES), a symlink (ELOOP), not a file (ENOTDIR...): keep it
         return False
     try:
+        if not owned(os.fstat(fd), stat.S_IFREG):  # a FIFO, a device, another user's: not ours
+            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     finally:
         os.close(fd)
     return True
+
+
+def _ours(path: Path, kind: int) -> os.stat_result | None:
+    """lstat of `path` if `owned` (see there), else None (also when it is gone)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if owned(st, kind) else None
 
 
 @contextlib.contextmanager
@@ -175,16 +225,15 @@ def sweep_stale() -> list[str]:
         return removed
     now = time.time()
     for path in SHM_DIR.iterdir():
-        if _NAME_RE.match(path.name):
-            stale = _unlocked(path)
-        elif _TMP_RE.match(path.name):  # a creator that died between open and link
-            try:
-                stale = now - path.stat().st_mtime > TMP_GRACE_S and _unlocked(path)
-            except FileNotFoundError:
-                continue
-        else:
+        if not (_NAME_RE.match(path.name) or _TMP_RE.match(path.name)):
             continue
-        if stale:
+        st = _ours(path, stat.S_IFREG)  # another user's, a FIFO, a link: not ours to judge or remove
+        if st is None or (_TMP_RE.match(path.name) and now - st.st_mtime <= TMP_GRACE_S):
+            continue  # a temporary: its creator may be about to lock it
+        if _unlocked(path):
+            again = _ours(path, stat.S_IFREG)
+            if again is None or (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                continue  # replaced since the check: not the file we judged
             path.unlink(missing_ok=True)
             removed.append(path.name)
     if removed:
@@ -197,20 +246,24 @@ def run_dirs() -> list[tuple[Path, str, bool]]:
     """Every run's socket/config directory (the supervisor's mkdtemp `edgert.<run id>.<random>`),
     as (path, run id, whether its supervisor is alive), oldest first. Alive: its owner.lock is
     held. A directory without one is either just made (alive while its PID is, for TMP_GRACE_S)
-    or was left by a supervisor that died before locking it (dead after that)."""
+    or was left by a supervisor that died before locking it (dead after that).
+    Only this user's own directories count (`owned`: not another user's, not a link, not group or
+    world writable), and only those whose name holds a plausible PID.
+    """
     out = []
     now = time.time()
     for d in Path(tempfile.gettempdir()).glob(f"{PREFIX}.*.*.*"):
-        pid, token = d.name.split(".")[1:3]
-        try:
-            if not pid.isdigit() or not d.is_dir():
-                continue
-            mtime = d.stat().st_mtime
-        except OSError:  # removed since the glob
+        pid_text, token = d.name.split(".")[1:3]
+        pid = plausible_pid(pid_text)
+        st = _ours(d, stat.S_IFDIR) if pid is not None else None
+        if st is None:
             continue
+        mtime = st.st_mtime
+        if os.path.lexists(d / RUN_LOCK) and _ours(d / RUN_LOCK, stat.S_IFREG) is None:
+            continue  # its owner.lock is a FIFO, a link or another user's: not a run we made
         free = _unlocked(d / RUN_LOCK)
-        alive = (now - mtime <= TMP_GRACE_S and pid_alive(int(pid))) if free is None else not free
-        out.append((d, f"{pid}.{token}", alive, mtime))
+        alive = (now - mtime <= TMP_GRACE_S and pid_alive(pid)) if free is None else not free
+        out.append((d, f"{pid_text}.{token}", alive, mtime))
     return [r[:3] for r in sorted(out, key=lambda r: r[3])]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -20,21 +21,65 @@ def summarize_ns(samples_ns: np.ndarray) -> dict[str, float]:
 
 
 class Samples:
-    """An append-only float64 buffer that grows by doubling (amortised, off the pipeline's path)."""
+    """A float64 row buffer that grows by doubling (amortised, off the pipeline's path).
 
-    def __init__(self, width: int = 1, capacity: int = 4096) -> None:
-        self._buf = np.empty((capacity, width), dtype=np.float64)
+    With `limit`, it grows to `limit` rows and then keeps the newest `limit` (a ring), so a run
+    of any length holds bounded memory; `n` still counts every row appended."""
+
+    def __init__(self, width: int = 1, capacity: int = 4096, limit: int | None = None) -> None:
+        self.limit = limit
+        self._buf = np.empty((capacity if limit is None else min(capacity, limit), width), dtype=np.float64)
         self.n = 0
 
     def append(self, row: np.ndarray | float) -> None:
-        if self.n == len(self._buf):
-            self._buf = np.concatenate([self._buf, np.empty_like(self._buf)])
-        self._buf[self.n] = row
+        i = self.n if self.limit is None else self.n % self.limit
+        if i == len(self._buf) and (self.limit is None or len(self._buf) < self.limit):
+            grown = 2 * len(self._buf) if self.limit is None else min(2 * len(self._buf), self.limit)
+            self._buf = np.concatenate([self._buf, np.empty((grown - len(self._buf), self._buf.shape[1]))])
+        self._buf[i] = row
         self.n += 1
 
     @property
     def data(self) -> np.ndarray:
-        return self._buf[: self.n]
+        """The rows held, oldest first: all of them, or with `limit` the newest `limit`."""
+        if self.limit is None or self.n <= self.limit:
+            return self._buf[: self.n]
+        i = self.n % self.limit
+        return np.concatenate([self._buf[i:], self._buf[:i]])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 counted over every row ever appended; a ValueError if the ring has
+        already overwritten some of them (raise `limit`)."""
+        first = self.n - len(self.data)
+        if not first <= start <= stop <= self.n:
+            raise ValueError(f"rows {start}..{stop} requested, rows {first}..{self.n} held (the newest {self.limit})")
+        return self.data[start - first: stop - first]
+
+
+class LatencyStats:
+    """The `summarize_ns` numbers of a stream of samples in fixed memory, whatever its length:
+    n, mean and max exact; percentiles from a `LogHistogram`, so within half a bucket (1.2 %
+    at the default 100 buckets a decade) of the exact value between its lo_ns and hi_ns."""
+
+    def __init__(self, lo_ns: float = 1e3, hi_ns: float = 1e11, per_decade: int = 100) -> None:
+        self.hist = LogHistogram(lo_ns, hi_ns, per_decade)
+        self.n = 0
+        self.sum = 0.0
+        self.max = -math.inf
+
+    def record(self, x_ns: float) -> None:
+        self.hist.record_one(x_ns)
+        self.n += 1
+        self.sum += x_ns
+        if x_ns > self.max:
+            self.max = x_ns
+
+    def summary(self) -> dict[str, float]:
+        """In summarize_ns's shape and units (ms)."""
+        if not self.n:
+            return summarize_ns(np.empty(0))
+        return {"n": self.n, **{k: self.hist.percentile(q) / 1e6 for k, q in PERCENTILES.items()},
+                "max_ms": self.max / 1e6, "mean_ms": self.sum / self.n / 1e6}
 
 
 class LogHistogram:
@@ -55,6 +100,7 @@ class LogHistogram:
         self.lo, self.hi, self.per_decade = float(lo_ns), float(hi_ns), int(per_decade)
         n_log = int(math.ceil(math.log10(self.hi / self.lo) * per_decade))
         self.edges = self.lo * 10.0 ** (np.arange(n_log + 1) / per_decade)  # ns; bucket i is [edges[i-1], edges[i])
+        self._edges = self.edges.tolist()  # for record_one: bisect on a list beats NumPy on one value
         self.counts = np.zeros(n_log + 2, dtype=np.int64)
 
     @property
@@ -65,6 +111,10 @@ class LogHistogram:
         x = np.asarray(samples_ns, dtype=np.float64).reshape(-1)
         idx = np.searchsorted(self.edges, x, side="right")  # 0 below lo, len(edges) at or above hi
         np.add.at(self.counts, idx, 1)
+
+    def record_one(self, x_ns: float) -> None:
+        """One sample (what `record` does for an array, without its per-call NumPy overhead)."""
+        self.counts[bisect.bisect_right(self._edges, x_ns)] += 1
 
     def _check_layout(self, other: "LogHistogram") -> None:
         if (self.lo, self.hi, self.per_decade) != (other.lo, other.hi, other.per_decade):

@@ -162,6 +162,8 @@ class StageStatus:
     recent: list[float] | None = None  # when restarts happened, for the give-up budget
     given_up: bool = False
     restart_at: float = 0.0
+    hung: int = 0  # instances killed for hanging: no heartbeat, or not ready within restart_timeout_s
+    seen: tuple[StageState, float] | None = None  # the state _watch last saw, and since when
 
 
 class Supervisor:
@@ -328,11 +330,17 @@ class Supervisor:
         """Kill a hung stage; restart a dead one with exponential back-off; give up after MAX_RESTARTS."""
         for name, h in self.handles.items():
             st = self.status[name]
+            if st.seen is None or st.seen[0] != st.state:
+                st.seen = (st.state, now)
             if (h.alive() and isinstance(h, ProcessHandle) and st.state in (StageState.READY, StageState.RUNNING)
                     and now - st.last_seen > HEARTBEAT_TIMEOUT_S):
                 log.error("stage %s sent no heartbeat for %.1f s: hung, killing it", name, now - st.last_seen)
                 st.state = StageState.FAILED
+                st.hung += 1
                 h.kill()
+            if (h.alive() and not st.given_up and st.state not in (StageState.READY, StageState.RUNNING)
+                    and now - st.seen[1] > self.cfg.pipeline.restart_timeout_s):
+                self._kill_stuck(name, h, st, now)
             if h.alive() or st.given_up:
                 continue
             if st.restart_at == 0.0:
@@ -362,6 +370,20 @@ class Supervisor:
                 st.restart_at = 0.0
                 st.state = StageState.STARTING
                 h.start()
+
+    def _kill_stuck(self, name: str, h: ProcessHandle | ThreadHandle, st: StageStatus, now: float) -> None:
+        """A stage that stays STARTING (a restart hung in setup), FAILED or STOPPING without exiting:
+        kill it, to be restarted like a crash; a thread cannot be killed, so it is given up."""
+        log.error("stage %s has been %s for %.1f s (pipeline.restart_timeout_s = %g): hung, killing it", name,
+                  st.state.name, now - st.seen[1], self.cfg.pipeline.restart_timeout_s)  # type: ignore[index]
+        st.state = StageState.FAILED
+        st.hung += 1
+        h.kill()
+        if h.alive():  # a thread
+            st.given_up = True
+            if name == "control":
+                self.exit_reason = "control stage hung"
+                self.stop_requested.set()
 
     def _shutdown(self) -> None:
         handles = self.handles
@@ -411,7 +433,7 @@ class Supervisor:
             "duration_s": round(run_s, 2),
             "frames": frames,
             "fps": round(frames / run_s, 2) if run_s else 0.0,
-            "stages": {n: {**totals[n], "restarts": s.restarts, "given_up": s.given_up}
+            "stages": {n: {**totals[n], "restarts": s.restarts, "given_up": s.given_up, "hung": s.hung}
                        for n, s in self.status.items()},
             **tel,
             "leaked_segments": shm.list_segments(self.run_id),

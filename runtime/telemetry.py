@@ -4,10 +4,16 @@ Every command carries the `monotonic_ns` stamps of all stages that touched its f
 (CLOCK_MONOTONIC is shared by all processes on the host), so one subscriber to the
 command topic sees the whole pipeline's timing without asking any stage. Lane error
 comes from the simulator's ground-truth topic. Counters come from stage heartbeats.
+
+Memory is bounded whatever the run's length (a car runs with duration_s = 0 for hours): the
+latencies go into fixed-size log histograms (runtime/stats.LatencyStats: percentiles within
+1.2 %, mean and max exact), lane error into running sums, the raw stamps of only the newest
+STAMP_WINDOW commands are kept (benchmarks read them), and the first TAKEOVERS_KEPT takeovers.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +23,7 @@ import zmq
 
 from runtime import wire
 from runtime.e2e import CommandChecker, Verdict
-from runtime.stats import Samples, summarize_ns
+from runtime.stats import LatencyStats, Samples
 from runtime.transport import Endpoints, subscriber
 from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, VehicleFlags, WireError
 
@@ -32,6 +38,8 @@ SEGMENTS = (
 )
 _ORDER = [Stamp.CAPTURE, Stamp.PRE_RECV, Stamp.PRE_DONE, Stamp.INFER_RECV, Stamp.INFER_DONE,
           Stamp.CTRL_RECV, Stamp.CTRL_SEND]
+STAMP_WINDOW = 1 << 16  # newest commands whose raw stamps are kept: 4 MiB, minutes at any camera rate
+TAKEOVERS_KEPT = 100  # takeovers listed in the summary (all are counted)
 
 
 @dataclass
@@ -70,20 +78,40 @@ class VehicleFlagCounts:
                 rec["frames"] += 1
 
 
+@dataclass
+class _LaneError:
+    """Running sums of the lane error: its mean, RMS and maximum in constant memory."""
+
+    n: int = 0
+    sum_abs: float = 0.0
+    sum_sq: float = 0.0
+    max_abs: float = 0.0
+
+    def add(self, lateral_m: float) -> None:
+        a = abs(lateral_m)
+        self.n += 1
+        self.sum_abs += a
+        self.sum_sq += a * a
+        self.max_abs = max(self.max_abs, a)
+
+
 class Telemetry:
     """Subscribes to `commands` and `vehicle` on a thread of its own until `stop()`."""
 
     def __init__(self, ctx: zmq.Context, endpoints: Endpoints, max_steer: float, lane_half_margin_m: float,
-                 deadline_ns: int) -> None:
+                 deadline_ns: int, stamp_window: int = STAMP_WINDOW) -> None:
         self.ctx, self.endpoints = ctx, endpoints
         self.max_steer = max_steer
         self.departure_m = lane_half_margin_m
-        self.stamps = Samples(width=wire.N_STAMPS)
-        self.lateral = Samples()
-        self.actuation_age = Samples()
+        self.stamps = Samples(width=wire.N_STAMPS, limit=stamp_window)  # the newest only; `n` counts all
+        self.end_to_end = LatencyStats()
+        self.stage_latency = {name: LatencyStats() for name, _, _ in SEGMENTS}
+        self.actuation_age = LatencyStats()
+        self.lane = _LaneError()
         self.checks = CommandChecks()
         self.e2e = CommandChecker(max_age_ns=deadline_ns)  # sees every command: loss here is real loss
-        self.takeovers: list[dict[str, Any]] = []  # when each began, why, and when model commands resumed
+        self.takeovers: list[dict[str, Any]] = []  # the first TAKEOVERS_KEPT: when each began, why, when it ended
+        self._takeover: dict[str, Any] | None = None  # the one in progress (listed or not)
         self.vehicle_rejected = 0
         self.departures = 0
         self.departure_t_ns: list[int] = []  # when each departure began (first 100)
@@ -139,9 +167,11 @@ class Telemetry:
             c.takeover_events += 1
             reason = TakeoverReason(int(rec["reason"])).name
             c.takeover_reasons[reason] = c.takeover_reasons.get(reason, 0) + 1
-            self.takeovers.append({"t_ns": sent, "reason": reason, "resumed_ns": None})
-        if not failsafe and self._in_failsafe and self.takeovers:
-            self.takeovers[-1]["resumed_ns"] = sent
+            self._takeover = {"t_ns": sent, "reason": reason, "resumed_ns": None}
+            if len(self.takeovers) < TAKEOVERS_KEPT:
+                self.takeovers.append(self._takeover)
+        if not failsafe and self._in_failsafe and self._takeover is not None:
+            self._takeover["resumed_ns"] = sent
         self._in_failsafe = failsafe
         if failsafe:
             c.failsafe_commands += 1
@@ -152,6 +182,10 @@ class Telemetry:
         if (ordered == 0).any() or (np.diff(ordered.astype(np.int64)) < 0).any():
             c.non_monotone_stamps += 1
         self.stamps.append(st)
+        t = st.tolist()
+        self.end_to_end.record(t[Stamp.CTRL_SEND] - t[Stamp.CAPTURE])
+        for name, a, b in SEGMENTS:
+            self.stage_latency[name].record(t[b] - t[a])
 
     def _on_vehicle(self, msg: bytes) -> None:
         try:
@@ -160,7 +194,7 @@ class Telemetry:
             self.vehicle_rejected += 1
             return
         lat = float(rec["lateral"])
-        self.lateral.append(lat)
+        self.lane.add(lat)
         out = abs(lat) > self.departure_m
         if out and not self._out_of_lane:
             self.departures += 1
@@ -168,26 +202,25 @@ class Telemetry:
                 self.departure_t_ns.append(int(rec["t_ns"]))
         self._out_of_lane = out
         if int(rec["cmd_age_ns"]):
-            self.actuation_age.append(float(rec["cmd_age_ns"]))
+            self.actuation_age.record(float(rec["cmd_age_ns"]))
         self.vehicle_flags.add(int(rec["flags"]), int(rec["t_ns"]))
 
     def summary(self) -> dict[str, Any]:
-        st = self.stamps.data.astype(np.int64)
-        lat = self.lateral.data[:, 0]
+        lane = self.lane
         out: dict[str, Any] = {
-            "end_to_end": summarize_ns(st[:, Stamp.CTRL_SEND] - st[:, Stamp.CAPTURE]) if len(st) else summarize_ns([]),
-            "stage_latency": {name: summarize_ns(st[:, b] - st[:, a]) for name, a, b in SEGMENTS} if len(st) else {},
-            "actuation_age": summarize_ns(self.actuation_age.data[:, 0]),
+            "end_to_end": self.end_to_end.summary(),
+            "stage_latency": {name: s.summary() for name, s in self.stage_latency.items()} if self.end_to_end.n else {},
+            "actuation_age": self.actuation_age.summary(),
             "commands": vars(self.checks),
             "e2e": vars(self.e2e.counters),
             "takeovers": [{"t_ns": t["t_ns"], "reason": t["reason"],
                            "resumed_after_s": None if t["resumed_ns"] is None else (t["resumed_ns"] - t["t_ns"]) / 1e9}
                           for t in self.takeovers],
             "lane": {
-                "frames": int(lat.size),
-                "mean_abs_m": float(np.abs(lat).mean()) if lat.size else float("nan"),
-                "rms_m": float(np.sqrt((lat ** 2).mean())) if lat.size else float("nan"),
-                "max_abs_m": float(np.abs(lat).max()) if lat.size else float("nan"),
+                "frames": lane.n,
+                "mean_abs_m": lane.sum_abs / lane.n if lane.n else float("nan"),
+                "rms_m": math.sqrt(lane.sum_sq / lane.n) if lane.n else float("nan"),
+                "max_abs_m": lane.max_abs if lane.n else float("nan"),
                 "departures": self.departures,
                 "departure_t_ns": self.departure_t_ns,
                 "departure_threshold_m": self.departure_m,

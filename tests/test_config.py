@@ -71,3 +71,44 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
                        timeout=60)
     assert r.returncode == 2
     assert "control.max_steer_rad: must be > 0, got 0" in r.stderr
+
+
+# -- upper bounds a safety review accepts (runtime/config.py _MAX, docs/config.md) -----------------
+def _bounds():
+    from runtime.config import _MAX
+
+    return sorted(_MAX.items())
+
+
+@pytest.mark.parametrize("key, bound", _bounds(), ids=[k for k, _ in _bounds()])
+def test_a_value_above_its_upper_bound_is_refused_with_its_range(key, bound):
+    from runtime.config import from_dict
+
+    hi, unit, _ = bound
+    section, name = key.split(".")
+    over = hi + 1 if isinstance(hi, int) else hi * 1.01
+    with pytest.raises(ConfigError, match=rf"^{key}: {over!r} is outside its range (0 <=? )?{name} <= {hi:g} "
+                                          rf"{unit.replace('^', '.')}"):
+        from_dict({section: {name: over}})
+
+
+@pytest.mark.parametrize("section, values", [
+    ("control", {"deadline_ms": 500.0, "max_steer_rad": 0.6, "plausible_steer_rad": 1.0,
+                 "max_steer_rate_rad_s": 2.0, "failsafe_decel_mps2": 5.0}),
+    ("camera", {"fps": 240.0, "width": 7680, "height": 4320}),
+    ("sim", {"speed_mps": 70.0, "actuator_timeout_ms": 1000.0}),
+])
+def test_values_at_their_upper_bounds_are_accepted(section, values):
+    from runtime.config import from_dict
+
+    cfg = from_dict({section: values})
+    assert all(getattr(getattr(cfg, section), k) == v for k, v in values.items())
+
+
+def test_the_derived_deadline_is_bounded_too():
+    from runtime.config import from_dict
+
+    with pytest.raises(ConfigError, match=r"control.deadline_ms: 0 means two frame periods, 1000 ms at camera.fps = 2: "
+                                          r"outside its range 0 <= deadline_ms <= 500 ms"):
+        from_dict({"camera": {"fps": 2.0}})
+    assert from_dict({"camera": {"fps": 2.0}, "control": {"deadline_ms": 400.0}}).deadline_ns == 400_000_000

@@ -116,6 +116,21 @@ def test_bad_descriptors_rejected(run_id):
     pool.unlink()
 
 
+def test_a_crafted_shape_is_refused_exactly_and_cannot_grow_the_view_cache(run_id):
+    pool = FramePool.create(run_id, "s", n_slots=2, slot_bytes=64)
+    try:
+        # 2**64 bytes: np.prod wraps to 0 and the reshape raised a ValueError no reader catches
+        with pytest.raises(SlotError, match="needs 18446744073709551616 bytes"):
+            pool.view(0, (65536,) * 4, np.uint8)
+        for k in range(1, 65):  # every shape fits the slot, each one new
+            pool.view(k % 2, (1, k), np.uint8)
+        assert len(pool._views) <= 4 * pool.n_slots
+        assert pool.view(1, (8, 8), np.uint8).shape == (8, 8)
+    finally:
+        pool.close()
+        pool.unlink()
+
+
 def test_attach_missing_segment_says_why(run_id):
     with pytest.raises(FileNotFoundError, match="supervisor that owns this run"):
         FramePool.attach(run_id, "nope")

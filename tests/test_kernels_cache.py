@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,54 @@ def test_cache_directories_unused_for_30_days_are_pruned(tmp_path: Path) -> None
     gone = prune_unused(tmp_path, keep="kernels-cccccccccccc")
     assert gone == ["kernels-aaaaaaaaaaaa"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kernels-bbbbbbbbbbbb", "kernels-cccccccccccc", "other"]
+
+
+# -- the temp-dir fallback is private: Numba's cache index is a pickle ------------------------------
+CACHE_DIR = "from kernels import jitcache; print(jitcache.cache_dir())"
+
+
+def _fallback_run(tmp: Path) -> Path:
+    """cache_dir() in a fresh interpreter whose home and XDG cache cannot be made: the temp-dir fallback."""
+    blocker = tmp / "not-a-dir"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR",)}
+    env.update(XDG_CACHE_HOME=str(blocker / "xdg"), HOME=str(blocker / "home"), TMPDIR=str(tmp / "shared"),
+               PYTHONPATH=str(Path(kernels.__file__).parents[1]))
+    p = subprocess.run([sys.executable, "-c", CACHE_DIR], env=env, cwd=tmp, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    return Path(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory owned by another user")
+@pytest.mark.parametrize("planted", ["other-user", "world-writable", "symlink"])
+def test_a_fallback_cache_dir_planted_by_another_user_is_not_used(tmp_path: Path, planted: str) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    fixed = shared / f"edgert-numba-{os.geteuid()}"
+    if planted == "symlink":
+        elsewhere = tmp_path / "attacker"
+        elsewhere.mkdir(mode=0o700)
+        os.chown(elsewhere, 65534, 65534)
+        fixed.symlink_to(elsewhere)
+    else:
+        fixed.mkdir(mode=0o700)
+        if planted == "other-user":
+            os.chown(fixed, 65534, 65534)
+        else:
+            fixed.chmod(0o777)
+    d = _fallback_run(tmp_path)
+    assert fixed not in d.parents and not d.is_relative_to(fixed.resolve()), d
+    root = d.parent
+    st = root.lstat()
+    assert root.parent == shared and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700, (root, st)
+    assert not list((tmp_path / "attacker").iterdir()) if planted == "symlink" else True
+
+
+def test_the_fallback_cache_dir_is_made_private_and_reused(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    first = _fallback_run(tmp_path)
+    assert first.parent == tmp_path / "shared" / f"edgert-numba-{os.geteuid()}"
+    assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
+    assert _fallback_run(tmp_path) == first  # the compiled kernels are found again next start

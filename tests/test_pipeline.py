@@ -21,7 +21,10 @@ import pytest
 from conftest import SHARED_MACHINE_CONTROL
 from runtime import shm
 from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
+from runtime.framepool import FramePool
+from runtime.stages.capture import CAMERA_STREAM
 from runtime.stages.infer import WARM_RUN_PROBE, InferStage
+from runtime.stages.preprocess import PreprocessStage
 from runtime.supervisor import Supervisor
 from runtime.wire import StageState
 
@@ -392,3 +395,39 @@ def test_control_that_keeps_crashing_ends_the_run():
     assert s["stages"]["control"]["given_up"] and s["stages"]["control"]["restarts"] == 3
     assert time.monotonic() - started < 25
     assert s["leaked_segments"] == []
+
+
+class HangsWhenRestarted(PreprocessStage):
+    """Fails once frames flow; every restart then hangs in setup (a device or a lock that never answers)."""
+
+    def setup(self) -> None:
+        camera = FramePool.attach(self.ctx.run_id, CAMERA_STREAM)
+        restarted = camera.has_published()
+        camera.close()
+        if restarted:
+            time.sleep(3600)
+        super().setup()
+
+    def step(self) -> None:
+        super().step()
+        if self.frames >= 5:
+            raise RuntimeError("preprocess bug")
+
+
+def test_a_restarted_stage_hung_in_setup_is_killed_and_reported_after_the_restart_timeout(monkeypatch, caplog):
+    from runtime.supervisor import MAX_RESTARTS
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    cfg = load(DEFAULT_CONFIG).replace(pipeline={"restart_timeout_s": 3.0}, control=SHARED_MACHINE_CONTROL)
+    sup = Supervisor(cfg, duration_s=20.0, mode="processes",
+                     stage_classes={"preprocess": f"{Path(__file__).stem}:HangsWhenRestarted"})
+    with caplog.at_level(logging.ERROR, logger="edgert.supervisor"):
+        s = sup.run()
+    pre = s["stages"]["preprocess"]
+    # each restart hung, was killed after 3 s and restarted, until the stage was given up
+    assert pre["restarts"] == MAX_RESTARTS and pre["hung"] == MAX_RESTARTS and pre["given_up"], s["stages"]
+    hung = [r.getMessage() for r in caplog.records if "has been STARTING for" in r.getMessage()]
+    assert len(hung) == MAX_RESTARTS and "pipeline.restart_timeout_s = 3" in hung[0], hung
+    assert s["exit_reason"] == "duration 20 s reached"  # the supervisor itself never hung
+    assert s["leaked_segments"] == [] and not edgert_processes(s["run_id"])

@@ -340,6 +340,39 @@ def test_a_frame_is_copied_once_its_command_is_out_or_a_frame_period_has_passed(
         h.close()
 
 
+def test_crafted_frame_descriptors_are_rejected_and_cannot_crash_the_recorder_or_grow_its_caches(tmp_path,
+                                                                                                   tiny_model):
+    h, fake = _start_recorder(tmp_path, tiny_model)
+    try:
+        stage = h.stage
+        f = fake.frame.copy()
+        f["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+        crafted = [(65536,) * 4,  # 2**64 bytes: wrapped to 0 by np.prod, then a ValueError in the reshape
+                   *[(1, 1, k) for k in range(1, 200)],  # each fits a slot, each a new shape
+                   (2, H, W, 3)]  # two cameras' worth: more than a slot holds
+        for i, shape in enumerate(crafted):
+            f["ndim"], f["shape"] = len(shape), 0
+            f["shape"][: len(shape)] = shape
+            slot = fake.pool.acquire()  # a slot that really holds a frame: the descriptor passes is_current
+            f["slot"], f["generation"], f["frame_id"] = slot, fake.pool.publish(slot), 10_000 + i
+            fake.pubs["frames"].send(wire.encode(f))
+            time.sleep(0.005)  # under the sockets' high-water mark: every one arrives
+        deadline = time.monotonic() + 30
+        while stage.rejected < len(crafted):
+            assert h.thread.is_alive(), "the recorder crashed on a crafted descriptor"
+            assert time.monotonic() < deadline, f"{stage.rejected} of {len(crafted)} rejected"
+            time.sleep(0.01)
+        assert len(stage.pool._views) <= 4 * stage.pool.n_slots
+        fake.run(0.5, first_id=20_000)  # real frames are still recorded
+        deadline = time.monotonic() + 30
+        while stage.frames == 0:
+            assert time.monotonic() < deadline and h.thread.is_alive()
+            time.sleep(0.01)
+    finally:
+        fake.close()
+        h.close()
+
+
 def test_clip_around_a_takeover_holds_pre_and_post_seconds_and_grows_with_a_second_event(tmp_path, tiny_model):
     h, fake = _start_recorder(tmp_path, tiny_model, pre_s=0.5, post_s=0.5, ring_s=2.0)
     marks = {}

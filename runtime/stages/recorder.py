@@ -286,6 +286,11 @@ class RecorderStage(Stage):
             return
         slot, gen = int(rec["slot"]), int(rec["generation"])
         shape = tuple(int(d) for d in rec["shape"][: int(rec["ndim"])])
+        cam = self.cfg.camera
+        if len(shape) not in (3, 4) or shape[-3:] != (cam.height, cam.width, 3):  # N cameras: (N, H, W, 3)
+            self.reject(f"frame descriptor shape {shape}; the camera's frames are ({cam.height}, {cam.width}, 3) "
+                        "or (N, ...) of those")
+            return
         try:
             if not self.pool.is_current(slot, gen):
                 self._done(msg)
