@@ -67,7 +67,7 @@ class ControlStage(Stage):
         self.acted_capture_ns = 0  # capture stamp of the frame behind the last model command
         self.watch_from_ns = 0  # 0 = watchdog not armed yet (the pipeline has not started)
         self.failsafe: TakeoverReason = TakeoverReason.NONE
-        self.good_streak = 0  # consecutive good results (fresh, valid, ids increasing among themselves)
+        self.good_streak = 0  # good results (fresh, valid, ids increasing) in a row, since the last acted on
         self._streak_id = 0  # frame id of the newest of them
         self._seen_since = 0  # stale or invalid results after the last acted-on frame id (not drops)
         self.resyncs = 0  # times the frame ids went back and were followed
@@ -107,7 +107,8 @@ class ControlStage(Stage):
             self.can.send(steer, float(c["accel"]), int(c["flags"]), int(c["reason"]), int(c["seq"]), int(c["age_ns"]))
 
     def _enter_failsafe(self, reason: TakeoverReason, detail: str) -> None:
-        self.good_streak = 0
+        # The good-result streak holds only results not acted on (a bad one resets it): those came after
+        # the frame that timed out, so on a DEADLINE they count toward recovery, as toward a resync.
         if not self.failsafe:
             self.takeovers += 1
             self.log.warning("FAIL-SAFE, takeover requested (%s): %s", reason.name.lower(), detail)
@@ -225,6 +226,7 @@ class ControlStage(Stage):
                 return
             self.log.warning("recovered after %d consecutive good results", self.good_streak)
             self.failsafe = TakeoverReason.NONE
+        self.good_streak = 0  # acted on: after a takeover, recovery counts afresh
         self.acted_capture_ns = capture_ns
         stamps = rec["stamps"].copy()
         stamps[Stamp.CTRL_RECV] = now
