@@ -308,7 +308,11 @@ def test_a_result_never_acted_on_does_not_move_the_frame_id(control, kind):
     time.sleep(0.05)
     normal = _model_commands_resume(send, recv, 4)
     assert normal, f"no model command after one {kind} result with frame id 2**62"
-    assert int(normal[-1]["frame_id"]) == 9
+    # The genuine ids carry on from 4, no resync needed: at once, or (an invalid result is a takeover)
+    # from the recover_after-th good result on.
+    first = 4 if kind != "invalid" else 4 + h.cfg.control.recover_after - 1
+    assert [int(c["frame_id"]) for c in normal if int(c["frame_id"]) >= 4] == list(range(first, 10))
+    assert h.stage.resyncs == 0
 
 
 def test_one_forged_valid_result_far_ahead_costs_at_most_recover_after_results(control):

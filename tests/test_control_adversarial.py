@@ -33,6 +33,7 @@ BAD_STATUSES = [s for s in ResultStatus if s != ResultStatus.OK]
 # One event: (kind, frame-id choice, a number whose meaning depends on the kind, ms since the last event).
 _EVENT = st.one_of(
     st.tuples(st.just("good"), st.just("next"), st.floats(0.0, 1.0)),  # fresh, valid: age as a fraction of the deadline
+    st.tuples(st.just("skewed"), st.just("next"), st.integers(0, CLOCK_SKEW_NS)),  # valid, stamped just after now
     st.tuples(st.just("stale"), st.sampled_from(["next", "huge"]), st.integers(1, 10**10)),  # ns beyond the deadline
     st.tuples(st.just("future"), st.sampled_from(["next", "huge"]), st.integers(1, 2**62)),  # ns beyond the skew
     st.tuples(st.just("invalid"), st.sampled_from(["next", "huge"]), st.sampled_from(BAD_STATUSES)),
@@ -106,9 +107,10 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
     max_steer = cfg.control.max_steer_rad
     genuine = 1000  # the camera's frame ids; adversarial ones are drawn around them
     last_seq = 0
+    max_acted = 0  # the highest frame id a model command came from
 
     def check(cmds: list, fed: tuple | None) -> None:
-        nonlocal last_seq
+        nonlocal last_seq, max_acted
         assert len(cmds) <= 1  # at most one command per tick
         for c in cmds:
             assert int(c["seq"]) > last_seq
@@ -122,6 +124,7 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
                 assert 0 <= int(c["age_ns"]) <= deadline
                 assert int(c["age_ns"]) == max(0, sim.now - capture)
                 assert abs(float(c["steer"])) <= max_steer + 1e-6 and float(c["accel"]) == 0.0
+                max_acted = max(max_acted, fid)
             else:
                 assert flags == int(CommandFlags.TAKEOVER | CommandFlags.FAILSAFE)
                 assert int(c["reason"]) != TakeoverReason.NONE and int(c["frame_id"]) == 0
@@ -139,6 +142,9 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
             msg, good = None, False
             if kind == "good":
                 capture, good = now - int(x * deadline), True
+                msg = sim.result(fid, capture, 0.1)
+            elif kind == "skewed":
+                capture, good = now + x, True
                 msg = sim.result(fid, capture, 0.1)
             elif kind == "stale":
                 capture = now - deadline - x
@@ -158,7 +164,11 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
                 fid = int(wire.decode(msg, MsgType.RESULT)["frame_id"])
             elif kind == "garbage":
                 msg, capture = x, 0
-            check(sim.tick(msg), (fid, capture, good) if msg is not None else None)
+            in_failsafe, above = bool(sim.stage.failsafe), fid > max_acted
+            cmds = sim.tick(msg)
+            check(cmds, (fid, capture, good) if msg is not None else None)
+            if good and above and not in_failsafe:  # nothing not acted on may have moved the frame id past it
+                assert cmds and int(cmds[0]["flags"]) == 0 and int(cmds[0]["frame_id"]) == fid
         # Then the camera's genuine stream again: recover_after good results, one a frame period.
         for i in range(recover_after):
             sim.now += sim.stage.period_ns
