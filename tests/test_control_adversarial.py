@@ -9,7 +9,6 @@ simulated (`ControlStage.clock`, `tick(msg, now)`), so the properties do not dep
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import zmq
