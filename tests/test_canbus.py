@@ -70,12 +70,19 @@ def test_control_stage_sends_checked_frames_on_a_virtual_bus(tiny_model):
     h = StageHarness(cfg)
     pub = publisher(h.zmq, h.endpoints, "results")
     h.start(ControlStage)
-    time.sleep(0.4)
-    h.send_start()
     rec = wire.new_message(MsgType.RESULT)
-    rec["n_values"] = 1
-    for i in range(10):
-        rec["frame_id"], rec["values"][0] = i + 1, 0.2
+    rec["n_values"], rec["values"][0] = 1, 0.2
+    first = None
+    end = time.monotonic() + 30.0  # until the stage is set up and connected (a busy machine): its first frame
+    while first is None and time.monotonic() < end:
+        h.send_start()  # again each time: one sent before the stage subscribed is lost
+        rec["frame_id"] += 1
+        rec["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+        pub.send(wire.encode(rec))
+        first = rx.recv(1 / 30)
+    assert first is not None, "the control stage sent nothing on the bus"
+    for _ in range(9):
+        rec["frame_id"] += 1
         rec["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
         pub.send(wire.encode(rec))
         time.sleep(1 / 30)
@@ -83,7 +90,7 @@ def test_control_stage_sends_checked_frames_on_a_virtual_bus(tiny_model):
     pub.close(0)
     h.close()  # the stage stops: its last frame is the SHUTDOWN takeover
     checker = canbus.CanChecker(cfg.control.can_id)
-    got = []
+    got = [checker.check(bytes(first.data))]
     end = time.monotonic() + 2.0
     while time.monotonic() < end and (msg := rx.recv(0.2)) is not None:
         assert msg.arbitration_id == cfg.control.can_id and not msg.is_extended_id
