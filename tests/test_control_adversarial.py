@@ -106,10 +106,10 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
     max_steer = cfg.control.max_steer_rad
     genuine = 1000  # the camera's frame ids; adversarial ones are drawn around them
     last_seq = 0
-    max_acted = 0  # the highest frame id a model command came from
+    max_acted = last_acted = 0  # the highest frame id a model command came from, and the newest
 
     def check(cmds: list, fed: tuple | None) -> None:
-        nonlocal last_seq, max_acted
+        nonlocal last_seq, max_acted, last_acted
         assert len(cmds) <= 1  # at most one command per tick
         for c in cmds:
             assert int(c["seq"]) > last_seq
@@ -120,10 +120,11 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
                 fid, capture, good = fed
                 assert good, f"a model command from a result that was not fresh and valid: {fed}"
                 assert int(c["frame_id"]) == fid and int(c["reason"]) == TakeoverReason.NONE
+                assert fid != last_acted, "the same frame acted on twice in a row"
                 assert 0 <= int(c["age_ns"]) <= deadline
                 assert int(c["age_ns"]) == max(0, sim.now - capture)
                 assert abs(float(c["steer"])) <= max_steer + 1e-6 and float(c["accel"]) == 0.0
-                max_acted = max(max_acted, fid)
+                max_acted, last_acted = max(max_acted, fid), fid
             else:
                 assert flags == int(CommandFlags.TAKEOVER | CommandFlags.FAILSAFE)
                 assert int(c["reason"]) != TakeoverReason.NONE and int(c["frame_id"]) == 0
@@ -193,5 +194,21 @@ def test_watchdog_on_the_simulated_clock_hands_over_one_deadline_after_the_last_
         sim.now += 1
         fs = sim.tick(None)
         assert len(fs) == 1 and int(fs[0]["reason"]) == TakeoverReason.DEADLINE
+    finally:
+        sim.close()
+
+
+def test_replayed_results_never_bring_the_last_frame_back(cfg):
+    """recover_after fresh replays ending at the frame acted on last are not a resync onto it: that
+    frame's command would go out twice. Older ids replayed that way are followed (they are fresh)."""
+    sim = SimControl(cfg)
+    try:
+        for fid in (10, 11, 12):
+            sim.now += sim.stage.period_ns
+            assert int(sim.tick(sim.result(fid, sim.now - MS, 0.1))[0]["frame_id"]) == fid
+        for fid in (10, 11, 12):
+            sim.now += MS
+            assert sim.tick(sim.result(fid, sim.now - MS, 0.1)) == []
+        assert sim.stage.resyncs == 0
     finally:
         sim.close()

@@ -210,8 +210,8 @@ class ControlStage(Stage):
             return
         self.good_streak = self.good_streak + 1 if self.good_streak and frame_id > self._streak_id else 1
         self._streak_id = frame_id
-        if frame_id <= self._last_frame_id:
-            if self.good_streak < self.cfg.control.recover_after:
+        if frame_id <= self._last_frame_id:  # the frame acted on last is never acted on again
+            if frame_id == self._last_frame_id or self.good_streak < self.cfg.control.recover_after:
                 self.reject(f"frame id {frame_id} not after {self._last_frame_id} (repeated or reordered)")
                 return
             self.resyncs += 1
