@@ -114,13 +114,13 @@ class CanReceiver:
 
     A frame is valid when its CRC-8 (over the data id and bytes 0-6) holds, its alive counter moved
     on by 1..`max_delta` from the last valid frame, and the camera frame behind it was no older than
-    `timeout_ns` when it was sent (a saturated age, 255 ms, never is; fail-safe frames carry age 0). After a counter jump (or a repeat
-    run) the receiver resynchronises: `sync_frames` frames in a row in sequence, the first of them
-    included, before it acts again. Each valid frame holds until it is `timeout_ns` old counted
-    from the camera frame behind it (arrival + timeout - the frame's age at send; fail-safe frames
-    carry no frame, age 0): after that, without a newer valid frame, the stream is lost and the
-    receiver takes over by itself (`takeover`), until a valid frame comes again. The clock is
-    the receiver's own (`now_ns`): nothing here trusts the sender to still be running.
+    `timeout_ns` when it was sent (a saturated age, 255 ms, never is; fail-safe frames carry age 0).
+    After any other counter step it resynchronises: `sync_frames` frames in a row in sequence, the
+    first of them included, before it acts again. A valid frame holds until the camera frame behind
+    it is `timeout_ns` old (arrival + timeout - its age at send); after that, without a newer valid
+    frame, the stream is lost and the receiver takes over by itself (`lost`, `takeover`) until a
+    valid frame comes again. The clock is the receiver's own (`now_ns`): nothing here trusts the
+    sender to still be running.
     """
 
     def __init__(self, timeout_ns: int, can_id: int = DEFAULT_ID, max_delta: int = MAX_DELTA_COUNTER,
