@@ -261,3 +261,70 @@ def test_first_command_ramps_from_the_measured_steer_not_from_neutral(tiny_model
         s.close(0)
     h.close()
     assert float(first["steer"]) == pytest.approx(0.3, abs=1e-6)  # no step: it starts where the wheels are
+
+
+# -- one crafted but CRC-valid result cannot crash or lock out control (issue 17, point 4) ---------
+
+def _result(fid: int, capture_ns: int, value: float = 0.2, status: ResultStatus = ResultStatus.OK) -> bytes:
+    rec = wire.new_message(MsgType.RESULT)
+    rec["frame_id"], rec["status"], rec["n_values"] = fid, int(status), 1
+    rec["values"][0] = value
+    rec["stamps"][Stamp.CAPTURE] = capture_ns
+    return wire.encode(rec)
+
+
+def _model_commands_resume(send, recv, first_fid: int) -> list:
+    """Good results from first_fid on, one a frame period; the model commands they bring."""
+    for fid in range(first_fid, first_fid + 6):
+        send(0.2, fid=fid)
+        time.sleep(PERIOD_S)
+    return [c for c in recv(0.2) if int(c["flags"]) == 0]
+
+
+def test_a_capture_stamp_from_the_future_is_rejected_not_a_crash(control):
+    """A result stamped 10 s ahead used to be 'fresh' (negative age) and crash the stage on the
+    negative command age; it must be rejected, and control must carry on."""
+    h, send, recv = control
+    _drive(send, 3)
+    send(raw=_result(4, time.monotonic_ns() + 10**10))
+    time.sleep(0.05)
+    assert h.thread.is_alive(), "the control stage died on a result from the future"
+    assert h.stage.future == 1 and h.stage.rejected == 1
+    normal = _model_commands_resume(send, recv, 4)  # frame 4 again: the rejected one did not take its id
+    assert [int(c["frame_id"]) for c in normal][-1] == 9 and 4 in [int(c["frame_id"]) for c in normal]
+    assert all(int(c["age_ns"]) < h.cfg.deadline_ns for c in normal)
+
+
+@pytest.mark.parametrize("kind", ["stale", "invalid", "future"])
+def test_a_result_never_acted_on_does_not_move_the_frame_id(control, kind):
+    """A stale, invalid or future-stamped result with a huge frame id used to advance the id, so
+    every genuine result after it was 'going backwards': control locked out for good."""
+    h, send, recv = control
+    _drive(send, 3)
+    now = time.monotonic_ns()
+    capture = {"stale": now - 10**9, "invalid": now, "future": now + 10**10}[kind]
+    status = ResultStatus.NONFINITE if kind == "invalid" else ResultStatus.OK
+    send(raw=_result(2**62, capture, value=0.0, status=status))
+    time.sleep(0.05)
+    normal = _model_commands_resume(send, recv, 4)
+    assert normal, f"no model command after one {kind} result with frame id 2**62"
+    # The genuine ids carry on from 4, no resync needed: at once, or (an invalid result is a takeover)
+    # from the recover_after-th good result on.
+    first = 4 if kind != "invalid" else 4 + h.cfg.control.recover_after - 1
+    assert [int(c["frame_id"]) for c in normal if int(c["frame_id"]) >= 4] == list(range(first, 10))
+    assert h.stage.resyncs == 0
+
+
+def test_one_forged_valid_result_far_ahead_costs_at_most_recover_after_results(control):
+    """A fresh, valid result with frame id 2**62 is acted on (nothing tells it from a real one), but
+    the genuine ids behind it are followed again after `recover_after` consecutive good results."""
+    h, send, recv = control
+    _drive(send, 3)
+    send(raw=_result(2**62, time.monotonic_ns()))
+    time.sleep(0.05)
+    normal = _model_commands_resume(send, recv, 4)
+    ids = [int(c["frame_id"]) for c in normal]
+    assert 2**62 in ids  # the forged one
+    genuine = [i for i in ids if i < 2**62]
+    assert genuine and genuine[0] <= 4 + h.cfg.control.recover_after - 1 and genuine[-1] == 9
+    assert h.stage.resyncs == 1

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import wire
-from runtime.e2e import CommandChecker, Verdict
+from runtime.e2e import CLOCK_SKEW_NS, CommandChecker, Verdict
 from runtime.wire import MsgType, Stamp
 
 NOW = 10_000_000_000
@@ -15,6 +14,7 @@ DEADLINE = 66_000_000
 
 
 def cmd(seq: int, age_ns: int = 5_000_000) -> bytes:
+    """A command with sequence number `seq` whose frame is `age_ns` old at NOW (negative: from the future)."""
     r = wire.new_message(MsgType.COMMAND)
     r["seq"], r["steer"] = seq, 0.01
     r["stamps"][Stamp.CAPTURE] = NOW - age_ns
@@ -52,8 +52,45 @@ def test_failsafe_commands_carry_no_frame_and_are_never_stale():
 def test_sender_restart_is_a_resync_not_mass_loss():
     ch = CommandChecker(DEADLINE, resync_after=1000)
     ch.check(cmd(500), NOW)
-    assert ch.check(cmd(90_000), NOW)[1] is Verdict.OK
+    # The jump alone is not trusted (a forged counter looks the same); the next one in sequence confirms it.
+    assert ch.check(cmd(90_000), NOW)[1] is Verdict.SYNC
+    assert ch.check(cmd(90_001), NOW)[1] is Verdict.OK
     assert ch.counters.resyncs == 1 and ch.counters.lost == 0
+
+
+def test_sender_restart_with_a_lower_counter_resynchronises():
+    """A rebooted host restarts CLOCK_MONOTONIC, so a restarted sender's counter may be far behind:
+    the receiver must follow it after `sync_after` commands, not call it reordered forever."""
+    ch = CommandChecker(DEADLINE)
+    for s in range(5_000_000, 5_000_010):
+        ch.check(cmd(s), NOW)
+    verdicts = [ch.check(cmd(s), NOW)[1] for s in range(1_000, 1_005)]
+    assert verdicts == [Verdict.REORDERED] + [Verdict.OK] * 4
+    assert ch.counters.resyncs == 1
+
+
+def test_one_forged_counter_far_ahead_is_never_acted_on_and_costs_nothing():
+    ch = CommandChecker(DEADLINE)
+    assert [ch.check(cmd(s), NOW)[1] for s in (100, 101)] == [Verdict.OK] * 2
+    assert ch.check(cmd(2**63), NOW)[1] is Verdict.SYNC  # CRC-valid, but far out of sequence
+    assert [ch.check(cmd(s), NOW)[1] for s in (102, 103, 104)] == [Verdict.OK] * 3
+    assert ch.counters.resyncs == 0 and ch.counters.unsynced == 1
+
+
+def test_one_forged_counter_just_ahead_locks_out_at_most_sync_after_minus_one():
+    ch = CommandChecker(DEADLINE, sync_after=2)
+    ch.check(cmd(100), NOW)
+    assert ch.check(cmd(150), NOW)[1] is Verdict.OK  # in the window: indistinguishable from loss
+    # The genuine stream carries on from 101: one command refused, then followed again.
+    assert [ch.check(cmd(s), NOW)[1] for s in (101, 102, 103)] == [Verdict.REORDERED, Verdict.OK, Verdict.OK]
+
+
+def test_capture_stamp_from_the_future_refused():
+    ch = CommandChecker(DEADLINE)
+    assert ch.check(cmd(1, age_ns=-(CLOCK_SKEW_NS + 1)), NOW)[1] is Verdict.FUTURE
+    assert ch.check(cmd(2, age_ns=-10**15), NOW)[1] is Verdict.FUTURE  # far in the future: never "fresh"
+    assert ch.check(cmd(3, age_ns=-CLOCK_SKEW_NS), NOW)[1] is Verdict.OK  # within the documented skew
+    assert ch.counters.future == 2
 
 
 @settings(max_examples=300, deadline=None)
@@ -70,11 +107,33 @@ def test_any_corruption_detected(pos, xor):
 @given(seqs=st.lists(st.integers(1, 500), min_size=1, max_size=60))
 def test_counts_add_up_for_any_arrival_order(seqs):
     ch = CommandChecker(DEADLINE, resync_after=10_000)
-    for s in seqs:
-        ch.check(cmd(s), NOW)
+    verdicts = [ch.check(cmd(s), NOW)[1] for s in seqs]
     c = ch.counters
-    assert c.ok + c.repeated + c.reordered == len(seqs)
-    accepted = [s for i, s in enumerate(seqs) if s > max(seqs[:i], default=0)]
-    assert c.ok == len(accepted)
-    assert c.lost == (accepted[-1] - accepted[0] + 1) - len(accepted)
-    assert np.all(np.diff(accepted) > 0)
+    assert c.ok + c.repeated + c.reordered + c.unsynced == len(seqs) and c.unsynced == 0  # no jump that large
+    accepted = [s for s, v in zip(seqs, verdicts) if v is Verdict.OK]
+    assert c.ok == len(accepted) and accepted[0] == seqs[0]
+    # Each accepted command follows the one accepted before it, or was confirmed by the one before it
+    # in the arrival order, repeats aside (sync_after = 2): never one out-of-sequence command on its own.
+    prev_ok, prev = None, None
+    for s, v in zip(seqs, verdicts):
+        if v is Verdict.OK and prev_ok is not None and s <= prev_ok:
+            assert prev is not None and 0 < s - prev < 10_000
+        if v is Verdict.OK:
+            prev_ok = s
+        if v is not Verdict.REPEATED:
+            prev = s
+
+
+@settings(max_examples=300, deadline=None)
+@given(junk=st.lists(st.integers(1, 2**64 - 1), max_size=20), start=st.integers(1, 2**62),
+       sync_after=st.integers(1, 4))
+def test_a_genuine_stream_is_followed_within_sync_after_commands_whatever_came_before(junk, start, sync_after):
+    """Any CRC-valid counters (forged, replayed, from a restarted sender), then a genuine in-order stream:
+    the receiver acts on the genuine stream from its `sync_after`-th command on (one later where the last
+    accepted counter equals a genuine one: that one is a repeat), and on every one after."""
+    ch = CommandChecker(DEADLINE, sync_after=sync_after)
+    for s in junk:
+        ch.check(cmd(s), NOW)
+    verdicts = [ch.check(cmd(s), NOW)[1] for s in range(start, start + sync_after + 5)]
+    first_ok = verdicts.index(Verdict.OK)
+    assert first_ok <= sync_after and verdicts[first_ok:] == [Verdict.OK] * (len(verdicts) - first_ok)

@@ -33,13 +33,14 @@ class Actuator:
         self.last_rx_ns = 0
 
     def receive(self, steer: float, accel: float, capture_ns: int, now_ns: int) -> None:
-        """A command that passed the end-to-end check, received at now_ns."""
+        """A command that passed the end-to-end check, received at now_ns. Its frame counts as captured
+        no later than that: the check allows a little clock skew, an age must never go negative."""
         n = len(self._due)
         if (self._tail + 1) % n == self._head:  # full (commands faster than periods): the oldest goes
             self._head = (self._head + 1) % n
         t = self._tail
         self._due[t] = now_ns + self.delay_ns
-        self._capture[t] = capture_ns
+        self._capture[t] = min(capture_ns, now_ns)
         self._cmd[t, 0], self._cmd[t, 1] = steer, accel
         self._tail = (t + 1) % n
         self.last_rx_ns = now_ns

@@ -1,8 +1,12 @@
 """control: model output -> steering command, clamped and rate-limited, with a deadline watchdog.
 
 A Level-2 assist must say the moment it cannot trust itself. Commands are computed only
-from fresh, valid results: frame id moving forward, captured within the deadline, status
-OK, the decoded value present and finite. The watchdog times the age of the frame behind
+from fresh, valid results: frame id moving forward, captured within the deadline (and not
+after now: a capture stamp later than the clock, beyond `CLOCK_SKEW_NS`, is forged or broken),
+status OK, the decoded value present and finite. The frame id moves on only with a result
+acted on, so no single CRC-valid result (a huge id, a future stamp) can lock the stage out;
+ids going back are followed once `recover_after` consecutive good results agree on them (a
+restarted source, or a forged id ahead of the genuine ones). The watchdog times the age of the frame behind
 the last command: once that frame is older than the deadline (or no valid result arrived
 within a grace period after the pipeline started, or a result was invalid) the stage
 publishes fail-safe commands (steering ramped to neutral at the rate limit, gentle
@@ -19,6 +23,7 @@ import math
 import time
 
 from runtime import wire
+from runtime.e2e import CLOCK_SKEW_NS
 from runtime.manifest import load_manifest
 from runtime.stage import RateLimitedLog, Stage
 from runtime.transport import latest_reader, publisher
@@ -33,6 +38,7 @@ _CAMERA_REASONS = {ResultStatus.CAMERA_BLACKOUT: TakeoverReason.CAMERA_BLACKOUT,
 
 class ControlStage(Stage):
     name = "control"
+    clock = staticmethod(time.monotonic_ns)  # every stamp and age; tests drive `tick` on a simulated one
 
     def setup(self) -> None:
         c = self.cfg.control
@@ -62,7 +68,11 @@ class ControlStage(Stage):
         self.acted_capture_ns = 0  # capture stamp of the frame behind the last model command
         self.watch_from_ns = 0  # 0 = watchdog not armed yet (the pipeline has not started)
         self.failsafe: TakeoverReason = TakeoverReason.NONE
-        self.good_streak = 0
+        self.good_streak = 0  # good results (fresh, valid, ids increasing) in a row, since the last acted on
+        self._streak_id = 0  # frame id of the newest of them
+        self._seen_since = 0  # stale or invalid results after the last acted-on frame id (not drops)
+        self.resyncs = 0  # times the frame ids went back and were followed
+        self.future = 0
         self.stale = 0
         self.invalid = 0
         self.takeovers = 0
@@ -89,15 +99,17 @@ class ControlStage(Stage):
         c["reason"] = int(self.failsafe)
         c["accel"] = -self.cfg.control.failsafe_decel_mps2 if self.failsafe else 0.0
         c["stamps"][:] = stamps
-        sent = time.monotonic_ns()
+        sent = self.clock()
         c["stamps"][Stamp.CTRL_SEND] = sent
-        c["age_ns"] = sent - int(c["stamps"][Stamp.CAPTURE]) if c["stamps"][Stamp.CAPTURE] else 0
+        # never negative: a capture stamp up to CLOCK_SKEW_NS after the clock is accepted, and is age 0
+        c["age_ns"] = max(0, sent - int(c["stamps"][Stamp.CAPTURE])) if c["stamps"][Stamp.CAPTURE] else 0
         self.pub.send(wire.encode(c))
         if self.can is not None:
             self.can.send(steer, float(c["accel"]), int(c["flags"]), int(c["reason"]), int(c["seq"]), int(c["age_ns"]))
 
     def _enter_failsafe(self, reason: TakeoverReason, detail: str) -> None:
-        self.good_streak = 0
+        # The good-result streak holds only results not acted on (a bad one resets it): those came after
+        # the frame that timed out, so on a DEADLINE they count toward recovery, as toward a resync.
         if not self.failsafe:
             self.takeovers += 1
             self.log.warning("FAIL-SAFE, takeover requested (%s): %s", reason.name.lower(), detail)
@@ -117,8 +129,10 @@ class ControlStage(Stage):
             self._watch_for_start()
         if not self.last_cmd_ns:
             self._follow_vehicle_steer()
-        msg = self.results.recv(10)
-        now = time.monotonic_ns()
+        self.tick(self.results.recv(10), self.clock())
+
+    def tick(self, msg: bytes | None, now: int) -> None:
+        """One result (or none) at `now`: act on it, watch the deadline, send a fail-safe command when due."""
         if msg is not None:
             self._on_result(msg, now)
         if self.watch_from_ns and not self.failsafe:  # in fail-safe, only good results matter (recovery)
@@ -138,7 +152,7 @@ class ControlStage(Stage):
     def _watch_for_start(self) -> None:
         """Arm the watchdog when the supervisor starts the camera, with a grace period for the first frame."""
         if self.is_start_signal(self.supervisor.drain()):
-            self.watch_from_ns = time.monotonic_ns() + STARTUP_GRACE_NS
+            self.watch_from_ns = self.clock() + STARTUP_GRACE_NS
 
     def _follow_vehicle_steer(self) -> None:
         """Until this stage has commanded anything, the rate limiter starts from the measured steer."""
@@ -148,48 +162,80 @@ class ControlStage(Stage):
             if rec is not None and abs(float(rec["steer"])) <= self.max_steer:
                 self.steer = float(rec["steer"])
 
-    def _not_acted_on(self) -> None:
+    def _not_acted_on(self, frame_id: int = 0) -> None:
         self.good_streak = 0  # recovery needs *consecutive* good results
+        if frame_id > self._last_frame_id:
+            self._seen_since += 1
+
+    def _advance_frame_id(self, frame_id: int) -> None:
+        """Only a result acted on moves the frame id on; the gap, less the stale and invalid results
+        seen in it, is frames this stage never got."""
+        if self._last_frame_id:
+            self.dropped += max(0, frame_id - self._last_frame_id - 1 - self._seen_since)
+        self._last_frame_id, self._seen_since = frame_id, 0
 
     def _on_result(self, msg: bytes, now: int) -> None:
         rec = self.decode(msg, MsgType.RESULT)
-        if rec is None or not self.accept_frame_id(int(rec["frame_id"])):
+        if rec is None:
             self._not_acted_on()
             return
-        capture_ns = int(rec["stamps"][Stamp.CAPTURE])
+        frame_id, capture_ns = int(rec["frame_id"]), int(rec["stamps"][Stamp.CAPTURE])
+        if capture_ns - now > CLOCK_SKEW_NS:
+            self.future += 1
+            self.reject(f"result for frame {frame_id} was captured {(capture_ns - now) / 1e6:.1f} ms after now "
+                        f"(clock skew allowed: {CLOCK_SKEW_NS / 1e6:.1f} ms): forged or a broken clock")
+            self._not_acted_on()
+            return
         if now - capture_ns > self.deadline_ns:
             self.stale += 1
             self.dropped += 1  # a frame never acted on
             self._warn_stale("result for frame %d is %.1f ms old (deadline %.1f ms): not acted on",
-                             int(rec["frame_id"]), (now - capture_ns) / 1e6, self.deadline_ns / 1e6)
-            self._not_acted_on()
+                             frame_id, (now - capture_ns) / 1e6, self.deadline_ns / 1e6)
+            self._not_acted_on(frame_id)
             return
         index = self.decoder.index
         value = float(rec["values"][index]) * self.decoder.scale if index < int(rec["n_values"]) else math.nan
         plausible = math.isfinite(value) and abs(value) <= self.cfg.control.plausible_steer_rad
         if int(rec["status"]) != ResultStatus.OK or not plausible:
+            if frame_id <= self._last_frame_id:  # an old result: nothing to act on, nor to hand over for
+                self.reject(f"frame id {frame_id} not after {self._last_frame_id} (repeated or reordered)")
+                self._not_acted_on()
+                return
+            self._not_acted_on(frame_id)
             self.invalid += 1
             why = (f"status {ResultStatus(int(rec['status'])).name}" if int(rec["status"]) != ResultStatus.OK
                    else f"decoded value {value} (index {index} of {int(rec['n_values'])} values; plausible "
                         f"|value| <= {self.cfg.control.plausible_steer_rad} rad)")
             reason = _CAMERA_REASONS.get(int(rec["status"]), TakeoverReason.INVALID_RESULT)
-            self._enter_failsafe(reason, f"frame {int(rec['frame_id'])}: {why}")
+            self._enter_failsafe(reason, f"frame {frame_id}: {why}")
             return
+        self.good_streak = self.good_streak + 1 if self.good_streak and frame_id > self._streak_id else 1
+        self._streak_id = frame_id
+        if frame_id <= self._last_frame_id:  # the frame acted on last is never acted on again
+            if frame_id == self._last_frame_id or self.good_streak < self.cfg.control.recover_after:
+                self.reject(f"frame id {frame_id} not after {self._last_frame_id} (repeated or reordered)")
+                return
+            self.resyncs += 1
+            self.log.warning("frame ids went back from %d to %d over %d consecutive good results: following "
+                             "them (the camera source restarted, or frame %d was forged)", self._last_frame_id,
+                             frame_id, self.good_streak, self._last_frame_id)
+            self._last_frame_id = 0
+        self._advance_frame_id(frame_id)
         self.frames += 1
         if self.failsafe:
-            self.good_streak += 1
             if self.good_streak < self.cfg.control.recover_after:
                 return
             self.log.warning("recovered after %d consecutive good results", self.good_streak)
             self.failsafe = TakeoverReason.NONE
+        self.good_streak = 0  # acted on: after a takeover, recovery counts afresh
         self.acted_capture_ns = capture_ns
         stamps = rec["stamps"].copy()
         stamps[Stamp.CTRL_RECV] = now
-        self._send(self._rate_limited(value, now), now, stamps, int(rec["frame_id"]))
+        self._send(self._rate_limited(value, now), now, stamps, frame_id)
 
     def teardown(self) -> None:
         """Say so before going silent: a last fail-safe command with a SHUTDOWN takeover request."""
         if hasattr(self, "pub") and self.watch_from_ns:
             self.failsafe = TakeoverReason.SHUTDOWN
-            self._failsafe_command(time.monotonic_ns(), force=True)
+            self._failsafe_command(self.clock(), force=True)
         super().teardown()
