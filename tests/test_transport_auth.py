@@ -18,6 +18,7 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from runtime import curve, transport, wire
+from runtime import supervisor as supervisor_mod
 from runtime.config import DEFAULT_CONFIG, load
 from runtime.supervisor import ProcessHandle, Supervisor
 from runtime.topics import TOPICS
@@ -341,16 +342,19 @@ def test_a_heartbeat_flood_from_an_unknown_process_holds_nothing_and_counts_for_
         st = sup.status["control"]
         calls, seen = 0, set()
         end = time.monotonic() + 120
-        while time.monotonic() < end and (len(seen) < 10 or sup.foreign_heartbeats < 2000):
+        batch = supervisor_mod.HEARTBEAT_BATCH * len(sup.status)  # what one poll may read, stages' own included
+        while time.monotonic() < end and len(seen) < 10:
+            before = getattr(sup, "foreign_heartbeats", 0)
             sup._poll_heartbeats(20)
             calls += 1
+            assert sup.foreign_heartbeats - before <= batch  # each poll returns after a bounded batch
             assert not over.is_set(), (f"the supervisor's loop was held by the flood: {calls} poll(s) returned "
                                        "in its 90 s")
             if st.counters:
                 seen.add(st.counters["frames"])
         assert len(seen) >= 10, f"the started stage's heartbeats were crowded out: {sorted(seen)}"
-        assert sup.foreign_heartbeats >= 2000  # the flood did reach the socket, and was counted
         assert st.pid == stage.pid and max(seen) < 10**6, (st.pid, stage.pid, max(seen))  # never the forged ones
+        assert sup.foreign_heartbeats >= 1000  # the flood did reach the socket, and was counted
         assert sup.summary()["transport"]["foreign_heartbeats"] == sup.foreign_heartbeats
         assert sup.status["capture"].counters is None  # not started: no heartbeat can speak for it
         assert calls >= 10
