@@ -9,6 +9,7 @@ import os
 import queue
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
+from conftest import SHARED_MACHINE_CONTROL
 from runtime import curve, transport, wire
 from runtime import supervisor as supervisor_mod
 from runtime.config import DEFAULT_CONFIG, load
@@ -366,3 +368,40 @@ def test_a_heartbeat_flood_from_an_unknown_process_holds_nothing_and_counts_for_
                 p.kill()
         sup.heartbeats.close(0)
         ctx.destroy(linger=0)
+
+
+def test_a_curve_pipeline_reports_the_outsiders_it_refused():
+    """The whole pipeline over tcp:// with CURVE on 127.0.0.1: while it runs, a peer with other
+    CURVE keys sends heartbeats as control to the supervisor's socket. None is taken; the run's
+    summary counts the refused peer; the stages run on undisturbed."""
+    cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True,
+                                                 "tcp_base_port": _free_port_block(len(TOPICS))},
+                                       control=SHARED_MACHINE_CONTROL)
+    sup = Supervisor(cfg, duration_s=4.0, mode="processes")
+    sent = threading.Event()
+
+    def outsider() -> None:
+        while not hasattr(sup, "started_at"):
+            time.sleep(0.05)
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        _foreign_client(pub, sup.endpoints)
+        pub.connect(sup.endpoints("heartbeat"))
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            pub.send(_heartbeat(b"control", os.getpid(), 10**12))
+            time.sleep(0.001)
+        sent.set()
+        pub.close(0)
+        ctx.term()
+
+    t = threading.Thread(target=outsider, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join(10)
+    assert sent.is_set(), "the outsider thread failed"
+    assert s["transport"]["denied_peers"] >= 1, s["transport"]
+    assert s["stages"]["control"]["frames"] < 10**6, s["stages"]["control"]  # its counters were never taken
+    assert s["exit_reason"].startswith("duration") and s["frames"] > 0, s
+    assert all(st["restarts"] == 0 for st in s["stages"].values()), s["stages"]
