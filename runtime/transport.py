@@ -72,6 +72,10 @@ class Endpoints:
         p = cfg.pipeline
         transport = "inproc" if p.mode == "threads" else p.transport
         curve_dir = str(Path(run_dir) / "curve") if p.curve and transport == "tcp" else ""
+        if transport == "tcp" and not curve_dir:  # loopback only (runtime/config.py refuses the rest)
+            log.warning("pipeline.curve is off: any local process can connect to this run's tcp ports, or bind "
+                        "one while its stage restarts and feed the next stage; set pipeline.curve = true unless "
+                        "nothing else runs on this host")
         mailboxes = p.mailbox and transport != "tcp"
         why_not = unsupported() if mailboxes else ""
         if why_not:

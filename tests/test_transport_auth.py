@@ -63,6 +63,16 @@ def _foreign_client(sock: zmq.Socket, ep: Endpoints) -> None:
     sock.curve_serverkey, _ = zmq.auth.load_certificate(str(Path(ep.curve_dir) / "server.key_secret"))
 
 
+def test_plain_tcp_on_loopback_runs_with_a_warning_naming_the_fix(tmp_path, caplog):
+    plain = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp"})
+    assert not Endpoints.for_run(plain, "t", tmp_path).curve_dir
+    assert "pipeline.curve is off: any local process can connect" in caplog.text
+    assert "set pipeline.curve = true" in caplog.text
+    caplog.clear()
+    with_curve = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True})
+    assert Endpoints.for_run(with_curve, "t", tmp_path).curve_dir and "pipeline.curve" not in caplog.text
+
+
 # -- maximum message size ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["ipc", "tcp+curve"])
