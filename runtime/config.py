@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import math
 import os
@@ -381,6 +382,17 @@ def from_dict(raw: dict[str, Any], base_dir: str | Path = PROJECT_ROOT) -> Pipel
     return cfg
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1 or "localhost". Other
+    names are not resolved (what they point to can change after the check), so they count as remote."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _cross_check(cfg: PipelineConfig) -> None:
     for stage, cores in cfg.pipeline.affinity.items():
         if stage not in STAGES:
@@ -401,6 +413,11 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")
+    if cfg.pipeline.transport == "tcp" and not cfg.pipeline.curve and not is_loopback(cfg.pipeline.tcp_host):
+        raise ConfigError(f"pipeline.tcp_host: {cfg.pipeline.tcp_host!r} is not a loopback address, and plain tcp:// "
+                          "lets anyone who can reach it read the commands and feed forged results to control; "
+                          "set pipeline.curve = true (encrypted, only this run's stages may connect) or "
+                          "tcp_host = \"127.0.0.1\"")
     if cfg.camera.fps < 1:
         raise ConfigError(f"camera.fps: {cfg.camera.fps} is below 1 frame per second; the deadline and "
                           "heartbeats assume at least 1")

@@ -34,7 +34,7 @@ from runtime.framepool import FramePool
 from runtime.mailbox import Mailbox
 from runtime.procenv import stage_env
 from runtime.signing import approved_manifest
-from runtime.stage import StageContext, run_stage
+from runtime.stage import RateLimitedLog, StageContext, run_stage
 from runtime.stage_main import MANIFEST_PIN, load_stage_class
 from runtime.stages import STAGE_NAMES, stage_class, stage_names
 from runtime.stages.capture import CAMERA_STREAM
@@ -51,6 +51,7 @@ HEARTBEAT_TIMEOUT_S = 2.0  # a stage alive but silent this long is hung: kill it
 MAX_RESTARTS = 3  # within RESTART_WINDOW_S: crashes days apart do not add up to giving up
 RESTART_WINDOW_S = 60.0
 BACKOFF_S = 0.5
+HEARTBEAT_BATCH = 16  # heartbeats per stage one poll reads at most: a flood cannot hold the loop
 
 
 class StageFailed(RuntimeError):
@@ -183,6 +184,8 @@ class Supervisor:
         self.status = {name: StageStatus() for name in stage_names(self.cfg)}  # + recorder when enabled
         self.stop_requested = threading.Event()
         self.exit_reason = ""
+        self.foreign_heartbeats = 0  # malformed, or not from a process this supervisor started (dropped)
+        self._warn_foreign = RateLimitedLog(log)
 
     # -- lifecycle ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -256,10 +259,19 @@ class Supervisor:
                  self.endpoints("frames").split("://")[0] + "://",
                  ", inputs from shared-memory mailboxes" if self.endpoints.mailboxes else "")
 
+    def _started_pid(self, name: str) -> int | None:
+        """The pid of the process this supervisor started as stage `name` (its own in threads mode)."""
+        h = self.handles.get(name)
+        return None if h is None else h.pid if isinstance(h, ProcessHandle) else os.getpid()
+
     def _poll_heartbeats(self, timeout_ms: int) -> None:
+        """Take the stages' heartbeats: only from the processes this supervisor started, each under
+        the stage name it was started as; anything else is dropped and counted (foreign_heartbeats).
+        Reads a bounded batch per call (the socket's fair queue takes each peer in turn), so a peer
+        flooding the socket neither holds the loop nor crowds out the stages."""
         if not self.heartbeats.poll(timeout_ms):
             return
-        while True:
+        for _ in range(HEARTBEAT_BATCH * len(self.status)):
             try:
                 msg = self.heartbeats.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -267,12 +279,14 @@ class Supervisor:
             try:
                 rec = wire.decode(msg, MsgType.HEARTBEAT)
             except WireError as e:
-                log.warning("rejected heartbeat: %s", e)
+                self._foreign("rejected heartbeat: %s", e)
                 continue
             name = bytes(rec["stage"]).decode()
             st = self.status.get(name)
-            if st is None:
-                log.warning("heartbeat from unknown stage %r", name)
+            if st is None or int(rec["pid"]) != self._started_pid(name):
+                self._foreign("dropped a heartbeat as stage %r from pid %d: not a process this supervisor "
+                              "started (%s)", name, int(rec["pid"]), f"{name} is pid {self._started_pid(name)}"
+                              if st is not None else "no such stage")
                 continue
             if st.pid and int(rec["pid"]) != st.pid and st.counters:  # a restarted instance: keep the old counts
                 st.earlier = {k: (st.earlier or {}).get(k, 0) + v for k, v in st.counters.items()}
@@ -280,6 +294,10 @@ class Supervisor:
             st.state = StageState(int(rec["state"]))
             st.last_seen = time.monotonic()
             st.counters = {k: int(rec[k]) for k in ("frames", "dropped", "rejected", "errors")}
+
+    def _foreign(self, msg: str, *args: object) -> None:
+        self.foreign_heartbeats += 1
+        self._warn_foreign(msg, *args)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.cfg.pipeline.ready_timeout_s
@@ -437,6 +455,9 @@ class Supervisor:
                        for n, s in self.status.items()},
             **tel,
             "leaked_segments": shm.list_segments(self.run_id),
+            # what the transport refused: heartbeats not from a started stage, and CURVE clients without the run's key
+            "transport": {"foreign_heartbeats": self.foreign_heartbeats,
+                          "denied_peers": self.auth.denied if getattr(self, "auth", None) is not None else 0},
         }
 
 
@@ -488,6 +509,10 @@ def format_summary(s: dict[str, Any]) -> str:
         injected = ", ".join(f"{k.lower()} {v['frames']} frame(s)" for k, v in faults.items()) or "none"
         lines.append(f"  simulator: actuator timeouts {act.get('events', 0)} ({act.get('frames', 0)} frames "
                      f"ramped to neutral by the actuator); injected faults: {injected}")
+    refused = s.get("transport", {})
+    if refused.get("foreign_heartbeats") or refused.get("denied_peers"):
+        lines.append(f"  transport: {refused['foreign_heartbeats']} heartbeat(s) dropped (not from a stage this "
+                     f"supervisor started), {refused['denied_peers']} peer(s) without the run's CURVE key refused")
     if s.get("leaked_segments"):
         lines.append(f"  LEAKED shared memory: {s['leaked_segments']}")
     return "\n".join(lines)

@@ -33,6 +33,26 @@ log = logging.getLogger(__name__)
 SNDHWM = 64
 RCVHWM = 64
 
+# ZMQ_MAXMSGSIZE: libzmq reads each incoming frame's size field first and disconnects a peer that
+# announces more than this, before buffering a byte of it, so a 100 MiB message costs the receiver
+# nothing. The limit is what the socket accepts (a SUB: its topic's wire layout; a PUB: a
+# subscription), but never below the handshake's own largest command, which goes through the same
+# check: ZMTP NULL's READY with our Socket-Type metadata is 25 bytes; CURVE's INITIATE is 276 (257 +
+# that metadata), and CURVE wraps every message in a 33-byte MESSAGE box (name 8, nonce 8, MAC 16, flags 1).
+SUBSCRIPTION_BYTES = 10  # ZMTP 3.1 "\x09SUBSCRIBE" + the prefix (empty: every stage subscribes to all)
+NULL_HANDSHAKE_BYTES = 25
+CURVE_HANDSHAKE_BYTES = 276
+CURVE_BOX_BYTES = 33
+
+
+def max_message_size(name: str, sock_type: int, curve: bool) -> int:
+    """ZMQ_MAXMSGSIZE of a `sock_type` socket on topic `name`: the largest message it accepts, as
+    framed on the wire (runtime/wire.py's layout for a SUB, a subscription for a PUB)."""
+    accepts = wire.LAYOUTS[topic(name).msg].itemsize if sock_type == zmq.SUB else SUBSCRIPTION_BYTES
+    if curve:
+        return max(accepts + CURVE_BOX_BYTES, CURVE_HANDSHAKE_BYTES)
+    return max(accepts, NULL_HANDSHAKE_BYTES)
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -52,6 +72,10 @@ class Endpoints:
         p = cfg.pipeline
         transport = "inproc" if p.mode == "threads" else p.transport
         curve_dir = str(Path(run_dir) / "curve") if p.curve and transport == "tcp" else ""
+        if transport == "tcp" and not curve_dir:  # loopback only (runtime/config.py refuses the rest)
+            log.warning("pipeline.curve is off: any local process can connect to this run's tcp ports, or bind "
+                        "one while its stage restarts and feed the next stage; set pipeline.curve = true unless "
+                        "nothing else runs on this host")
         mailboxes = p.mailbox and transport != "tcp"
         why_not = unsupported() if mailboxes else ""
         if why_not:
@@ -75,7 +99,9 @@ class Endpoints:
 
 
 def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> zmq.Socket:
-    """Bind or connect; with CURVE, the binding side is the server, the connecting side the client."""
+    """Bind or connect; with CURVE, the binding side is the server, the connecting side the client.
+    Either way the socket refuses messages larger than its topic's (`max_message_size`)."""
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size(name, sock.getsockopt(zmq.TYPE), bool(endpoints.curve_dir)))
     if endpoints.curve_dir:
         from runtime import curve
 

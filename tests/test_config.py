@@ -33,6 +33,11 @@ def test_default_config_loads():
     ("[camera]\nfps = 0.5\n", r"camera.fps: 0.5 is below 1 frame per second"),
     ("[pipeline]\nduration_s = nan\n", r"pipeline.duration_s: expected a finite number, got nan"),
     ("[pipeline]\ntcp_base_port = 65530\n", r"pipeline.tcp_base_port: 65530 outside"),
+    ("[pipeline]\ntransport = 'tcp'\ntcp_host = '0.0.0.0'\n",
+     r"pipeline.tcp_host: '0.0.0.0' is not a loopback address.*set pipeline.curve = true"),
+    ("[pipeline]\ntransport = 'tcp'\ntcp_host = '10.0.0.2'\ncurve = false\n",
+     r"pipeline.tcp_host: '10.0.0.2' is not a loopback address.*set pipeline.curve = true"),
+    ("[pipeline]\ntransport = 'tcp'\ntcp_host = 'ecu-2.local'\n", r"pipeline.tcp_host: 'ecu-2.local' is not a loopback"),
     ("[camera]\npool_slots = 1\n", r"camera.pool_slots: need at least 2"),
     ("[pipeline]\nmode = 'fibers'\n", r"pipeline.mode: 'fibers' is not one of 'processes', 'threads'"),
     ("[pipeline]\nduration_s = -5\n", r"pipeline.duration_s: must be >= 0"),
@@ -51,6 +56,17 @@ def test_default_config_loads():
 def test_bad_config_names_the_key(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
         load(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text", [
+    "[pipeline]\ntransport = 'tcp'\n",  # 127.0.0.1 by default
+    "[pipeline]\ntransport = 'tcp'\ntcp_host = 'localhost'\n",
+    "[pipeline]\ntransport = 'tcp'\ntcp_host = '::1'\n",
+    "[pipeline]\ntransport = 'tcp'\ntcp_host = '10.0.0.2'\ncurve = true\n",  # authenticated: fine
+    "[pipeline]\ntransport = 'ipc'\ntcp_host = '10.0.0.2'\n",  # no tcp: the host is unused
+])
+def test_tcp_is_loopback_or_curve(tmp_path, text):
+    load(_write(tmp_path, text))
 
 
 def test_missing_file(tmp_path):
