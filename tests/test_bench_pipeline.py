@@ -66,15 +66,12 @@ def _check_report(data: dict, scenario: str, cameras: int = 1) -> None:
 
 def test_single_stream_through_the_cli(tmp_path):
     out = tmp_path / "out"
-    # edgert with its inputs busy-polling (pipeline.spin_us) and warming up (pipeline.warm_us), so those
-    # paths run in real processes too, and the ZeroMQ-only ablation beside it
+    # edgert, and the ZeroMQ-only ablation beside it
     assert edgert(["bench", "pipeline", "--quick", "--scenario", "single-stream", "--min-count", "30",
-                   "--min-duration", "1", "--spin-us", "2000", "--warm-us", "1000", "--compare-zmq",
-                   "--out", str(out)]) == 0
+                   "--min-duration", "1", "--compare-zmq", "--out", str(out)]) == 0
     data = json.loads((out / "pipeline-single-stream.json").read_text())
     _check_report(data, "single-stream")
-    assert data["config"]["pacing"] == "closed" and data["config"]["spin_us"] == 2000
-    assert data["config"]["warm_us"] == 1000 and data["config"]["mailbox"] is True
+    assert data["config"]["pacing"] == "closed" and data["config"]["mailbox"] is True
     zmq_only = data["details"]["pipelines"]["edgert-zmq"]
     assert zmq_only["valid_runs"] == 1 and zmq_only["commands"] == data["cases"]["edgert-zmq"]["n"] >= 30
     assert data["ratios"]["edgert-zmq:tax/edgert:tax"] == pytest.approx(
@@ -83,7 +80,7 @@ def test_single_stream_through_the_cli(tmp_path):
     assert "| naive/edgert_p99 |" in md and "target" in md and "pipeline-single-stream-stages.png" in md
     for png in ("pipeline-single-stream.png", "pipeline-single-stream-stages.png", "pipeline-single-stream-time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data["config"]["edgert-threads"] == {"mode": "threads", "warm_run": True}
+    assert data["config"]["edgert-threads"] == {"mode": "threads"}
     for p in ("edgert", "edgert-threads"):  # each edgert pipeline is checked against the targets
         assert any(n.startswith("target ") and f"{p} tax p50 " in n for n in data["notes"]), p
     for p in ("edgert", "edgert-threads", "naive"):
@@ -95,13 +92,8 @@ def test_single_stream_through_the_cli(tmp_path):
 
 
 def test_multi_stream_batches_four_cameras_and_the_naive_baseline_keeps_up_or_drops(tmp_path):
-    # with infer.warm_run in the user's config (the baselines run without it; the batch-4 model's
-    # warm runs, too long for the warm-up, are turned off by the stage)
-    cfg = tmp_path / "warm.toml"
-    cfg.write_text(DEFAULT_CONFIG.read_text().replace("[infer]\n", "[infer]\nwarm_run = true\n", 1))
-    rep = pipeline.run(quick=True, scenario="multi-stream", progress=False, config=cfg, **MIN)
+    rep = pipeline.run(quick=True, scenario="multi-stream", progress=False, **MIN)
     data = json.loads(rep.write(tmp_path / "out")[0].read_text())
-    assert data["config"]["warm_run"] is True
     _check_report(data, "multi-stream", cameras=4)
     assert data["config"]["model"] == "pilotnet-x4"
     # fixed pacing: a frame every 1/30 s, evenly (edgert's source keeps the rate with four 1080p copies a tick)
@@ -140,10 +132,6 @@ def test_options_are_checked_with_the_fix():
         pipeline.scenario_config(load(DEFAULT_CONFIG), "multi-stream", arrival="fixed")
     with pytest.raises(ValueError, match="unknown scenario"):
         pipeline.run(quick=True, scenario="offline")
-    with pytest.raises(ValueError, match=r"--spin-us: -1 outside 0..100000"):
-        pipeline.run(quick=True, spin_us=-1)
-    with pytest.raises(ValueError, match="--warm-us: 100001 outside 0..100000"):
-        pipeline.run(quick=True, warm_us=100_001)
     assert edgert(["bench", "infer", "--scenario", "server"]) == 2
 
 
