@@ -16,7 +16,7 @@ from runtime import config as config_mod
 from runtime import shm
 from runtime import wire
 from runtime.stage import StageContext, run_stage
-from runtime.transport import Endpoints, publisher
+from runtime.transport import Endpoints, publisher, subscriber
 from runtime.wire import MsgType, StageState
 
 IR_VERSION = 10  # onnx >= 1.18 writes IR 11+ by default, newer than some onnxruntime releases read
@@ -164,14 +164,29 @@ class StageHarness:
             self.supervisor.send(wire.encode(go))
             time.sleep(0.01)
 
-    def start(self, stage_cls: type) -> None:
+    def start(self, stage_cls: type, ready_timeout_s: float = 120.0) -> None:
+        """Start the stage and return once its setup is over (a heartbeat past STARTING: READY, or
+        the periodic RUNNING ones should READY go out before this subscription is in place; or
+        FAILED), so a start signal sent next finds its sockets open however slowly a loaded machine
+        set it up. The bound only ends a test that would hang."""
         ctx = StageContext(stage_cls.name, self.cfg, self.run_id, self.endpoints, self.zmq, self.stop)
         self.stage = stage_cls(ctx)
+        heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")  # bound before the stage connects
 
         def target() -> None:
             self.code = run_stage(self.stage)
         self.thread = threading.Thread(target=target, daemon=True)
         self.thread.start()
+        try:
+            deadline = time.monotonic() + ready_timeout_s
+            while self.thread.is_alive() and time.monotonic() < deadline:
+                if heartbeats.poll(50):
+                    state = int(wire.decode(heartbeats.recv(), MsgType.HEARTBEAT)["state"])
+                    if state != StageState.STARTING:
+                        return
+            assert not self.thread.is_alive(), f"{stage_cls.name} not set up within {ready_timeout_s} s"
+        finally:
+            heartbeats.close(0)
 
     def close(self) -> None:
         self.stop.set()

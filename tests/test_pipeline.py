@@ -311,7 +311,8 @@ def test_echo_refuses_a_topic_whose_socket_the_supervisor_binds():
 
 def test_control_that_keeps_crashing_ends_the_run():
     """Without a control stage nothing commands the car: after 3 restarts the run stops, saying why."""
-    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=30.0, mode="processes")
+    # a duration it never reaches: how long four restarts take on a loaded machine is no part of the test
+    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=600.0, mode="processes")
     kills = []
 
     def killer() -> None:
@@ -325,10 +326,8 @@ def test_control_that_keeps_crashing_ends_the_run():
             time.sleep(0.05)
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    started = time.monotonic()
     s = sup.run()
-    t.join(5)
-    assert s["exit_reason"] == "control stage given up", s["exit_reason"]
+    t.join(30)
+    assert s["exit_reason"] == "control stage given up", s["exit_reason"]  # not the duration: it gave up
     assert s["stages"]["control"]["given_up"] and s["stages"]["control"]["restarts"] == 3
-    assert time.monotonic() - started < 25
     assert s["leaked_segments"] == []
