@@ -107,7 +107,9 @@ def test_multi_stream_batches_four_cameras_and_the_naive_baseline_keeps_up_or_dr
 
 def test_server_through_bench_all_runner_writes_an_index(tmp_path, monkeypatch):
     orig = pipeline.run
-    monkeypatch.setattr(pipeline, "run", lambda **kw: orig(**kw, **MIN, progress=False))
+    # 120 commands, not 30: the spread of gaps is a statistic, and 30 exponential gaps gave a sample
+    # coefficient of variation under 0.6 now and then (0.59 with a CPU-bound process beside the test)
+    monkeypatch.setattr(pipeline, "run", lambda **kw: orig(**kw, **{**MIN, "min_count": 120}, progress=False))
     index, failed = run_all(tmp_path, quick=True, progress=False,
                             only=[("pipeline", {"scenario": "server"}), ("no-such-benchmark", {})])
     assert failed and failed[0].startswith("no-such-benchmark: ModuleNotFoundError")
@@ -117,8 +119,9 @@ def test_server_through_bench_all_runner_writes_an_index(tmp_path, monkeypatch):
     text = index.read_text()
     assert text.startswith("# edgert benchmarks (quick") and "Machine: " in text and "## pipeline-server" in text
     assert "| naive/edgert |" in text and "](pipeline-server-time.png)" in text and "FAILED: no-such-benchmark" in text
-    # Poisson arrivals: gaps spread like an exponential's (coefficient of variation 1; a camera's is near 0)
-    assert data["details"]["pipelines"]["naive"]["capture_interval_ms"]["cv"] > 0.6
+    # Poisson arrivals: gaps spread like an exponential's (coefficient of variation 1; a camera's is near 0,
+    # up to 0.33 on a loaded machine; the source's own scheduling can only shorten the spread a little)
+    assert data["details"]["pipelines"]["naive"]["capture_interval_ms"]["cv"] > 0.5
 
 
 def test_bench_all_runs_every_benchmark_and_every_scenario():
