@@ -54,8 +54,7 @@ def opencv_pool() -> dict[str, Any]:
     return {"env": env, "in_this_process": _opencv.get("in_this_process", "cv2" not in sys.modules)}
 
 
-PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "spin_us", "warm_us",
-                    "compare_zmq")
+PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "compare_zmq")
 
 
 def benchmarks() -> list[str]:

@@ -13,9 +13,8 @@ In the same call, on the same frames at the same rates, the naive baseline runs 
 process topology (bench/_naive.py: frames pickled through ZeroMQ, cv2 + NumPy preprocessing,
 plain `session.run`), and the standalone preprocessing kernel and engine (and the naive chain
 and bare session) are timed in this process on those frames. A second edgert pipeline,
-"edgert-threads", runs the same config in threads mode (one process, the stages as threads) with
-infer.warm_run: ARCHITECTURE's lowest-latency setup, so the report shows a process per stage
-against it. Runs alternate between the pipelines, in reverse every other round (`rounds`), so a noisy
+"edgert-threads", runs the same config in threads mode (one process, the stages as threads):
+ARCHITECTURE's lowest-latency setup, so the report shows a process per stage against it. Runs alternate between the pipelines, in reverse every other round (`rounds`), so a noisy
 spell on a shared machine hits all of them.
 
 Each run lasts until it has `min_count` commands AND `min_duration_s` seconds after a warm-up
@@ -38,9 +37,9 @@ is marked INVALID in the notes. Per command, from the stamps every stage adds
 plus drops (frames the source skipped or whose command never came; frames captured but never
 commanded, by frame-id gaps at control), CPU % and peak RSS of each stage process, and
 throughput. Ratios: naive/edgert (p50) and naive/edgert_p99 for end-to-end, and the same for tax;
-naive/edgert-threads, and edgert:tax/edgert-threads:tax (processes against threads + warm run).
+naive/edgert-threads, and edgert:tax/edgert-threads:tax (processes against threads).
 With `compare_zmq` a fourth pipeline, "edgert-zmq", runs edgert with ZeroMQ-only hops (no
-mailboxes, no warm-up) in the same rounds: ratio edgert-zmq:tax/edgert:tax is what they save.
+mailboxes) in the same rounds: ratio edgert-zmq:tax/edgert:tax is what they save.
 """
 
 from __future__ import annotations
@@ -62,9 +61,9 @@ from runtime.wire import Stamp
 
 STAGES = ("capture", "preprocess", "infer", "control")
 POISSON_DEADLINE_MS = 500.0
-THREADS = "edgert-threads"  # edgert's lowest-latency setup: threads mode with the model's warm run
+THREADS = "edgert-threads"  # ARCHITECTURE's lowest-latency setup: threads mode
 PIPELINES = ("edgert", THREADS, "naive")
-ZMQ_ABLATION = "edgert-zmq"  # --compare-zmq: edgert with ZeroMQ-only hops (pipeline.mailbox = false, no warm-up)
+ZMQ_ABLATION = "edgert-zmq"  # --compare-zmq: edgert with ZeroMQ-only hops (pipeline.mailbox = false)
 COLOURS = ("tab:blue", "tab:purple", "tab:red", "tab:green")
 
 
@@ -492,7 +491,7 @@ def _aggregate(rep: PipelineReport, p: str, runs: list[RunResult], tax_floor_ns:
 def run(quick: bool = False, scenario: str = "single-stream", cameras: int | None = None, fps: float | None = None,
         arrival: str | None = None, min_count: int | None = None, min_duration_s: float | None = None,
         rounds: int | None = None, config: str | Path = DEFAULT_CONFIG, progress: bool = True,
-        spin_us: int | None = None, warm_us: int | None = None, compare_zmq: bool = False) -> PipelineReport:
+        compare_zmq: bool = False) -> PipelineReport:
     """One scenario, edgert and the naive baseline in the same call; see the module docstring."""
     from runtime.stages.frames import render_frames
 
@@ -506,12 +505,6 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             p[key] = value
     with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
         cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])
-        no_warm = {"infer": {"warm_run": False}}  # the warm run happens in the warm-up: none without one
-        for key, value in (("spin_us", spin_us), ("warm_us", warm_us)):
-            if value is not None:
-                if not 0 <= value <= 100_000:
-                    raise ValueError(f"--{key.replace('_', '-')}: {value} outside 0..100000")
-                cfg = cfg.replace(pipeline={key: value}, **(no_warm if key == "warm_us" and not value else {}))
         if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
             from bench._batchmodel import batch_variant
 
@@ -521,12 +514,11 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
                 "cameras": cfg.camera.cameras, "fps": cfg.camera.fps, "frame": [cfg.camera.height, cfg.camera.width],
                 "model": Path(cfg.infer.model).name, "quick": quick, **p,
                 "deadline_ms": cfg.deadline_ns / 1e6, "mode": cfg.pipeline.mode, "transport": cfg.pipeline.transport,
-                "spin_us": cfg.pipeline.spin_us, "warm_us": cfg.pipeline.warm_us, "mailbox": cfg.pipeline.mailbox,
-                "warm_run": cfg.infer.warm_run}
-        run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False, "warm_us": 0}, **no_warm),
-                    THREADS: cfg.replace(pipeline={"mode": "threads"}, infer={"warm_run": bool(cfg.pipeline.warm_us)}),
-                    "naive": cfg.replace(pipeline={"spin_us": 0, "warm_us": 0, "mailbox": False}, **no_warm)}  # by hand
-        conf[THREADS] = {"mode": run_cfgs[THREADS].pipeline.mode, "warm_run": run_cfgs[THREADS].infer.warm_run}
+                "mailbox": cfg.pipeline.mailbox}
+        run_cfgs = {"edgert": cfg, ZMQ_ABLATION: cfg.replace(pipeline={"mailbox": False}),
+                    THREADS: cfg.replace(pipeline={"mode": "threads"}),
+                    "naive": cfg.replace(pipeline={"mailbox": False})}  # by hand
+        conf[THREADS] = {"mode": run_cfgs[THREADS].pipeline.mode}
         rep = PipelineReport(f"pipeline-{scenario}", conf)
         if compare_zmq:
             rep.pipelines = (*PIPELINES, ZMQ_ABLATION)
@@ -562,7 +554,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         rep.ratio("naive", "edgert", p99=p99)
         rep.ratio("naive:tax", "edgert:tax", p99=p99)
         rep.ratio("naive", THREADS, p99=p99)
-        rep.ratio("edgert:tax", f"{THREADS}:tax", p99=p99)  # a process per stage, against threads + warm run
+        rep.ratio("edgert:tax", f"{THREADS}:tax", p99=p99)  # a process per stage, against threads
         if compare_zmq:
             rep.ratio(f"{ZMQ_ABLATION}:tax", "edgert:tax", p99=p99)
     _notes(rep, scenario, p["min_count"])
@@ -599,12 +591,10 @@ def _notes(rep: PipelineReport, scenario: str, min_count: int) -> None:
     if THREADS in rep.pipelines:
         rep.notes.append(
             f"{THREADS} = the same config in threads mode (pipeline.mode = \"threads\": one process, the stages "
-            f"as threads, the same stage code) with infer.warm_run where pipeline.warm_us > 0 (the model run once "
-            f"on the last input in the input's warm-up, warm_us before the frame is due): ARCHITECTURE's lowest-latency setup, "
+            f"as threads, the same stage code): ARCHITECTURE's lowest-latency setup, "
             f"traded against isolation (a stage that crashes the interpreter takes the others with it). Its CPU % "
             f"per stage is its thread's; its RSS is the one process's (the benchmark's own included). "
-            f"edgert:tax/{THREADS}:tax compares a process per stage with threads plus the warm run; the infer "
-            f"stage turns the warm run off, with a warning, where its first 16 take over 3/4 of warm_us (p50)")
+            f"edgert:tax/{THREADS}:tax compares a process per stage with threads")
     if scenario == "single-stream":
         t = TARGETS
         for p in (x for x in ("edgert", THREADS) if x in rep.pipelines):

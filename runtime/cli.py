@@ -189,12 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default 1024, quick 60)")
     b.add_argument("--min-duration", dest="min_duration_s", type=float, help="pipeline: seconds per run at least "
                    "(default 60, quick 2)")
-    b.add_argument("--spin-us", dest="spin_us", type=int, help="pipeline: edgert's pipeline.spin_us (busy-poll "
-                   "window around each frame's due time; default: the config's, 0)")
-    b.add_argument("--warm-us", dest="warm_us", type=int, help="pipeline: edgert's pipeline.warm_us (each input "
-                   "wakes this long before its next frame is due to warm its path; default: the config's)")
     b.add_argument("--compare-zmq", dest="compare_zmq", action="store_true", default=None,  # None: not given
-                   help="pipeline: also run edgert with ZeroMQ-only hops (pipeline.mailbox = false, no warm-up) "
+                   help="pipeline: also run edgert with ZeroMQ-only hops (pipeline.mailbox = false) "
                    "in the same rounds")
     b.set_defaults(func=cmd_bench)
     args = ap.parse_args(argv)

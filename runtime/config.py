@@ -50,8 +50,6 @@ class PipelineSection:
     restart_timeout_s: float = 60.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
-    spin_us: int = 0  # processes mode: busy-poll each input this wide around the next frame's due time
-    warm_us: int = 1500  # wake each stage input this long before the next frame is due, to run its path warm
     mailbox: bool = True  # one host: stages read their inputs from shared-memory mailboxes (runtime/mailbox.py)
     market: str = "sim"  # where the car is sold: only a model whose signed manifest approves it loads
 
@@ -110,7 +108,6 @@ class InferSection:
     warmup_runs: int = 5
     trusted_keys: str = ""  # folder of trusted publisher keys (<name>.pub); "" = models/publishers
     cuda_graph: bool = False  # on an NVIDIA GPU: capture the model once as a CUDA graph, replay it per frame
-    warm_run: bool = False  # with pipeline.warm_us: also run the model on the last input, so the next frame finds it hot
 
 
 @dataclass(frozen=True)
@@ -308,6 +305,11 @@ def _range(key: str) -> str:
     lo = "0 < " if key in _POSITIVE else "0 <= " if key in _NON_NEGATIVE else ""
     return f"{lo}{key.rsplit('.', 1)[-1]} <= {hi:g} {unit}" + (f" ({why})" if why else "")
 
+# Latency knobs taken out because no full benchmark showed a gain (docs/decisions.md, "Latency knobs
+# removed"): a config that still sets one is refused with what to do, not ignored.
+_REMOVED = {"pipeline.spin_us": "busy-polling", "pipeline.warm_us": "the input warm-up",
+            "infer.warm_run": "the model's warm run"}
+
 
 def _check_type(key: str, value: Any, want: Any) -> Any:
     origin = getattr(want, "__origin__", None)
@@ -354,6 +356,9 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     values = {}
     for k, v in raw.items():
         key = f"{name}.{k}"
+        if key in _REMOVED:
+            raise ConfigError(f"{key} was removed ({_REMOVED[key]} showed no gain in full benchmarks; "
+                              "docs/decisions.md): delete the key from the config")
         if k not in hints:
             raise _unknown(key, list(hints))
         v = _check_type(key, v, types[k])
@@ -401,15 +406,6 @@ def _cross_check(cfg: PipelineConfig) -> None:
         bad = [c for c in cores if not 0 <= c < ncpu]
         if bad or not cores:
             raise ConfigError(f"pipeline.affinity.{stage}: cores {cores} invalid on this {ncpu}-core machine")
-    if not 0 <= cfg.pipeline.spin_us <= 100_000:
-        raise ConfigError(f"pipeline.spin_us: {cfg.pipeline.spin_us} outside 0..100000 microseconds; 0 turns "
-                          "busy-polling off, 1000-3000 covers a steady camera's arrival jitter")
-    if not 0 <= cfg.pipeline.warm_us <= 100_000:
-        raise ConfigError(f"pipeline.warm_us: {cfg.pipeline.warm_us} outside 0..100000 microseconds; 0 turns "
-                          "the warm-up off, 1500 wakes each input 1.5 ms before its next frame is due")
-    if cfg.infer.warm_run and not cfg.pipeline.warm_us:
-        raise ConfigError("infer.warm_run: the model's warm run happens in the input's warm-up, which "
-                          "pipeline.warm_us = 0 turns off; set pipeline.warm_us (e.g. 1500) or remove infer.warm_run")
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")

@@ -7,8 +7,6 @@ for, frame ids moving forward, and the slot's seqlock before and after use.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from runtime import wire
@@ -20,19 +18,14 @@ from runtime.wire import MsgType, WireError
 
 class FrameInput:
     def __init__(self, stage: Stage, topic: str, pool: FramePool, stream_id: int,
-                 shape: tuple[int, ...], dtype: np.dtype | str,
-                 warm_work: Callable[[np.void], object] | None = None) -> None:
-        """`warm_work`, if given, runs in the reader's warm-up (pipeline.warm_us) on the last
-        frame's validated descriptor, after the same checks a real frame gets."""
+                 shape: tuple[int, ...], dtype: np.dtype | str) -> None:
         self.stage = stage
-        self.warm_work = warm_work
         self.pool = pool
         self.stream_id = stream_id
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.dtype_code = wire.CODE_OF_DTYPE[self.dtype]
-        self.reader = stage.own(latest_reader(stage.ctx.zmq, stage.ctx.endpoints, topic, spin_us=stage.spin_us,
-                                              warm_us=stage.warm_us, on_warm=self._warm))
+        self.reader = stage.own(latest_reader(stage.ctx.zmq, stage.ctx.endpoints, topic))
         self.overwritten = 0  # slot reused by the writer before or while we read it
 
     def next(self, timeout_ms: int) -> tuple[np.void, np.ndarray] | None:
@@ -55,8 +48,7 @@ class FrameInput:
         return rec, self.pool.view(int(rec["slot"]), self.shape, self.dtype)
 
     def _check(self, msg: bytes) -> tuple[np.void, bool]:
-        """The validated descriptor, and whether its slot still holds that frame. Counts nothing,
-        so the reader's warm-up can run the same path on the last message."""
+        """The validated descriptor, and whether its slot still holds that frame. Counts nothing."""
         rec = wire.decode(msg, MsgType.FRAME)
         ndim = int(rec["ndim"])
         shape = tuple(int(d) for d in rec["shape"][:ndim])
@@ -64,14 +56,6 @@ class FrameInput:
             raise WireError(f"descriptor for stream {int(rec['stream'])} {shape} dtype code {int(rec['dtype'])}; "
                             f"this stage reads stream {self.stream_id} {self.shape} {self.dtype}")
         return rec, self.pool.is_current(int(rec["slot"]), int(rec["generation"]))
-
-    def _warm(self, msg: bytes) -> None:
-        try:
-            rec, _ = self._check(msg)
-        except (WireError, SlotError):
-            return  # rejected and counted when it arrived
-        if self.warm_work is not None:
-            self.warm_work(rec)
 
     def still_valid(self, rec: np.void) -> bool:
         """After using the slot: False (and counted as dropped) if the writer lapped us mid-read."""

@@ -17,7 +17,7 @@ import zmq
 
 from runtime import wire
 from runtime.config import PipelineConfig
-from runtime.transport import Endpoints, LatestReader, publisher
+from runtime.transport import Endpoints, publisher
 import numpy as np
 
 from runtime.wire import MsgType, StageState, WireError
@@ -75,17 +75,6 @@ class Stage:
         self._warn_reject = RateLimitedLog(self.log)
         self._owned: list = []
 
-    @property
-    def spin_us(self) -> int:
-        """Busy-poll window for this stage's frame input (pipeline.spin_us); never in threads mode,
-        where a spinning thread would hold the GIL the stage it waits for needs."""
-        return self.cfg.pipeline.spin_us if self.cfg.pipeline.mode == "processes" else 0
-
-    @property
-    def warm_us(self) -> int:
-        """How long before its next frame is due a stage input wakes to warm its path (pipeline.warm_us)."""
-        return self.cfg.pipeline.warm_us
-
     def own(self, resource):  # type: ignore[no-untyped-def]
         """Register a socket, reader or pool to close at teardown; returns it."""
         self._owned.append(resource)
@@ -104,10 +93,6 @@ class Stage:
             if isinstance(r, zmq.Socket):
                 r.close(linger=0)
                 continue
-            if isinstance(r, LatestReader) and (r.warm_ns or r.spin_ns):
-                # what pipeline.warm_us / spin_us did for this input, said once at the end
-                self.log.info("input: %d warm-up(s) (pipeline.warm_us), %d message(s) caught spinning "
-                              "(pipeline.spin_us), %d replaced unread", r.warmups, r.caught_spinning, r.skipped)
             r.close()
 
     # -- helpers for subclasses -------------------------------------------------------

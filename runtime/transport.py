@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -195,10 +195,6 @@ def confirmed_subscribers(ctx: zmq.Context, endpoints: Endpoints, names: list[st
     return socks
 
 
-def _ms_until(t_ns: int) -> float:
-    return max(0.0, (t_ns - time.monotonic_ns()) / 1e6)
-
-
 class SocketSource:
     """A ZeroMQ socket in the shape LatestReader reads from (MailboxSource is the other)."""
 
@@ -227,37 +223,11 @@ class LatestReader:
     Control must act on the present, never on a backlog: after waiting for the first
     message, drain the queue without blocking and keep the last one. The messages come
     from a ZeroMQ socket or, on one host, from the topic's mailbox (runtime/mailbox.py).
-
-    With `warm_us` > 0 the reader wakes once, that long before the next message is due, runs
-    `on_warm` on the last message (the stage's own input path: decoding, checks) and sleeps
-    again. The real message then finds a CPU already out of its idle state and the path in
-    cache: on the 2-core VM a futex wake-up after 33 ms asleep took 46 to 85 us p50 and the
-    input path 60 to 103 us, against 20 to 46 and 21 to 43 us with a warm-up 1 ms before
-    (docs/benchmarks.md, "Mailboxes and warm-up"), for about 20 us of CPU per frame. It is
-    skipped where warm_us is half the period or more (nothing would stay warm for long).
-    A message already waiting when the warm-up is due is returned instead.
-
-    With `spin_us` > 0 the reader busy-polls in a window of that width around the next
-    message's predicted arrival (the last arrival plus the smoothed period) instead of
-    sleeping in the kernel: waking a process that sleeps between frames costs 0.1 to 0.6 ms
-    per hop on the virtual machines measured (docs/benchmarks.md), more than the hop itself.
-    It sleeps as before outside the window, so a 30 fps stream costs about spin_us + 1 ms
-    of one core per frame; a stream with no steady rate (Poisson) only pays the misses.
     """
 
-    def __init__(self, source: "zmq.Socket | SocketSource | MailboxSource", spin_us: int = 0,
-                 warm_us: int = 0, on_warm: Callable[[bytes], object] | None = None) -> None:
+    def __init__(self, source: "zmq.Socket | SocketSource | MailboxSource") -> None:
         self.source = SocketSource(source) if isinstance(source, zmq.Socket) else source
         self._skipped = 0
-        self.spin_ns = max(0, int(spin_us)) * 1000
-        self.warm_ns = max(0, int(warm_us)) * 1000
-        self.on_warm = on_warm
-        self._last = 0  # monotonic ns of the last message
-        self._period = 0  # smoothed interval between messages, ns
-        self._msg: bytes | None = None  # the last message (a warm-up replays it)
-        self._warmed = 0  # the _last whose warm-up has run
-        self.caught_spinning = 0  # messages that arrived inside a spin window (took no wake-up)
-        self.warmups = 0
 
     @property
     def skipped(self) -> int:
@@ -268,45 +238,10 @@ class LatestReader:
         self.source.close()
 
     def recv(self, timeout_ms: float) -> bytes | None:
-        """The newest message, or None after `timeout_ms` (sooner when a spin window opens; 0 polls)."""
-        end = time.monotonic_ns() + max(0, int(timeout_ms * 1_000_000))
-        if self.warm_ns and self._warmed != self._last and 0 < 2 * self.warm_ns < self._period:
-            at = self._last + self._period - self.warm_ns
-            if self.source.wait(_ms_until(min(at, end))):  # a message already waiting goes first
-                return self._arrived(self.drain())
-            if end < at:
-                return None  # the timeout ran out before the warm-up was due
-            self._warm()
-        if self.spin_ns and self._period:
-            due = self._last + self._period
-            if time.monotonic_ns() < due - self.spin_ns // 2:  # sleep until the window opens
-                opens = min(end, due - self.spin_ns // 2)
-                return self._arrived(self.drain()) if self.source.wait(_ms_until(opens)) else None
-            close = due + self.spin_ns // 2
-            while time.monotonic_ns() < close:
-                msg = self.drain()
-                if msg is not None:
-                    self.caught_spinning += 1
-                    return self._arrived(msg)
-        if not self.source.wait(_ms_until(end)):
+        """The newest message, or None after `timeout_ms` (0 polls)."""
+        if not self.source.wait(timeout_ms):
             return None
-        return self._arrived(self.drain())
-
-    def _warm(self) -> None:
-        self._warmed = self._last
-        self.warmups += 1
-        if self.on_warm is not None and self._msg is not None:
-            self.on_warm(self._msg)
-
-    def _arrived(self, msg: bytes | None) -> bytes | None:
-        if msg is not None and (self.spin_ns or self.warm_ns):
-            self._msg = msg
-            now = time.monotonic_ns()
-            if self._last:
-                gap = now - self._last
-                self._period = gap if not self._period or gap > 4 * self._period else (7 * self._period + gap) // 8
-            self._last = now
-        return msg
+        return self.drain()
 
     def drain(self) -> bytes | None:
         """Newest message already there, or None; never blocks."""
@@ -320,18 +255,8 @@ class LatestReader:
             latest = msg
 
 
-def latest_reader(ctx: zmq.Context, endpoints: Endpoints, name: str, spin_us: int = 0, warm_us: int = 0,
-                  on_warm: Callable[[bytes], object] | None = None) -> LatestReader:
-    """A stage's latest-only input on a topic: from its mailbox where the run has one, else its socket.
-    The warm-up (`warm_us`) decodes the last message unless the stage passes its own `on_warm`."""
-    if on_warm is None:
-        msg_type = topic(name).msg
-
-        def on_warm(msg: bytes) -> None:
-            try:
-                wire.decode(msg, msg_type)
-            except wire.WireError:
-                pass  # counted and logged when it arrived
+def latest_reader(ctx: zmq.Context, endpoints: Endpoints, name: str) -> LatestReader:
+    """A stage's latest-only input on a topic: from its mailbox where the run has one, else its socket."""
     source = (MailboxSource(Mailbox.attach(endpoints.run_id, name)) if endpoints.has_mailbox(name)
               else subscriber(ctx, endpoints, name))
-    return LatestReader(source, spin_us, warm_us, on_warm)
+    return LatestReader(source)

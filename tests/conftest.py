@@ -16,7 +16,7 @@ from runtime import config as config_mod
 from runtime import shm
 from runtime import wire
 from runtime.stage import StageContext, run_stage
-from runtime.transport import Endpoints, publisher
+from runtime.transport import Endpoints, publisher, subscriber
 from runtime.wire import MsgType, StageState
 
 IR_VERSION = 10  # onnx >= 1.18 writes IR 11+ by default, newer than some onnxruntime releases read
@@ -85,9 +85,10 @@ output = "steer"
 # stop) give control a roomier deadline than the default two frame periods (66.7 ms), as
 # test_control does: the tests share 2 busy cores of a VM that, in 3 of 6 full runs of the
 # seventh session, stalled every stage process for ~40 ms once, a real late frame that the
-# fail-safe rightly handed over on. The 66.7 ms deadline itself is tested with injected delays
-# (test_control) and a stopped stage (test_pipeline's SIGSTOP test).
-SHARED_MACHINE_CONTROL = {"deadline_ms": 150.0}
+# fail-safe rightly handed over on; with a CPU-bound process beside them, 150 ms still saw
+# DEADLINE takeovers and stale commands refused by the camera. The 66.7 ms deadline itself is
+# tested with injected delays (test_control) and a stopped stage (test_pipeline's SIGSTOP test).
+SHARED_MACHINE_CONTROL = {"deadline_ms": 500.0}
 
 @pytest.fixture(autouse=True)
 def _root_log_handlers():
@@ -120,18 +121,27 @@ def run_id():
         (shm.SHM_DIR / name).unlink(missing_ok=True)
 
 
-def read_numbered(reader, proc, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+def read_numbered(reader, proc, n: int, timeout_s: float = 120.0) -> list[int]:  # type: ignore[no-untyped-def]
     """Start `proc`, which sends 0..n-1 as 4-byte little-endian numbers, and take what `reader`
-    (a LatestReader) gets of them within 10 s; the sender is joined before returning."""
+    (a LatestReader) gets of them until it has the last one; the sender is joined before returning.
+    `timeout_s` only ends a test that would hang: how fast the sender starts and sends on a
+    loaded machine is no part of any check, and a latest-only reader that falls behind skips
+    (and counts) messages rather than losing the last one."""
     proc.start()
     got: list[int] = []
-    deadline = time.monotonic() + 10
-    while len(got) < n and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout_s
+    while (not got or got[-1] != n - 1) and time.monotonic() < deadline:
         msg = reader.recv(50)
         if msg is not None:
             got.append(int.from_bytes(msg, "little"))
-    proc.join(5)
+    proc.join(30)
     return got
+
+
+def all_accounted_for(got: list[int], skipped: int, n: int) -> bool:
+    """A latest-only reader's guarantee, whatever the machine's load: what it took of 0..n-1 is in
+    order, ends with the newest, and every message it did not take is counted as skipped."""
+    return got == sorted(set(got)) and bool(got) and got[-1] == n - 1 and len(got) + skipped == n
 
 
 class StageHarness:
@@ -155,14 +165,29 @@ class StageHarness:
             self.supervisor.send(wire.encode(go))
             time.sleep(0.01)
 
-    def start(self, stage_cls: type) -> None:
+    def start(self, stage_cls: type, ready_timeout_s: float = 120.0) -> None:
+        """Start the stage and return once its setup is over (a heartbeat past STARTING: READY, or
+        the periodic RUNNING ones should READY go out before this subscription is in place; or
+        FAILED), so a start signal sent next finds its sockets open however slowly a loaded machine
+        set it up. The bound only ends a test that would hang."""
         ctx = StageContext(stage_cls.name, self.cfg, self.run_id, self.endpoints, self.zmq, self.stop)
         self.stage = stage_cls(ctx)
+        heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")  # bound before the stage connects
 
         def target() -> None:
             self.code = run_stage(self.stage)
         self.thread = threading.Thread(target=target, daemon=True)
         self.thread.start()
+        try:
+            deadline = time.monotonic() + ready_timeout_s
+            while self.thread.is_alive() and time.monotonic() < deadline:
+                if heartbeats.poll(50):
+                    state = int(wire.decode(heartbeats.recv(), MsgType.HEARTBEAT)["state"])
+                    if state != StageState.STARTING:
+                        return
+            assert not self.thread.is_alive(), f"{stage_cls.name} not set up within {ready_timeout_s} s"
+        finally:
+            heartbeats.close(0)
 
     def close(self) -> None:
         self.stop.set()

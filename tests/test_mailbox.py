@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import read_numbered
+from conftest import all_accounted_for, read_numbered
 from runtime import futex, shm
 from runtime.mailbox import Mailbox, MailboxSource
 from runtime.shm import Segment, segment_name
@@ -46,8 +46,7 @@ def boxes(run_id):
 
 
 def _post_numbers(run_id: str, n: int, period_s: float, topic: str = "frames") -> None:
-    mb = Mailbox.attach(run_id, topic)
-    time.sleep(0.2)  # the reader is waiting by now
+    mb = Mailbox.attach(run_id, topic)  # the reader attached first: whatever it misses, it counts
     t0 = time.monotonic()
     for i in range(n):
         time.sleep(max(0.0, t0 + i * period_s - time.monotonic()))
@@ -55,10 +54,13 @@ def _post_numbers(run_id: str, n: int, period_s: float, topic: str = "frames") -
     mb.close()
 
 
-def _hammer(run_id: str, n: int) -> None:
-    """Posts as fast as it can; every message is one repeated byte, its length varying with it."""
+def _hammer(run_id: str, stop, limit: int) -> None:  # type: ignore[no-untyped-def]
+    """Posts as fast as it can until told to stop (or `limit` posts, should the test be gone);
+    every message is one repeated byte, its length varying with it."""
     mb = Mailbox.attach(run_id, "frames")
-    for i in range(n):
+    for i in range(limit):
+        if i % 1000 == 0 and stop.is_set():
+            break
         b = i % 251
         mb.post(bytes([b]) * (64 + b))
     mb.close()
@@ -73,8 +75,10 @@ def _stream(boxes: Boxes, topic: str, n: int, period_s: float, **reader_kw) -> t
 
 
 def test_a_steady_stream_reaches_a_reader_in_another_process_in_order(boxes):
+    """On an idle machine the reader takes all 20; on a loaded one it may skip some, but never
+    reorders, never loses the newest and counts each one it skipped."""
     got, reader = _stream(boxes, "frames", 20, 0.01)
-    assert got == list(range(20)) and reader.skipped == 0
+    assert all_accounted_for(got, reader.skipped, 20), (got, reader.skipped)
 
 
 def test_the_reader_takes_only_the_newest_and_counts_the_rest(boxes):
@@ -98,19 +102,24 @@ def test_a_reader_attached_later_does_not_see_older_messages(boxes):
 def test_no_torn_message_is_ever_returned(boxes):
     boxes.create("frames")
     source = boxes.source("frames")
-    proc = mp.get_context("spawn").Process(target=_hammer, args=(boxes.run_id, 200_000))
+    spawn = mp.get_context("spawn")
+    stop = spawn.Event()
+    proc = spawn.Process(target=_hammer, args=(boxes.run_id, stop, 50_000_000))
     proc.start()
     seen = 0
-    deadline = time.monotonic() + 30
-    while proc.is_alive() and time.monotonic() < deadline:
-        if source.wait(10):
-            msg = source.take()
-            if msg is not None:
-                b = msg[0]
-                assert msg == bytes([b]) * (64 + b), f"torn message: {len(msg)} bytes starting {msg[:8]!r}"
-                seen += 1
-    proc.join(5)
-    assert seen > 100  # the check above really ran, many times, against a writer mid-write
+    deadline = time.monotonic() + 120  # ends a hung test; the writer posts until the reader has seen enough
+    try:
+        while seen < 1000 and proc.exitcode is None and time.monotonic() < deadline:
+            if source.wait(10):
+                msg = source.take()
+                if msg is not None:
+                    b = msg[0]
+                    assert msg == bytes([b]) * (64 + b), f"torn message: {len(msg)} bytes starting {msg[:8]!r}"
+                    seen += 1
+    finally:
+        stop.set()
+        proc.join(30)
+    assert seen >= 1000  # the check above really ran, many times, against a writer mid-write
 
 
 def test_a_writer_that_died_mid_message_is_skipped_until_the_next_post(boxes):
@@ -185,31 +194,6 @@ def test_the_sequence_wraps_around_without_losing_or_repeating(boxes):
     mb.post(b"b")
     assert reader.recv(100) == b"b" and reader.skipped == 1
     reader.close()  # closing twice is harmless
-
-
-def test_a_message_waiting_when_the_warm_up_is_due_goes_first(boxes):
-    mb = boxes.create("results")
-    warmed: list[bytes] = []
-    reader = boxes.reader("results", warm_us=5000, on_warm=warmed.append)
-    mb.post(b"first")
-    assert reader.recv(100) == b"first"
-    reader._period = 33_000_000  # as if learnt from a 30 fps stream
-    reader._last -= 40_000_000  # and the next message is late: the warm-up time has passed
-    mb.post(b"late")
-    assert reader.recv(10) == b"late" and warmed == []  # not held back behind a warm-up
-    mb.post(b"polled")
-    assert reader.recv(0) == b"polled"  # a zero timeout still reads what is there
-    assert reader.recv(0) is None
-    reader._last = time.monotonic_ns() - 40_000_000
-    assert reader.recv(5) is None and warmed == [b"polled"] and reader.warmups == 1  # due, nothing there
-
-
-def test_warm_up_over_a_mailbox_runs_once_per_frame_on_the_last_one_and_loses_nothing(boxes):
-    warmed: list[int] = []
-    got, reader = _stream(boxes, "tensors", 16, 0.03, warm_us=5000,
-                          on_warm=lambda m: warmed.append(int.from_bytes(m, "little")))
-    assert got == list(range(16)) and reader.skipped == 0
-    assert reader.warmups == len(warmed) >= 10 and warmed == sorted(set(warmed)) and max(warmed) < 15
 
 
 def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):

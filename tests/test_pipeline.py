@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
@@ -15,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import SHARED_MACHINE_CONTROL
@@ -23,7 +21,6 @@ from runtime import shm
 from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
 from runtime.framepool import FramePool
 from runtime.stages.capture import CAMERA_STREAM
-from runtime.stages.infer import WARM_RUN_PROBE, InferStage
 from runtime.stages.preprocess import PreprocessStage
 from runtime.supervisor import Supervisor
 from runtime.wire import StageState
@@ -74,76 +71,18 @@ def _check_summary(s: dict, min_frames: int) -> None:
 
 
 @pytest.mark.parametrize("mode,mailbox", [("processes", True), ("threads", True), ("processes", False)])
-def test_closed_loop_end_to_end(mode, mailbox, caplog):
+def test_closed_loop_end_to_end(mode, mailbox):
     """Stages read their inputs from shared-memory mailboxes, or (pipeline.mailbox = false) from
     ZeroMQ; telemetry reads every command from ZeroMQ either way."""
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"mailbox": mailbox}, control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
-    with caplog.at_level(logging.INFO):
-        s = sup.run()
+    s = sup.run()
     assert sup.endpoints.mailboxes is mailbox
     assert s["exit_reason"] == "duration 4 s reached"
     _check_summary(s, min_frames=60)
-    if mode == "threads":  # stage logs reach this process: each warmed input says what its warm-ups did
-        warmed = re.findall(r"input: (\d+) warm-up\(s\) \(pipeline.warm_us\)", caplog.text)
-        assert len(warmed) == 3 and all(int(n) > 0 for n in warmed), warmed  # preprocess, infer, control
     assert not sup.run_dir.exists()  # sockets and config removed
     assert shm.list_segments(sup.run_id) == []
     assert edgert_processes(sup.run_id) == {}  # no orphans
-
-
-class WarmRunCheckingInfer(InferStage):
-    """The real infer stage with each warm run checked: the model really ran (it replaced the NaN
-    put in its output before), and the NaN put there after must never reach a result (control
-    would fail safe with NONFINITE, which _check_summary refuses)."""
-
-    def _warm_run(self, rec: np.void) -> None:
-        self.output[:] = np.nan
-        super()._warm_run(rec)
-        if not np.isfinite(self.output).all():
-            raise AssertionError("the warm run did not run the model")  # the stage crashes: errors, restarts
-        self.output[:] = np.nan
-
-
-def test_warm_run_runs_the_model_once_per_frame_and_never_reaches_a_result(caplog):
-    """infer.warm_run: in the input's warm-up the model runs on the last tensor; the commands
-    are the same closed loop's, all from the frames' own runs, nothing rejected or lost."""
-    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True}, control=SHARED_MACHINE_CONTROL)
-    with caplog.at_level(logging.INFO, logger="edgert.infer"):
-        s = Supervisor(cfg, duration_s=3.0, mode="threads",
-                       stage_classes={"infer": f"{Path(__file__).stem}:WarmRunCheckingInfer"}).run()
-    _check_summary(s, min_frames=45)
-    said = [r.getMessage() for r in caplog.records if "warm runs of the model" in r.getMessage()]
-    assert len(said) == 1, said
-    warm, frames = map(int, re.match(r"(\d+) warm runs of the model for (\d+) frames", said[0]).groups())
-    # one per frame once the reader has learnt the frame period (a few frames), never more than
-    # one; a frame already waiting at the warm-up's time skips it, which on a loaded 2-core
-    # machine was up to half of them (44 warm runs for 91 frames with two busy loops beside)
-    assert frames >= 45 and frames // 4 <= warm <= frames, said
-
-
-class SlowModelInfer(InferStage):
-    """The real infer stage with every model run 2 ms longer (a bigger model or a slower
-    accelerator than this machine's): a warm run then outlasts 3/4 of the default warm-up."""
-
-    def _run_model(self, slot: int) -> None:
-        super()._run_model(slot)
-        time.sleep(0.002)
-
-
-def test_warm_run_turns_off_with_a_warning_where_a_model_run_outlasts_most_of_the_warm_up(caplog):
-    """A warm run that could still be running when the frame comes would delay it. (The
-    default 1.5 ms warm-up, so nearly every frame has its warm run: one 20 us before the frame,
-    as this test once had, is beaten by the arrival's jitter on a loaded machine.)"""
-    cfg = load(DEFAULT_CONFIG).replace(infer={"warm_run": True}, control=SHARED_MACHINE_CONTROL)
-    with caplog.at_level(logging.INFO, logger="edgert.infer"):
-        s = Supervisor(cfg, duration_s=3.0, mode="threads",
-                       stage_classes={"infer": f"{Path(__file__).stem}:SlowModelInfer"}).run()
-    _check_summary(s, min_frames=30)
-    text = caplog.text
-    assert f"infer.warm_run off after {WARM_RUN_PROBE} runs: a warm run takes" in text, text
-    assert "more than 3/4 of pipeline.warm_us (1.50 ms)" in text and "raise pipeline.warm_us to at least" in text
-    assert re.search(rf"\b{WARM_RUN_PROBE} warm runs of the model for \d+ frames", text), text  # none after
 
 
 def _free_port_block(n: int) -> int:
@@ -374,7 +313,8 @@ def test_echo_refuses_a_topic_whose_socket_the_supervisor_binds():
 
 def test_control_that_keeps_crashing_ends_the_run():
     """Without a control stage nothing commands the car: after 3 restarts the run stops, saying why."""
-    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=30.0, mode="processes")
+    # a duration it never reaches: how long four restarts take on a loaded machine is no part of the test
+    sup = Supervisor(load(DEFAULT_CONFIG), duration_s=600.0, mode="processes")
     kills = []
 
     def killer() -> None:
@@ -388,12 +328,10 @@ def test_control_that_keeps_crashing_ends_the_run():
             time.sleep(0.05)
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    started = time.monotonic()
     s = sup.run()
-    t.join(5)
-    assert s["exit_reason"] == "control stage given up", s["exit_reason"]
+    t.join(30)
+    assert s["exit_reason"] == "control stage given up", s["exit_reason"]  # not the duration: it gave up
     assert s["stages"]["control"]["given_up"] and s["stages"]["control"]["restarts"] == 3
-    assert time.monotonic() - started < 25
     assert s["leaked_segments"] == []
 
 

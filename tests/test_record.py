@@ -24,7 +24,7 @@ from runtime.stages.recorder import RecorderStage
 from runtime.transport import publisher
 from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason
 
-from conftest import StageHarness, make_steer_model, write_manifest
+from conftest import SHARED_MACHINE_CONTROL, StageHarness, make_steer_model, write_manifest
 
 W, H = 64, 48
 # The camera-health check flags repeated frames; the tests' small synthetic roads may repeat one.
@@ -57,7 +57,8 @@ def pipeline_config(model: Path, keys: Path, width: int = 160, height: int = 120
     infer = {"model": str(model)}
     if keys.exists():
         infer["trusted_keys"] = str(keys)
-    raw = {"camera": {"width": width, "height": height, **NO_FROZEN}, "infer": infer}
+    # the roomier deadline of every real-pipeline test: a loaded 2-core machine is no reason for a takeover
+    raw = {"camera": {"width": width, "height": height, **NO_FROZEN}, "infer": infer, "control": SHARED_MACHINE_CONTROL}
     if record:  # the vehicle key that authenticates each file's metadata: the test's own, not the user's
         raw["record"] = {"enabled": True, "region": "sim", "keys_dir": str(model.parent / "fleet-keys"), **record}
     return from_dict(raw)
@@ -422,21 +423,22 @@ def test_clip_around_a_takeover_holds_pre_and_post_seconds_and_grows_with_a_seco
 
 def test_a_slow_disk_makes_the_writer_drop_and_count_never_the_receive_loop(tmp_path, tiny_model, monkeypatch):
     real_write = mcapio.McapFile.write
+    writers: set[int] = set()  # the threads that wrote to the disk
 
     def slow_write(self, topic, *args):  # type: ignore[no-untyped-def]
         if topic == mcapio.RAW_TOPIC:
+            writers.add(threading.get_ident())
             time.sleep(0.08)  # a disk that takes 80 ms per frame: 12 frames/s for 30 coming in
         real_write(self, topic, *args)
     monkeypatch.setattr(mcapio.McapFile, "write", slow_write)
     h, fake = _start_recorder(tmp_path, tiny_model, mode="all", pre_s=0.0, ring_s=0.3)
-    step_times = []
+    steppers: set[int] = set()  # the threads that ran the receive loop
     real_step = h.stage.step
 
-    def timed_step() -> None:
-        t0 = time.monotonic()
+    def watched_step() -> None:
+        steppers.add(threading.get_ident())
         real_step()
-        step_times.append(time.monotonic() - t0)
-    h.stage.step = timed_step
+    h.stage.step = watched_step
     try:
         fake.run(2.0, 1)
         time.sleep(0.2)
@@ -448,7 +450,9 @@ def test_a_slow_disk_makes_the_writer_drop_and_count_never_the_receive_loop(tmp_
     assert stage.frames == fake.sent and stage.missed == 0  # every frame reached the ring
     assert w.lost_frames > 0.3 * fake.sent  # the writer could not keep up: frames lost, and counted
     assert stage.dropped == w.lost_frames + stage.overwritten
-    assert max(step_times) < 0.2  # the receive loop never waited for the disk (an 80 ms write x 16 would)
+    # the receive loop never waited for the disk: another thread made every write (whatever the load,
+    # where a bound on how long a step took would measure the scheduler)
+    assert writers and steppers and not writers & steppers, (writers, steppers)
     written = sum(mcapio.inspect(p).topics.get(mcapio.RAW_TOPIC, 0) for p in w.closed)
     assert written + w.lost_frames == stage.frames
     lost = sum(json.loads(mcapio.inspect(p).metadata["edgert.stats"]["lost_messages"]) for p in w.closed)
@@ -650,30 +654,49 @@ def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tm
 
     model, keys = signed_tiny(tmp_path)
     rec_dir = tmp_path / "rec"
-    cfg = pipeline_config(model, keys, dir=str(rec_dir), pre_s=0.5, post_s=1.0, ring_s=1.0)
-    sup = Supervisor(cfg, duration_s=7.5, mode="processes")
+    # a pre-roll longer than the deadline, so it reaches back before the kill (results in the clip); the
+    # recorder at the pipeline's priority: at its default (SCHED_IDLE) a CPU-bound process beside the
+    # test starves it, by design, and the clip loses frames
+    cfg = pipeline_config(model, keys, dir=str(rec_dir), pre_s=1.0, post_s=1.0, ring_s=2.0, nice=0, idle_class=False)
+    # each step waits for what the last one caused, so a loaded machine only makes it slower; the run
+    # stops once the restarted recorder has reported the cut clip (600 s: only a bound for a hung test)
+    sup = Supervisor(cfg, duration_s=600.0, mode="processes")
     marks: dict[str, float] = {}
 
-    def chaos() -> None:
-        while not hasattr(sup, "started_at"):
+    def wait_for(cond) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 120
+        while not cond():
+            assert time.monotonic() < deadline and not sup.stop_requested.is_set(), "chaos step timed out"
             time.sleep(0.05)
-        time.sleep(1.0)
-        marks["kill_infer"] = time.monotonic_ns()
-        os.kill(sup.handles["infer"].pid, signal.SIGKILL)  # control fails safe: a DEADLINE takeover
-        time.sleep(3.0)  # the takeover clip has closed (1 s after the event) by now
-        marks["trigger_rc"] = cli.main(["record", "trigger", "--run", sup.run_id])  # SIGUSR1: a second clip opens
-        time.sleep(0.8)
-        os.kill(sup.handles["recorder"].pid, signal.SIGKILL)  # ... and the recorder dies inside it
+
+    def clips(suffix: str) -> list[Path]:
+        return [p for p in rec_dir.glob("*" + suffix) if not p.name.endswith(mcapio.TRUNCATED)]
+
+    def chaos() -> None:
+        try:
+            wait_for(lambda: hasattr(sup, "started_at"))
+            time.sleep(1.5)  # at least the pre-roll (1 s) of frames in the recorder's ring
+            marks["kill_infer"] = time.monotonic_ns()
+            os.kill(sup.handles["infer"].pid, signal.SIGKILL)  # control fails safe: a DEADLINE takeover
+            wait_for(lambda: clips(".mcap"))  # the takeover clip has closed (1 s after the event)
+            marks["trigger_rc"] = cli.main(["record", "trigger", "--run", sup.run_id])  # SIGUSR1: a second clip opens
+            wait_for(lambda: clips(".partial"))
+            time.sleep(0.3)  # some frames in it
+            recorder = sup.handles["recorder"].pid
+            os.kill(recorder, signal.SIGKILL)  # ... and the recorder dies inside it
+            wait_for(lambda: list(rec_dir.glob("*" + mcapio.TRUNCATED)))  # its successor found the cut-off file
+        finally:
+            sup.stop_requested.set()
     t = threading.Thread(target=chaos, daemon=True)
     t.start()
     s = sup.run()
     t.join()
     assert marks["trigger_rc"] == 0
     assert s["stages"]["infer"]["restarts"] == 1 and s["stages"]["recorder"]["restarts"] == 1, s["stages"]
-    clips = sorted(rec_dir.glob("*.mcap"))
-    whole = [p for p in clips if not p.name.endswith(mcapio.TRUNCATED)]
-    cut = [p for p in clips if p.name.endswith(mcapio.TRUNCATED)]
-    assert len(whole) == 1 and len(cut) == 1, clips
+    files = sorted(rec_dir.glob("*.mcap"))
+    whole = [p for p in files if not p.name.endswith(mcapio.TRUNCATED)]
+    cut = [p for p in files if p.name.endswith(mcapio.TRUNCATED)]
+    assert len(whole) == 1 and len(cut) == 1, files
     assert not list(rec_dir.glob("*.partial"))  # the restarted recorder renamed the cut-off file
 
     info = mcapio.inspect(whole[0])  # the clip written before the crash is whole and readable
@@ -681,9 +704,9 @@ def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tm
     assert info.complete and meta["event_kind"] == "takeover" and meta["event_reason"] == "deadline"
     offset = int(meta["wall_offset_ns"])
     event = next(json.loads(m.data) for _, m in mcapio.iter_messages(whole[0], {mcapio.EVENTS_TOPIC}))
-    assert 0 < event["t_ns"] - marks["kill_infer"] < cfg.deadline_ns + 300e6
+    assert 0 < event["t_ns"] - marks["kill_infer"] < cfg.deadline_ns + 2e9  # caused by the kill (bound: not a speed check)
     frame_times = [m.log_time - offset for _, m in mcapio.iter_messages(whole[0], {mcapio.RAW_TOPIC})]
-    assert frame_times[0] <= event["t_ns"] - 0.5e9 + 0.1e9  # the pre-roll, from before the takeover
+    assert frame_times[0] <= event["t_ns"] - 1.0e9 + 0.1e9  # the pre-roll, from before the takeover
     assert frame_times[-1] >= event["t_ns"] + 1.0e9 - 0.2e9  # post_s after it
     assert info.topics["/commands"] > 0 and info.topics["/results"] > 0
 

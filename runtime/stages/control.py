@@ -48,8 +48,7 @@ class ControlStage(Stage):
         self.period_ns = int(1e9 / self.cfg.camera.fps)
         self.max_steer = c.max_steer_rad
         self.max_rate = c.max_steer_rate_rad_s
-        self.results = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "results", spin_us=self.spin_us,
-                                              warm_us=self.warm_us))
+        self.results = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "results"))
         self.supervisor = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "supervisor"))
         # The steering the vehicle reports: a (re)started stage ramps from where the wheels are,
         # not from neutral, so its first command is never a step.

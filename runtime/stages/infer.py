@@ -26,12 +26,8 @@ from runtime.transport import publisher
 from runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
 
 
-WARM_RUN_PROBE = 16  # infer.warm_run: the first warm runs, timed in the running pipeline, decide if it fits
-
-
 class InferStage(Stage):
     name = "infer"
-    warm_runs = 0  # infer.warm_run: model runs made in the input's warm-up
 
     def setup(self) -> None:
         icfg = self.cfg.infer
@@ -62,9 +58,7 @@ class InferStage(Stage):
             self.engine.seal_caches()  # TensorRT engines built in the warm-up, sealed for the next start
         else:
             self.engine.warmup(icfg.warmup_runs)  # seals them itself
-        self.input = FrameInput(self, "tensors", pool, STREAM_IDS[TENSOR_STREAM], spec.shape, spec.dtype,
-                                warm_work=self._warm_run if icfg.warm_run and self.warm_us else None)
-        self._warm_ns = np.zeros(WARM_RUN_PROBE, np.int64)
+        self.input = FrameInput(self, "tensors", pool, STREAM_IDS[TENSOR_STREAM], spec.shape, spec.dtype)
         self.output = self.engine.outputs[manifest.decoder.output].reshape(-1)
         self.values = self.output[:MAX_VALUES]
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "results"))
@@ -77,25 +71,6 @@ class InferStage(Stage):
             self.device_io.run()
         else:
             self.engine.run(self.bindings[slot])
-
-    def _warm_run(self, rec: np.void) -> None:
-        """infer.warm_run: the model once on the last input, its output overwritten by the next
-        frame's run. After a frame period idle, ONNX Runtime's kernels and the weights are out of
-        cache; this brings them back just before the frame is due (docs/benchmarks.md, "Threads
-        mode and the warm run"), for one more inference per frame."""
-        t0 = time.monotonic_ns()
-        self._run_model(int(rec["slot"]))
-        self.warm_runs += 1
-        if self.warm_runs <= WARM_RUN_PROBE:  # a warm run still going when the frame comes delays it
-            self._warm_ns[self.warm_runs - 1] = time.monotonic_ns() - t0
-            if self.warm_runs == WARM_RUN_PROBE:
-                p50_ns = float(np.median(self._warm_ns))
-                if 4 * p50_ns > 3 * self.warm_us * 1000:
-                    self.input.warm_work = None
-                    self.log.warning("infer.warm_run off after %d runs: a warm run takes %.2f ms p50, more than 3/4 of "
-                                     "pipeline.warm_us (%.2f ms), so frames would wait behind it; raise "
-                                     "pipeline.warm_us to at least %d", WARM_RUN_PROBE, p50_ns / 1e6,
-                                     self.warm_us / 1e3, int(4 * p50_ns / 3000) + 1)
 
     def step(self) -> None:
         got = self.input.next(100)
@@ -126,8 +101,3 @@ class InferStage(Stage):
         r["stamps"][Stamp.INFER_DONE] = time.monotonic_ns()
         self.pub.send(wire.encode(r))
         self.frames += 1
-
-    def teardown(self) -> None:
-        if self.cfg.infer.warm_run and hasattr(self, "input"):  # after a setup that got that far
-            self.log.info("%d warm runs of the model for %d frames (infer.warm_run)", self.warm_runs, self.frames)
-        super().teardown()
