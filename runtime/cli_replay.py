@@ -138,7 +138,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    "the recording gives only frame size and model, and CAN output is always off, transport ipc")
     r.add_argument("--keys", help="folder with the vehicle key (vehicle.key) that must authenticate the recording's "
                    "metadata (default: record.keys_dir of --config)")
-    r.add_argument("--model", help="model to replay with (zoo name or folder; default: the config's)")
+    r.add_argument("--model", help="model to replay with (zoo name or folder; default: the one the recording ran)")
     r.add_argument("--speed", type=_speed, default=1.0,
                    help="1 = recorded pace (default), 'max' = next frame once the last one's command is out")
     r.add_argument("--tolerance", type=float, default=1e-4,
