@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,28 @@ def test_engine_gives_tensorrt_only_the_verified_copy_and_seals_what_it_builds(t
     assert given[2][1] == [], "a replaced engine reached TensorRT"
     assert (shared / "tiny_1_sm90.engine").read_bytes() == b"built engine"  # rebuilt and sealed again
     assert _steer(third) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "folder"])
+def test_a_fifo_link_or_folder_at_the_cached_graphs_name_neither_hangs_nor_stops_the_engine(tmp_path, planted):
+    """Whoever can write the cache folder plants something at the graph's name: the engine must
+    neither block on it (a FIFO), read through it (a link to any file), nor fail to start."""
+    cache = tmp_path / "cache"
+    a = _model(tmp_path / "a", 0.5)
+    assert _steer(_cpu(a, cache)) == pytest.approx(0.25)
+    graph = next(f for f in cache.glob(f"{a.sha256[:24]}*") if not f.name.endswith(".seal"))
+    graph.unlink()
+    if planted == "fifo":
+        os.mkfifo(graph)
+    elif planted == "symlink":
+        (tmp_path / "elsewhere.onnx").write_bytes(b"\0" * 64)
+        graph.symlink_to(tmp_path / "elsewhere.onnx")
+    else:
+        graph.mkdir()
+    result: dict[str, object] = {}
+    t = threading.Thread(target=lambda: result.update(eng=_cpu(a, cache)), daemon=True)
+    t.start()
+    t.join(120)  # a bound for a hung test only: a blocking open would never return
+    assert not t.is_alive(), f"the engine blocked on a {planted} at the cached graph's name"
+    eng = result["eng"]
+    assert not eng.cache_hit and _steer(eng) == pytest.approx(0.25)  # type: ignore[attr-defined]
