@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import threading
@@ -90,18 +91,23 @@ def test_graph_sealed_with_another_key_is_refused(tmp_path, own_key):
     (lambda k: k.parent.chmod(0o777), r"folder .*edgert is writable by group or others \(mode 777\)"),
     (lambda k: k.write_bytes(b"short"), r"holds 5 bytes, not 32"),
 ])
-def test_a_key_that_cannot_be_trusted_is_refused_with_the_fix(tiny_model, tmp_path, own_key, spoil, why):
-    from runtime.cacheseal import CacheKeyError
+def test_a_key_that_cannot_be_trusted_is_refused_with_the_fix(tiny_model, tmp_path, own_key, spoil, why, caplog):
+    from runtime.cacheseal import CacheKeyError, load_key
 
     m = load_manifest(tiny_model)
-    _cpu(m, tmp_path / "cache")  # makes the key
+    assert _cpu(m, tmp_path / "cache").cache_hit is False  # makes the key and the cache
+    assert _cpu(m, tmp_path / "cache").cache_hit  # ... which the next start uses
     if os.geteuid() != 0 and "uid" in why:
         pytest.skip("chown to another user needs root")
     spoil(own_key)
     with pytest.raises(CacheKeyError, match=why):
-        _cpu(m, tmp_path / "cache")
-    # without a cache no key is needed: the model still runs
-    assert _steer(Engine(m, providers=["CPUExecutionProvider"])) == pytest.approx(0.5 * 0.5)
+        load_key()
+    # the caches only save time: the engine says why and runs from the verified model, touching no cache
+    with caplog.at_level("WARNING", logger="runtime.engine"):
+        eng = _cpu(m, tmp_path / "cache")
+    assert not eng.cache_hit and _steer(eng) == pytest.approx(0.5 * 0.5)
+    assert any(re.search(why, r.getMessage()) and "without its caches" in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
 
 
 def test_tensorrt_caches_reach_the_provider_only_through_a_verified_private_copy(tmp_path):
