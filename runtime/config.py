@@ -47,7 +47,7 @@ class PipelineSection:
     curve: bool = False  # tcp only: encrypt and authenticate every socket with ZeroMQ CURVE
     duration_s: float = 0.0  # 0 = until SIGINT/SIGTERM
     ready_timeout_s: float = 180.0
-    restart_timeout_s: float = 60.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
+    restart_timeout_s: float = 180.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     mailbox: bool = True  # one host: stages read their inputs from shared-memory mailboxes (runtime/mailbox.py)
@@ -286,7 +286,7 @@ _MAX = {
     "infer.intra_op_threads": (256, "threads", ""),
     "preprocess.threads": (256, "threads", ""),
     "pipeline.ready_timeout_s": (3600.0, "s", "a first start compiles kernels; an hour is a hang"),
-    "pipeline.restart_timeout_s": (600.0, "s", "a restart finds the kernels compiled; longer is a hang"),
+    "pipeline.restart_timeout_s": (3600.0, "s", "as long as a first start may take (ready_timeout_s); longer is a hang"),
     "sim.speed_mps": (70.0, "m/s", "252 km/h"),
     "sim.added_latency_ms": (2000.0, "ms", ""),
     "sim.actuator_timeout_ms": (1000.0, "ms", "an actuator holding a stale command longer is unsafe"),
