@@ -265,6 +265,10 @@ _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadl
                  "camera.dark_level", "camera.frozen_frames", "sim.added_latency_ms", "sim.drop_rate",
                  "sim.actuator_timeout_ms",
                  "record.pre_s", "record.post_s", "record.ring_mb", "replay.speed"}
+# The CAN command frame's age byte saturates here (runtime/canbus.AGE_SATURATED_MS; python-can is not
+# imported to load a config): a deadline at or above it would make the actuator refuse fresh commands.
+CAN_AGE_SATURATED_MS = 255
+
 # Upper bounds (key: (largest value, unit, why)): what a safety review accepts, or what the machine can hold.
 # A value above is refused with its whole range (the lower bound from _POSITIVE / _NON_NEGATIVE).
 _MAX = {
@@ -429,6 +433,12 @@ def _cross_check(cfg: PipelineConfig) -> None:
                           f"{cfg.control.max_steer_rad}: every saturated command would be a takeover")
     if cfg.control.can_interface and not cfg.control.can_channel:
         raise ConfigError(f"control.can_channel: required with can_interface = {cfg.control.can_interface!r}")
+    if cfg.control.can_interface and cfg.deadline_ns >= CAN_AGE_SATURATED_MS * 1_000_000:
+        raise ConfigError(f"control.deadline_ms: {cfg.deadline_ns / 1e6:g} ms (0 = two frame periods) with CAN "
+                          f"output, whose frame carries the command's age in one byte of ms: an actuator reads "
+                          f"{CAN_AGE_SATURATED_MS} as 'too old' and would refuse commands control still sends as "
+                          f"fresh; set control.deadline_ms below {CAN_AGE_SATURATED_MS} (docs/wire.md, "
+                          "\"CAN command frame\")")
     if not 0 <= cfg.control.can_id <= 0x7FF:
         raise ConfigError(f"control.can_id: {cfg.control.can_id:#x} is not a standard 11-bit CAN id (0..0x7ff)")
     if cfg.camera.source != "frames":
