@@ -240,3 +240,17 @@ def test_replay_refuses_a_recording_whose_metadata_was_edited(recording, tmp_pat
     assert cli.main(["replay", str(path), "--config", conf, "--keys", str(tmp_path / "other-keys")]) == 2
     assert "no vehicle key at" in capsys.readouterr().err
     assert list(tmp_path.glob("edgert-replay.*")) == []
+
+
+def test_the_recorded_model_is_read_from_a_config_this_version_would_refuse():
+    """A recording made by an older edgert stores keys this one refuses (pipeline.spin_us, since
+    removed); the replay needs only the model's name from it, so the rest must not stop it."""
+    from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
+    from runtime.replay import recorded_model
+
+    stored = json.loads(load(DEFAULT_CONFIG).to_json())
+    stored["config"]["pipeline"]["spin_us"] = 0  # what every recording before its removal carries
+    with pytest.raises(ConfigError, match="spin_us was removed"):
+        PipelineConfig.from_json(json.dumps(stored))
+    assert recorded_model({"config": json.dumps(stored)}) == "pilotnet"
+    assert recorded_model({"config": "{not json"}) is None and recorded_model({}) is None
