@@ -413,6 +413,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")
+    if cfg.pipeline.transport == "tcp" and ":" in cfg.pipeline.tcp_host:
+        raise ConfigError(f"pipeline.tcp_host: {cfg.pipeline.tcp_host!r} is an IPv6 address; the tcp transport "
+                          "binds IPv4 only: use an IPv4 address (127.0.0.1 on this host)")
     if cfg.pipeline.transport == "tcp" and not cfg.pipeline.curve and not is_loopback(cfg.pipeline.tcp_host):
         raise ConfigError(f"pipeline.tcp_host: {cfg.pipeline.tcp_host!r} is not a loopback address, and plain tcp:// "
                           "lets anyone who can reach it read the commands and feed forged results to control; "
