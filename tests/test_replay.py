@@ -160,8 +160,9 @@ def _hostile(recording, tmp_path: Path, channel: str, monkeypatch) -> Path:  # t
     monkeypatch.setattr(replay, "DEFAULT_CONFIG", local_toml(root, keys, tmp_path / "local.toml"), raising=False)
     key = crypto.load_key(root / "fleet-keys", crypto.VEHICLE)
     return _with_stored_config(path, tmp_path / "hostile.mcap", key,
-                               control={"can_interface": "virtual", "can_channel": channel},
-                               pipeline={"transport": "tcp", "tcp_host": "0.0.0.0", "tcp_base_port": 47110})
+                               control={"can_interface": "virtual", "can_channel": channel, "deadline_ms": 200.0},
+                               pipeline={"transport": "tcp", "tcp_host": "0.0.0.0", "tcp_base_port": 47110,
+                                         "curve": True})  # a valid config: off loopback, tcp needs CURVE
 
 
 def test_replay_sends_nothing_on_the_can_bus_its_recording_names(recording, tmp_path, monkeypatch):
@@ -231,7 +232,8 @@ def test_replay_refuses_a_recording_whose_metadata_was_edited(recording, tmp_pat
     anything starts, with the reason."""
     path, root, keys = recording
     edited = _with_stored_config(path, tmp_path / "edited.mcap", None, control={"can_interface": "virtual",
-                                                                                "can_channel": "x"})
+                                                                                "can_channel": "x",
+                                                                                "deadline_ms": 200.0})
     with pytest.raises(ValueError, match=r"edited.mcap: its metadata was edited after recording"):
         run_replay(edited, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
     conf = str(local_toml(root, keys, tmp_path / "local.toml"))
