@@ -42,8 +42,9 @@ def recorded_clip(path: Path, keys: Path, region: str, recorded_ns: int = NOW_NS
 
 
 def rewrite_metadata(src: Path, dst: Path, key: bytes | None = None, **changes: str) -> Path:
-    """What an editor does: the same file with some `edgert` metadata values changed, the auth record
-    kept as it was; or, with the vehicle KEY, re-authenticated (as if the vehicle had written it so)."""
+    """What an editor does: the same file with some `edgert` metadata values changed, the auth and seal
+    records kept as they were; or, with the vehicle KEY, re-authenticated and re-sealed (as if the
+    vehicle had written it so)."""
     with open(src, "rb") as f:
         r = make_reader(f)
         metas = [(m.name, dict(m.metadata)) for m in r.iter_metadata()]
@@ -57,6 +58,11 @@ def rewrite_metadata(src: Path, dst: Path, key: bytes | None = None, **changes: 
                 m = edited
             elif name == mcapio.AUTH_RECORD and key is not None:
                 m = mcapio.auth_record(key, edited)
+            elif name == seal.SEAL_RECORD and key is not None:
+                content = seal.ContentHash()
+                for _, channel, msg in msgs:
+                    content.update(channel.topic, msg.log_time, msg.publish_time, msg.data)
+                m = seal.seal_record(key, crypto.key_id(key), edited, content, m.get("recovered", ""))
             w.add_metadata(name, m)
         channels: dict[int, int] = {}
         for schema, channel, msg in msgs:
