@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,7 @@ def test_an_edited_encrypted_header_is_refused_not_relabelled(tmp_path, capsys):
 
 # -- point 6: metadata is bound to the content it describes -----------------------------------
 def rebuild(dst: Path, meta_src: Path, content_src: Path, names: tuple[str, ...],
-            edit: "callable | None" = None) -> Path:  # type: ignore[valid-type]
+            edit: Callable[[int, bytes], bytes] | None = None) -> Path:
     """What someone with write access to the disk can do without the key: a well-formed MCAP file with
     the metadata records NAMES copied from META_SRC and the messages of CONTENT_SRC (each through EDIT)."""
     with open(meta_src, "rb") as f:

@@ -121,6 +121,7 @@ def check_metadata(path: Path, meta: dict[str, str], auth: dict[str, str] | None
 
     Region, age and the anonymised flag decide where a clip may go and when it is deleted, and
     a replay builds its run from the metadata: an edit must make the clip refused, not re-labelled.
+    Returns the vehicle key, which then checks the seal (`check_content`).
     """
     if auth is None:
         raise ClipError(f"{path}: its metadata is not authenticated (no {mcapio.AUTH_RECORD!r} record: not "
@@ -161,7 +162,8 @@ def authenticated_metadata(f: BinaryIO, path: str | Path, keys_dir: str | Path) 
             raise ClipError(f"{path}: header region {h['region']!r} and metadata region {meta['region']!r} differ")
         return meta, True
     meta, auth, found = _mcap_metadata(f, path)
-    check_content(path, meta, found, check_metadata(path, meta, auth, keys_dir))
+    key = check_metadata(path, meta, auth, keys_dir)  # first: an edited label is named as such
+    check_content(path, meta, found, key)
     return meta, False
 
 
