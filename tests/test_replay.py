@@ -122,6 +122,10 @@ def test_a_truncated_recording_replays_its_readable_part_and_says_so(recording, 
     data = path.read_bytes()
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(ValueError, match="before its content was sealed"):  # unsealed: its frames could be any
+        run_replay(cut, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
+    # what the recorder does at its next start: seal the readable part (it holds the vehicle key)
+    assert mcapio.seal_recovered(cut, crypto.load_key(root / "fleet-keys", crypto.VEHICLE)) == ""
     info = mcapio.inspect(cut)
     assert not info.complete and info.topics.get(mcapio.RAW_TOPIC, 0) > 0
     r = run_replay(cut, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
