@@ -67,8 +67,8 @@ def _writable(path: Path) -> bool:
 
 
 def private_dir(path: Path) -> Path:
-    """`path` made 0700, or kept if this user made it so (a directory, not a link, owned by this
-    user, no access for group or others); else a fresh mkdtemp folder beside it. In a shared
+    """`path` made 0700, or kept (and made 0700) if it is a directory, not a link, owned by this user,
+    that neither group nor others can write; else a fresh mkdtemp folder beside it. In a shared
     directory (/tmp) another user may have made `path` first to plant files for us to load."""
     try:
         os.mkdir(path, 0o700)
@@ -76,7 +76,10 @@ def private_dir(path: Path) -> Path:
     except FileExistsError:
         pass
     st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        # ours, and nobody else could ever write into it (an older edgert made it 0755): close it, keep it
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700, follow_symlinks=False)
         return path
     fresh = Path(tempfile.mkdtemp(prefix=f"{path.name}-", dir=path.parent))
     log.warning("%s is not a private directory of this user (owner uid %d, mode %o): not used for the Numba "
@@ -98,10 +101,7 @@ def cache_dir() -> str:
     path = root / name
     if not _writable(path):
         shared = Path(tempfile.gettempdir()) / f"edgert-numba-{os.geteuid() if hasattr(os, 'geteuid') else 0}"
-        try:
-            path = private_dir(shared) / name
-        except OSError:
-            path = shared / name  # said below
+        path = private_dir(shared) / name  # an OSError here is raised: never fall back to an unchecked path
         if not _writable(path):
             raise OSError(f"kernels: cannot create a Numba cache directory at {root / name} or {path}; "
                           "set NUMBA_CACHE_DIR to a writable directory")

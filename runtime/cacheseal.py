@@ -98,15 +98,28 @@ def read_sealed(path: Path, key: bytes, name: str) -> bytes | None:
     is missing or does not verify (replaced, corrupt, sealed under another name or key) is deleted
     and SealBroken raised: the caller rebuilds it. The bytes returned are the ones checked: hand
     those on, never the path, so nothing can be swapped between the check and the use."""
+    if not os.path.lexists(path):
+        return None
     try:
-        data = path.read_bytes()
-        seal = seal_path(path).read_text()
-    except (FileNotFoundError, UnicodeDecodeError):
+        data = _read_regular(path)
+        seal = _read_regular(seal_path(path)).decode()
+    except (OSError, UnicodeDecodeError):  # a link, a FIFO, a folder, someone else's unreadable file
         data, seal = b"", ""
-        if not path.exists():
-            return None
     if verifies(key, name, data, seal):
         return data
-    path.unlink(missing_ok=True)
-    seal_path(path).unlink(missing_ok=True)
+    for p in (path, seal_path(path)):
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:  # a folder planted at the name: the rebuild's write fails with its own reason
+            pass
     raise SealBroken(path)
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file, never through a link and never blocking (a FIFO
+    planted at a cache file's name must not hang the stage that reads it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()

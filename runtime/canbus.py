@@ -26,6 +26,7 @@ from pathlib import Path
 import can
 from crc import Calculator, Crc8
 
+from runtime.config import CAN_AGE_SATURATED_MS
 from runtime.e2e import Verdict
 from runtime.wire import CommandFlags
 
@@ -33,7 +34,7 @@ DEFAULT_ID = 0x2E4
 DBC_PATH = Path(__file__).with_name("edgert_command.dbc")
 MAX_DELTA_COUNTER = 3  # alive counter steps accepted as "in sequence" (2 frames lost at most), as in E2E Profile 1
 SYNC_FRAMES = 2  # frames in sequence that re-establish the stream after a counter jump
-AGE_SATURATED_MS = 255  # the age byte's ceiling: "255 ms or older", stale for any timeout
+AGE_SATURATED_MS = CAN_AGE_SATURATED_MS  # the age byte's ceiling: "255 ms or older", stale for any timeout
 _CRC = Calculator(Crc8.SAEJ1850, optimized=True)
 _I16 = (-32768, 32767)
 

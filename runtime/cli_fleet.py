@@ -25,7 +25,7 @@ from typing import Callable
 from runtime.config import PROJECT_ROOT
 from runtime.fleet import audit as audit_mod
 from runtime.fleet import crypto
-from runtime.fleet.export import ClipError, encrypt_clip, export, prune
+from runtime.fleet.export import ClipError, encrypt_clip, export, prune, read_clip_info
 from runtime.fleet.policy import Policy, PolicyError
 
 DEFAULT_POLICY = PROJECT_ROOT / "configs" / "fleet-policy.toml"
@@ -143,6 +143,12 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     log = _audit(args)
     region = crypto.read_header(args.clip)["region"]
     crypto.decrypt_file(args.clip, crypto.load_key(args.keys, region), args.out)
+    try:  # the plaintext must be the clip the vehicle sealed, as export and replay will require
+        read_clip_info(args.out, args.keys)
+    except ClipError as e:
+        Path(args.out).unlink(missing_ok=True)
+        log.append("decrypt_refused", clip=str(args.clip), out=str(args.out), region=region, reason=str(e))
+        raise ClipError(f"{args.clip} decrypted, but {e}; the plaintext was removed") from None
     log.append("decrypt", clip=str(args.clip), out=str(args.out), region=region)
     print(f"decrypted {args.clip} -> {args.out}")
     return 0

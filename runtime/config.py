@@ -47,7 +47,7 @@ class PipelineSection:
     curve: bool = False  # tcp only: encrypt and authenticate every socket with ZeroMQ CURVE
     duration_s: float = 0.0  # 0 = until SIGINT/SIGTERM
     ready_timeout_s: float = 180.0
-    restart_timeout_s: float = 60.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
+    restart_timeout_s: float = 180.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
     log_level: str = "INFO"
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     mailbox: bool = True  # one host: stages read their inputs from shared-memory mailboxes (runtime/mailbox.py)
@@ -265,6 +265,10 @@ _NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadl
                  "camera.dark_level", "camera.frozen_frames", "sim.added_latency_ms", "sim.drop_rate",
                  "sim.actuator_timeout_ms",
                  "record.pre_s", "record.post_s", "record.ring_mb", "replay.speed"}
+# The CAN command frame's age byte saturates here (runtime/canbus.AGE_SATURATED_MS; python-can is not
+# imported to load a config): a deadline at or above it would make the actuator refuse fresh commands.
+CAN_AGE_SATURATED_MS = 255
+
 # Upper bounds (key: (largest value, unit, why)): what a safety review accepts, or what the machine can hold.
 # A value above is refused with its whole range (the lower bound from _POSITIVE / _NON_NEGATIVE).
 _MAX = {
@@ -286,7 +290,7 @@ _MAX = {
     "infer.intra_op_threads": (256, "threads", ""),
     "preprocess.threads": (256, "threads", ""),
     "pipeline.ready_timeout_s": (3600.0, "s", "a first start compiles kernels; an hour is a hang"),
-    "pipeline.restart_timeout_s": (600.0, "s", "a restart finds the kernels compiled; longer is a hang"),
+    "pipeline.restart_timeout_s": (3600.0, "s", "as long as a first start may take (ready_timeout_s); longer is a hang"),
     "sim.speed_mps": (70.0, "m/s", "252 km/h"),
     "sim.added_latency_ms": (2000.0, "ms", ""),
     "sim.actuator_timeout_ms": (1000.0, "ms", "an actuator holding a stale command longer is unsafe"),
@@ -409,6 +413,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if cfg.pipeline.curve and cfg.pipeline.transport != "tcp":
         raise ConfigError(f"pipeline.curve: CURVE secures tcp://; transport is {cfg.pipeline.transport!r} "
                           "(ipc:// sockets are protected by the run directory's 0700 permissions)")
+    if cfg.pipeline.transport == "tcp" and ":" in cfg.pipeline.tcp_host:
+        raise ConfigError(f"pipeline.tcp_host: {cfg.pipeline.tcp_host!r} is an IPv6 address; the tcp transport "
+                          "binds IPv4 only: use an IPv4 address (127.0.0.1 on this host)")
     if cfg.pipeline.transport == "tcp" and not cfg.pipeline.curve and not is_loopback(cfg.pipeline.tcp_host):
         raise ConfigError(f"pipeline.tcp_host: {cfg.pipeline.tcp_host!r} is not a loopback address, and plain tcp:// "
                           "lets anyone who can reach it read the commands and feed forged results to control; "
@@ -429,6 +436,12 @@ def _cross_check(cfg: PipelineConfig) -> None:
                           f"{cfg.control.max_steer_rad}: every saturated command would be a takeover")
     if cfg.control.can_interface and not cfg.control.can_channel:
         raise ConfigError(f"control.can_channel: required with can_interface = {cfg.control.can_interface!r}")
+    if cfg.control.can_interface and cfg.deadline_ns >= CAN_AGE_SATURATED_MS * 1_000_000:
+        raise ConfigError(f"control.deadline_ms: {cfg.deadline_ns / 1e6:g} ms (0 = two frame periods) with CAN "
+                          f"output, whose frame carries the command's age in one byte of ms: an actuator reads "
+                          f"{CAN_AGE_SATURATED_MS} as 'too old' and would refuse commands control still sends as "
+                          f"fresh; set control.deadline_ms below {CAN_AGE_SATURATED_MS} (docs/wire.md, "
+                          "\"CAN command frame\")")
     if not 0 <= cfg.control.can_id <= 0x7FF:
         raise ConfigError(f"control.can_id: {cfg.control.can_id:#x} is not a standard 11-bit CAN id (0..0x7ff)")
     if cfg.camera.source != "frames":

@@ -65,7 +65,13 @@ class Engine:
         options = dict(provider_options or {})
         trt = options.get("TensorrtExecutionProvider", {})
         use_trt_caches = "TensorrtExecutionProvider" in self.plan.chosen and wants_caches(trt)
-        key = cacheseal.load_key() if cache_dir is not None or use_trt_caches else b""
+        key = b""
+        if cache_dir is not None or use_trt_caches:
+            try:
+                key = cacheseal.load_key()
+            except cacheseal.CacheKeyError as e:  # the caches only save time: run from the verified model
+                log.warning("%s. Running %s without its caches until that is fixed", e, manifest.name)
+                cache_dir, use_trt_caches = None, False
         self.trt_caches: TrtCaches | None = None
         if use_trt_caches:  # TensorRT reads a private copy of the caches whose seal verifies
             self.trt_caches = TrtCaches(trt, manifest.sha256, key)

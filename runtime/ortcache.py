@@ -56,6 +56,11 @@ def saving(path: Path | None) -> Iterator[Path | None]:
 
 
 def store(saved: Path, path: Path, key: bytes) -> None:
-    """Seal the graph ONNX Runtime wrote at `saved` and put it at `path`."""
+    """Seal the graph ONNX Runtime wrote at `saved` and put it at `path`. The cache only saves time:
+    a graph that cannot be stored (a full disk, something planted at its name) is said, not fatal."""
     if saved.is_file():
-        cacheseal.write_sealed(path, saved.read_bytes(), key, path.name)
+        try:
+            cacheseal.write_sealed(path, saved.read_bytes(), key, path.name)
+        except OSError as e:
+            log.warning("optimised-model cache %s not stored (%s): the next start optimises the model again; "
+                        "check the folder (infer.cache_dir)", path, e)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
+from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, from_dict, load
 from runtime.fleet import mcapio
 from runtime.fleet.export import authenticated_metadata, open_clip
 from runtime.manifest import load_manifest
@@ -139,13 +139,17 @@ NEVER_DRIVES: dict[str, dict[str, Any]] = {
 
 
 def recorded_model(meta: dict[str, str]) -> str | None:
-    """The model the recording ran (a zoo name or the absolute folder it was loaded from), if it says."""
+    """The model the recording ran (a zoo name or the absolute folder it was loaded from), if it says.
+    Only that key is read: the rest of the stored config is another machine's (or another
+    version's, with keys this one refuses), and a replay uses none of it."""
     try:
-        rec = PipelineConfig.from_json(meta["config"])
-    except (KeyError, ValueError):
+        stored = json.loads(meta["config"])
+        m, base = stored["config"]["infer"]["model"], stored["base_dir"]
+    except (KeyError, TypeError, ValueError):
         return None
-    m = rec.infer.model
-    return m if "/" not in m else str(rec.model_dir())
+    if not isinstance(m, str) or not m:
+        return None
+    return m if "/" not in m else str(from_dict({"infer": {"model": m}}, base_dir=base).model_dir())
 
 
 def replay_config(path: Path, local: PipelineConfig, meta: dict[str, str], out_dir: Path, model: str | None,

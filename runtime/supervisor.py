@@ -363,7 +363,10 @@ class Supervisor:
                 continue
             if st.restart_at == 0.0:
                 code = h.exitcode()
-                st.recent = [t for t in (st.recent or []) if now - t < RESTART_WINDOW_S]
+                # a stage that hung is judged over a window its setup deadline longer, so one that hangs on
+                # every restart is given up after MAX_RESTARTS, as one that crashes is
+                window = RESTART_WINDOW_S + (self.cfg.pipeline.restart_timeout_s if st.hung else 0.0)
+                st.recent = [t for t in (st.recent or []) if now - t < window]
                 if len(st.recent) >= MAX_RESTARTS:
                     st.given_up = True
                     if name == "control":  # nothing would command the car: end the run
@@ -387,6 +390,7 @@ class Supervisor:
                 st.recent = (st.recent or []) + [now]
                 st.restart_at = 0.0
                 st.state = StageState.STARTING
+                st.seen = (StageState.STARTING, now)  # its setup is timed from here, not from its predecessor's
                 h.start()
 
     def _kill_stuck(self, name: str, h: ProcessHandle | ThreadHandle, st: StageStatus, now: float) -> None:

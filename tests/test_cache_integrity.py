@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +92,23 @@ def test_graph_sealed_with_another_key_is_refused(tmp_path, own_key):
     (lambda k: k.parent.chmod(0o777), r"folder .*edgert is writable by group or others \(mode 777\)"),
     (lambda k: k.write_bytes(b"short"), r"holds 5 bytes, not 32"),
 ])
-def test_a_key_that_cannot_be_trusted_is_refused_with_the_fix(tiny_model, tmp_path, own_key, spoil, why):
-    from runtime.cacheseal import CacheKeyError
+def test_a_key_that_cannot_be_trusted_is_refused_with_the_fix(tiny_model, tmp_path, own_key, spoil, why, caplog):
+    from runtime.cacheseal import CacheKeyError, load_key
 
     m = load_manifest(tiny_model)
-    _cpu(m, tmp_path / "cache")  # makes the key
+    assert _cpu(m, tmp_path / "cache").cache_hit is False  # makes the key and the cache
+    assert _cpu(m, tmp_path / "cache").cache_hit  # ... which the next start uses
     if os.geteuid() != 0 and "uid" in why:
         pytest.skip("chown to another user needs root")
     spoil(own_key)
     with pytest.raises(CacheKeyError, match=why):
-        _cpu(m, tmp_path / "cache")
-    # without a cache no key is needed: the model still runs
-    assert _steer(Engine(m, providers=["CPUExecutionProvider"])) == pytest.approx(0.5 * 0.5)
+        load_key()
+    # the caches only save time: the engine says why and runs from the verified model, touching no cache
+    with caplog.at_level("WARNING", logger="runtime.engine"):
+        eng = _cpu(m, tmp_path / "cache")
+    assert not eng.cache_hit and _steer(eng) == pytest.approx(0.5 * 0.5)
+    assert any(re.search(why, r.getMessage()) and "without its caches" in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
 
 
 def test_tensorrt_caches_reach_the_provider_only_through_a_verified_private_copy(tmp_path):
@@ -189,3 +196,28 @@ def test_engine_gives_tensorrt_only_the_verified_copy_and_seals_what_it_builds(t
     assert given[2][1] == [], "a replaced engine reached TensorRT"
     assert (shared / "tiny_1_sm90.engine").read_bytes() == b"built engine"  # rebuilt and sealed again
     assert _steer(third) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "folder"])
+def test_a_fifo_link_or_folder_at_the_cached_graphs_name_neither_hangs_nor_stops_the_engine(tmp_path, planted):
+    """Whoever can write the cache folder plants something at the graph's name: the engine must
+    neither block on it (a FIFO), read through it (a link to any file), nor fail to start."""
+    cache = tmp_path / "cache"
+    a = _model(tmp_path / "a", 0.5)
+    assert _steer(_cpu(a, cache)) == pytest.approx(0.25)
+    graph = next(f for f in cache.glob(f"{a.sha256[:24]}*") if not f.name.endswith(".seal"))
+    graph.unlink()
+    if planted == "fifo":
+        os.mkfifo(graph)
+    elif planted == "symlink":
+        (tmp_path / "elsewhere.onnx").write_bytes(b"\0" * 64)
+        graph.symlink_to(tmp_path / "elsewhere.onnx")
+    else:
+        graph.mkdir()
+    result: dict[str, object] = {}
+    t = threading.Thread(target=lambda: result.update(eng=_cpu(a, cache)), daemon=True)
+    t.start()
+    t.join(120)  # a bound for a hung test only: a blocking open would never return
+    assert not t.is_alive(), f"the engine blocked on a {planted} at the cached graph's name"
+    eng = result["eng"]
+    assert not eng.cache_hit and _steer(eng) == pytest.approx(0.25)  # type: ignore[attr-defined]

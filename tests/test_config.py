@@ -38,6 +38,11 @@ def test_default_config_loads():
     ("[pipeline]\ntransport = 'tcp'\ntcp_host = '10.0.0.2'\ncurve = false\n",
      r"pipeline.tcp_host: '10.0.0.2' is not a loopback address.*set pipeline.curve = true"),
     ("[pipeline]\ntransport = 'tcp'\ntcp_host = 'ecu-2.local'\n", r"pipeline.tcp_host: 'ecu-2.local' is not a loopback"),
+    ("[pipeline]\ntransport = 'tcp'\ntcp_host = '::1'\n", r"pipeline.tcp_host: '::1' is an IPv6 address.*IPv4 only"),
+    ("[control]\ncan_interface = 'virtual'\ncan_channel = 'x'\ndeadline_ms = 300\n",
+     r"control.deadline_ms: 300 ms .* with CAN output.*set control.deadline_ms below 255"),
+    ("[camera]\nfps = 5\n[control]\ncan_interface = 'virtual'\ncan_channel = 'x'\n",
+     r"control.deadline_ms: 400 ms \(0 = two frame periods\) with CAN"),
     ("[camera]\npool_slots = 1\n", r"camera.pool_slots: need at least 2"),
     ("[pipeline]\nmode = 'fibers'\n", r"pipeline.mode: 'fibers' is not one of 'processes', 'threads'"),
     ("[pipeline]\nduration_s = -5\n", r"pipeline.duration_s: must be >= 0"),
@@ -57,7 +62,6 @@ def test_bad_config_names_the_key(tmp_path, text, match):
 @pytest.mark.parametrize("text", [
     "[pipeline]\ntransport = 'tcp'\n",  # 127.0.0.1 by default
     "[pipeline]\ntransport = 'tcp'\ntcp_host = 'localhost'\n",
-    "[pipeline]\ntransport = 'tcp'\ntcp_host = '::1'\n",
     "[pipeline]\ntransport = 'tcp'\ntcp_host = '10.0.0.2'\ncurve = true\n",  # authenticated: fine
     "[pipeline]\ntransport = 'ipc'\ntcp_host = '10.0.0.2'\n",  # no tcp: the host is unused
 ])

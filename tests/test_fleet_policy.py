@@ -10,9 +10,9 @@ import pytest
 from mcap.writer import Writer
 
 from runtime import cli
-from runtime.fleet import crypto, mcapio
+from runtime.fleet import crypto, mcapio, seal
 from runtime.fleet.audit import verify
-from runtime.fleet.export import read_clip_info
+from runtime.fleet.export import ClipError, read_clip_info
 from runtime.fleet.policy import Policy, PolicyError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,24 +24,29 @@ NOW_NS = 1_800_000_000 * 10**9  # 2027-01-15, fixed so retention is deterministi
 def make_clip(path: Path, region: str, recorded_ns: int | None = NOW_NS - DAY_NS, anonymised: bool | None = True,
               run_id: str = "run-1", log_ns: int = 0, keys: Path | None = None) -> Path:
     """A real MCAP clip as the recorder writes it: the 'edgert' metadata first, authenticated with the
-    vehicle key of KEYS (default: the test's keys folder, the one `_fleet` passes), then JSON messages."""
+    vehicle key of KEYS (default: the test's keys folder, the one `_fleet` passes), then JSON messages,
+    then the seal binding them to the metadata."""
     keys = keys or path.parent / "keys"
     meta = {"region": region, "run_id": run_id}
     if recorded_ns is not None:
         meta["recorded_ns"] = str(recorded_ns)
     if anonymised is not None:
         meta["anonymised"] = str(anonymised).lower()
+    content = seal.ContentHash()
     with open(path, "wb") as f:
         w = Writer(f)
         w.start(profile="", library="edgert-test")
         w.add_metadata("edgert", meta)
-        if keys is not False:
-            w.add_metadata(mcapio.AUTH_RECORD, mcapio.auth_record(crypto.load_or_make_key(keys, crypto.VEHICLE), meta))
+        key = crypto.load_or_make_key(keys, crypto.VEHICLE)
+        w.add_metadata(mcapio.AUTH_RECORD, mcapio.auth_record(key, meta))
         schema = w.register_schema(name="cmd", encoding="jsonschema", data=b"{}")
         ch = w.register_channel(topic="commands", message_encoding="json", schema_id=schema)
         for i in range(200):
             t = log_ns + i * 10**6
-            w.add_message(ch, log_time=t, publish_time=t, data=json.dumps({"steer": 0.001 * i}).encode())
+            data = json.dumps({"steer": 0.001 * i}).encode()
+            w.add_message(ch, log_time=t, publish_time=t, data=data)
+            content.update("commands", t, t, data)
+        w.add_metadata(seal.SEAL_RECORD, seal.seal_record(key, crypto.key_id(key), meta, content))  # as at close
         w.finish()
     return path
 
@@ -197,13 +202,22 @@ def test_prune_now_must_be_a_time(tmp_path, capsys):
 
 
 def test_region_and_age_from_a_cut_off_clip(tmp_path):
-    """A clip cut off by a crash still says, authenticated, where and when it was collected (its metadata
-    and their MAC come first), so the policy still applies to it. A message's log time is not
-    authenticated: a clip without recorded_ns has no known age."""
+    """A clip cut off by a crash has no seal: refused as it is; once the recorder (holding the vehicle key)
+    has sealed its readable part at recovery, it says, authenticated, where and when it was collected,
+    so the policy still applies to it. A message's log time is not authenticated: a clip without
+    recorded_ns has no known age."""
     keys = tmp_path / "keys"
-    clip = make_clip(tmp_path / "a.mcap", "cn", recorded_ns=NOW_NS - 3 * DAY_NS)
+    key = crypto.load_or_make_key(keys, crypto.VEHICLE)
+    w = mcapio.McapFile(tmp_path / "cut.mcap", {"region": "cn", "run_id": "r", "recorded_ns": str(NOW_NS - 3 * DAY_NS)},
+                        chunk_size=512, auth_key=key)  # the recorder's writer, killed mid-clip
+    for i in range(200):
+        w.write("/commands", i, i, json.dumps({"steer": 0.001 * i}).encode())
+    w.abandon()
+    with pytest.raises(ClipError, match=r"cut.mcap.partial: cut off \(.*\) before its content was sealed"):
+        read_clip_info(w.tmp, keys)
+    (rec,) = mcapio.recover_partials(tmp_path, seal_key=key)  # what the recorder does at its next start
     cut = tmp_path / "cut.truncated.mcap"
-    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    assert rec.path == cut and "readable part is now sealed" in rec.error
     info = read_clip_info(cut, keys)
     assert info.region == "cn" and info.recorded_ns == NOW_NS - 3 * DAY_NS
     ageless = make_clip(tmp_path / "b.mcap", "cn", recorded_ns=None, log_ns=NOW_NS - 3 * DAY_NS)

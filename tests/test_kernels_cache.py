@@ -186,3 +186,16 @@ def test_the_fallback_cache_dir_is_made_private_and_reused(tmp_path: Path) -> No
     assert first.parent == tmp_path / "shared" / f"edgert-numba-{os.geteuid()}"
     assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
     assert _fallback_run(tmp_path) == first  # the compiled kernels are found again next start
+
+
+def test_a_fallback_cache_dir_an_older_edgert_made_0755_is_closed_and_kept(tmp_path: Path) -> None:
+    """Ours and never writable by anyone else: nothing can have been planted in it, so it is made
+    0700 and its compiled kernels are kept, rather than recompiling into a new folder every start."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    fixed = shared / f"edgert-numba-{os.geteuid()}"
+    fixed.mkdir(mode=0o755)
+    fixed.chmod(0o755)
+    d = _fallback_run(tmp_path)
+    assert d.parent == fixed and stat.S_IMODE(fixed.stat().st_mode) == 0o700, (d, oct(fixed.stat().st_mode))
+    assert _fallback_run(tmp_path) == d

@@ -744,6 +744,11 @@ def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tm
     bad = mcapio.inspect(cut[0])  # the clip the crash interrupted: reported, with what it holds
     assert not bad.complete and bad.error
     assert bad.metadata["edgert"]["event_kind"] == "operator" and bad.region == "sim"
+    # the restarted recorder sealed its readable part (the vehicle key's word on it): export may decide on it
+    from runtime.fleet.export import read_clip_info
+    assert bad.metadata["edgert.seal"]["recovered"] and "cut off by a crash" in bad.error
+    fleet_keys = cfg.record_path("keys_dir")
+    assert read_clip_info(cut[0], fleet_keys).region == "sim" and read_clip_info(whole[0], fleet_keys).region == "sim"
     assert cli.main(["record", "list", str(rec_dir)]) == 1
 
 

@@ -122,6 +122,10 @@ def test_a_truncated_recording_replays_its_readable_part_and_says_so(recording, 
     data = path.read_bytes()
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(ValueError, match="before its content was sealed"):  # unsealed: its frames could be any
+        run_replay(cut, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
+    # what the recorder does at its next start: seal the readable part (it holds the vehicle key)
+    assert mcapio.seal_recovered(cut, crypto.load_key(root / "fleet-keys", crypto.VEHICLE)) == ""
     info = mcapio.inspect(cut)
     assert not info.complete and info.topics.get(mcapio.RAW_TOPIC, 0) > 0
     r = run_replay(cut, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
@@ -160,8 +164,9 @@ def _hostile(recording, tmp_path: Path, channel: str, monkeypatch) -> Path:  # t
     monkeypatch.setattr(replay, "DEFAULT_CONFIG", local_toml(root, keys, tmp_path / "local.toml"), raising=False)
     key = crypto.load_key(root / "fleet-keys", crypto.VEHICLE)
     return _with_stored_config(path, tmp_path / "hostile.mcap", key,
-                               control={"can_interface": "virtual", "can_channel": channel},
-                               pipeline={"transport": "tcp", "tcp_host": "0.0.0.0", "tcp_base_port": 47110})
+                               control={"can_interface": "virtual", "can_channel": channel, "deadline_ms": 200.0},
+                               pipeline={"transport": "tcp", "tcp_host": "0.0.0.0", "tcp_base_port": 47110,
+                                         "curve": True})  # a valid config: off loopback, tcp needs CURVE
 
 
 def test_replay_sends_nothing_on_the_can_bus_its_recording_names(recording, tmp_path, monkeypatch):
@@ -231,7 +236,8 @@ def test_replay_refuses_a_recording_whose_metadata_was_edited(recording, tmp_pat
     anything starts, with the reason."""
     path, root, keys = recording
     edited = _with_stored_config(path, tmp_path / "edited.mcap", None, control={"can_interface": "virtual",
-                                                                                "can_channel": "x"})
+                                                                                "can_channel": "x",
+                                                                                "deadline_ms": 200.0})
     with pytest.raises(ValueError, match=r"edited.mcap: its metadata was edited after recording"):
         run_replay(edited, local_config(root, keys), speed=0.0, mode="threads", work_dir=tmp_path)
     conf = str(local_toml(root, keys, tmp_path / "local.toml"))
@@ -240,3 +246,17 @@ def test_replay_refuses_a_recording_whose_metadata_was_edited(recording, tmp_pat
     assert cli.main(["replay", str(path), "--config", conf, "--keys", str(tmp_path / "other-keys")]) == 2
     assert "no vehicle key at" in capsys.readouterr().err
     assert list(tmp_path.glob("edgert-replay.*")) == []
+
+
+def test_the_recorded_model_is_read_from_a_config_this_version_would_refuse():
+    """A recording made by an older edgert stores keys this one refuses (pipeline.spin_us, since
+    removed); the replay needs only the model's name from it, so the rest must not stop it."""
+    from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
+    from runtime.replay import recorded_model
+
+    stored = json.loads(load(DEFAULT_CONFIG).to_json())
+    stored["config"]["pipeline"]["spin_us"] = 0  # what every recording before its removal carries
+    with pytest.raises(ConfigError, match="spin_us was removed"):
+        PipelineConfig.from_json(json.dumps(stored))
+    assert recorded_model({"config": json.dumps(stored)}) == "pilotnet"
+    assert recorded_model({"config": "{not json"}) is None and recorded_model({}) is None

@@ -1,4 +1,4 @@
-"""Residency decisions rest on authenticated metadata; export leaves nothing unaudited or
+"""Residency decisions rest on authenticated metadata, bound to the content it describes; export leaves nothing unaudited or
 followable in a shared destination; a clip that cannot be encrypted is never left readable.
 
 Issue 17, points 6 and 9. Clips are written by the recorder's own writer (mcapio.McapFile with
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from mcap.reader import make_reader
 from mcap.writer import Writer
 
 from runtime import cli
-from runtime.fleet import crypto, mcapio
+from runtime.fleet import crypto, mcapio, seal
 from runtime.fleet.audit import AuditLog
 from runtime.fleet.export import (ClipError, Quarantined, encrypt_clip, export, prune, read_clip_info,
                                   recorder_hooks)
@@ -43,8 +44,9 @@ def recorded_clip(path: Path, keys: Path, region: str, recorded_ns: int = NOW_NS
 
 
 def rewrite_metadata(src: Path, dst: Path, key: bytes | None = None, **changes: str) -> Path:
-    """What an editor does: the same file with some `edgert` metadata values changed, the auth record
-    kept as it was; or, with the vehicle KEY, re-authenticated (as if the vehicle had written it so)."""
+    """What an editor does: the same file with some `edgert` metadata values changed, the auth and seal
+    records kept as they were; or, with the vehicle KEY, re-authenticated and re-sealed (as if the
+    vehicle had written it so)."""
     with open(src, "rb") as f:
         r = make_reader(f)
         metas = [(m.name, dict(m.metadata)) for m in r.iter_metadata()]
@@ -58,6 +60,11 @@ def rewrite_metadata(src: Path, dst: Path, key: bytes | None = None, **changes: 
                 m = edited
             elif name == mcapio.AUTH_RECORD and key is not None:
                 m = mcapio.auth_record(key, edited)
+            elif name == seal.SEAL_RECORD and key is not None:
+                content = seal.ContentHash()
+                for _, channel, msg in msgs:
+                    content.update(channel.topic, msg.log_time, msg.publish_time, msg.data)
+                m = seal.seal_record(key, crypto.key_id(key), edited, content, m.get("recovered", ""))
             w.add_metadata(name, m)
         channels: dict[int, int] = {}
         for schema, channel, msg in msgs:
@@ -147,6 +154,161 @@ def test_an_edited_encrypted_header_is_refused_not_relabelled(tmp_path, capsys):
     audit = AuditLog(tmp_path / "audit2.jsonl")
     p = prune(tmp_path, POLICY, audit, NOW_NS, keys)
     assert old.exists() and any("us-old.mcap.enc" in e and "fails authentication" in e for e in p.errors)
+
+
+# -- point 6: metadata is bound to the content it describes -----------------------------------
+def rebuild(dst: Path, meta_src: Path, content_src: Path, names: tuple[str, ...],
+            edit: Callable[[int, bytes], bytes] | None = None) -> Path:
+    """What someone with write access to the disk can do without the key: a well-formed MCAP file with
+    the metadata records NAMES copied from META_SRC and the messages of CONTENT_SRC (each through EDIT)."""
+    with open(meta_src, "rb") as f:
+        metas = {m.name: dict(m.metadata) for m in make_reader(f).iter_metadata()}
+    with open(content_src, "rb") as f:
+        msgs = list(make_reader(f).iter_messages())
+    with open(dst, "wb") as out:
+        w = Writer(out)
+        w.start(profile="", library="edgert")
+        for name in names:
+            w.add_metadata(name, metas[name])
+        channels: dict[int, int] = {}
+        for i, (schema, channel, msg) in enumerate(msgs):
+            if channel.id not in channels:
+                sid = w.register_schema(schema.name, schema.encoding, schema.data)
+                channels[channel.id] = w.register_channel(channel.topic, channel.message_encoding, sid)
+            data = edit(i, msg.data) if edit else msg.data
+            w.add_message(channels[channel.id], log_time=msg.log_time, publish_time=msg.publish_time, data=data)
+        w.finish()
+    return dst
+
+
+def raw_clip(path: Path, keys: Path, region: str, anonymised: str) -> Path:
+    """A clip of raw camera frames, written by the recorder's writer with the vehicle key."""
+    from test_record import _frame_msg, frame_pixels
+    meta = {"region": region, "run_id": "run-9", "recorded_ns": str(NOW_NS - DAY_NS), "anonymised": anonymised,
+            "vehicle_id": "car7"}
+    f = mcapio.McapFile(path, meta, auth_key=crypto.load_or_make_key(keys, crypto.VEHICLE), chunk_size=4096)
+    for i in range(1, 9):
+        f.write(mcapio.RAW_TOPIC, NOW_NS + i, NOW_NS + i, _frame_msg(i, frame_pixels(i)), i)
+    return f.close()
+
+
+def test_genuine_metadata_moved_onto_another_clips_content_is_refused(tmp_path):
+    """An anonymised sim clip (may go anywhere) lends its genuine edgert + edgert.auth pair (and its seal)
+    to a file of raw cn frames (may not leave cn): export, prune and replay refuse it; the genuine
+    clip still exports."""
+    from runtime.replay import run_replay
+    keys, rec = tmp_path / "keys", tmp_path / "rec"
+    rec.mkdir()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    sim = recorded_clip(rec / "sim-good.mcap", keys, "sim")
+    cn = raw_clip(tmp_path / "cn-raw.mcap", keys, "cn", anonymised="false")
+    no_seal = r"its content is not sealed \(no 'edgert.seal' record.*moved onto other messages"
+    mismatch = r"its messages are not the ones the vehicle sealed \(8 message\(s\) here, 50 sealed"
+    for name, records, why in (("pair", ("edgert", mcapio.AUTH_RECORD), no_seal),
+                               ("sealed", ("edgert", mcapio.AUTH_RECORD, seal.SEAL_RECORD), mismatch)):
+        clip = rebuild(rec / f"{name}.mcap", sim, cn, records)
+        with pytest.raises(ClipError, match=why):
+            read_clip_info(clip, keys)
+        with pytest.raises(ClipError, match=why):  # replay authenticates before it builds anything
+            run_replay(clip, keys_dir=keys, work_dir=tmp_path)
+    pair, sealed = rec / "pair.mcap", rec / "sealed.mcap"
+    res = export([sim, pair, sealed], "eu", tmp_path / "out", POLICY, audit, keys)
+    assert [r.decision.allowed for r in res] == [True, False, False]
+    assert "its content is not sealed" in res[1].decision.reason
+    assert "messages are not the ones the vehicle sealed" in res[2].decision.reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sim-good.mcap"]
+    p = prune(rec, POLICY, audit, NOW_NS + 30 * DAY_NS, keys)  # past sim's retention: only the genuine one goes
+    assert p.deleted == [sim] and sorted(p.kept) == [pair, sealed] and len(p.errors) == 2
+    # encrypting it (the recorder's hook, `edgert fleet encrypt`) would make the lie authenticated: refused too
+    crypto.keygen(keys, "sim")
+    with pytest.raises(ClipError, match=no_seal):
+        encrypt_clip(pair, keys)
+
+
+def test_a_message_edited_or_added_inside_a_sealed_clip_is_refused(tmp_path, capsys):
+    keys = tmp_path / "keys"
+    clip = raw_clip(tmp_path / "sim-1.mcap", keys, "sim", anonymised="true")
+    assert read_clip_info(clip, keys).region == "sim"
+    names = ("edgert", mcapio.AUTH_RECORD, seal.SEAL_RECORD)
+    same = rebuild(tmp_path / "same.mcap", clip, clip, names)  # re-written, nothing changed: still genuine
+    assert read_clip_info(same, keys).region == "sim"
+
+    def unblur(i: int, data: bytes) -> bytes:  # one pixel of frame 5 changed
+        return data[:-1] + bytes([data[-1] ^ 0xFF]) if i == 4 else data
+    edited = rebuild(tmp_path / "edited.mcap", clip, clip, names, edit=unblur)
+    with pytest.raises(ClipError, match=r"edited.mcap: its messages are not the ones the vehicle sealed "
+                                        r"\(8 message\(s\) here, 8 sealed; content hash differs\)"):
+        read_clip_info(edited, keys)
+    res = export([edited], "eu", tmp_path / "out", POLICY, AuditLog(tmp_path / "a.jsonl"), keys)
+    assert not res[0].decision.allowed and "content was replaced or edited" in res[0].decision.reason
+    # the seal's own numbers edited to match: its MAC fails
+    with open(edited, "rb") as f:
+        metas = {m.name: dict(m.metadata) for m in make_reader(f).iter_metadata()}
+    forged = tmp_path / "forged.mcap"
+    with open(forged, "wb") as out:
+        w = Writer(out)
+        w.start(profile="", library="edgert")
+        for name in names:
+            m = metas[name]
+            if name == seal.SEAL_RECORD:
+                c = seal.ContentHash()
+                with open(edited, "rb") as f:
+                    for _, ch, msg in make_reader(f).iter_messages():
+                        c.update(ch.topic, msg.log_time, msg.publish_time, msg.data)
+                m = {**m, "sha256": c.hexdigest()}
+            w.add_metadata(name, m)
+        w.finish()
+    with pytest.raises(ClipError, match=r"its seal does not authenticate with the vehicle key"):
+        read_clip_info(forged, keys)
+    # a sealed clip encrypted by someone holding only the region key: decrypt checks the plaintext's seal
+    crypto.keygen(keys, "sim")
+    enc = crypto.encrypt_file(edited, crypto.load_key(keys, "sim"), "sim", {"region": "sim", "anonymised": "true"})
+    out = tmp_path / "plain.mcap"
+    assert cli.main(["fleet", "decrypt", str(enc), "--out", str(out), "--keys", str(keys),
+                     "--audit", str(tmp_path / "d.jsonl")]) == 2
+    assert "decrypted, but" in capsys.readouterr().err and not out.exists()
+    assert [e["event"] for e in audit_entries(tmp_path / "d.jsonl")] == ["decrypt_refused"]
+
+
+def test_a_clip_cut_off_by_a_crash_is_sealed_at_recovery_as_far_as_it_is_readable(tmp_path):
+    """The recorder's writer killed mid-clip leaves an unsealed .partial: refused. At its next start the
+    recorder (which holds the vehicle key and owns the 0700 folder) rewrites its readable part sealed,
+    marked recovered: it then exports, still reads as truncated, and an edit to it is refused. A partial
+    whose metadata this vehicle's key does not authenticate is not sealed."""
+    from test_record import _frame_msg, frame_pixels
+    keys, rec = tmp_path / "keys", tmp_path / "rec"
+    rec.mkdir(mode=0o700)
+    key = crypto.load_or_make_key(keys, crypto.VEHICLE)
+    meta = {"region": "sim", "run_id": "run-3", "recorded_ns": str(NOW_NS - DAY_NS), "anonymised": "true"}
+    w = mcapio.McapFile(rec / "sim-cut.mcap", meta, auth_key=key, chunk_size=1024)
+    for i in range(1, 10):
+        w.write(mcapio.RAW_TOPIC, NOW_NS + i, NOW_NS + i, _frame_msg(i, frame_pixels(i)), i)
+    w.abandon()  # as a SIGKILL leaves it; and a power cut loses the tail the disk had not written
+    w.tmp.write_bytes(w.tmp.read_bytes()[: w.tmp.stat().st_size * 2 // 3])
+    with pytest.raises(ClipError, match=r"cut off \(.*\) before its content was sealed; the recorder seals"):
+        read_clip_info(w.tmp, keys)
+    readable = mcapio.inspect(w.tmp).messages
+    assert 0 < readable < 9
+    stranger = mcapio.McapFile(rec / "sim-other.mcap", meta, auth_key=os.urandom(32), chunk_size=1024)
+    stranger.write(mcapio.RAW_TOPIC, NOW_NS, NOW_NS, _frame_msg(1, frame_pixels(1)), 1)
+    stranger.abandon()
+    found = {i.path.name: i for i in mcapio.recover_partials(rec, seal_key=key)}  # as the recorder's setup
+    cut, other = rec / "sim-cut.truncated.mcap", rec / "sim-other.truncated.mcap"
+    assert set(found) == {cut.name, other.name} and not list(rec.glob("*.partial"))
+    assert "readable part is now sealed" in found[cut.name].error
+    assert "not sealed: its metadata is not authenticated by this vehicle's key" in found[other.name].error
+    info = mcapio.inspect(cut)
+    assert not info.complete and "cut off by a crash" in info.error and info.messages == readable
+    assert info.metadata[seal.SEAL_RECORD]["recovered"]
+    ids = [mcapio.decode_raw_frame(m.data).frame_id for _, m in mcapio.iter_messages(cut)]
+    assert ids == list(range(1, readable + 1))
+    res = export([cut, other], "eu", tmp_path / "out", POLICY, AuditLog(tmp_path / "a.jsonl"), keys)
+    assert [r.decision.allowed for r in res] == [True, False]
+    assert "not sealed" in res[1].decision.reason or "another vehicle" in res[1].decision.reason
+    edited = rebuild(tmp_path / "edited.truncated.mcap", cut, cut, ("edgert", mcapio.AUTH_RECORD, seal.SEAL_RECORD),
+                     edit=lambda i, d: d[:-1] + b"\0" if i == 0 else d)
+    with pytest.raises(ClipError, match="its messages are not the ones the vehicle sealed"):
+        read_clip_info(edited, keys)
 
 
 # -- point 6: export into a shared destination ------------------------------------------------

@@ -6,6 +6,10 @@ recording's start; else the first message's log time, which the recorder stamps 
 clock) and `anonymised` ("true"/"false"); or the same encrypted (`*.mcap.enc`,
 runtime/fleet/crypto.py), whose cleartext header carries that metadata so no key is needed.
 
+A plain clip counts only if its metadata authenticates with the vehicle key (`edgert.auth`)
+and its messages match the seal that key put on them with that metadata (`edgert.seal`,
+runtime/fleet/seal.py): so a clip is read whole before any decision on it.
+
 Export refuses (fail closed): a clip whose region or metadata cannot be read, a destination
 the policy does not allow, a clip not marked anonymised from a region that requires it, and a
 plaintext clip from a region that requires encryption. Prune deletes clips older than their
@@ -20,7 +24,6 @@ import logging
 import os
 import secrets
 import stat
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from runtime.fleet import crypto, mcapio
+from runtime.fleet import crypto, mcapio, seal
 from runtime.fleet.audit import AuditLog
 from runtime.fleet.policy import Decision, Policy
 
@@ -73,48 +76,52 @@ def open_clip(path: str | Path) -> BinaryIO:
     return f
 
 
-def _mcap_metadata(f: BinaryIO, path: Path) -> tuple[dict[str, str], dict[str, str] | None]:
-    """The "edgert" metadata record and its "edgert.auth" record (None if it has none).
+def _mcap_metadata(f: BinaryIO, path: Path) -> tuple[dict[str, str], dict[str, str] | None, seal.ClipRead]:
+    """The "edgert" metadata record, its "edgert.auth" record (None if it has none) and the one pass
+    over the whole file that found them, with its messages' hash for the seal.
 
-    The indexed summary is used when the file has one; a file cut off by a crash (no summary)
-    is read record by record, as far as it goes (both records are written first).
+    A file cut off by a crash is read as far as it goes (the metadata records are written first).
     """
-    from mcap.exceptions import McapError
-    from mcap.reader import make_reader
-    from mcap.records import Metadata
-    from mcap.stream_reader import StreamReader
-
-    errors = (McapError, ValueError, EOFError, OSError, struct.error)
-    found: dict[str, dict[str, str]] = {}
-    try:
-        f.seek(0)
-        for m in make_reader(f).iter_metadata():
-            if m.name in (META_NAME, mcapio.AUTH_RECORD) and m.name not in found:
-                found[m.name] = dict(m.metadata)
-    except errors:
-        found = {}
-        try:
-            f.seek(0)
-            for rec in StreamReader(f).records:
-                if isinstance(rec, Metadata) and rec.name in (META_NAME, mcapio.AUTH_RECORD) \
-                        and rec.name not in found:
-                    found[rec.name] = dict(rec.metadata)
-                if len(found) == 2:
-                    break
-        except errors as e:
-            if META_NAME not in found:
-                raise ClipError(f"{path}: not a readable MCAP file ({type(e).__name__}: {e})") from None
-    if META_NAME not in found:
+    found = seal.read_clip(f)
+    if META_NAME not in found.records:
+        if found.error:
+            raise ClipError(f"{path}: not a readable MCAP file ({found.error})")
         raise ClipError(f"{path}: no {META_NAME!r} metadata record, so its region of collection is unknown; "
                         "only clips written by the edgert recorder can be exported, pruned or replayed")
-    return found[META_NAME], found.get(mcapio.AUTH_RECORD)
+    if found.duplicate:
+        raise ClipError(f"{path}: holds the {found.duplicate!r} record twice, so which one counts is ambiguous; "
+                        "the recorder writes each once; refused")
+    return found.records[META_NAME], found.records.get(mcapio.AUTH_RECORD), found
 
 
-def check_metadata(path: Path, meta: dict[str, str], auth: dict[str, str] | None, keys_dir: str | Path) -> None:
+def check_content(path: Path, meta: dict[str, str], found: seal.ClipRead, key: bytes) -> None:
+    """Refuse a plain clip whose messages are not the ones its vehicle key sealed with META.
+
+    The metadata MAC alone would let a genuine `edgert` + `edgert.auth` pair be moved onto
+    another clip's messages (an anonymised `sim` clip's labels on raw `cn` frames).
+    """
+    sealed = found.records.get(seal.SEAL_RECORD)
+    if sealed is None:
+        if found.error:
+            raise ClipError(f"{path}: cut off ({found.error}) before its content was sealed; the recorder seals "
+                            f"a cut-off clip's readable part when it next starts (as *{mcapio.TRUNCATED}). Unsealed, "
+                            "its messages could be any file's; refused")
+        raise ClipError(f"{path}: its content is not sealed (no {seal.SEAL_RECORD!r} record: not closed by an "
+                        "edgert recorder with a vehicle key, or the record was stripped); refused, since its "
+                        "authenticated metadata could have been moved onto other messages")
+    why = seal.check_seal(key, meta, sealed, found.content)
+    if why and found.error:
+        why += f" (the file breaks off after {found.content.messages} message(s): {found.error})"
+    if why:
+        raise ClipError(f"{path}: {why}; refused: the metadata must describe the messages it came with")
+
+
+def check_metadata(path: Path, meta: dict[str, str], auth: dict[str, str] | None, keys_dir: str | Path) -> bytes:
     """Refuse a plain clip whose `edgert` metadata is not the one its vehicle key authenticated.
 
     Region, age and the anonymised flag decide where a clip may go and when it is deleted, and
     a replay builds its run from the metadata: an edit must make the clip refused, not re-labelled.
+    Returns the vehicle key, which then checks the seal (`check_content`).
     """
     if auth is None:
         raise ClipError(f"{path}: its metadata is not authenticated (no {mcapio.AUTH_RECORD!r} record: not "
@@ -134,10 +141,15 @@ def check_metadata(path: Path, meta: dict[str, str], auth: dict[str, str] | None
     if not crypto.check_meta_mac(key, meta, auth.get("mac", "")):
         raise ClipError(f"{path}: its metadata was edited after recording (the vehicle key's MAC over its "
                         f"{META_NAME!r} record does not match); refused, not re-labelled")
+    return key
 
 
 def authenticated_metadata(f: BinaryIO, path: str | Path, keys_dir: str | Path) -> tuple[dict[str, str], bool]:
-    """(metadata, encrypted) of the clip open as F, authenticated with a key from KEYS_DIR or ClipError."""
+    """(metadata, encrypted) of the clip open as F, authenticated with a key from KEYS_DIR or ClipError.
+
+    A plain clip is read whole: its metadata must authenticate and its messages match its seal.
+    An encrypted one is decided on its header, which AES-GCM binds to every chunk of the content.
+    """
     path = Path(path)
     if path.name.endswith(crypto.SUFFIX):
         try:
@@ -149,8 +161,9 @@ def authenticated_metadata(f: BinaryIO, path: str | Path, keys_dir: str | Path) 
         if meta["region"] != h["region"]:
             raise ClipError(f"{path}: header region {h['region']!r} and metadata region {meta['region']!r} differ")
         return meta, True
-    meta, auth = _mcap_metadata(f, path)
-    check_metadata(path, meta, auth, keys_dir)
+    meta, auth, found = _mcap_metadata(f, path)
+    key = check_metadata(path, meta, auth, keys_dir)  # first: an edited label is named as such
+    check_content(path, meta, found, key)
     return meta, False
 
 

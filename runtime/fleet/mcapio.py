@@ -21,6 +21,10 @@ run, model and its sha256, edgert version and the pipeline config.
 A file is written under `NAME.mcap.partial` and renamed to `NAME.mcap` only once complete
 and fsynced: after a crash or power cut every file without the suffix is whole; a leftover
 `.partial` is checked and reported as truncated, never passed off as a clip.
+
+With the vehicle key, the metadata is authenticated (`edgert.auth`, written right after it)
+and the content is sealed at close (`edgert.seal`, runtime/fleet/seal.py: an HMAC over the
+metadata and a SHA-256 of every message); `seal_recovered` seals what a crash left readable.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
 from runtime import wire
-from runtime.fleet import crypto
+from runtime.fleet import crypto, seal
 from runtime.wire import MsgType
 
 PARTIAL = ".partial"  # suffix of a file still being written
@@ -200,6 +204,7 @@ class McapFile:
             self._w.add_metadata(AUTH_RECORD, auth_record(auth_key, meta))
         self._f.flush()  # the metadata reaches the disk with the first chunk, even if nothing else does
         self._channels: dict[str, int] = {}
+        self._key, self._meta, self._content = auth_key, meta, seal.ContentHash()
         self.counts: dict[str, int] = {}
         self.bytes = 0
         self.first_ns = 0
@@ -216,16 +221,24 @@ class McapFile:
     def write(self, topic: str, log_ns: int, publish_ns: int, data: bytes, sequence: int = 0) -> None:
         self._w.add_message(self._channel(topic), log_time=log_ns, data=data, publish_time=publish_ns,
                             sequence=sequence & 0xFFFFFFFF)
+        if self._key is not None:
+            self._content.update(topic, log_ns, publish_ns, data)
         self.counts[topic] = self.counts.get(topic, 0) + 1
         self.bytes += len(data)
         self.first_ns = self.first_ns or log_ns
         self.last_ns = log_ns
 
-    def close(self, summary: dict[str, Any] | None = None) -> Path:
-        """Finish the file (index, summary, `edgert.stats`), fsync it, then give it its final name."""
+    def close(self, summary: dict[str, Any] | None = None, recovered: str = "") -> Path:
+        """Finish the file (index, summary, `edgert.stats`, `edgert.seal`), fsync it, then give it its final name.
+
+        RECOVERED (only from `seal_recovered`) says why the clip is sealed after a crash.
+        """
         stats = {"messages": json.dumps(self.counts), "payload_bytes": str(self.bytes), **{
             k: v if isinstance(v, str) else json.dumps(v) for k, v in (summary or {}).items()}}
         self._w.add_metadata("edgert.stats", stats)
+        if self._key is not None:  # last: binds the metadata to every message written
+            self._w.add_metadata(seal.SEAL_RECORD, seal.seal_record(self._key, crypto.key_id(self._key), self._meta,
+                                                                    self._content, recovered))
         self._w.finish()
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -328,6 +341,9 @@ def inspect(path: str | Path) -> RecordingInfo:
         info.error = f"{type(e).__name__}: {e}".rstrip(": ") or type(e).__name__
     if not info.complete and not info.error:
         info.error = "no footer"
+    recovered = info.metadata.get(seal.SEAL_RECORD, {}).get("recovered", "")
+    if info.complete and recovered:  # rewritten whole by seal_recovered, but still only what a crash left
+        info.complete, info.error = False, f"cut off by a crash ({recovered}); its readable part sealed at recovery"
     if path.name.endswith(PARTIAL) and info.complete:  # whole, but its writer never confirmed it
         info.complete, info.error = False, "still named .partial: its writer stopped before renaming it"
     return info
@@ -345,19 +361,58 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     raise ValueError(f"{path}: no 'edgert' metadata record: not a recording made by edgert")
 
 
-def recover_partials(directory: str | Path) -> list[RecordingInfo]:
+def recover_partials(directory: str | Path, seal_key: bytes | None = None) -> list[RecordingInfo]:
     """After a crash: rename every leftover `.partial` to `NAME.truncated.mcap` and return what each holds.
 
-    Nothing is deleted: the readable part of a cut-off clip may be exactly the moments before a crash.
+    Nothing readable is deleted: the readable part of a cut-off clip may be exactly the moments
+    before a crash. With SEAL_KEY (the vehicle key: the recorder's own folder), each is then
+    sealed as far as it is readable (`seal_recovered`); `info.error` says so, or why it was not.
     """
     out = []
+    for stale in Path(directory).glob(f"*{TRUNCATED}{PARTIAL}"):  # a rewrite a crash cut: its source is intact
+        stale.unlink()
     for p in sorted(Path(directory).glob(f"*.mcap{PARTIAL}")):
         info = inspect(p)
         dest = p.with_name(p.name[: -len(".mcap" + PARTIAL)] + TRUNCATED)
         os.rename(p, dest)
         info.path = dest
+        if seal_key is not None:
+            why = seal_recovered(dest, seal_key)
+            info.error += f"; {why}" if why else "; its readable part is now sealed"
         out.append(info)
     return out
+
+
+def seal_recovered(path: Path, key: bytes) -> str:
+    """Rewrite the cut-off clip PATH whole, with every readable message, sealed and marked `recovered`.
+
+    Only a clip whose metadata this vehicle KEY authenticates is sealed: the recorder vouches for
+    what its own writer left in its own 0700 folder, never for a file of someone else's making.
+    Returns "" once sealed, else why it was left as it was (unsealed: export, prune and replay refuse it).
+    """
+    with open(path, "rb") as f:
+        found = seal.read_clip(f)
+    meta, auth = found.records.get(seal.META_RECORD), found.records.get(seal.AUTH_RECORD)
+    if meta is None or auth is None or not crypto.check_meta_mac(key, meta, auth.get("mac", "")):
+        return "not sealed: its metadata is not authenticated by this vehicle's key"
+    if found.duplicate:
+        return f"not sealed: it holds the {found.duplicate!r} record twice"
+    if seal.SEAL_RECORD in found.records:
+        return ""  # its writer sealed it before the crash (export checks that seal like any other)
+    why = found.error or "whole"
+    out = McapFile(path, meta, auth_key=key)  # to PATH.partial, renamed over PATH once complete
+    try:
+        try:  # streamed: a clip of raw frames may not fit in memory
+            for topic, m in iter_messages(path):
+                out.write(topic, m.log_time, m.publish_time, m.data, m.sequence)
+        except TruncatedRecording:
+            pass  # where it breaks off: everything before is written
+        out.close({"recovered_from": why}, recovered=why)
+    except (KeyError, OSError) as e:
+        out.abandon()
+        out.tmp.unlink(missing_ok=True)
+        return f"not sealed: {type(e).__name__}: {e}"
+    return ""
 
 
 def wall_offset_ns() -> int:

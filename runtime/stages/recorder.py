@@ -30,6 +30,9 @@ renamed *.truncated.mcap at the next start and, where the policy encrypts, encry
 Every file's metadata is authenticated with the vehicle key (`edgert.auth`, made at the first
 start), so export, prune and replay can refuse an edited one; a file that cannot be encrypted
 is quarantined unreadable (runtime/fleet/export.encrypt_or_quarantine).
+A file's content is sealed to that metadata at close (`edgert.seal`, runtime/fleet/seal.py), so
+genuine metadata moved onto other messages is refused too; a cut-off file's readable part is
+sealed when it is recovered, before the encryption hook sees it.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ class RecorderStage(Stage):
         self.dir = self.cfg.record_dir()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # recordings are personal data
         self._policy_hooks()
-        for info in mcapio.recover_partials(self.dir):
+        for info in mcapio.recover_partials(self.dir, seal_key=self.auth_key):  # the key vouches for its own files
             self.log.warning("found a recording cut off by a crash: %s, %d readable message(s) (%s); kept, "
                              "renamed *%s", info.path.name, info.messages, info.error, mcapio.TRUNCATED)
             if self.on_clip_closed is not None:  # the region's duty applies to what the crash left too
