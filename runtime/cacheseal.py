@@ -8,10 +8,10 @@ over its name and bytes, under a per-user key: `$XDG_CONFIG_HOME/edgert/cache.ke
 (`~/.config/edgert/cache.key`), 32 random bytes made 0600 on first use. The name is part of
 what is sealed, so a sealed file copied under another name (another model's graph) fails too.
 
-The key is used only if it is a regular file (not a link) owned by this user that nobody else
-can read, in folders nobody else can write (a sticky folder such as /tmp excepted); otherwise
-CacheKeyError names the file, what is wrong and the fix. A seal that does not verify is never
-loaded: the caller rebuilds the cache.
+The key is read and made by runtime/keyfile.py: used only if it is a regular file (not a link)
+owned by this user that nobody else can read, in folders nobody else can write (a sticky folder
+such as /tmp excepted); otherwise CacheKeyError names the file, what is wrong and the fix.
+A seal that does not verify is never loaded: the caller rebuilds the cache.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from runtime import keyfile
 from runtime.manifest import ModelError
 
 KEY_BYTES = 32
@@ -44,73 +45,21 @@ def key_path() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgert" / "cache.key"
 
 
-def _check_dirs(folder: Path, key: Path) -> None:
-    """Every folder above the key must be this user's or root's and writable by nobody else
-    (unless sticky): otherwise another user could rename the key away and put their own there."""
-    uid = os.geteuid()
-    for d in [folder, *folder.parents]:
-        st = d.stat()
-        if st.st_uid not in (uid, 0):
-            raise CacheKeyError(f"cache key {key}: folder {d} belongs to uid {st.st_uid}, not to this user ({uid}) "
-                                "or root, so its owner could swap the key; keep the key under your own folders "
-                                "(set XDG_CONFIG_HOME) or set infer.cache_dir = \"off\"")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-            raise CacheKeyError(f"cache key {key}: folder {d} is writable by group or others (mode "
-                                f"{stat.S_IMODE(st.st_mode):o}), so they could swap the key; `chmod go-w {d}`, "
-                                "or set infer.cache_dir = \"off\"")
-
-
-def _create(path: Path) -> None:
-    """A new random key, appearing complete or not at all (link(2) of a finished 0600 file)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(KEY_BYTES))
-        os.fsync(fd)
-        os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another stage made it first: use theirs
-    finally:
-        tmp.unlink(missing_ok=True)
+_REMAKE = ("remove it (a new one is made) and clear the cache folder: a key others could read or replace "
+           "can forge cache seals")
 
 
 def load_key(path: Path | None = None) -> bytes:
-    """This user's cache key, made on first use; CacheKeyError if it cannot be trusted."""
+    """This user's cache key, made on first use (runtime/keyfile.py); CacheKeyError if it cannot be trusted."""
     path = path or key_path()
-    if not path.exists() and not path.is_symlink():
-        try:
-            _create(path)
-        except OSError as e:
-            raise CacheKeyError(f"cannot create the cache key {path} ({e}); make {path.parent} writable by "
-                                "this user, set XDG_CONFIG_HOME to a folder that is, or set infer.cache_dir = "
-                                "\"off\"") from None
-    _check_dirs(path.parent, path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as e:  # ELOOP: a symbolic link
-        raise CacheKeyError(f"cache key {path} cannot be opened as a plain file ({e.strerror}); remove it (a new "
-                            "one is made) and clear the cache folder") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CacheKeyError(f"cache key {path} is not a regular file; remove it (a new one is made)")
-        if st.st_uid != os.geteuid():
-            raise CacheKeyError(f"cache key {path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}): "
-                                "someone else could have made it. Remove it (a new one is made) and clear the "
-                                "cache folder")
-        if st.st_mode & 0o077:
-            raise CacheKeyError(f"cache key {path} has mode {stat.S_IMODE(st.st_mode):o}: others can read it and forge "
-                                f"cache seals. Remove it (a new one is made) and clear the cache folder; keys are "
-                                "made 0600")
-        data = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) != KEY_BYTES:
-        raise CacheKeyError(f"cache key {path} holds {len(data)} bytes, not {KEY_BYTES}; remove it (a new one is made)")
-    return data
+        return keyfile.load_or_create(path, KEY_BYTES, "cache key", _REMAKE)
+    except keyfile.KeyFileError as e:
+        raise CacheKeyError(f"{e}; or set infer.cache_dir = \"off\" (no cache, no key)") from None
+    except OSError as e:
+        raise CacheKeyError(f"cannot create or read the cache key {path} ({e}); make {path.parent} writable by "
+                            "this user, set XDG_CONFIG_HOME to a folder that is, or set infer.cache_dir = "
+                            "\"off\"") from None
 
 
 def seal_of(key: bytes, name: str, data: bytes) -> str:

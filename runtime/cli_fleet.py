@@ -51,7 +51,7 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 def _audit(args: argparse.Namespace) -> audit_mod.AuditLog:
     key_path = Path(args.keys) / f"{AUDIT_KEY}.key"
-    key = audit_mod.load_key(key_path) if key_path.is_file() else None
+    key = audit_mod.load_key(key_path) if os.path.lexists(key_path) else None  # a link there is refused, not skipped
     return audit_mod.AuditLog(args.audit, key)
 
 

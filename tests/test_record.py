@@ -648,6 +648,37 @@ def test_a_region_whose_duty_cannot_be_met_fails_the_recorder_start(tmp_path, ti
         h.close()
 
 
+def test_a_policy_off_recording_is_authenticated_so_it_can_be_pruned_and_replayed(tmp_path, tiny_model):
+    """record.policy = "off" (replay's scratch recordings) skips the region's duties, not the vehicle
+    key: without `edgert.auth` export, prune and replay refuse a clip, and prune could never delete it."""
+    from runtime.config import PROJECT_ROOT
+    from runtime.fleet import crypto
+    from runtime.fleet.audit import AuditLog
+    from runtime.fleet.export import authenticated_metadata, prune, read_clip_info
+    from runtime.fleet.policy import Policy
+
+    h, fake = _start_recorder(tmp_path, tiny_model, policy="off", mode="all", pre_s=0.0)
+    try:
+        fake.run(0.5, 1)
+    finally:
+        fake.close()
+        h.close()
+    assert h.code == 0
+    clips = sorted((tmp_path / "rec").glob("*.mcap"))
+    assert len(clips) == 1, clips
+    keys = tmp_path / "fleet-keys"
+    auth = mcapio.inspect(clips[0]).metadata.get(mcapio.AUTH_RECORD)
+    assert auth is not None and auth["key_id"] == crypto.key_id(crypto.load_key(keys, crypto.VEHICLE))
+    assert read_clip_info(clips[0], keys).region == "sim"  # what export and prune decide on
+    with open(clips[0], "rb") as f:
+        meta, encrypted = authenticated_metadata(f, clips[0], keys)  # what replay checks first
+    assert meta["region"] == "sim" and not encrypted
+    later = time.time_ns() + 8 * 24 * 3600 * 10**9  # past sim's 7-day retention
+    res = prune(tmp_path / "rec", Policy.load(PROJECT_ROOT / "configs" / "fleet-policy.toml"),
+                AuditLog(tmp_path / "audit.jsonl"), later, keys)
+    assert res.errors == [] and res.deleted == clips and not clips[0].exists()
+
+
 # -- a real pipeline: takeover clip, then the recorder SIGKILLed mid-clip ---------------------------
 def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tmp_path):
     from runtime.supervisor import Supervisor

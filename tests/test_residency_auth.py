@@ -8,6 +8,7 @@ access to the disk would: the metadata rewritten, the cleartext header patched.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -361,12 +362,68 @@ def test_a_clip_that_cannot_be_encrypted_is_quarantined_unreadable_with_its_reas
     clip = recorded_clip(rec / "us-2.mcap", keys, "us")
     assert stat.S_IMODE(clip.stat().st_mode) & 0o044  # what the writer leaves: readable until encrypted
     with caplog.at_level(logging.WARNING, logger="edgert.fleet"), \
-            pytest.raises(Quarantined, match=r"us-2.mcap: encryption failed 3 times .*no key for region 'us'"):
+            pytest.raises(Quarantined, match=r"us-2.mcap: encryption failed and would fail again \(not retried\): "
+                                             r"CryptoError: no key for region 'us'"):
         on_closed(clip)
     assert not clip.exists()  # no plaintext left under its name
     q = rec / "quarantine" / "us-2.mcap"
     assert stat.S_IMODE(q.stat().st_mode) == 0 and stat.S_IMODE(q.parent.stat().st_mode) == 0o700
     assert "no key for region 'us'" in (rec / "quarantine" / "us-2.mcap.reason").read_text()
-    assert sum("try" in r.getMessage() for r in caplog.records) == 3  # retried before giving up
-    assert any("quarantined" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]  # quarantined at once, logged once
+    assert "quarantined" in caplog.records[0].getMessage()
     assert list(rec.glob("*.mcap")) == [] and list(rec.glob(".*")) == []  # no plaintext, no temp file beside
+
+
+def test_a_deterministic_failure_is_quarantined_after_one_try_and_logged_once(tmp_path, caplog, monkeypatch):
+    """A clip without authenticated metadata fails the same way on every try: no retries, no sleeps."""
+    from runtime.fleet import export as export_mod
+
+    keys, rec = tmp_path / "keys", tmp_path / "rec"
+    rec.mkdir(mode=0o700)
+    crypto.keygen(keys, "us")
+    _, on_closed = recorder_hooks(POLICY, "us", (48, 64, 3), keys)
+    meta = {"region": "us", "run_id": "run-7", "recorded_ns": str(NOW_NS), "anonymised": "true"}
+    f = mcapio.McapFile(rec / "us-noauth.mcap", meta)  # no vehicle key: no edgert.auth record
+    f.write("/commands", NOW_NS, NOW_NS, b"{}")
+    clip = f.close()
+    tries: list[Path] = []
+    real = export_mod.encrypt_clip
+    monkeypatch.setattr(export_mod, "encrypt_clip", lambda c, k, **kw: (tries.append(c), real(c, k, **kw))[1])
+    with caplog.at_level(logging.WARNING, logger="edgert.fleet"), \
+            pytest.raises(Quarantined, match=r"not retried\): ClipError: .*its metadata is not authenticated"):
+        on_closed(clip)
+    assert tries == [clip]  # one try
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and "not authenticated" in caplog.text
+    assert "not authenticated" in (rec / "quarantine" / "us-noauth.mcap.reason").read_text()
+    assert stat.S_IMODE((rec / "quarantine" / "us-noauth.mcap").stat().st_mode) == 0 and not clip.exists()
+
+
+def test_an_io_error_is_retried_and_quarantined_only_if_it_persists(tmp_path, caplog, monkeypatch):
+    """A full disk (injected: one cannot be made here) may clear: the clip is tried again, and only
+    quarantined after the last try."""
+    keys, rec = tmp_path / "keys", tmp_path / "rec"
+    rec.mkdir(mode=0o700)
+    crypto.keygen(keys, "us")
+    _, on_closed = recorder_hooks(POLICY, "us", (48, 64, 3), keys)
+    real, fails = crypto.encrypt_file, [1]
+
+    def disk_full_then_ok(*args, **kw):  # type: ignore[no-untyped-def]
+        if fails[0] > 0:
+            fails[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(crypto, "encrypt_file", disk_full_then_ok)
+    with caplog.at_level(logging.WARNING, logger="edgert.fleet"):
+        out = on_closed(recorded_clip(rec / "us-1.mcap", keys, "us"))
+    assert out.name == "us-1.mcap.enc" and read_clip_info(out, keys).region == "us"
+    assert [r.getMessage() for r in caplog.records if "try 1 of 3" in r.getMessage()] != []
+    assert len(caplog.records) == 1 and not (rec / "quarantine").exists()
+    caplog.clear()
+    fails[0] = 99
+    clip = recorded_clip(rec / "us-2.mcap", keys, "us")
+    with caplog.at_level(logging.WARNING, logger="edgert.fleet"), \
+            pytest.raises(Quarantined, match=r"us-2.mcap: encryption failed 3 times; last error OSError: .*No space"):
+        on_closed(clip)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 3 + [logging.ERROR]
+    assert stat.S_IMODE((rec / "quarantine" / "us-2.mcap").stat().st_mode) == 0 and not clip.exists()

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from runtime import keyfile
+
 GENESIS = "0" * 64
 _RESERVED = {"seq", "time", "event", "prev", "hash", "mac"}
 
@@ -147,15 +149,15 @@ def verify(path: str | Path, key: bytes | None = None) -> VerifyResult:
 
 
 def load_key(path: str | Path) -> bytes:
-    """A vehicle's audit HMAC key (32 bytes, file mode 0600)."""
+    """A vehicle's audit HMAC key: 32 bytes that runtime/keyfile.py trusts (a plain file of this
+    user, mode 0600, in folders nobody else can write)."""
     path = Path(path)
     try:
-        key = path.read_bytes()
+        return keyfile.load(path, 32, "audit key")
     except FileNotFoundError:
         raise AuditError(f"audit key {path} not found; `edgert fleet keygen --audit` makes one") from None
-    if len(key) != 32:
-        raise AuditError(f"audit key {path} holds {len(key)} bytes, not 32; restore it or make a new one")
-    return key
+    except keyfile.KeyFileError as e:
+        raise AuditError(str(e)) from None
 
 
 def now_ns() -> int:

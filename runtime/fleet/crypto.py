@@ -13,9 +13,11 @@ dropped or altered chunk and a truncated file all fail decryption, by name. Nonc
 The header is readable without the key but trusted only once chunk 0 decrypts
 (`authenticated_header`): export, prune and replay decide on that, never on the bare header.
 
-Keys are 32 random bytes in `KEYS_DIR/<name>.key`, mode 0600 in a 0700 folder; a key file
-readable by others is refused. `<region>.key` encrypts a region's clips; `vehicle.key` (made
-at the recorder's first start) authenticates plain clips' metadata (`meta_mac`).
+Keys are 32 random bytes in `KEYS_DIR/<name>.key`, mode 0600 in a 0700 folder, read and made
+by runtime/keyfile.py: a link, another user's file, a key readable by others or in a folder
+others can write is refused, and a new key appears complete or not at all. `<region>.key`
+encrypts a region's clips; `vehicle.key` (made at the recorder's first start) authenticates
+plain clips' metadata (`meta_mac`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import json
 import os
 import re
 import secrets
-import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from runtime import keyfile
 
 MAGIC = b"EDRTENC1"
 SUFFIX = ".enc"
@@ -56,48 +59,50 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"edgert-key-id" + key).hexdigest()[:16]
 
 
+def _path(keys_dir: str | Path, name: str) -> Path:
+    if not _NAME.match(name):
+        raise CryptoError(f"{name!r} is not a key name (a region: lower-case letters, digits, '-', '_')")
+    return Path(keys_dir) / f"{name}.key"
+
+
+def _what(name: str) -> str:
+    return {VEHICLE: "vehicle key", "audit": "audit key"}.get(name, f"key for region {name!r}")
+
+
 def keygen(keys_dir: str | Path, name: str) -> Path:
-    """A new random 32-byte key at KEYS_DIR/NAME.key (0600); never overwrites one."""
-    d = Path(keys_dir)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = d / f"{name}.key"
+    """A new random 32-byte key at KEYS_DIR/NAME.key (0600, runtime/keyfile.py); never overwrites one."""
+    path = _path(keys_dir, name)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        keyfile.create(path, secrets.token_bytes(32), _what(name))
     except FileExistsError:
         raise CryptoError(f"{path} already exists; a key is never overwritten (files encrypted with it would be "
                           "lost). Move it away first if you really mean to replace it") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
+    except keyfile.KeyFileError as e:
+        raise CryptoError(str(e)) from None
     return path
 
 
 def load_key(keys_dir: str | Path, name: str) -> bytes:
-    """The key KEYS_DIR/NAME.key, refused if it is not 32 bytes or readable by group/others."""
-    if not _NAME.match(name):
-        raise CryptoError(f"{name!r} is not a key name (a region: lower-case letters, digits, '-', '_')")
-    path = Path(keys_dir) / f"{name}.key"
+    """The key KEYS_DIR/NAME.key, refused unless runtime/keyfile.py can trust it (a plain 32-byte
+    file of this user, mode 0600, in folders nobody else can write)."""
+    path = _path(keys_dir, name)
     try:
-        st = path.stat()
-        key = path.read_bytes()
+        return keyfile.load(path, 32, _what(name))
     except FileNotFoundError:
-        what = "vehicle key" if name == VEHICLE else f"key for region {name!r}"
         gen = "--vehicle" if name == VEHICLE else name
-        raise CryptoError(f"no {what} at {path}; `edgert fleet keygen {gen} --keys {keys_dir}` makes one "
+        raise CryptoError(f"no {_what(name)} at {path}; `edgert fleet keygen {gen} --keys {keys_dir}` makes one "
                           "(or copy the key that wrote the clips there)") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CryptoError(f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); `chmod 600 {path}`")
-    if len(key) != 32:
-        raise CryptoError(f"{path} holds {len(key)} bytes, not a 32-byte AES-256 key; restore it")
-    return key
+    except keyfile.KeyFileError as e:
+        raise CryptoError(str(e)) from None
 
 
 def load_or_make_key(keys_dir: str | Path, name: str) -> bytes:
     """KEYS_DIR/NAME.key, made first if there is none yet (like an SSH host key: the vehicle key)."""
+    path = _path(keys_dir, name)
     try:
-        keygen(keys_dir, name)
-    except CryptoError:
-        pass  # already there: never overwritten
-    return load_key(keys_dir, name)
+        return keyfile.load_or_create(path, 32, _what(name))
+    except keyfile.KeyFileError as e:
+        raise CryptoError(str(e)) from None
 
 
 def meta_mac(key: bytes, meta: dict[str, str]) -> str:

@@ -415,22 +415,31 @@ def quarantine(clip: Path, reason: str) -> Path:
 
 def encrypt_or_quarantine(clip: str | Path, keys_dir: str | Path, tries: int = ENCRYPT_TRIES,
                           wait_s: float = 0.2) -> Path:
-    """encrypt_clip, retried; if it still fails, the plaintext is quarantined (never left readable).
+    """encrypt_clip; if it fails, the plaintext is quarantined (never left readable).
 
-    Returns the encrypted clip; raises Quarantined (naming where and why) if it was quarantined.
+    Only an OSError (a full or failing disk, a key store that did not answer) is retried, up to
+    `tries` times: it may pass on the next try. Any other error (no key for the region, a clip
+    without authenticated metadata, a damaged file) would fail again the same way, so the clip
+    is quarantined at once, with that reason. Returns the encrypted clip; raises Quarantined
+    (naming where and why) if it was quarantined.
     """
-    clip = Path(clip)
-    why = ""
+    clip, tries, reason = Path(clip), max(tries, 1), ""
     for attempt in range(1, tries + 1):
         try:
             return encrypt_clip(clip, keys_dir)
-        except (ClipError, crypto.CryptoError, OSError) as e:
+        except OSError as e:
             why = f"{type(e).__name__}: {e}"
             log.warning("encrypting %s failed (try %d of %d): %s", clip.name, attempt, tries, why)
-            if attempt < tries:
-                time.sleep(wait_s * attempt)
-    dest = quarantine(clip, f"encryption failed {tries} times; last error {why}")
-    raise Quarantined(f"{clip}: encryption failed {tries} times ({why}); quarantined as {dest}, mode 0")
+            if attempt == tries:
+                reason = f"encryption failed {tries} times; last error {why}"
+                break
+            time.sleep(wait_s * attempt)
+        except Exception as e:  # noqa: BLE001 - whatever it is, the plaintext must not stay readable
+            why = f"{type(e).__name__}: {e}"
+            reason = f"encryption failed and would fail again (not retried): {why}"
+            break
+    dest = quarantine(clip, reason)
+    raise Quarantined(f"{clip}: {reason}; quarantined as {dest}, mode 0")
 
 
 def recorder_hooks(policy: Policy, region: str, frame_shape: tuple[int, int, int], keys_dir: str | Path,

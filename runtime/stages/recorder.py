@@ -184,7 +184,10 @@ class RecorderStage(Stage):
         """frame_filter / on_clip_closed from the residency policy of record.region, where not given."""
         rec, cam = self.cfg.record, self.cfg.camera
         path = self.cfg.record_path("policy")
-        self.auth_key: bytes | None = None  # the vehicle key: every file's metadata is authenticated with it
+        keys_dir = self.cfg.record_path("keys_dir")
+        # the vehicle key, whatever the policy: every file's metadata is authenticated with it, or
+        # export, prune and replay refuse the file (and prune could never delete it)
+        self.auth_key: bytes | None = crypto.load_or_make_key(keys_dir, crypto.VEHICLE)  # type: ignore[arg-type]
         if path is None:
             self.log.warning("record.policy = off: no anonymisation or encryption whatever the region's policy "
                              "says (for replay's scratch recordings; export refuses such clips where duties apply)")
@@ -196,8 +199,6 @@ class RecorderStage(Stage):
             self.frame_filter = frame_filter
             self.log.info("region %s: anonymising frames before they are written (%s)", rec.region,
                           frame_filter.describe())  # type: ignore[attr-defined]
-        keys_dir = self.cfg.record_path("keys_dir")
-        self.auth_key = crypto.load_or_make_key(keys_dir, crypto.VEHICLE)  # type: ignore[arg-type]
         if self.on_clip_closed is None and on_closed is not None:
             self.on_clip_closed = on_closed
             self.log.info("region %s: clips encrypted at rest with %s", rec.region,
