@@ -197,3 +197,24 @@ class StageHarness:
         self.zmq.term()
         for name in shm.list_segments(self.run_id):
             (shm.SHM_DIR / name).unlink(missing_ok=True)
+
+
+def free_port_block(n: int) -> int:
+    """A base port with n consecutive free loopback ports (tcp endpoints are base + topic index)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randint(20000, 60000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of loopback ports")

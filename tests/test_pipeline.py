@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_MACHINE_CONTROL
+from conftest import SHARED_MACHINE_CONTROL, free_port_block
 from runtime import shm
 from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
 from runtime.framepool import FramePool
@@ -85,33 +85,12 @@ def test_closed_loop_end_to_end(mode, mailbox):
     assert edgert_processes(sup.run_id) == {}  # no orphans
 
 
-def _free_port_block(n: int) -> int:
-    """A base port with n consecutive free loopback ports (tcp endpoints are base + topic index)."""
-    import random
-    import socket
-
-    for _ in range(50):
-        base = random.randint(20000, 60000 - n)
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of loopback ports")
-
 
 def test_closed_loop_over_tcp_loopback():
     from runtime.topics import TOPICS
 
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "tcp_host": "127.0.0.1",
-                                                 "tcp_base_port": _free_port_block(len(TOPICS))},
+                                                 "tcp_base_port": free_port_block(len(TOPICS))},
                                        control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=3.0, mode="processes")
     s = sup.run()
@@ -129,7 +108,7 @@ def test_curve_pipeline_runs_and_refuses_outsiders(tmp_path):
     from runtime.transport import Endpoints
 
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True,
-                                                 "tcp_base_port": _free_port_block(len(TOPICS))},
+                                                 "tcp_base_port": free_port_block(len(TOPICS))},
                                        control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode="processes")
     got = {"insider": 0, "plain": 0, "foreign": 0}

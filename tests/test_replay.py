@@ -22,6 +22,18 @@ from runtime.supervisor import Supervisor
 from test_record import pipeline_config, signed_tiny
 
 
+def _watch_supervisors(monkeypatch) -> list[Supervisor]:  # type: ignore[no-untyped-def]
+    """Every Supervisor the replay makes, as it makes it (the test reaches its processes through it)."""
+    sups: list[Supervisor] = []
+
+    class Watched(Supervisor):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            sups.append(self)
+    monkeypatch.setattr(supervisor_module, "Supervisor", Watched)
+    return sups
+
+
 def local_config(root: Path, keys: Path):  # type: ignore[no-untyped-def]
     """This machine's config: its trusted keys (the test publisher's) and its vehicle key folder."""
     return pipeline_config(root / "tiny", keys).replace(record={"keys_dir": str(root / "fleet-keys")})
@@ -66,13 +78,7 @@ def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path, monk
     max-speed replay waits for it (topic `recorded`) instead of lapping the camera pool's 4 slots
     (61 frames go out in ~50 ms here), so every frame is still checked bit for bit."""
     path, root, keys = recording
-    sups: list[Supervisor] = []
-
-    class Watched(Supervisor):
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
-            sups.append(self)
-    monkeypatch.setattr(supervisor_module, "Supervisor", Watched)
+    sups = _watch_supervisors(monkeypatch)
     done, froze = threading.Event(), []
 
     def freeze_at_start() -> None:
@@ -194,13 +200,7 @@ def test_replay_listens_on_ipc_only_whatever_its_recording_says(recording, tmp_p
     import psutil
 
     hostile = _hostile(recording, tmp_path, "unused", monkeypatch)
-    sups: list[Supervisor] = []
-
-    class Watched(Supervisor):
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
-            sups.append(self)
-    monkeypatch.setattr(supervisor_module, "Supervisor", Watched)
+    sups = _watch_supervisors(monkeypatch)
     seen: dict[str, list] = {"inet": [], "unix": [], "stages": []}
     done = threading.Event()
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import random
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from conftest import SHARED_MACHINE_CONTROL
+from conftest import SHARED_MACHINE_CONTROL, free_port_block
 from runtime import curve, transport, wire
 from runtime import supervisor as supervisor_mod
 from runtime.config import DEFAULT_CONFIG, load
@@ -31,30 +29,12 @@ MiB = 1 << 20
 SPAWN = mp.get_context("spawn")
 
 
-def _free_port_block(n: int) -> int:
-    """A base port with n consecutive free loopback ports (tcp endpoints are base + topic index)."""
-    for _ in range(50):
-        base = random.randint(20000, 60000 - n)
-        socks = []
-        try:
-            for port in range(base, base + n):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of loopback ports")
-
-
 def _endpoints(tmp: Path, kind: str, run_id: str = "t") -> Endpoints:
     """ipc:// in tmp, or tcp:// on 127.0.0.1 with CURVE keys made in tmp (as the supervisor makes them)."""
     if kind == "ipc":
         return Endpoints("ipc", run_id, run_dir=str(tmp))
     keys = curve.make_keys(tmp)
-    return Endpoints("tcp", run_id, run_dir=str(tmp), tcp_base_port=_free_port_block(len(TOPICS)), curve_dir=str(keys))
+    return Endpoints("tcp", run_id, run_dir=str(tmp), tcp_base_port=free_port_block(len(TOPICS)), curve_dir=str(keys))
 
 
 def _foreign_client(sock: zmq.Socket, ep: Endpoints) -> None:
@@ -385,7 +365,7 @@ def test_a_curve_pipeline_reports_the_outsiders_it_refused():
     CURVE keys sends heartbeats as control to the supervisor's socket. None is taken; the run's
     summary counts the refused peer; the stages run on undisturbed."""
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True,
-                                                 "tcp_base_port": _free_port_block(len(TOPICS))},
+                                                 "tcp_base_port": free_port_block(len(TOPICS))},
                                        control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode="processes")
     sent = threading.Event()
