@@ -34,8 +34,8 @@ def batch_variant(src_dir: str | Path, batch: int, out_dir: str | Path) -> tuple
     import onnx
     import onnxruntime as ort
 
-    from runtime import signing
-    from runtime.manifest import load_manifest
+    from edgert.runtime import signing
+    from edgert.runtime.manifest import load_manifest
 
     if batch < 1:
         raise ValueError(f"batch: expected >= 1, got {batch}")

@@ -28,25 +28,25 @@ import numpy as np
 import onnxruntime as ort
 import zmq
 
-from kernels import reference_preprocess
-from runtime import wire
-from runtime.engine import session_options
-from runtime.signing import approved_manifest
-from runtime.providers import plan
-from runtime.stage import Stage
-from runtime.stages.frames import FramesStage
-from runtime.transport import publisher
-from runtime.wire import CommandFlags, MsgType, Stamp
+from edgert.kernels import reference_preprocess
+from edgert.runtime import wire
+from edgert.runtime.engine import session_options
+from edgert.runtime.signing import approved_manifest
+from edgert.runtime.providers import plan
+from edgert.runtime.stage import Stage
+from edgert.runtime.stages.frames import FramesStage
+from edgert.runtime.transport import publisher
+from edgert.runtime.wire import CommandFlags, MsgType, Stamp
 
 # ZeroMQ's default high-water mark (1000 messages) would let a backlog of 1080p frames (6-25 MB
 # each) grow to gigabytes; 4 bounds it and still queues, as a plain recv loop does.
 HWM = 4
 
 STAGE_CLASSES = {
-    "capture": "bench._naive:NaiveCapture",
-    "preprocess": "bench._naive:NaivePreprocess",
-    "infer": "bench._naive:NaiveInfer",
-    "control": "bench._naive:NaiveControl",
+    "capture": "edgert.bench._naive:NaiveCapture",
+    "preprocess": "edgert.bench._naive:NaivePreprocess",
+    "infer": "edgert.bench._naive:NaiveInfer",
+    "control": "edgert.bench._naive:NaiveControl",
 }
 
 

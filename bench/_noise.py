@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from bench.report import time_ns
+from edgert.bench.report import time_ns
 
 
 def interruptions(seconds_per_core: float = 0.5, gap_ns: int = 5_000) -> dict[str, dict[str, float]]:

@@ -17,8 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.report import Report, write_index
-from runtime.procenv import OPENCV_NO_SPIN
+from edgert.bench.report import Report, write_index
+from edgert.runtime.procenv import OPENCV_NO_SPIN
 
 log = logging.getLogger("edgert.bench")
 # OpenCV's thread pool busy-waits after each parallel call (its defaults: 2,000 rounds per
@@ -74,7 +74,7 @@ def run_one(name: str, quick: bool, **pipeline_opts: Any) -> Report:
 
 def steps() -> list[tuple[str, dict[str, Any]]]:
     """What `all` runs, in order: every benchmark, the pipeline once per scenario."""
-    from bench.pipeline import SCENARIOS
+    from edgert.bench.pipeline import SCENARIOS
 
     out: list[tuple[str, dict[str, Any]]] = []
     for name in benchmarks():

@@ -19,8 +19,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from bench.report import Report, interleaved_ns
-from runtime.fleet.anonymise import Anonymiser
+from edgert.bench.report import Report, interleaved_ns
+from edgert.runtime.fleet.anonymise import Anonymiser
 
 SHAPE = (1080, 1920, 3)
 PLATES = ((520, 640, 260, 56, "AB 1234"), (1300, 700, 180, 40, "KX 58 PL"))

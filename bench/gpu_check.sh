@@ -26,14 +26,14 @@ for phase in "$@"; do
         step tests_kernels_gpu 180 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_kernels_cuda.py \
             -k "not sessions_device_input"
         step bench_preprocess 150 env EDGERT_BENCH_N=500 EDGERT_BENCH_NO_COLDSTART=1 \
-            "$py" -m runtime.cli bench preprocess --quick --out "$out/preprocess" ;;
+            "$py" -m edgert.runtime.cli bench preprocess --quick --out "$out/preprocess" ;;
     ort)
-        step doctor 60 "$py" -m runtime.cli doctor
+        step doctor 60 "$py" -m edgert.runtime.cli doctor
         step tests_engine_gpu 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_engine.py \
             tests/test_kernels_cuda.py::test_cuda_kernel_writes_the_sessions_device_input_on_gpu
-        step bench_infer 180 env EDGERT_BENCH_N=5000 "$py" -m runtime.cli bench infer --out "$out/infer" ;;
+        step bench_infer 180 env EDGERT_BENCH_N=5000 "$py" -m edgert.runtime.cli bench infer --out "$out/infer" ;;
     pipeline)
-        step bench_pipeline 150 "$py" -m runtime.cli bench pipeline --scenario single-stream --quick --min-count 1024 --min-duration 30 \
+        step bench_pipeline 150 "$py" -m edgert.runtime.cli bench pipeline --scenario single-stream --quick --min-count 1024 --min-duration 30 \
             --out "$out/pipeline" ;;
     *) echo "unknown phase $phase (kernels, ort, pipeline)"; exit 2 ;;
     esac

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.report import Report, interleaved_ns
-from runtime.deviceio import CUDA_PROVIDERS, GRAPH_OPTION
-from runtime.engine import Engine, session_options
-from runtime.manifest import ModelManifest, load_manifest
-from runtime.providers import plan
-from runtime.zoo import ZOO
+from edgert.bench.report import Report, interleaved_ns
+from edgert.runtime.deviceio import CUDA_PROVIDERS, GRAPH_OPTION
+from edgert.runtime.engine import Engine, session_options
+from edgert.runtime.manifest import ModelManifest, load_manifest
+from edgert.runtime.providers import plan
+from edgert.runtime.zoo import ZOO
 
 VARIANTS = ("pilotnet", "pilotnet-fp16", "pilotnet-int8")
 THREADS = 1  # the infer stage's default: one pinned core

@@ -53,11 +53,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.report import Report, interleaved_ns
-from runtime.config import DEFAULT_CONFIG, PipelineConfig, load
-from runtime.stats import LogHistogram, ipdv_ns
-from runtime.telemetry import SEGMENTS
-from runtime.wire import Stamp
+from edgert.bench.report import Report, interleaved_ns
+from edgert.runtime.config import DEFAULT_CONFIG, PipelineConfig, load
+from edgert.runtime.stats import LogHistogram, ipdv_ns
+from edgert.runtime.telemetry import SEGMENTS
+from edgert.runtime.wire import Stamp
 
 STAGES = ("capture", "preprocess", "infer", "control")
 POISSON_DEADLINE_MS = 500.0
@@ -219,7 +219,7 @@ def run_once(cfg: PipelineConfig, stage_classes: dict[str, str] | None, min_coun
     """Start the pipeline, measure one window that meets both minimums, stop it cleanly."""
     from tqdm import tqdm
 
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.supervisor import Supervisor
 
     rate = cfg.camera.fps
     cap_s = warmup_s + 3 * max(min_duration_s, min_count / rate) + 10  # then INVALID, not forever
@@ -253,10 +253,10 @@ def standalone(cfg: PipelineConfig, images: np.ndarray, n: int, paced_n: int = 0
     then edgert's kernel and engine paced at the run's frame rate (`paced`)."""
     import onnxruntime as ort
 
-    from kernels import Preprocessor, reference_preprocess
-    from runtime.engine import Engine, session_options
-    from runtime.providers import plan
-    from runtime.signing import approved_manifest
+    from edgert.kernels import Preprocessor, reference_preprocess
+    from edgert.runtime.engine import Engine, session_options
+    from edgert.runtime.providers import plan
+    from edgert.runtime.signing import approved_manifest
 
     m = approved_manifest(cfg)
     cams, k = cfg.camera.cameras, len(images)
@@ -493,7 +493,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         rounds: int | None = None, config: str | Path = DEFAULT_CONFIG, progress: bool = True,
         compare_zmq: bool = False) -> PipelineReport:
     """One scenario, edgert and the naive baseline in the same call; see the module docstring."""
-    from runtime.stages.frames import render_frames
+    from edgert.runtime.stages.frames import render_frames
 
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
@@ -506,7 +506,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
     with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
         cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])
         if cfg.camera.cameras > 1:  # a batch-N copy of the model, checked and signed for this run only
-            from bench._batchmodel import batch_variant
+            from edgert.bench._batchmodel import batch_variant
 
             model_dir, keys = batch_variant(cfg.model_dir(), cfg.camera.cameras, tmp)
             cfg = cfg.replace(infer={"model": str(model_dir), "trusted_keys": str(keys)})
@@ -526,7 +526,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
         alone = standalone(cfg, images, p["standalone_n"], p["paced_n"])
         del images
         results: dict[str, list[RunResult]] = {k: [] for k in rep.pipelines}
-        from bench._naive import STAGE_CLASSES
+        from edgert.bench._naive import STAGE_CLASSES
 
         for r in range(p["rounds"]):
             order = rep.pipelines if r % 2 == 0 else rep.pipelines[::-1]

@@ -33,10 +33,10 @@ import cv2
 import numba
 import numpy as np
 
-from bench._noise import FixedWork, interruptions, interruptions_line
-from bench._suite import opencv_pool
-from bench.report import Report, blocked_ns, interleaved_ns
-from kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.bench._noise import FixedWork, interruptions, interruptions_line
+from edgert.bench._suite import opencv_pool
+from edgert.bench.report import Report, blocked_ns, interleaved_ns
+from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
 
 N_FULL = 2000  # p99.9 from 2000 samples rests on the 2 worst: stable enough to compare same-run cases
 N_QUICK = 60
@@ -114,7 +114,7 @@ def _cuda(spec: PreprocessSpec, src: np.ndarray) -> dict[str, Callable[[], None]
             return {}
     except ImportError:
         return {}
-    from kernels.cuda import CudaPreprocessor
+    from edgert.kernels.cuda import CudaPreprocessor
 
     pre = CudaPreprocessor(spec, src.shape)
     pre.warmup()
@@ -245,7 +245,7 @@ _COLD = """
 import time, json
 t0 = time.perf_counter()
 import numpy as np
-from kernels import PreprocessSpec, Preprocessor
+from edgert.kernels import PreprocessSpec, Preprocessor
 t1 = time.perf_counter()
 spec = PreprocessSpec(src_format={fmt!r}, out_width=640, out_height=384, resize="bilinear", color="rgb",
                       layout="nchw", dtype="float32")

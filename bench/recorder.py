@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import Report
-from runtime.config import DEFAULT_CONFIG, PipelineConfig, load
-from runtime.wire import Stamp
+from edgert.bench.report import Report
+from edgert.runtime.config import DEFAULT_CONFIG, PipelineConfig, load
+from edgert.runtime.wire import Stamp
 
 # on = mode "all"; clips = the default for a car; off_again = a second recorder-off run in every
 # round, so record_off_again/record_off is the same-run noise that "no overhead" is judged against
@@ -37,7 +37,7 @@ CASES = ("record_off", "record_on", "record_off_again", "record_clips")
 
 def _one_run(cfg: PipelineConfig, duration_s: float, warmup_s: float) -> tuple[np.ndarray, dict[str, Any]]:
     """End-to-end latencies (ns) of the model commands after the warm-up, and the run's summary."""
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.supervisor import Supervisor
 
     sup = Supervisor(cfg, duration_s=warmup_s + duration_s)
     summary = sup.run()

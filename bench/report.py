@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.stats import summarize_ns
+from edgert.runtime.stats import summarize_ns
 
 
 def machine_info() -> dict[str, Any]:
@@ -30,7 +30,7 @@ def machine_info() -> dict[str, Any]:
     import numba
     import onnxruntime as ort
 
-    from runtime.providers import nvidia_driver
+    from edgert.runtime.providers import nvidia_driver
 
     cpu = platform.processor() or platform.machine()
     try:

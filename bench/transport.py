@@ -28,11 +28,11 @@ import time
 import numpy as np
 import zmq
 
-from bench.report import Report, time_ns
-from runtime import shm, wire
-from runtime.framepool import FramePool
-from runtime.mailbox import Mailbox, MailboxSource, unsupported
-from runtime.wire import MsgType, Stamp
+from edgert.bench.report import Report, time_ns
+from edgert.runtime import shm, wire
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.mailbox import Mailbox, MailboxSource, unsupported
+from edgert.runtime.wire import MsgType, Stamp
 
 SIZES = {  # name -> shape (uint8)
     "64B": (64,),

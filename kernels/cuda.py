@@ -1,6 +1,6 @@
 """numba.cuda variant of the fused kernel: same spec, same tables, same arithmetic, device output.
 
-`CudaPreprocessor(spec, src_shape, batch=N)` covers what `kernels.Preprocessor` does: every
+`CudaPreprocessor(spec, src_shape, batch=N)` covers what `edgert.kernels.Preprocessor` does: every
 source format (bgr, rgb, gray, nv12, i420, yuyv; both YUV matrices and ranges), ROI, area and
 bilinear resize, letterbox (borders filled on the device), every colour target, both
 layouts and all three dtypes (float32; float16 converted round-to-nearest-even by the store,
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from kernels.formats import LAYOUT_OF
-from kernels.preprocess import Preprocessor
-from kernels.resample import tap_tables, trim_taps
-from kernels.spec import PreprocessSpec
+from edgert.kernels.formats import LAYOUT_OF
+from edgert.kernels.preprocess import Preprocessor
+from edgert.kernels.resample import tap_tables, trim_taps
+from edgert.kernels.spec import PreprocessSpec
 
 _BLOCK = (32, 8)
 
@@ -141,7 +141,7 @@ class CudaPreprocessor:
     def _one(self, src: Any, o: Any) -> None:
         from numba import cuda
 
-        from kernels.cudakern import fill, pixel
+        from edgert.kernels.cudakern import fill, pixel
 
         if tuple(getattr(src, "shape", ())) != self.src_shape or np.dtype(getattr(src, "dtype", None)) != np.uint8:
             got = f"{getattr(src, 'shape', '?')} {getattr(src, 'dtype', type(src).__name__)}"

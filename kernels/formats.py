@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.spec import PreprocessSpec
+from edgert.kernels.spec import PreprocessSpec
 
 LAYOUT_OF = {"bgr": "(H, W, 3)", "rgb": "(H, W, 3)", "gray": "(H, W) or (H, W, 1)", "nv12": "(H * 3 // 2, W)",
              "i420": "(H * 3 // 2, W)", "yuyv": "(H, W, 2)"}  # for error messages

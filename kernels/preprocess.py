@@ -67,13 +67,13 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
-from kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
-from kernels.resample import compact_columns, letterbox_size, tap_tables, trim_taps
-from kernels.spec import PreprocessSpec
-from kernels.simd import (LANES, STEPS, block_bytes, permutation, pick_step1, pick_step3, pick_step3_same,
+from edgert.kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
+from edgert.kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
+from edgert.kernels.resample import compact_columns, letterbox_size, tap_tables, trim_taps
+from edgert.kernels.spec import PreprocessSpec
+from edgert.kernels.simd import (LANES, STEPS, block_bytes, permutation, pick_step1, pick_step3, pick_step3_same,
                           pick_step3_swap)
-from kernels.store import KIND, _half_bits, colour_span, store_row, taps_and_colour  # noqa: F401 (_half_bits: tests)
+from edgert.kernels.store import KIND, _half_bits, colour_span, store_row, taps_and_colour  # noqa: F401 (_half_bits: tests)
 
 # --- colour -------------------------------------------------------------------------------
 
@@ -320,7 +320,7 @@ class Preprocessor:
             # them unless x is downscaled more than 2:1); windows index the compacted row
             cols, start, tw = compact_columns(xi, xw)
             self._cols = (cols + np.uint32(rx)).astype(np.uint32)  # absolute pixel columns
-            from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
+            from edgert.kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
 
             yuv = spec.src_format != "gray"
             if yuv and tw.shape[1] == 1 and cols.size == cw and np.all(tw == 1.0) \
@@ -367,7 +367,7 @@ class Preprocessor:
         if self._packed:
             self._kernel = _kernel(self.threads > 1)
         else:
-            from kernels.yuvkernel import kernel as yuv_kernel  # it imports _half_bits from here
+            from edgert.kernels.yuvkernel import kernel as yuv_kernel  # it imports _half_bits from here
 
             self._kernel = yuv_kernel(self.threads > 1)
 

@@ -13,9 +13,9 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from kernels.formats import yuv_to_rgb_reference
-from kernels.resample import letterbox_size
-from kernels.spec import PreprocessSpec
+from edgert.kernels.formats import yuv_to_rgb_reference
+from edgert.kernels.resample import letterbox_size
+from edgert.kernels.spec import PreprocessSpec
 
 _INTERP = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR}
 _CVT = {  # (src_format, color) -> cv2 code, None = already in that order

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
+from edgert.kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
 
 KIND = {"float32": 0, "float16": 1, "uint8": 2}
 

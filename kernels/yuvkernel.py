@@ -34,9 +34,9 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
-from kernels.simd import unit_row
-from kernels.store import colour_span, store_row, taps_and_colour
+from edgert.kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
+from edgert.kernels.simd import unit_row
+from edgert.kernels.store import colour_span, store_row, taps_and_colour
 
 
 @njit(cache=True, nogil=True, fastmath=False)

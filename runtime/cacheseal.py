@@ -23,8 +23,8 @@ import secrets
 import stat
 from pathlib import Path
 
-from runtime import keyfile
-from runtime.manifest import ModelError
+from edgert.runtime import keyfile
+from edgert.runtime.manifest import ModelError
 
 KEY_BYTES = 32
 SEAL_PREFIX = "hmac-sha256 "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from runtime.wire import FrameFlags, ResultStatus
+from edgert.runtime.wire import FrameFlags, ResultStatus
 
 SAMPLE_BYTES = 16384
 # Once a camera's light has left the model's range it counts as back only this many 8-bit

@@ -26,9 +26,9 @@ from pathlib import Path
 import can
 from crc import Calculator, Crc8
 
-from runtime.config import CAN_AGE_SATURATED_MS
-from runtime.e2e import Verdict
-from runtime.wire import CommandFlags
+from edgert.runtime.config import CAN_AGE_SATURATED_MS
+from edgert.runtime.e2e import Verdict
+from edgert.runtime.wire import CommandFlags
 
 DEFAULT_ID = 0x2E4
 DBC_PATH = Path(__file__).with_name("edgert_command.dbc")

@@ -20,16 +20,16 @@ import json
 import logging
 import sys
 
-from runtime.config import DEFAULT_CONFIG, ConfigError, load
-from runtime.logs import setup_logging
-from runtime.manifest import ModelError
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, load
+from edgert.runtime.logs import setup_logging
+from edgert.runtime.manifest import ModelError
 
 log = logging.getLogger("edgert")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args.config)  # config errors first, before the heavy imports
-    from runtime.supervisor import StageFailed, Supervisor, dump_json, format_summary, install_signal_handlers
+    from edgert.runtime.supervisor import StageFailed, Supervisor, dump_json, format_summary, install_signal_handlers
 
     setup_logging(cfg.pipeline.log_level)
     sup = Supervisor(cfg, duration_s=args.duration, mode=args.mode)
@@ -51,10 +51,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
     """Print a live topic as JSON lines, like the topic tools of robotics stacks."""
     import zmq
 
-    from runtime import shm, wire
-    from runtime.config import PipelineConfig
-    from runtime.topics import topic
-    from runtime.transport import Endpoints, subscriber
+    from edgert.runtime import shm, wire
+    from edgert.runtime.config import PipelineConfig
+    from edgert.runtime.topics import topic
+    from edgert.runtime.transport import Endpoints, subscriber
 
     if topic(args.topic).bound_by_subscriber:
         print(f"edgert: error: {args.topic!r} is read by the supervisor, which binds its socket; echo would "
@@ -98,7 +98,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import numba
     import onnxruntime as ort
 
-    from runtime.providers import PREFERENCE, plan
+    from edgert.runtime.providers import PREFERENCE, plan
 
     p = plan(["auto"])
     chosen, skipped = p.chosen, p.skipped
@@ -110,8 +110,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"  {mark} {name}" + (f": {skipped[name]}" if name in skipped else ""))
     print(f"the policy would try, in order: {', '.join(chosen)}")
     if args.profile:
-        from runtime.config import DEFAULT_CONFIG, load
-        from runtime.profiles import resolve
+        from edgert.runtime.config import DEFAULT_CONFIG, load
+        from edgert.runtime.profiles import resolve
 
         prof = resolve(args.profile, load(DEFAULT_CONFIG).cache_dir())
         tried = plan(list(prof.providers))
@@ -123,7 +123,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark (or `all`) and write NAME.json, NAME.md and NAME.png to --out (`all`: also index.md)."""
-    from bench._suite import PIPELINE_OPTIONS, benchmarks, run_all, run_one
+    from edgert.bench._suite import PIPELINE_OPTIONS, benchmarks, run_all, run_one
 
     names = benchmarks()
     opts = {k: getattr(args, k) for k in PIPELINE_OPTIONS if getattr(args, k) is not None}
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--profile", choices=("auto", "cpu", "x86-nvidia", "jetson-orin"),
                    help="also show what this device profile would ask for, and get here")
     d.set_defaults(func=cmd_doctor)
-    from runtime import cli_fleet, cli_models, cli_replay, cli_sim
+    from edgert.runtime import cli_fleet, cli_models, cli_replay, cli_sim
 
     cli_models.add_commands(sub)  # models list|info|verify|add|keygen|sign, infer
     cli_sim.add_commands(sub)  # sim --scenario NAME | list | sweep

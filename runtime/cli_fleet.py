@@ -22,11 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from runtime.config import PROJECT_ROOT
-from runtime.fleet import audit as audit_mod
-from runtime.fleet import crypto
-from runtime.fleet.export import ClipError, encrypt_clip, export, prune, read_clip_info
-from runtime.fleet.policy import Policy, PolicyError
+from edgert.runtime.config import PROJECT_ROOT
+from edgert.runtime.fleet import audit as audit_mod
+from edgert.runtime.fleet import crypto
+from edgert.runtime.fleet.export import ClipError, encrypt_clip, export, prune, read_clip_info
+from edgert.runtime.fleet.policy import Policy, PolicyError
 
 DEFAULT_POLICY = PROJECT_ROOT / "configs" / "fleet-policy.toml"
 AUDIT_KEY = "audit"  # keys/audit.key: the vehicle's HMAC key for the audit chain

@@ -19,9 +19,9 @@ import sys
 
 import numpy as np
 
-from runtime import signing, zoo
-from runtime.config import MODELS_DIR
-from runtime.manifest import ModelError
+from edgert.runtime import signing, zoo
+from edgert.runtime.config import MODELS_DIR
+from edgert.runtime.manifest import ModelError
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from runtime.config import DEFAULT_CONFIG, load
+from edgert.runtime.config import DEFAULT_CONFIG, load
 
 
 def _speed(text: str) -> float:
@@ -33,7 +33,7 @@ def _speed(text: str) -> float:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from runtime.replay import format_report, run_replay
+    from edgert.runtime.replay import format_report, run_replay
 
     path = Path(args.file)
     if not path.is_file():
@@ -54,10 +54,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from runtime.fleet import mcapio
+    from edgert.runtime.fleet import mcapio
 
     d = Path(args.dir) if args.dir else load(args.config or DEFAULT_CONFIG).record_dir()
-    from runtime.fleet import crypto
+    from edgert.runtime.fleet import crypto
 
     files = sorted(p for p in d.glob("*") if p.name.endswith((".mcap", ".mcap" + mcapio.PARTIAL,
                                                                 ".mcap" + crypto.SUFFIX)))
@@ -92,7 +92,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _recorder_pid(run: str | None) -> tuple[int | None, str]:
-    from runtime import shm
+    from edgert.runtime import shm
 
     runs = [(d, rid) for d, rid, alive in shm.run_dirs() if alive and (run is None or rid == run or f".{run}" in rid)]
     if not runs:

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
-from runtime.logs import setup_logging
-from runtime.sim import scenarios
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
+from edgert.runtime.logs import setup_logging
+from edgert.runtime.sim import scenarios
 
 log = logging.getLogger("edgert.sim")
 DEFAULT_SWEEP = "0,100,200,300,400,500,600,800"
@@ -32,7 +32,7 @@ SWEEP_SCENARIO = "s_bend"
 def run_scenario(cfg: PipelineConfig, name: str, added_latency_ms: float = 0.0, drop_rate: float = 0.0,
                  duration_s: float | None = None, mode: str | None = None) -> tuple[dict[str, Any], scenarios.Outcome]:
     """Run scenario `name` through the real pipeline; (the run's summary, the verdict)."""
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.supervisor import Supervisor
 
     scn = scenarios.get(name)
     cfg = cfg.replace(sim={"scenario": name, "added_latency_ms": added_latency_ms, "drop_rate": drop_rate})
@@ -76,7 +76,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                           f"`edgert sim sweep`; scenarios: {', '.join(scenarios.names())}")
     cfg = load(args.config)
     _check_name(args.scenario)
-    from runtime.supervisor import StageFailed, dump_json, format_summary
+    from edgert.runtime.supervisor import StageFailed, dump_json, format_summary
 
     setup_logging(cfg.pipeline.log_level)
     try:
@@ -124,7 +124,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load(args.config).replace(pipeline={"log_level": "WARNING"})
     _check_name(args.scenario)
     latencies = _latencies(args.latencies)
-    from runtime.supervisor import StageFailed
+    from edgert.runtime.supervisor import StageFailed
 
     setup_logging("WARNING")
     points = []
@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def sweep_report(cfg: PipelineConfig, name: str, points: list[dict[str, Any]], drop_rate: float) -> dict[str, Any]:
-    from bench.report import machine_info
+    from edgert.bench.report import machine_info
 
     # What a millisecond costs, between neighbouring points: the curve is not a line (a model that
     # anticipates the road absorbs some latency; past that, the loop starts to oscillate).

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.sources import CAPTURE_SOURCES
+from edgert.runtime.sources import CAPTURE_SOURCES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -494,7 +494,7 @@ def _check_record(cfg: PipelineConfig) -> None:
         raise ConfigError(f"record.vehicle_id: {rec.vehicle_id!r} may use only letters, digits, '.', '_' and '-' "
                           "(it is part of every recording's file name)")
     if rec.enabled and rec.policy != "off":  # the recorder's duties (anonymise, encrypt) come from it
-        from runtime.fleet.policy import Policy, PolicyError
+        from edgert.runtime.fleet.policy import Policy, PolicyError
 
         try:
             Policy.load(cfg.record_path("policy")).region(rec.region)
@@ -526,7 +526,7 @@ def _check_record(cfg: PipelineConfig) -> None:
 
 def _check_sim(cfg: PipelineConfig) -> None:
     """The simulator's test-bench keys: scenario name, drop rate, actuator timeout, camera health."""
-    from runtime.sim import scenarios  # a plain table: no Numba, no road built
+    from edgert.runtime.sim import scenarios  # a plain table: no Numba, no road built
 
     sim = cfg.sim
     if sim.scenario and sim.scenario not in scenarios.SCENARIOS:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from runtime.manifest import ModelError
+from edgert.runtime.manifest import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import wire
-from runtime.wire import MsgType, Stamp, WireError
+from edgert.runtime import wire
+from edgert.runtime.wire import MsgType, Stamp, WireError
 
 # How far a capture stamp may lie after the receiver's clock. Stages stamp with one host clock,
 # so a genuine stamp is never later than `now`; 1 ms covers a camera driver that stamps the end of

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime import cacheseal, ortcache
-from runtime.deviceio import DeviceIO, cuda_graph_enabled, session_device, without_graph
-from runtime.manifest import ModelError, ModelManifest
-from runtime.providers import describe, plan
-from runtime.trtcache import TrtCaches, wants_caches
+from edgert.runtime import cacheseal, ortcache
+from edgert.runtime.deviceio import DeviceIO, cuda_graph_enabled, session_device, without_graph
+from edgert.runtime.manifest import ModelError, ModelManifest
+from edgert.runtime.providers import describe, plan
+from edgert.runtime.trtcache import TrtCaches, wants_caches
 
 log = logging.getLogger(__name__)
 

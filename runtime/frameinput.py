@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import wire
-from runtime.framepool import FramePool, SlotError
-from runtime.stage import Stage
-from runtime.transport import latest_reader
-from runtime.wire import MsgType, WireError
+from edgert.runtime import wire
+from edgert.runtime.framepool import FramePool, SlotError
+from edgert.runtime.stage import Stage
+from edgert.runtime.transport import latest_reader
+from edgert.runtime.wire import MsgType, WireError
 
 
 class FrameInput:

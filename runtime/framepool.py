@@ -12,7 +12,7 @@ Layout of the segment (all little-endian):
     [data_offset, ...)     slot data, each slot page-aligned
 
 Aligned 8-byte loads and stores of the generation are single accesses on x86-64 and aarch64;
-their order against the data is kept by `runtime.fence.fence()` on both sides (a no-op on
+their order against the data is kept by `edgert.runtime.fence.fence()` on both sides (a no-op on
 x86-64, `dmb ish` on Arm; see runtime/fence.py and docs/decisions.md).
 """
 
@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from runtime.fence import fence
-from runtime.shm import Segment, segment_name
+from edgert.runtime.fence import fence
+from edgert.runtime.shm import Segment, segment_name
 
 MAGIC = b"EDFP"
 VERSION = 1

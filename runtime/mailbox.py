@@ -16,7 +16,7 @@ Layout of the segment (little-endian):
     [128, ...)  the message
 
 Like the frame pool's seqlock, the order of the sequence word against the message is kept by
-`runtime.fence.fence()` (runtime/fence.py). Mailboxes are still used only on x86-64 until a run
+`edgert.runtime.fence.fence()` (runtime/fence.py). Mailboxes are still used only on x86-64 until a run
 on Arm hardware has tested them; see docs/decisions.md.
 """
 
@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 
-from runtime import futex
-from runtime.fence import fence
-from runtime.shm import Segment, segment_name
+from edgert.runtime import futex
+from edgert.runtime.fence import fence
+from edgert.runtime.shm import Segment, segment_name
 
 MAGIC = b"EDMB"
 VERSION = 1

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernels import PreprocessSpec
-from runtime.wire import MAX_VALUES
+from edgert.kernels import PreprocessSpec
+from edgert.runtime.wire import MAX_VALUES
 
 if sys.version_info >= (3, 11):
     import tomllib

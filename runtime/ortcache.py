@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from runtime import cacheseal
+from edgert.runtime import cacheseal
 
 log = logging.getLogger(__name__)
 

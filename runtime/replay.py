@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, from_dict, load
-from runtime.fleet import mcapio
-from runtime.fleet.export import authenticated_metadata, open_clip
-from runtime.manifest import load_manifest
-from runtime.stages.replaysource import frame_topic, iter_frames
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, from_dict, load
+from edgert.runtime.fleet import mcapio
+from edgert.runtime.fleet.export import authenticated_metadata, open_clip
+from edgert.runtime.manifest import load_manifest
+from edgert.runtime.stages.replaysource import frame_topic, iter_frames
 
 log = logging.getLogger("edgert.replay")
 
@@ -187,7 +187,7 @@ def _counter(sup: Any, stage: str, key: str) -> int:
 
 def _drive(sup: Any, n_frames: int) -> dict[str, Any]:
     """Run the supervisor on a thread until every frame is out and the pipeline is drained."""
-    from runtime.supervisor import StageFailed
+    from edgert.runtime.supervisor import StageFailed
 
     box: dict[str, Any] = {}
 
@@ -240,7 +240,7 @@ def run_replay(path: str | Path, config: PipelineConfig | None = None, model: st
     `config` is this machine's (default configs/sim.toml), never the recording's; `keys_dir`
     (default its record.keys_dir) holds the vehicle key that must authenticate the recording.
     """
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.supervisor import Supervisor
 
     path = Path(path)
     local = config if config is not None else load(DEFAULT_CONFIG)

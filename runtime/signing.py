@@ -29,10 +29,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from runtime.manifest import ModelError, ModelManifest, load_manifest
+from edgert.runtime.manifest import ModelError, ModelManifest, load_manifest
 
 if TYPE_CHECKING:
-    from runtime.config import PipelineConfig
+    from edgert.runtime.config import PipelineConfig
 
 SIG_FILE = "manifest.sig"
 SIG_PREFIX = "ed25519 "

@@ -6,7 +6,7 @@ config validation and the stage registry can both read it.
 """
 
 CAPTURE_SOURCES = {
-    "sim": "runtime.stages.capture:CaptureStage",  # the road-camera simulator, closing the loop
-    "frames": "runtime.stages.frames:FramesStage",  # pre-rendered frames at a benchmark's pacing (bench pipeline)
-    "replay": "runtime.stages.replaysource:ReplayStage",  # a recording's frames (replay.file; `edgert replay`)
+    "sim": "edgert.runtime.stages.capture:CaptureStage",  # the road-camera simulator, closing the loop
+    "frames": "edgert.runtime.stages.frames:FramesStage",  # pre-rendered frames at a benchmark's pacing (bench pipeline)
+    "replay": "edgert.runtime.stages.replaysource:ReplayStage",  # a recording's frames (replay.file; `edgert replay`)
 }

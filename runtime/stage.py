@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import zmq
 
-from runtime import wire
-from runtime.config import PipelineConfig
-from runtime.transport import Endpoints, publisher
+from edgert.runtime import wire
+from edgert.runtime.config import PipelineConfig
+from edgert.runtime.transport import Endpoints, publisher
 import numpy as np
 
-from runtime.wire import MsgType, StageState, WireError
+from edgert.runtime.wire import MsgType, StageState, WireError
 
 HEARTBEAT_PERIOD_NS = 100_000_000
 

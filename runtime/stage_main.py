@@ -1,4 +1,4 @@
-"""Entry point of one stage process: `python -m runtime.stage_main STAGE RUN_DIR RUN_ID [MODULE:CLASS]`.
+"""Entry point of one stage process: `python -m edgert.runtime.stage_main STAGE RUN_DIR RUN_ID [MODULE:CLASS]`.
 
 MODULE:CLASS, given by the supervisor only (its `stage_classes`), runs that class instead of the
 registry's (a benchmark's baseline stage in the same process topology).
@@ -22,12 +22,12 @@ from pathlib import Path
 import setproctitle
 import zmq
 
-from runtime.config import PipelineConfig
-from runtime.logs import setup_logging
-from runtime.signals import set_on_signal
-from runtime.stage import StageContext, run_stage
-from runtime.stages import stage_class
-from runtime.transport import Endpoints
+from edgert.runtime.config import PipelineConfig
+from edgert.runtime.logs import setup_logging
+from edgert.runtime.signals import set_on_signal
+from edgert.runtime.stage import StageContext, run_stage
+from edgert.runtime.stages import stage_class
+from edgert.runtime.transport import Endpoints
 
 PR_SET_PDEATHSIG = 1
 MANIFEST_PIN = "manifest.sha256"  # in the run dir, beside pipeline.json: written by the supervisor
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoints = Endpoints.for_run(cfg, run_id, run_dir)
     auth = None
     if endpoints.curve_dir:  # this process binds sockets too: only the run's own keys may connect
-        from runtime.curve import start_authenticator
+        from edgert.runtime.curve import start_authenticator
 
         auth = start_authenticator(ctx, endpoints.curve_dir)
     try:

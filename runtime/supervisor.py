@@ -28,21 +28,21 @@ from typing import Any
 import numpy as np
 import zmq
 
-from runtime import shm, wire
-from runtime.config import PipelineConfig
-from runtime.framepool import FramePool
-from runtime.mailbox import Mailbox
-from runtime.procenv import stage_env
-from runtime.signing import approved_manifest
-from runtime.stage import RateLimitedLog, StageContext, run_stage
-from runtime.stage_main import MANIFEST_PIN, load_stage_class
-from runtime.stages import STAGE_NAMES, stage_class, stage_names
-from runtime.stages.capture import CAMERA_STREAM
-from runtime.stages.preprocess import TENSOR_STREAM
-from runtime.telemetry import Telemetry
-from runtime.topics import TOPICS
-from runtime.transport import Endpoints, publisher, subscriber
-from runtime.wire import MsgType, StageState, WireError
+from edgert.runtime import shm, wire
+from edgert.runtime.config import PipelineConfig
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.mailbox import Mailbox
+from edgert.runtime.procenv import stage_env
+from edgert.runtime.signing import approved_manifest
+from edgert.runtime.stage import RateLimitedLog, StageContext, run_stage
+from edgert.runtime.stage_main import MANIFEST_PIN, load_stage_class
+from edgert.runtime.stages import STAGE_NAMES, stage_class, stage_names
+from edgert.runtime.stages.capture import CAMERA_STREAM
+from edgert.runtime.stages.preprocess import TENSOR_STREAM
+from edgert.runtime.telemetry import Telemetry
+from edgert.runtime.topics import TOPICS
+from edgert.runtime.transport import Endpoints, publisher, subscriber
+from edgert.runtime.wire import MsgType, StageState, WireError
 
 log = logging.getLogger("edgert.supervisor")
 
@@ -59,7 +59,7 @@ class StageFailed(RuntimeError):
 
 
 class ProcessHandle:
-    """A stage in its own process (`python -m runtime.stage_main`)."""
+    """A stage in its own process (`python -m edgert.runtime.stage_main`)."""
 
     def __init__(self, name: str, run_dir: Path, run_id: str, target: str = "") -> None:
         self.name, self.run_dir, self.run_id = name, run_dir, run_id
@@ -71,7 +71,7 @@ class ProcessHandle:
         # until the stage that handles it unblocks it, instead of killing a process still starting up.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "runtime.stage_main", self.name,
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgert.runtime.stage_main", self.name,
                                           str(self.run_dir), self.run_id] + ([self.target] if self.target else []),
                                          env=stage_env())
         finally:
@@ -224,7 +224,7 @@ class Supervisor:
                     if t.mailbox:
                         self.mailboxes.append(Mailbox.create(self.run_id, t.name))
             if self.endpoints.curve_dir:
-                from runtime import curve
+                from edgert.runtime import curve
 
                 curve.make_keys(self.run_dir)
                 self.auth = curve.start_authenticator(self.zmq, self.endpoints.curve_dir)

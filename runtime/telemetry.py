@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from runtime import wire
-from runtime.e2e import CommandChecker, Verdict
-from runtime.stats import LatencyStats, Samples
-from runtime.transport import Endpoints, subscriber
-from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, VehicleFlags, WireError
+from edgert.runtime import wire
+from edgert.runtime.e2e import CommandChecker, Verdict
+from edgert.runtime.stats import LatencyStats, Samples
+from edgert.runtime.transport import Endpoints, subscriber
+from edgert.runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, VehicleFlags, WireError
 
 # (name, from stamp, to stamp): the hops and stages a frame passes, in order.
 SEGMENTS = (

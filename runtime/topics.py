@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.wire import MsgType
+from edgert.runtime.wire import MsgType
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from runtime import wire
-from runtime.mailbox import Mailbox, MailboxSource, unsupported
-from runtime.topics import TOPICS, topic
+from edgert.runtime import wire
+from edgert.runtime.mailbox import Mailbox, MailboxSource, unsupported
+from edgert.runtime.topics import TOPICS, topic
 
 if TYPE_CHECKING:
-    from runtime.config import PipelineConfig
+    from edgert.runtime.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> z
     Either way the socket refuses messages larger than its topic's (`max_message_size`)."""
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_size(name, sock.getsockopt(zmq.TYPE), bool(endpoints.curve_dir)))
     if endpoints.curve_dir:
-        from runtime import curve
+        from edgert.runtime import curve
 
         (curve.as_server if binds else curve.as_client)(sock, endpoints.curve_dir)
     (sock.bind if binds else sock.connect)(endpoints(name))

@@ -20,7 +20,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from runtime import cacheseal
+from edgert.runtime import cacheseal
 
 log = logging.getLogger(__name__)
 

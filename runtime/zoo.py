@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels import PreprocessSpec
-from runtime.manifest import (
+from edgert.kernels import PreprocessSpec
+from edgert.runtime.manifest import (
     DTYPES,
     Decoder,
     ModelError,
@@ -176,7 +176,7 @@ def verify(name: str, zoo: str | Path | None = None) -> ModelManifest:
 
     Raises ModelError naming what is wrong; returns the manifest when all is well.
     """
-    from runtime.engine import Engine
+    from edgert.runtime.engine import Engine
 
     d = model_dir(name, zoo)
     try:
@@ -413,7 +413,7 @@ def infer(model: str | Path, input_path: str | Path, output_path: str | Path,
 
     Returns the outputs and the engine's provider note (which provider ran it and why).
     """
-    from runtime.engine import Engine
+    from edgert.runtime.engine import Engine
 
     out = Path(output_path)
     if out.suffix != ".npz":

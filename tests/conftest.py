@@ -12,12 +12,12 @@ import pytest
 import zmq
 from onnx import TensorProto, helper
 
-from runtime import config as config_mod
-from runtime import shm
-from runtime import wire
-from runtime.stage import StageContext, run_stage
-from runtime.transport import Endpoints, publisher, subscriber
-from runtime.wire import MsgType, StageState
+from edgert.runtime import config as config_mod
+from edgert.runtime import shm
+from edgert.runtime import wire
+from edgert.runtime.stage import StageContext, run_stage
+from edgert.runtime.transport import Endpoints, publisher, subscriber
+from edgert.runtime.wire import MsgType, StageState
 
 IR_VERSION = 10  # onnx >= 1.18 writes IR 11+ by default, newer than some onnxruntime releases read
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runtime.e2e import CLOCK_SKEW_NS
-from runtime.sim.actuator import Actuator
+from edgert.runtime.e2e import CLOCK_SKEW_NS
+from edgert.runtime.sim.actuator import Actuator
 
 MS = 1_000_000
 

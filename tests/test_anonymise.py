@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bench import anonymise as bench_anonymise
-from bench.anonymise import draw_face, draw_plate, face_patch, scene
-from runtime.fleet import anonymise
-from runtime.fleet.anonymise import Anonymiser, AnonymiseError
+from edgert.bench import anonymise as bench_anonymise
+from edgert.bench.anonymise import draw_face, draw_plate, face_patch, scene
+from edgert.runtime.fleet import anonymise
+from edgert.runtime.fleet.anonymise import Anonymiser, AnonymiseError
 
 SHAPE = (1080, 1920, 3)
 

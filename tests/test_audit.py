@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
-from runtime.fleet import crypto
-from runtime.fleet.audit import GENESIS, AuditError, AuditLog, load_key, verify
+from edgert.runtime import cli
+from edgert.runtime.fleet import crypto
+from edgert.runtime.fleet.audit import GENESIS, AuditError, AuditLog, load_key, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_reserved_fields_and_a_damaged_head_are_refused(tmp_path):
 def test_concurrent_writers_keep_one_chain(tmp_path):
     """Two processes appending at once: the lock makes read-head + append atomic."""
     p = tmp_path / "audit.jsonl"
-    code = ("import sys; from runtime.fleet.audit import AuditLog\n"
+    code = ("import sys; from edgert.runtime.fleet.audit import AuditLog\n"
             "log = AuditLog(sys.argv[1])\n"
             "for i in range(60): log.append('w', writer=sys.argv[2], i=i)\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(p), w], cwd=ROOT) for w in "ab"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench import infer
-from bench.report import Report
+from edgert.bench import infer
+from edgert.bench.report import Report
 
 CASE_KEYS = {"n", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"}
 

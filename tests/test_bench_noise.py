@@ -6,7 +6,7 @@ import os
 
 import numba
 
-from bench._noise import FixedWork, interruptions, interruptions_line
+from edgert.bench._noise import FixedWork, interruptions, interruptions_line
 
 
 def test_interruptions_probes_every_core_and_restores_affinity():

@@ -15,12 +15,12 @@ import time
 import numpy as np
 import pytest
 
-from bench import pipeline
-from bench._batchmodel import batch_variant
-from bench._suite import benchmarks, run_all, steps
-from runtime import signing
-from runtime.cli import main as edgert
-from runtime.config import DEFAULT_CONFIG, ConfigError, load
+from edgert.bench import pipeline
+from edgert.bench._batchmodel import batch_variant
+from edgert.bench._suite import benchmarks, run_all, steps
+from edgert.runtime import signing
+from edgert.runtime.cli import main as edgert
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, load
 
 MIN = {"min_count": 30, "min_duration_s": 1.0}
 CASE_KEYS = {"n", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"}
@@ -172,12 +172,12 @@ def test_batch_variant_is_signed_for_the_run_only_and_matches_the_model():
 
 
 def test_supervisor_runs_baseline_stage_classes_in_threads_mode_too():
-    from bench._naive import STAGE_CLASSES
-    from runtime.supervisor import Supervisor
+    from edgert.bench._naive import STAGE_CLASSES
+    from edgert.runtime.supervisor import Supervisor
 
     cfg = pipeline.scenario_config(load(DEFAULT_CONFIG), "single-stream", frames=2)
     with pytest.raises(ValueError, match="unknown stage"):
-        Supervisor(cfg, stage_classes={"camera": "bench._naive:NaiveCapture"})
+        Supervisor(cfg, stage_classes={"camera": "edgert.bench._naive:NaiveCapture"})
     s = Supervisor(cfg, duration_s=2.0, mode="threads", stage_classes=STAGE_CLASSES).run()
     assert s["commands"]["model_commands"] >= 20, s["commands"]  # naive frames went all the way round, inproc
     assert all(st["errors"] == 0 and st["restarts"] == 0 for st in s["stages"].values()), s["stages"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench import recorder
-from bench.report import Report
+from edgert.bench import recorder
+from edgert.bench.report import Report
 
 from test_record import pipeline_config, signed_tiny
 

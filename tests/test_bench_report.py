@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from bench.report import Report, blocked_ns, interleaved_ns, time_ns
-from runtime.stats import Samples, summarize_ns
+from edgert.bench.report import Report, blocked_ns, interleaved_ns, time_ns
+from edgert.runtime.stats import Samples, summarize_ns
 
 
 def test_summarize_percentiles_known_distribution():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from bench import transport
-from runtime import shm
-from runtime.mailbox import unsupported
+from edgert.bench import transport
+from edgert.runtime import shm
+from edgert.runtime.mailbox import unsupported
 
 
 def test_transport_benchmark_report_shape(tmp_path):
@@ -35,7 +35,7 @@ def test_transport_leaves_the_mailbox_case_out_with_the_reason_where_mailboxes_c
 def test_the_cli_runs_a_benchmark_that_takes_no_pipeline_options(tmp_path):
     """`edgert bench transport` with no pipeline flag must not be refused for one it was not given
     (a store_true flag's False once counted as given and broke every non-pipeline benchmark)."""
-    from runtime.cli import main as edgert
+    from edgert.runtime.cli import main as edgert
 
     assert edgert(["bench", "transport", "--quick", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"transport.json", "transport.md", "transport.png"}

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import make_steer_model, write_manifest
-from runtime.engine import Engine
-from runtime.manifest import load_manifest
+from edgert.runtime.engine import Engine
+from edgert.runtime.manifest import load_manifest
 
 X = np.full((1, 3, 8, 8), 0.5, np.float32)  # mean 0.5: model A answers 0.25, model B 2.5
 
@@ -67,7 +67,7 @@ def test_swapped_cached_graph_and_seal_are_refused_and_the_models_own_output_is_
 
 
 def test_graph_sealed_with_another_key_is_refused(tmp_path, own_key):
-    from runtime import cacheseal, ortcache
+    from edgert.runtime import cacheseal, ortcache
 
     cache = tmp_path / "cache"
     a, b = _model(tmp_path / "a", 0.5), _model(tmp_path / "b", 5.0)
@@ -93,7 +93,7 @@ def test_graph_sealed_with_another_key_is_refused(tmp_path, own_key):
     (lambda k: k.write_bytes(b"short"), r"holds 5 bytes, not 32"),
 ])
 def test_a_key_that_cannot_be_trusted_is_refused_with_the_fix(tiny_model, tmp_path, own_key, spoil, why, caplog):
-    from runtime.cacheseal import CacheKeyError, load_key
+    from edgert.runtime.cacheseal import CacheKeyError, load_key
 
     m = load_manifest(tiny_model)
     assert _cpu(m, tmp_path / "cache").cache_hit is False  # makes the key and the cache
@@ -104,7 +104,7 @@ def test_a_key_that_cannot_be_trusted_is_refused_with_the_fix(tiny_model, tmp_pa
     with pytest.raises(CacheKeyError, match=why):
         load_key()
     # the caches only save time: the engine says why and runs from the verified model, touching no cache
-    with caplog.at_level("WARNING", logger="runtime.engine"):
+    with caplog.at_level("WARNING", logger="edgert.runtime.engine"):
         eng = _cpu(m, tmp_path / "cache")
     assert not eng.cache_hit and _steer(eng) == pytest.approx(0.5 * 0.5)
     assert any(re.search(why, r.getMessage()) and "without its caches" in r.getMessage() for r in caplog.records), \
@@ -115,9 +115,9 @@ def test_tensorrt_caches_reach_the_provider_only_through_a_verified_private_copy
     """ONNX Runtime's TensorRT provider reads its caches by path: it is pointed at a private copy
     holding only files whose seal verifies for this model; what it writes is sealed back. (The
     provider itself needs a GPU; this is the part around it, on real files.)"""
-    from runtime import cacheseal
-    from runtime.profiles import resolve
-    from runtime.trtcache import TrtCaches, wants_caches
+    from edgert.runtime import cacheseal
+    from edgert.runtime.profiles import resolve
+    from edgert.runtime.trtcache import TrtCaches, wants_caches
 
     key = cacheseal.load_key()
     trt = resolve("x86-nvidia", tmp_path / "cache").provider_options["TensorrtExecutionProvider"]
@@ -162,9 +162,9 @@ def test_engine_gives_tensorrt_only_the_verified_copy_and_seals_what_it_builds(t
     private folder, finds there only sealed engines, and what it writes is sealed for the next start."""
     import onnxruntime as ort
 
-    import runtime.engine as engine_mod
-    from runtime.profiles import resolve
-    from runtime.providers import ProviderPlan
+    import edgert.runtime.engine as engine_mod
+    from edgert.runtime.profiles import resolve
+    from edgert.runtime.providers import ProviderPlan
 
     real, given = ort.InferenceSession, []
 

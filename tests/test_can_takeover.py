@@ -23,19 +23,19 @@ from pathlib import Path
 import can
 import zmq
 
-from runtime import canbus, shm, wire
-from runtime.config import from_dict
-from runtime.transport import Endpoints, publisher
-from runtime.wire import MsgType, StageState, Stamp, TakeoverReason
+from edgert.runtime import canbus, shm, wire
+from edgert.runtime.config import from_dict
+from edgert.runtime.transport import Endpoints, publisher
+from edgert.runtime.wire import MsgType, StageState, Stamp, TakeoverReason
 
 CHILD = r"""
 import signal, sys, threading
 import can, zmq
-from runtime.config import PipelineConfig
-from runtime.signals import set_on_signal
-from runtime.stage import StageContext, run_stage
-from runtime.stages.control import ControlStage
-from runtime.transport import Endpoints
+from edgert.runtime.config import PipelineConfig
+from edgert.runtime.signals import set_on_signal
+from edgert.runtime.stage import StageContext, run_stage
+from edgert.runtime.stages.control import ControlStage
+from edgert.runtime.transport import Endpoints
 
 cfg_path, run_dir, run_id, gateway = sys.argv[1:5]
 cfg = PipelineConfig.from_json(open(cfg_path).read())

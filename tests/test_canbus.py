@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import StageHarness
-from runtime import canbus, wire
-from runtime.config import ConfigError, from_dict
-from runtime.e2e import Verdict
-from runtime.stages.control import ControlStage
-from runtime.transport import publisher
-from runtime.wire import MsgType, Stamp
+from edgert.runtime import canbus, wire
+from edgert.runtime.config import ConfigError, from_dict
+from edgert.runtime.e2e import Verdict
+from edgert.runtime.stages.control import ControlStage
+from edgert.runtime.transport import publisher
+from edgert.runtime.wire import MsgType, Stamp
 
 
 def test_crc_is_sae_j1850():

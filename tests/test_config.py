@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import DEFAULT_CONFIG, ConfigError, load
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, load
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -94,7 +94,7 @@ def test_relative_model_path_resolves_against_the_config_file(tmp_path):
 
 def test_cli_reports_config_error_and_exits_2(tmp_path):
     p = _write(tmp_path, "[control]\nmax_steer_rad = 0\n")
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(p)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "run", str(p)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert "control.max_steer_rad: must be > 0, got 0" in r.stderr
@@ -102,14 +102,14 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
 
 # -- upper bounds a safety review accepts (runtime/config.py _MAX, docs/config.md) -----------------
 def _bounds():
-    from runtime.config import _MAX
+    from edgert.runtime.config import _MAX
 
     return sorted(_MAX.items())
 
 
 @pytest.mark.parametrize("key, bound", _bounds(), ids=[k for k, _ in _bounds()])
 def test_a_value_above_its_upper_bound_is_refused_with_its_range(key, bound):
-    from runtime.config import from_dict
+    from edgert.runtime.config import from_dict
 
     hi, unit, _ = bound
     section, name = key.split(".")
@@ -126,14 +126,14 @@ def test_a_value_above_its_upper_bound_is_refused_with_its_range(key, bound):
     ("sim", {"speed_mps": 70.0, "actuator_timeout_ms": 1000.0}),
 ])
 def test_values_at_their_upper_bounds_are_accepted(section, values):
-    from runtime.config import from_dict
+    from edgert.runtime.config import from_dict
 
     cfg = from_dict({section: values})
     assert all(getattr(getattr(cfg, section), k) == v for k, v in values.items())
 
 
 def test_the_derived_deadline_is_bounded_too():
-    from runtime.config import from_dict
+    from edgert.runtime.config import from_dict
 
     with pytest.raises(ConfigError, match=r"control.deadline_ms: 0 means two frame periods, 1000 ms at camera.fps = 2: "
                                           r"outside its range 0 <= deadline_ms <= 500 ms"):

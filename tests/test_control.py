@@ -7,11 +7,11 @@ import time
 import pytest
 
 from conftest import StageHarness
-from runtime import wire
-from runtime.config import from_dict
-from runtime.stages.control import ControlStage
-from runtime.transport import publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from edgert.runtime import wire
+from edgert.runtime.config import from_dict
+from edgert.runtime.stages.control import ControlStage
+from edgert.runtime.transport import publisher, subscriber
+from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 PERIOD_S = 1 / 30
 

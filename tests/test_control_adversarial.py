@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import StageHarness
-from runtime import wire
-from runtime.config import from_dict
-from runtime.e2e import CLOCK_SKEW_NS
-from runtime.stage import StageContext
-from runtime.stages.control import STARTUP_GRACE_NS, ControlStage
-from runtime.transport import subscriber
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from edgert.runtime import wire
+from edgert.runtime.config import from_dict
+from edgert.runtime.e2e import CLOCK_SKEW_NS
+from edgert.runtime.stage import StageContext
+from edgert.runtime.stages.control import STARTUP_GRACE_NS, ControlStage
+from edgert.runtime.transport import subscriber
+from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 MS = 1_000_000
 T0 = 10**15  # the simulated clock's start (a host up for ~12 days)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
-from runtime.fleet import crypto
-from runtime.fleet.crypto import CryptoError
-from runtime.fleet.export import read_clip_info
+from edgert.runtime import cli
+from edgert.runtime.fleet import crypto
+from edgert.runtime.fleet.crypto import CryptoError
+from edgert.runtime.fleet.export import read_clip_info
 from test_fleet_policy import make_clip
 
 CHUNK = 1000
@@ -148,9 +148,9 @@ def test_cli_encrypts_with_the_region_key_and_decrypts_back(tmp_path, capsys):
 
 
 def test_recorder_hooks_follow_the_region_policy(tmp_path):
-    from runtime.fleet.anonymise import AnonymiseError
-    from runtime.fleet.export import recorder_hooks
-    from runtime.fleet.policy import Policy
+    from edgert.runtime.fleet.anonymise import AnonymiseError
+    from edgert.runtime.fleet.export import recorder_hooks
+    from edgert.runtime.fleet.policy import Policy
 
     policy = Policy.load(Path(__file__).resolve().parent.parent / "configs" / "fleet-policy.toml")
     keys = tmp_path / "keys"

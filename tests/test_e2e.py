@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import wire
-from runtime.e2e import CLOCK_SKEW_NS, CommandChecker, Verdict
-from runtime.wire import MsgType, Stamp
+from edgert.runtime import wire
+from edgert.runtime.e2e import CLOCK_SKEW_NS, CommandChecker, Verdict
+from edgert.runtime.wire import MsgType, Stamp
 
 NOW = 10_000_000_000
 DEADLINE = 66_000_000

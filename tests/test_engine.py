@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from conftest import make_steer_model, write_manifest
-from runtime.config import PROJECT_ROOT
-from runtime.engine import Engine
-from runtime.manifest import ModelError, load_manifest
-from runtime.providers import describe, nvidia_driver, plan
+from edgert.runtime.config import PROJECT_ROOT
+from edgert.runtime.engine import Engine
+from edgert.runtime.manifest import ModelError, load_manifest
+from edgert.runtime.providers import describe, nvidia_driver, plan
 
 
 def test_io_binding_equals_plain_session_run(tiny_model):
@@ -97,7 +97,7 @@ def test_provider_plan_always_ends_on_cpu_and_says_why():
 def test_tensorrt_without_its_libraries_is_skipped_with_the_reason(monkeypatch):
     """onnxruntime-gpu lists TensorRT even where libnvinfer is absent (so it was on a lent H200):
     the plan leaves it out with the reason instead of letting every session fail over it."""
-    from runtime import providers
+    from edgert.runtime import providers
 
     if providers.tensorrt_libraries() is None:
         pytest.skip("TensorRT is installed here")
@@ -167,7 +167,7 @@ def test_optimised_model_cache_is_used_and_checked(tiny_model, tmp_path):
 
 
 def test_profiles_keep_every_vendor_and_set_nvidia_caches(tmp_path):
-    from runtime.profiles import resolve
+    from edgert.runtime.profiles import resolve
 
     auto = resolve("auto", tmp_path)
     assert auto.providers == ("auto",)  # the whole vendor-neutral preference, not NVIDIA-or-CPU
@@ -212,7 +212,7 @@ def test_device_binding_matches_session_run_and_checks_inputs(tiny_model):
 
 
 def test_cuda_graph_option_read_from_the_provider_that_runs():
-    from runtime.deviceio import cuda_graph_enabled, session_device
+    from edgert.runtime.deviceio import cuda_graph_enabled, session_device
 
     opts = {"CUDAExecutionProvider": {"enable_cuda_graph": "1"}, "TensorrtExecutionProvider": {}}
     assert cuda_graph_enabled(["CUDAExecutionProvider", "CPUExecutionProvider"], opts)
@@ -225,7 +225,7 @@ def test_cuda_graph_refused_by_the_model_runs_without_one(tiny_model, monkeypatc
     """ORT refuses graph capture when a node stays on the CPU (seen on an H200 with the INT8 variant):
     the engine retries without the graph option and says so. The refusal itself needs a GPU, so
     here it is raised once by a stand-in; the retry runs a real session."""
-    import runtime.engine as engine_mod
+    import edgert.runtime.engine as engine_mod
 
     real, calls = ort.InferenceSession, []
 
@@ -238,7 +238,7 @@ def test_cuda_graph_refused_by_the_model_runs_without_one(tiny_model, monkeypatc
         return real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(engine_mod.ort, "InferenceSession", session)
-    with caplog.at_level("WARNING", logger="runtime.engine"):
+    with caplog.at_level("WARNING", logger="edgert.runtime.engine"):
         eng = Engine(load_manifest(tiny_model), providers=["CPUExecutionProvider"],
                      provider_options={"CPUExecutionProvider": {"enable_cuda_graph": "1", "x": "1"},
                                        "CUDAExecutionProvider": {"enable_cuda_graph": "1"}})
@@ -250,7 +250,7 @@ def test_cuda_graph_refused_by_the_model_runs_without_one(tiny_model, monkeypatc
 
 
 def test_other_load_errors_are_not_retried(tiny_model, monkeypatch):
-    import runtime.engine as engine_mod
+    import edgert.runtime.engine as engine_mod
 
     def session(model, sess_options=None, providers=None):  # type: ignore[no-untyped-def]
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
@@ -265,7 +265,7 @@ def test_other_load_errors_are_not_retried(tiny_model, monkeypatch):
 def test_int8_variant_with_a_graph_requested_runs_without_one_on_gpu():
     if nvidia_driver() is not None:
         pytest.skip(f"needs an NVIDIA GPU: {nvidia_driver()}")
-    from runtime.zoo import ZOO
+    from edgert.runtime.zoo import ZOO
 
     m = load_manifest(ZOO / "pilotnet-int8")
     eng = Engine(m, providers=["CUDAExecutionProvider"],

@@ -7,7 +7,7 @@ import numba
 import pytest
 from llvmlite import ir
 
-from runtime.fence import ORDERING, _fence, fence
+from edgert.runtime.fence import ORDERING, _fence, fence
 
 
 def test_fence_runs_and_is_compiled_to_an_llvm_fence():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from mcap.writer import Writer
 
-from runtime import cli
-from runtime.fleet import crypto, mcapio, seal
-from runtime.fleet.audit import verify
-from runtime.fleet.export import ClipError, read_clip_info
-from runtime.fleet.policy import Policy, PolicyError
+from edgert.runtime import cli
+from edgert.runtime.fleet import crypto, mcapio, seal
+from edgert.runtime.fleet.audit import verify
+from edgert.runtime.fleet.export import ClipError, read_clip_info
+from edgert.runtime.fleet.policy import Policy, PolicyError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "configs" / "fleet-policy.toml"
@@ -223,5 +223,5 @@ def test_region_and_age_from_a_cut_off_clip(tmp_path):
     ageless = make_clip(tmp_path / "b.mcap", "cn", recorded_ns=None, log_ns=NOW_NS - 3 * DAY_NS)
     assert read_clip_info(ageless, keys).recorded_ns is None
     d = Policy.load(SHIPPED)
-    from runtime.fleet.export import decide_export
+    from edgert.runtime.fleet.export import decide_export
     assert not decide_export(info, "eu", d).allowed

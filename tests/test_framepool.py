@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import shm
-from runtime.framepool import FramePool, SlotError
+from edgert.runtime import shm
+from edgert.runtime.framepool import FramePool, SlotError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (512, 1024, 4)  # 2 MiB frames: big enough that a copy takes long enough to be lapped
@@ -152,7 +152,7 @@ def test_writer_crash_mid_write_leaves_slot_rejected(run_id):
 
 def _orphan(code: str) -> None:
     """Run `code` in a fresh interpreter that makes shared memory and exits without cleaning up."""
-    subprocess.run([sys.executable, "-c", "from runtime import shm\n" + code], cwd=ROOT, check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", "from edgert.runtime import shm\n" + code], cwd=ROOT, check=True, timeout=60)
 
 
 def test_sweep_removes_segments_of_dead_runs_only(run_id):

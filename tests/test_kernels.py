@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import PreprocessSpec, Preprocessor, reference_preprocess
-from kernels.preprocess import _half_bits
-from kernels.resample import compact_columns, tap_tables, trim_taps, window_starts
+from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels.preprocess import _half_bits
+from edgert.kernels.resample import compact_columns, tap_tables, trim_taps, window_starts
 
 if sys.version_info >= (3, 11):
     import tomllib

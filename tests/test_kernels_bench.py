@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import _suite
-from bench._suite import OPENCV_NO_SPIN, run_one
+from edgert.bench import _suite
+from edgert.bench._suite import OPENCV_NO_SPIN, run_one
 
 CASES = ("bgr1080_to_384x640", "bgr1080_to_384x640_fresh", "bgr1080_to_384x640_steady", "nv12_1080_to_384x640",
          "nv12_720_to_360x640",

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-import kernels
-from kernels import jitcache
+from edgert import kernels
+from edgert.kernels import jitcache
 
 PROBE = '''
 """A cached function inlining a helper from another module of the package (as the kernels do)."""
 import numba
-from kernels.jitcache import njit
-from kernels.probe_helper import helper
+from edgert.kernels.jitcache import njit
+from edgert.kernels.probe_helper import helper
 
 
 @njit(cache=True)
@@ -48,7 +48,9 @@ def helper(x):
 
 RUN = '''
 import json, sys
-from kernels import jitcache, probe
+# The copy under PYTHONPATH, not the installed edgert: an editable install's import hook comes first.
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+from edgert.kernels import jitcache, probe
 print(json.dumps({"keyed": probe.keyed(1), "plain": probe.plain(1), "dir": jitcache.cache_dir(),
                   "hits": sum(probe.keyed.stats.cache_hits.values()),
                   "misses": sum(probe.keyed.stats.cache_misses.values())}))
@@ -56,9 +58,10 @@ print(json.dumps({"keyed": probe.keyed(1), "plain": probe.plain(1), "dir": jitca
 
 
 def _package(tmp: Path, add: int) -> Path:
-    pkg = tmp / "src" / "kernels"
+    pkg = tmp / "src" / "edgert" / "kernels"
     if not pkg.exists():
         shutil.copytree(Path(kernels.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        (pkg.parent / "__init__.py").write_text("")
         (pkg / "probe.py").write_text(PROBE)
     (pkg / "probe_helper.py").write_text(HELPER.format(add=add))
     return pkg
@@ -110,7 +113,7 @@ def test_source_hash_follows_every_file(tmp_path: Path) -> None:
 def test_the_kernels_cache_under_the_keyed_directory() -> None:
     import numba.core.config
 
-    from kernels import preprocess, yuvkernel
+    from edgert.kernels import preprocess, yuvkernel
 
     before = numba.core.config.CACHE_DIR
     for k in (preprocess._kernel(False), yuvkernel.kernel(False)):
@@ -123,7 +126,7 @@ def test_cache_directories_unused_for_30_days_are_pruned(tmp_path: Path) -> None
     import os
     import time
 
-    from kernels.jitcache import UNUSED_S, prune_unused
+    from edgert.kernels.jitcache import UNUSED_S, prune_unused
 
     now = time.time()
     for name, age in (("kernels-aaaaaaaaaaaa", UNUSED_S + 60), ("kernels-bbbbbbbbbbbb", 3600),
@@ -138,7 +141,7 @@ def test_cache_directories_unused_for_30_days_are_pruned(tmp_path: Path) -> None
 
 
 # -- the temp-dir fallback is private: Numba's cache index is a pickle ------------------------------
-CACHE_DIR = "from kernels import jitcache; print(jitcache.cache_dir())"
+CACHE_DIR = "from edgert.kernels import jitcache; print(jitcache.cache_dir())"
 
 
 def _fallback_run(tmp: Path) -> Path:

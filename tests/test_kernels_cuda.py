@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.providers import nvidia_driver
+from edgert.runtime.providers import nvidia_driver
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,8 @@ CHECK = r"""
 import os
 import numpy as np
 from numba import cuda
-from kernels import PreprocessSpec, Preprocessor
-from kernels.cuda import CudaPreprocessor
+from edgert.kernels import PreprocessSpec, Preprocessor
+from edgert.kernels.cuda import CudaPreprocessor
 
 EXACT = os.environ["NUMBA_ENABLE_CUDASIM"] == "1"
 rng = np.random.default_rng(0)
@@ -121,12 +121,12 @@ GPU_TO_ORT = r"""
 import numpy as np
 import onnxruntime as ort
 from numba import cuda
-from kernels import Preprocessor
-from kernels.cuda import CudaPreprocessor
-from runtime.deviceio import device_array
-from runtime.engine import Engine
-from runtime.manifest import load_manifest
-from runtime.zoo import ZOO
+from edgert.kernels import Preprocessor
+from edgert.kernels.cuda import CudaPreprocessor
+from edgert.runtime.deviceio import device_array
+from edgert.runtime.engine import Engine
+from edgert.runtime.manifest import load_manifest
+from edgert.runtime.zoo import ZOO
 
 m = load_manifest(ZOO / "pilotnet")
 eng = Engine(m, providers=["CUDAExecutionProvider"])

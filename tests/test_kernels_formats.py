@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_kernels import FLOAT_STEPS, TOLERANCE_STEPS, allocations, assert_close, float_chain, steps_to_out
 
-from kernels import PreprocessSpec, Preprocessor, reference_preprocess
-from kernels.formats import yuv_to_rgb_reference
+from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels.formats import yuv_to_rgb_reference
 
 CVT_STEPS = 0.75
 CV2_CODE = {"nv12": cv2.COLOR_YUV2RGB_NV12, "i420": cv2.COLOR_YUV2RGB_I420, "yuyv": cv2.COLOR_YUV2RGB_YUYV}
@@ -120,7 +120,7 @@ def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: i
     layout, colour, matrix and range, area's 2-3 y taps, a y upscale (rows reused across output
     rows), odd ROI offsets in x and y (the chroma phases), padded and read-only frames.
     (Letterboxed fits are rarely a whole step here: the letterbox test below covers that.)"""
-    from kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
+    from edgert.kernels.yuvkernel import MODE_DIRECT, MODE_DIRECT2, MODE_DIRECT3, MODE_ROWBUF
 
     rw, rh = step * ow, (oh // 2 + 1 if y_up else 2 * oh + 2)
     w, h = x + rw + extra, y + rh + 2
@@ -149,7 +149,7 @@ def test_direct_decode_is_bit_identical_to_the_row_buffer_path(fmt: str, step: i
 
 
 def test_1080p_nv12_to_640_decodes_straight_into_the_output() -> None:
-    from kernels.yuvkernel import MODE_DIRECT3
+    from edgert.kernels.yuvkernel import MODE_DIRECT3
 
     spec = replace(_spec("nv12"), out_width=640, out_height=384)
     src = yuv_frame(np.random.default_rng(9), buffer_shape("nv12", 1080, 1920), 0)
@@ -164,7 +164,7 @@ def test_a_scale_between_2_and_3_keeps_the_row_buffer(fmt: str) -> None:
     """1600 -> 640 bilinear: two taps per output pixel, starting every second kept column, but the
     kept columns have gaps, so no constant-stride gather fits (MODE_DIRECT2 would read the wrong
     columns): the row buffer, matching the float chain."""
-    from kernels.yuvkernel import MODE_ROWBUF
+    from edgert.kernels.yuvkernel import MODE_ROWBUF
 
     spec = replace(_spec(fmt), out_width=640, out_height=360)
     src = yuv_frame(np.random.default_rng(11), buffer_shape(fmt, 900, 1600), 0)
@@ -186,8 +186,8 @@ def test_letterboxed_camera_frames_take_the_direct_paths_with_their_offset(fmt: 
     frame is row-padded; no reference to it is left after 200 calls (simd.unit_row's views)."""
     import sys
 
-    from kernels import yuvkernel
-    from kernels.yuvkernel import MODE_ROWBUF
+    from edgert.kernels import yuvkernel
+    from edgert.kernels.yuvkernel import MODE_ROWBUF
 
     spec = replace(_spec(fmt), out_width=out[0], out_height=out[1], letterbox=True, pad_value=0.5)
     src = yuv_frame(np.random.default_rng(10), buffer_shape(fmt, size[1], size[0]), 64)
@@ -340,7 +340,7 @@ def test_unit_row_is_the_frame_row_on_padded_and_readonly_frames() -> None:
     gathers: it must be that row's bytes (not the padding), for padded and read-only views."""
     import numba
 
-    from kernels.simd import unit_row
+    from edgert.kernels.simd import unit_row
 
     @numba.njit
     def rows(a):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cacheseal, keyfile
-from runtime.fleet import audit, crypto
+from edgert.runtime import cacheseal, keyfile
+from edgert.runtime.fleet import audit, crypto
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -90,7 +90,7 @@ def test_the_vehicle_and_audit_keys_are_held_to_the_same_checks(tmp_path, name):
 _KILLED_AFTER_CREATE = """
 import os, sys, time
 from pathlib import Path
-from runtime.fleet import crypto
+from edgert.runtime.fleet import crypto
 
 keys, flag = Path(sys.argv[1]), sys.argv[2]
 real_open = os.open

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import shm
-from runtime.config import DEFAULT_CONFIG, load
+from edgert.runtime import shm
+from edgert.runtime.config import DEFAULT_CONFIG, load
 
 ROOT = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -60,7 +60,7 @@ def test_the_shm_sweep_skips_other_users_fifos_and_links_without_blocking(tmp_pa
         old_tmp.write_bytes(b"\0" * 64)
         os.chown(old_tmp, NOBODY, NOBODY)
         os.utime(old_tmp, (0, 0))
-        r = _python("import json; from runtime import shm; print(json.dumps(shm.sweep_stale()))")
+        r = _python("import json; from edgert.runtime import shm; print(json.dumps(shm.sweep_stale()))")
         assert r.returncode == 0, r.stderr
         removed = json.loads(r.stdout.splitlines()[-1])
         assert mine.name in removed and not mine.exists()  # the sweep still does its job
@@ -109,12 +109,12 @@ def test_run_discovery_lists_only_this_users_own_runs_without_blocking_or_crashi
     ours.mkdir(mode=0o700)
     fds.append(shm.hold_run_dir(ours))
     try:
-        r = _python("import json; from runtime import shm; "
+        r = _python("import json; from edgert.runtime import shm; "
                     "print(json.dumps([(d.name, rid, a) for d, rid, a in shm.run_dirs()]))", tmp_path)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout.splitlines()[-1]) == [[ours.name, f"{os.getpid()}.0000aaaa", True]]
         # the supervisor's start-up sweep removes dead runs' directories: never another user's, never through a link
-        r = _python("from runtime.supervisor import sweep_stale_run_dirs; sweep_stale_run_dirs()", tmp_path)
+        r = _python("from edgert.runtime.supervisor import sweep_stale_run_dirs; sweep_stale_run_dirs()", tmp_path)
         assert r.returncode == 0, r.stderr
         assert len(list(tmp_path.glob("edgert.*"))) == 8 and (tmp_path / "elsewhere" / "pipeline.json").exists()
     finally:
@@ -126,7 +126,7 @@ def test_run_discovery_lists_only_this_users_own_runs_without_blocking_or_crashi
 def test_echo_and_record_trigger_ignore_planted_runs_and_say_none_is_running(tmp_path, command):
     fds = _spoofed_runs(tmp_path)
     try:
-        r = _python(f"import sys; from runtime import cli; sys.exit(cli.main({command!r}))", tmp_path)
+        r = _python(f"import sys; from edgert.runtime import cli; sys.exit(cli.main({command!r}))", tmp_path)
     finally:
         for fd in fds:
             os.close(fd)

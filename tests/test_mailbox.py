@@ -9,10 +9,10 @@ import time
 import pytest
 
 from conftest import all_accounted_for, read_numbered
-from runtime import futex, shm
-from runtime.mailbox import Mailbox, MailboxSource
-from runtime.shm import Segment, segment_name
-from runtime.transport import LatestReader
+from edgert.runtime import futex, shm
+from edgert.runtime.mailbox import Mailbox, MailboxSource
+from edgert.runtime.shm import Segment, segment_name
+from edgert.runtime.transport import LatestReader
 
 pytestmark = pytest.mark.skipif(not futex.available(), reason="futex(2) needs Linux on x86-64 or 64-bit Arm")
 
@@ -162,8 +162,8 @@ def test_bad_sizes_and_segments_are_refused_with_the_reason(run_id):
 
 def test_a_pipeline_run_creates_and_removes_one_mailbox_per_hop():
     """The supervisor owns the mailboxes as it owns the frame pools: made before the stages, gone after."""
-    from runtime.config import DEFAULT_CONFIG, load
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.config import DEFAULT_CONFIG, load
+    from edgert.runtime.supervisor import Supervisor
     sup = Supervisor(load(DEFAULT_CONFIG), duration_s=1.0, mode="threads")
     s = sup.run()
     assert sup.endpoints.mailboxes
@@ -200,11 +200,11 @@ def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):
     """Control driven only through mailboxes (nothing on its ZeroMQ input) commands every result,
     and its commands reach the commands mailbox."""
     from conftest import StageHarness
-    from runtime import wire
-    from runtime.config import from_dict
-    from runtime.stages.control import ControlStage
-    from runtime.transport import Endpoints
-    from runtime.wire import MsgType, Stamp
+    from edgert.runtime import wire
+    from edgert.runtime.config import from_dict
+    from edgert.runtime.stages.control import ControlStage
+    from edgert.runtime.transport import Endpoints
+    from edgert.runtime.wire import MsgType, Stamp
 
     h = StageHarness(from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}}))
     h.endpoints = Endpoints("inproc", h.run_id, mailboxes=True)
@@ -234,8 +234,8 @@ def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):
 def test_mailboxes_are_off_with_a_warning_where_they_are_untested(monkeypatch, caplog):
     import platform
 
-    from runtime.config import DEFAULT_CONFIG, load
-    from runtime.transport import Endpoints
+    from edgert.runtime.config import DEFAULT_CONFIG, load
+    from edgert.runtime.transport import Endpoints
 
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     ep = Endpoints.for_run(load(DEFAULT_CONFIG), "1.ab", "/tmp")

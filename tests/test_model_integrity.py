@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from conftest import StageHarness
-from runtime import signing
-from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, from_dict, load
-from runtime.manifest import ModelError, load_manifest
-from runtime.stage import StageContext
-from runtime.stages.control import ControlStage
-from runtime.stages.infer import InferStage
-from runtime.stages.preprocess import PreprocessStage
-from runtime.supervisor import Supervisor
-from runtime.wire import StageState
+from edgert.runtime import signing
+from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, from_dict, load
+from edgert.runtime.manifest import ModelError, load_manifest
+from edgert.runtime.stage import StageContext
+from edgert.runtime.stages.control import ControlStage
+from edgert.runtime.stages.infer import InferStage
+from edgert.runtime.stages.preprocess import PreprocessStage
+from edgert.runtime.supervisor import Supervisor
+from edgert.runtime.wire import StageState
 
 
 @pytest.fixture

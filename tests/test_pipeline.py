@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_MACHINE_CONTROL, free_port_block
-from runtime import shm
-from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
-from runtime.framepool import FramePool
-from runtime.stages.capture import CAMERA_STREAM
-from runtime.stages.preprocess import PreprocessStage
-from runtime.supervisor import Supervisor
-from runtime.wire import StageState
+from edgert.runtime import shm
+from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.stages.capture import CAMERA_STREAM
+from edgert.runtime.stages.preprocess import PreprocessStage
+from edgert.runtime.supervisor import Supervisor
+from edgert.runtime.wire import StageState
 
 STAGE_TITLES = {"edgert-capture", "edgert-preprocess", "edgert-infer", "edgert-control"}
 
@@ -87,7 +87,7 @@ def test_closed_loop_end_to_end(mode, mailbox):
 
 
 def test_closed_loop_over_tcp_loopback():
-    from runtime.topics import TOPICS
+    from edgert.runtime.topics import TOPICS
 
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "tcp_host": "127.0.0.1",
                                                  "tcp_base_port": free_port_block(len(TOPICS))},
@@ -103,9 +103,9 @@ def test_curve_pipeline_runs_and_refuses_outsiders(tmp_path):
     import zmq
     import zmq.auth
 
-    from runtime import curve
-    from runtime.topics import TOPICS
-    from runtime.transport import Endpoints
+    from edgert.runtime import curve
+    from edgert.runtime.topics import TOPICS
+    from edgert.runtime.transport import Endpoints
 
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"transport": "tcp", "curve": True,
                                                  "tcp_base_port": free_port_block(len(TOPICS))},
@@ -151,7 +151,7 @@ def test_curve_pipeline_runs_and_refuses_outsiders(tmp_path):
 
 def _start_cli(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(DEFAULT_CONFIG), *args],
+    return subprocess.Popen([sys.executable, "-m", "edgert.runtime.cli", "run", str(DEFAULT_CONFIG), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT, env=env)
 
 
@@ -183,7 +183,7 @@ def test_signal_stops_cleanly_with_named_processes(sig):
         time.sleep(1.5)
         names = set(edgert_processes(run_id).values())
         assert STAGE_TITLES <= names, names  # each stage shows its name (and run) in ps/top
-        echo = subprocess.run([sys.executable, "-m", "runtime.cli", "echo", "commands", "--run", run_id,
+        echo = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "echo", "commands", "--run", run_id,
                                "--count", "3"],
                               capture_output=True, text=True, timeout=30, cwd=PROJECT_ROOT)
         msgs = [json.loads(line) for line in echo.stdout.splitlines()]
@@ -298,13 +298,13 @@ def test_supervisor_sigkill_leaves_no_orphans_and_sweep_cleans_memory():
 
 
 def test_doctor_explains_the_provider_choice():
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "doctor"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "doctor"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "CPUExecutionProvider" in r.stdout and "the policy would try" in r.stdout
 
 
 def test_echo_refuses_a_topic_whose_socket_the_supervisor_binds():
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "echo", "heartbeat"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "echo", "heartbeat"], capture_output=True, text=True,
                        timeout=60, cwd=PROJECT_ROOT)
     assert r.returncode == 2 and "echo would take that socket over" in r.stderr
 
@@ -351,7 +351,7 @@ class HangsWhenRestarted(PreprocessStage):
 
 
 def test_a_restarted_stage_hung_in_setup_is_killed_and_reported_after_the_restart_timeout(monkeypatch, caplog):
-    from runtime.supervisor import MAX_RESTARTS
+    from edgert.runtime.supervisor import MAX_RESTARTS
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                    os.environ.get("PYTHONPATH")])))

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from runtime.procenv import OPENCV_NO_SPIN, stage_env
-from runtime.supervisor import ProcessHandle
+from edgert.runtime.procenv import OPENCV_NO_SPIN, stage_env
+from edgert.runtime.supervisor import ProcessHandle
 
 
 def test_stage_env_adds_defaults_and_keeps_what_is_set():

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import cli, wire
-from runtime.config import CameraSection, ConfigError, from_dict
-from runtime.fleet import mcapio
-from runtime.fleet.ring import Ring
-from runtime.framepool import FramePool
-from runtime.stages import STAGE_NAMES, stage_names
-from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.stages.recorder import RecorderStage
-from runtime.transport import publisher
-from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason
+from edgert.runtime import cli, wire
+from edgert.runtime.config import CameraSection, ConfigError, from_dict
+from edgert.runtime.fleet import mcapio
+from edgert.runtime.fleet.ring import Ring
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.stages import STAGE_NAMES, stage_names
+from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.stages.recorder import RecorderStage
+from edgert.runtime.transport import publisher
+from edgert.runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason
 
 from conftest import SHARED_MACHINE_CONTROL, StageHarness, make_steer_model, write_manifest
 
@@ -41,7 +41,7 @@ def signed_tiny(root: Path, weight: float = 0.5, name: str = "tiny") -> tuple[Pa
     write_manifest(d)
     keys = root / "keys"
     try:
-        from runtime import signing
+        from edgert.runtime import signing
     except ImportError:  # pragma: no cover - before market approval existed
         return d, keys
     text = (d / "manifest.toml").read_text()
@@ -557,7 +557,7 @@ FW, FH = 320, 240  # frames big enough for a face detector
 
 def _face_scene(frame_id: int) -> np.ndarray:
     """A dim noisy frame (different per frame) with the synthetic face in it."""
-    from bench.anonymise import draw_face
+    from edgert.bench.anonymise import draw_face
 
     img = np.random.default_rng(frame_id).integers(60, 120, (FH, FW, 3), dtype=np.uint8)
     draw_face(img, 40, 30, scale=0.4)  # a 256 x 192 patch, the oval 64 x 84 px at (136, 84)
@@ -566,8 +566,8 @@ def _face_scene(frame_id: int) -> np.ndarray:
 
 def test_recorder_in_an_anonymise_and_encrypt_region_writes_encrypted_anonymised_clips(tmp_path, tiny_model,
                                                                                          capsys):
-    from runtime.fleet import audit, crypto
-    from runtime.fleet.anonymise import Anonymiser
+    from edgert.runtime.fleet import audit, crypto
+    from edgert.runtime.fleet.anonymise import Anonymiser
 
     keys = tmp_path / "keys"
     crypto.keygen(keys, "eu")
@@ -638,8 +638,8 @@ def test_a_region_whose_duty_cannot_be_met_fails_the_recorder_start(tmp_path, ti
                                 "keys_dir": str(tmp_path / "no-keys")}})
     h = StageHarness(cfg)
     try:
-        from runtime.fleet.crypto import CryptoError
-        from runtime.stage import StageContext
+        from edgert.runtime.fleet.crypto import CryptoError
+        from edgert.runtime.stage import StageContext
 
         stage = RecorderStage(StageContext("recorder", cfg, h.run_id, h.endpoints, h.zmq, h.stop))
         with pytest.raises(CryptoError, match="eu"):  # no key for eu: no recording rather than one in the clear
@@ -651,11 +651,11 @@ def test_a_region_whose_duty_cannot_be_met_fails_the_recorder_start(tmp_path, ti
 def test_a_policy_off_recording_is_authenticated_so_it_can_be_pruned_and_replayed(tmp_path, tiny_model):
     """record.policy = "off" (replay's scratch recordings) skips the region's duties, not the vehicle
     key: without `edgert.auth` export, prune and replay refuse a clip, and prune could never delete it."""
-    from runtime.config import PROJECT_ROOT
-    from runtime.fleet import crypto
-    from runtime.fleet.audit import AuditLog
-    from runtime.fleet.export import authenticated_metadata, prune, read_clip_info
-    from runtime.fleet.policy import Policy
+    from edgert.runtime.config import PROJECT_ROOT
+    from edgert.runtime.fleet import crypto
+    from edgert.runtime.fleet.audit import AuditLog
+    from edgert.runtime.fleet.export import authenticated_metadata, prune, read_clip_info
+    from edgert.runtime.fleet.policy import Policy
 
     h, fake = _start_recorder(tmp_path, tiny_model, policy="off", mode="all", pre_s=0.0)
     try:
@@ -681,7 +681,7 @@ def test_a_policy_off_recording_is_authenticated_so_it_can_be_pruned_and_replaye
 
 # -- a real pipeline: takeover clip, then the recorder SIGKILLed mid-clip ---------------------------
 def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tmp_path):
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.supervisor import Supervisor
 
     model, keys = signed_tiny(tmp_path)
     rec_dir = tmp_path / "rec"
@@ -745,7 +745,7 @@ def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tm
     assert not bad.complete and bad.error
     assert bad.metadata["edgert"]["event_kind"] == "operator" and bad.region == "sim"
     # the restarted recorder sealed its readable part (the vehicle key's word on it): export may decide on it
-    from runtime.fleet.export import read_clip_info
+    from edgert.runtime.fleet.export import read_clip_info
     assert bad.metadata["edgert.seal"]["recovered"] and "cut off by a crash" in bad.error
     fleet_keys = cfg.record_path("keys_dir")
     assert read_clip_info(cut[0], fleet_keys).region == "sim" and read_clip_info(whole[0], fleet_keys).region == "sim"
@@ -769,8 +769,8 @@ class CrashingRecorder(RecorderStage):
 
 
 def test_an_operator_trigger_sent_while_the_recorder_starts_is_kept_not_fatal(tmp_path, monkeypatch):
-    from runtime.supervisor import Supervisor
-    from runtime.wire import StageState
+    from edgert.runtime.supervisor import Supervisor
+    from edgert.runtime.wire import StageState
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                    os.environ.get("PYTHONPATH")])))
@@ -803,7 +803,7 @@ def test_an_operator_trigger_sent_while_the_recorder_starts_is_kept_not_fatal(tm
 def test_a_recorder_that_keeps_crashing_is_given_up_and_the_run_and_control_go_on(tmp_path, caplog):
     import logging
 
-    from runtime.supervisor import MAX_RESTARTS, Supervisor
+    from edgert.runtime.supervisor import MAX_RESTARTS, Supervisor
 
     model, keys = signed_tiny(tmp_path)
     cfg = pipeline_config(model, keys, dir=str(tmp_path / "rec"), mode="all", pre_s=0.0, ring_s=1.0)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
-from runtime import supervisor as supervisor_module
-from runtime.fleet import crypto, mcapio
-from runtime.replay import format_report, run_replay
-from runtime.supervisor import Supervisor
+from edgert.runtime import cli
+from edgert.runtime import supervisor as supervisor_module
+from edgert.runtime.fleet import crypto, mcapio
+from edgert.runtime.replay import format_report, run_replay
+from edgert.runtime.supervisor import Supervisor
 
 from test_record import pipeline_config, signed_tiny
 
@@ -154,7 +154,7 @@ def test_replay_refuses_a_recording_without_frames(tmp_path, capsys):
 def _with_stored_config(path: Path, dst: Path, vehicle_key: bytes | None, **sections: dict) -> Path:
     """The recording as a vehicle running another config would have written it (re-authenticated with
     its vehicle key), or, without the key, as someone editing the file would leave it."""
-    from runtime.config import PipelineConfig
+    from edgert.runtime.config import PipelineConfig
     from test_residency_auth import rewrite_metadata
 
     stored = PipelineConfig.from_json(mcapio.read_metadata(path)["config"]).replace(**sections)
@@ -164,7 +164,7 @@ def _with_stored_config(path: Path, dst: Path, vehicle_key: bytes | None, **sect
 def _hostile(recording, tmp_path: Path, channel: str, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
     """A recording whose stored config drives a CAN bus and listens on tcp 0.0.0.0, authenticated by the
     vehicle key (a car really ran it so); this machine's default config is the test's local one."""
-    from runtime import replay
+    from edgert.runtime import replay
 
     path, root, keys = recording
     monkeypatch.setattr(replay, "DEFAULT_CONFIG", local_toml(root, keys, tmp_path / "local.toml"), raising=False)
@@ -251,8 +251,8 @@ def test_replay_refuses_a_recording_whose_metadata_was_edited(recording, tmp_pat
 def test_the_recorded_model_is_read_from_a_config_this_version_would_refuse():
     """A recording made by an older edgert stores keys this one refuses (pipeline.spin_us, since
     removed); the replay needs only the model's name from it, so the rest must not stop it."""
-    from runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
-    from runtime.replay import recorded_model
+    from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
+    from edgert.runtime.replay import recorded_model
 
     stored = json.loads(load(DEFAULT_CONFIG).to_json())
     stored["config"]["pipeline"]["spin_us"] = 0  # what every recording before its removal carries

@@ -20,12 +20,12 @@ import pytest
 from mcap.reader import make_reader
 from mcap.writer import Writer
 
-from runtime import cli
-from runtime.fleet import crypto, mcapio, seal
-from runtime.fleet.audit import AuditLog
-from runtime.fleet.export import (ClipError, Quarantined, encrypt_clip, export, prune, read_clip_info,
+from edgert.runtime import cli
+from edgert.runtime.fleet import crypto, mcapio, seal
+from edgert.runtime.fleet.audit import AuditLog
+from edgert.runtime.fleet.export import (ClipError, Quarantined, encrypt_clip, export, prune, read_clip_info,
                                   recorder_hooks)
-from runtime.fleet.policy import Policy
+from edgert.runtime.fleet.policy import Policy
 
 from test_fleet_policy import DAY_NS, NOW_NS, SHIPPED, audit_entries
 
@@ -196,7 +196,7 @@ def test_genuine_metadata_moved_onto_another_clips_content_is_refused(tmp_path):
     """An anonymised sim clip (may go anywhere) lends its genuine edgert + edgert.auth pair (and its seal)
     to a file of raw cn frames (may not leave cn): export, prune and replay refuse it; the genuine
     clip still exports."""
-    from runtime.replay import run_replay
+    from edgert.runtime.replay import run_replay
     keys, rec = tmp_path / "keys", tmp_path / "rec"
     rec.mkdir()
     audit = AuditLog(tmp_path / "audit.jsonl")
@@ -376,7 +376,7 @@ def test_a_clip_that_cannot_be_encrypted_is_quarantined_unreadable_with_its_reas
 
 def test_a_deterministic_failure_is_quarantined_after_one_try_and_logged_once(tmp_path, caplog, monkeypatch):
     """A clip without authenticated metadata fails the same way on every try: no retries, no sleeps."""
-    from runtime.fleet import export as export_mod
+    from edgert.runtime.fleet import export as export_mod
 
     keys, rec = tmp_path / "keys", tmp_path / "rec"
     rec.mkdir(mode=0o700)

@@ -13,15 +13,15 @@ import pytest
 import zmq
 
 from conftest import SHARED_MACHINE_CONTROL, StageHarness
-from runtime import wire
-from runtime.camhealth import CameraHealth
-from runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load
-from runtime.framepool import FramePool
-from runtime.sim import scenarios
-from runtime.sim.actuator import Actuator
-from runtime.stages.capture import CAMERA_STREAM, CaptureStage
-from runtime.transport import publisher, subscriber
-from runtime.wire import FrameFlags, MsgType, Stamp, VehicleFlags, WireError
+from edgert.runtime import wire
+from edgert.runtime.camhealth import CameraHealth
+from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.sim import scenarios
+from edgert.runtime.sim.actuator import Actuator
+from edgert.runtime.stages.capture import CAMERA_STREAM, CaptureStage
+from edgert.runtime.transport import publisher, subscriber
+from edgert.runtime.wire import FrameFlags, MsgType, Stamp, VehicleFlags, WireError
 
 MS = 1_000_000
 
@@ -103,7 +103,7 @@ def test_camera_health_flags_light_outside_the_models_domain():
 
 def test_camera_health_checks_each_camera_of_a_batch_and_status_names_the_fault():
     """Four cameras in one slot: one dark camera is not averaged away by three bright ones."""
-    from runtime.camhealth import status_for
+    from edgert.runtime.camhealth import status_for
 
     shape = (72, 128, 3)
     # frozen off: cameras 0 and 3 keep one image through these checks, which would (rightly) flag them
@@ -249,13 +249,13 @@ def _check_run(s: dict) -> None:
 
 
 def _run_scenario_to_its_end(name: str) -> tuple[dict, scenarios.Outcome]:
-    """runtime.cli_sim.run_scenario, ending once the camera has made the scenario's duration in
+    """edgert.runtime.cli_sim.run_scenario, ending once the camera has made the scenario's duration in
     frames rather than after that much wall-clock time: a loaded machine makes the camera skip
     ticks (sim time advances a frame period per frame made), so a wall-clock run may end before
     the road or the fault window does. 600 s only bounds a hung test."""
     import threading
 
-    from runtime.supervisor import Supervisor
+    from edgert.runtime.supervisor import Supervisor
 
     scn = scenarios.get(name)
     cfg = load(DEFAULT_CONFIG).replace(control=SHARED_MACHINE_CONTROL, sim={"scenario": name})
@@ -296,7 +296,7 @@ def test_scenario_ends_as_expected(name):
 
 
 def test_drop_rate_drops_frames_before_publishing():
-    from runtime.cli_sim import run_scenario
+    from edgert.runtime.cli_sim import run_scenario
 
     s, _ = run_scenario(load(DEFAULT_CONFIG), "straight", drop_rate=0.2, duration_s=3.0, mode="threads")
     _check_run(s)
@@ -316,7 +316,7 @@ def test_edgert_sim_scenario_cli_round_trip(tmp_path):
     text = DEFAULT_CONFIG.read_text()
     assert "\ndeadline_ms = 0 " in text
     cfg.write_text(text.replace("\ndeadline_ms = 0 ", "\ndeadline_ms = %s " % SHARED_MACHINE_CONTROL["deadline_ms"], 1))
-    p = subprocess.run([sys.executable, "-m", "runtime.cli", "sim", "--config", str(cfg), "--scenario", "straight",
+    p = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "sim", "--config", str(cfg), "--scenario", "straight",
                         "--duration", "3", "--report", str(report)], cwd=PROJECT_ROOT, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -325,13 +325,13 @@ def test_edgert_sim_scenario_cli_round_trip(tmp_path):
     assert "latency: end-to-end (capture -> command) p50" in p.stdout and "\n  -> PASS\n" in p.stdout
     r = json.loads(report.read_text())
     assert r["outcome"]["ok"] and r["scenario"]["name"] == "straight" and r["lane"]["departures"] == 0
-    bad = subprocess.run([sys.executable, "-m", "runtime.cli", "sim", "--scenario", "nope"], cwd=PROJECT_ROOT,
+    bad = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "sim", "--scenario", "nope"], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown scenario 'nope'; scenarios: straight" in bad.stderr
 
 
 def test_edgert_sim_sweep_writes_json_and_plot(tmp_path):
-    from runtime.cli import main
+    from edgert.runtime.cli import main
 
     assert main(["sim", "sweep", "--latencies", "0,150", "--scenario", "straight", "--duration", "2",
                  "--mode", "threads", "--out", str(tmp_path)]) == 0

@@ -11,7 +11,7 @@ import os, signal, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 ev = threading.Event()
 if sys.argv[2] == "new":
-    from runtime.signals import set_on_signal
+    from edgert.runtime.signals import set_on_signal
     set_on_signal(signal.SIGTERM, ev)
 else:  # what stage_main did before
     signal.signal(signal.SIGTERM, lambda *_: ev.set())
@@ -23,7 +23,7 @@ print("set" if ev.wait(5) else "not set", flush=True)
 
 
 def _run(variant: str, timeout_s: float) -> subprocess.CompletedProcess | None:
-    from runtime.config import PROJECT_ROOT
+    from edgert.runtime.config import PROJECT_ROOT
 
     try:
         return subprocess.run([sys.executable, "-c", CHILD, str(PROJECT_ROOT), variant], capture_output=True,

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import StageHarness, make_steer_model, write_manifest
-from runtime import cli, signing
-from runtime.config import ConfigError, from_dict
-from runtime.engine import Engine
-from runtime.framepool import FramePool
-from runtime.manifest import ModelError
-from runtime.signing import ApprovalError, approved_manifest, load_approved
-from runtime.stage import StageContext
-from runtime.stages.infer import InferStage
-from runtime.stages.preprocess import TENSOR_STREAM, PreprocessStage
+from edgert.runtime import cli, signing
+from edgert.runtime.config import ConfigError, from_dict
+from edgert.runtime.engine import Engine
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.manifest import ModelError
+from edgert.runtime.signing import ApprovalError, approved_manifest, load_approved
+from edgert.runtime.stage import StageContext
+from edgert.runtime.stages.infer import InferStage
+from edgert.runtime.stages.preprocess import TENSOR_STREAM, PreprocessStage
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_MODELS = ("pilotnet", "pilotnet-fp16", "pilotnet-int8")
@@ -144,8 +144,8 @@ def test_pipeline_stages_refuse_an_unapproved_model(signed, publisher, stage_cls
     ("altered", r"the signature does not match manifest.toml: the manifest was altered after signing"),
 ])
 def test_supervisor_refuses_an_unapproved_model_before_any_stage_starts(signed, publisher, case, match):
-    from runtime import shm
-    from runtime.supervisor import Supervisor
+    from edgert.runtime import shm
+    from edgert.runtime.supervisor import Supervisor
 
     market = "cn" if case == "unapproved" else "eu"
     if case == "unsigned":

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, expert_steer, initial_state
-from runtime.sim.render import DASH_M, FOG, GAP_M, HAZE_POWER, LINE, LINE_WIDTH_M
+from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, expert_steer, initial_state
+from edgert.runtime.sim.render import DASH_M, FOG, GAP_M, HAZE_POWER, LINE, LINE_WIDTH_M
 
 SMALL = PinholeCamera(width=640, height=360)
 
@@ -303,7 +303,7 @@ def test_unmarked_stretch_has_no_paint():
 
 
 def test_frame_effects_gain_noise_and_salt():
-    from runtime.sim.effects import FrameEffects
+    from edgert.runtime.sim.effects import FrameEffects
 
     fx = FrameEffects(seed=3)
     base = np.full((180, 320, 3), 100, np.uint8)

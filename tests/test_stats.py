@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.stats import LogHistogram, ipdv_ns, summarize_ns
+from edgert.runtime.stats import LogHistogram, ipdv_ns, summarize_ns
 
 
 def _latencies(seed: int, n: int) -> np.ndarray:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime import wire
-from runtime.stats import LatencyStats, Samples, summarize_ns
-from runtime.telemetry import SEGMENTS, TAKEOVERS_KEPT, Telemetry
-from runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason
+from edgert.runtime import wire
+from edgert.runtime.stats import LatencyStats, Samples, summarize_ns
+from edgert.runtime.telemetry import SEGMENTS, TAKEOVERS_KEPT, Telemetry
+from edgert.runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason
 
 HOURS = 2.0
 RATE_HZ = 30.0  # a camera's: 216 000 commands and as many vehicle messages in two hours

@@ -10,7 +10,7 @@ from pathlib import Path
 import zmq
 
 from conftest import all_accounted_for, read_numbered
-from runtime.transport import Endpoints, LatestReader, confirmed_subscribers
+from edgert.runtime.transport import Endpoints, LatestReader, confirmed_subscribers
 
 
 def _send(addr: str, n: int, period_s: float) -> None:

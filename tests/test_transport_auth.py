@@ -17,13 +17,13 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from conftest import SHARED_MACHINE_CONTROL, free_port_block
-from runtime import curve, transport, wire
-from runtime import supervisor as supervisor_mod
-from runtime.config import DEFAULT_CONFIG, load
-from runtime.supervisor import ProcessHandle, Supervisor
-from runtime.topics import TOPICS
-from runtime.transport import Endpoints, publisher, subscriber
-from runtime.wire import MsgType, ResultStatus, Stamp, StageState
+from edgert.runtime import curve, transport, wire
+from edgert.runtime import supervisor as supervisor_mod
+from edgert.runtime.config import DEFAULT_CONFIG, load
+from edgert.runtime.supervisor import ProcessHandle, Supervisor
+from edgert.runtime.topics import TOPICS
+from edgert.runtime.transport import Endpoints, publisher, subscriber
+from edgert.runtime.wire import MsgType, ResultStatus, Stamp, StageState
 
 MiB = 1 << 20
 SPAWN = mp.get_context("spawn")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import wire
-from runtime.wire import MsgType, WireError
+from edgert.runtime import wire
+from edgert.runtime.wire import MsgType, WireError
 
 u64 = st.integers(0, 2**64 - 1)
 stamps = st.lists(st.integers(1, 2**63 - 1), min_size=wire.N_STAMPS, max_size=wire.N_STAMPS)

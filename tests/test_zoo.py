@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import IR_VERSION, make_steer_model, write_manifest
-from kernels import PreprocessSpec
-from runtime import cli_models, zoo
-from runtime.manifest import ModelError, load_manifest
+from edgert.kernels import PreprocessSpec
+from edgert.runtime import cli_models, zoo
+from edgert.runtime.manifest import ModelError, load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 if sys.version_info >= (3, 11):

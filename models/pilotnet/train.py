@@ -30,8 +30,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from kernels import PreprocessSpec, Preprocessor  # noqa: E402
-from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, expert_steer  # noqa: E402
+from edgert.kernels import PreprocessSpec, Preprocessor  # noqa: E402
+from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, expert_steer  # noqa: E402
 
 SPEC = PreprocessSpec(src_format="bgr", out_width=200, out_height=66, roi=(0, 460, 1920, 620), resize="area",
                       color="yuv601", scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),

@@ -42,8 +42,8 @@ TRAIN_ROADS = tuple(range(100, 112))
 
 def render_frames(seeds: tuple[int, ...], n: int, rng_seed: int) -> np.ndarray:
     """n model inputs (float32, 1x3x66x200 each) at random poses near the lane centre of the given roads."""
-    from kernels import Preprocessor
-    from runtime.sim import Renderer, Road
+    from edgert.kernels import Preprocessor
+    from edgert.runtime.sim import Renderer, Road
 
     rng = np.random.default_rng(rng_seed)
     roads = [Road(seed=s) for s in seeds]

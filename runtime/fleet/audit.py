@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runtime import keyfile
+from edgert.runtime import keyfile
 
 GENESIS = "0" * 64
 _RESERVED = {"seq", "time", "event", "prev", "hash", "mac"}

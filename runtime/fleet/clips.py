@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.fleet.mcapio import McapFile
-from runtime.fleet.ring import Ring
+from edgert.runtime.fleet.mcapio import McapFile
+from edgert.runtime.fleet.ring import Ring
 
 log = logging.getLogger("edgert.recorder")
 

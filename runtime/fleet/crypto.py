@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from runtime import keyfile
+from edgert.runtime import keyfile
 
 MAGIC = b"EDRTENC1"
 SUFFIX = ".enc"

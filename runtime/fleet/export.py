@@ -31,9 +31,9 @@ from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from runtime.fleet import crypto, mcapio, seal
-from runtime.fleet.audit import AuditLog
-from runtime.fleet.policy import Decision, Policy
+from edgert.runtime.fleet import crypto, mcapio, seal
+from edgert.runtime.fleet.audit import AuditLog
+from edgert.runtime.fleet.policy import Decision, Policy
 
 META_NAME = "edgert"
 NS_PER_DAY = 86_400 * 10**9
@@ -450,7 +450,7 @@ def recorder_hooks(policy: Policy, region: str, frame_shape: tuple[int, int, int
     Raises (AnonymiseError, CryptoError) at start-up when a duty cannot be met, e.g. no face
     detector or no key: the recorder must then not record, rather than record in the clear.
     """
-    from runtime.fleet.anonymise import Anonymiser
+    from edgert.runtime.fleet.anonymise import Anonymiser
 
     rp = policy.region(region)
     frame_filter = Anonymiser(frame_shape, faces=True, plates=True, face_model=face_model) if rp.anonymise else None

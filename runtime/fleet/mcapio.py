@@ -43,9 +43,9 @@ from mcap.records import Channel, Footer, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
-from runtime import wire
-from runtime.fleet import crypto, seal
-from runtime.wire import MsgType
+from edgert.runtime import wire
+from edgert.runtime.fleet import crypto, seal
+from edgert.runtime.wire import MsgType
 
 PARTIAL = ".partial"  # suffix of a file still being written
 TRUNCATED = ".truncated.mcap"  # a .partial found after a crash is renamed to this, and reported

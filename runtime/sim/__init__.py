@@ -10,13 +10,13 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "PinholeCamera": "runtime.sim.camera",
-    "expert_steer": "runtime.sim.expert",
-    "Renderer": "runtime.sim.render",
-    "Road": "runtime.sim.road",
-    "BicycleModel": "runtime.sim.vehicle",
-    "VehicleState": "runtime.sim.vehicle",
-    "initial_state": "runtime.sim.vehicle",
+    "PinholeCamera": "edgert.runtime.sim.camera",
+    "expert_steer": "edgert.runtime.sim.expert",
+    "Renderer": "edgert.runtime.sim.render",
+    "Road": "edgert.runtime.sim.road",
+    "BicycleModel": "edgert.runtime.sim.vehicle",
+    "VehicleState": "edgert.runtime.sim.vehicle",
+    "initial_state": "edgert.runtime.sim.vehicle",
 }
 
 __all__ = sorted(_WHERE)
@@ -24,5 +24,5 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'runtime.sim' has no attribute {name!r}")
+        raise AttributeError(f"module 'edgert.runtime.sim' has no attribute {name!r}")
     return getattr(importlib.import_module(_WHERE[name]), name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from runtime.sim.road import Road
-from runtime.sim.vehicle import VehicleState
+from edgert.runtime.sim.road import Road
+from edgert.runtime.sim.vehicle import VehicleState
 
 
 def expert_steer(road: Road, state: VehicleState, wheelbase_m: float = 2.7, lookahead_s: float = 0.9,

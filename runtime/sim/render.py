@@ -33,8 +33,8 @@ import math
 import numpy as np
 from numba import njit
 
-from runtime.sim.camera import PinholeCamera
-from runtime.sim.road import Road
+from edgert.runtime.sim.camera import PinholeCamera
+from edgert.runtime.sim.road import Road
 
 # --- look ------------------------------------------------------------------------------------
 LINE_WIDTH_M = 0.15

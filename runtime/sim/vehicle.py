@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from runtime.sim.road import Road
+from edgert.runtime.sim.road import Road
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from runtime.sources import CAPTURE_SOURCES
-from runtime.stage import Stage
+from edgert.runtime.sources import CAPTURE_SOURCES
+from edgert.runtime.stage import Stage
 
 if TYPE_CHECKING:
-    from runtime.config import PipelineConfig
+    from edgert.runtime.config import PipelineConfig
 
 _CLASSES = {
-    "capture": "runtime.stages.capture:CaptureStage",
-    "preprocess": "runtime.stages.preprocess:PreprocessStage",
-    "infer": "runtime.stages.infer:InferStage",
-    "control": "runtime.stages.control:ControlStage",
-    "recorder": "runtime.stages.recorder:RecorderStage",  # optional: runs only with record.enabled
+    "capture": "edgert.runtime.stages.capture:CaptureStage",
+    "preprocess": "edgert.runtime.stages.preprocess:PreprocessStage",
+    "infer": "edgert.runtime.stages.infer:InferStage",
+    "control": "edgert.runtime.stages.control:ControlStage",
+    "recorder": "edgert.runtime.stages.recorder:RecorderStage",  # optional: runs only with record.enabled
 }
 STAGE_NAMES = ("capture", "preprocess", "infer", "control")  # the stages every pipeline runs
 

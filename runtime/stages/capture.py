@@ -18,16 +18,16 @@ import time
 
 import numpy as np
 
-from runtime import wire
-from runtime.e2e import CommandChecker, Verdict
-from runtime.framepool import FramePool
-from runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
-from runtime.sim import scenarios
-from runtime.sim.actuator import Actuator
-from runtime.sim.effects import FrameEffects
-from runtime.stage import Stage
-from runtime.transport import latest_reader, publisher
-from runtime.wire import CommandFlags, MsgType, Stamp, VehicleFlags
+from edgert.runtime import wire
+from edgert.runtime.e2e import CommandChecker, Verdict
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
+from edgert.runtime.sim import scenarios
+from edgert.runtime.sim.actuator import Actuator
+from edgert.runtime.sim.effects import FrameEffects
+from edgert.runtime.stage import Stage
+from edgert.runtime.transport import latest_reader, publisher
+from edgert.runtime.wire import CommandFlags, MsgType, Stamp, VehicleFlags
 
 ACTUATOR_TIMEOUT_PERIODS = 6  # sim.actuator_timeout_ms = 0: six frame periods (200 ms at 30 fps)
 

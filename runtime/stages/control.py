@@ -22,12 +22,12 @@ from __future__ import annotations
 import math
 import time
 
-from runtime import wire
-from runtime.e2e import CLOCK_SKEW_NS
-from runtime.manifest import load_manifest
-from runtime.stage import RateLimitedLog, Stage
-from runtime.transport import latest_reader, publisher
-from runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from edgert.runtime import wire
+from edgert.runtime.e2e import CLOCK_SKEW_NS
+from edgert.runtime.manifest import load_manifest
+from edgert.runtime.stage import RateLimitedLog, Stage
+from edgert.runtime.transport import latest_reader, publisher
+from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
 # A result made from a black, frozen or out-of-domain camera image hands over with the camera's own reason.
@@ -56,7 +56,7 @@ class ControlStage(Stage):
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.can = None
         if c.can_interface:  # the same commands on a CAN bus, E2E-protected (runtime/canbus.py)
-            from runtime.canbus import CanSink
+            from edgert.runtime.canbus import CanSink
 
             self.can = self.own(CanSink(c.can_interface, c.can_channel, c.can_id))
         self.cmd = wire.new_message(MsgType.COMMAND)

@@ -26,13 +26,13 @@ import time
 
 import numpy as np
 
-from runtime import wire
-from runtime.framepool import FramePool
-from runtime.sim import PinholeCamera, Renderer, Road, initial_state
-from runtime.stage import Stage
-from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import latest_reader, publisher
-from runtime.wire import MsgType, Stamp
+from edgert.runtime import wire
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.sim import PinholeCamera, Renderer, Road, initial_state
+from edgert.runtime.stage import Stage
+from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.transport import latest_reader, publisher
+from edgert.runtime.wire import MsgType, Stamp
 
 LATERAL_OFFSETS_M = (0.0, -0.6, 0.6, -1.0, 1.0)  # the poses cycle through these, so steering varies frame to frame
 SPACING_M = 7.0  # road distance between consecutive pre-rendered frames

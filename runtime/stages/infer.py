@@ -12,18 +12,18 @@ import time
 
 import numpy as np
 
-from runtime import wire
-from runtime.camhealth import status_for
-from runtime.engine import Engine
-from runtime.frameinput import FrameInput
-from runtime.framepool import FramePool
-from runtime.signing import approved_manifest
-from runtime.profiles import resolve
-from runtime.stage import Stage
-from runtime.stages.capture import STREAM_IDS
-from runtime.stages.preprocess import TENSOR_STREAM
-from runtime.transport import publisher
-from runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
+from edgert.runtime import wire
+from edgert.runtime.camhealth import status_for
+from edgert.runtime.engine import Engine
+from edgert.runtime.frameinput import FrameInput
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.signing import approved_manifest
+from edgert.runtime.profiles import resolve
+from edgert.runtime.stage import Stage
+from edgert.runtime.stages.capture import STREAM_IDS
+from edgert.runtime.stages.preprocess import TENSOR_STREAM
+from edgert.runtime.transport import publisher
+from edgert.runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
 
 
 class InferStage(Stage):

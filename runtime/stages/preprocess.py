@@ -11,16 +11,16 @@ import time
 import numba
 import numpy as np
 
-from kernels import Preprocessor
-from runtime import wire
-from runtime.camhealth import CameraHealth
-from runtime.frameinput import FrameInput
-from runtime.framepool import FramePool
-from runtime.signing import approved_manifest
-from runtime.stage import Stage
-from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import publisher
-from runtime.wire import MsgType, Stamp
+from edgert.kernels import Preprocessor
+from edgert.runtime import wire
+from edgert.runtime.camhealth import CameraHealth
+from edgert.runtime.frameinput import FrameInput
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.signing import approved_manifest
+from edgert.runtime.stage import Stage
+from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.transport import publisher
+from edgert.runtime.wire import MsgType, Stamp
 
 TENSOR_STREAM = "tensor"
 

@@ -51,20 +51,20 @@ from typing import NamedTuple
 import numpy as np
 import zmq
 
-from runtime import wire
-from runtime.config import ring_bytes
-from runtime.fleet.export import recorder_hooks
-from runtime.fleet.policy import Policy
-from runtime.fleet import crypto, mcapio
-from runtime.fleet.clips import ClipPolicy, ClipWriter, Event
-from runtime.fleet.ring import Ring
-from runtime.framepool import FramePool, SlotError
-from runtime.manifest import load_manifest
-from runtime.signals import set_on_signal
-from runtime.stage import Stage, StageContext
-from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import confirmed_subscribers, publisher, subscriber
-from runtime.wire import CommandFlags, MsgType, TakeoverReason
+from edgert.runtime import wire
+from edgert.runtime.config import ring_bytes
+from edgert.runtime.fleet.export import recorder_hooks
+from edgert.runtime.fleet.policy import Policy
+from edgert.runtime.fleet import crypto, mcapio
+from edgert.runtime.fleet.clips import ClipPolicy, ClipWriter, Event
+from edgert.runtime.fleet.ring import Ring
+from edgert.runtime.framepool import FramePool, SlotError
+from edgert.runtime.manifest import load_manifest
+from edgert.runtime.signals import set_on_signal
+from edgert.runtime.stage import Stage, StageContext
+from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.transport import confirmed_subscribers, publisher, subscriber
+from edgert.runtime.wire import CommandFlags, MsgType, TakeoverReason
 
 FRAMES, RESULTS, COMMANDS, VEHICLE, EVENTS = range(5)  # topic ids in the ring
 _WIRE = {"results": (RESULTS, MsgType.RESULT), "commands": (COMMANDS, MsgType.COMMAND),

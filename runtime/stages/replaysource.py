@@ -26,13 +26,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from runtime import wire
-from runtime.fleet import mcapio
-from runtime.framepool import FramePool
-from runtime.stage import Stage
-from runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from runtime.transport import latest_reader, publisher
-from runtime.wire import MsgType, Stamp
+from edgert.runtime import wire
+from edgert.runtime.fleet import mcapio
+from edgert.runtime.framepool import FramePool
+from edgert.runtime.stage import Stage
+from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.transport import latest_reader, publisher
+from edgert.runtime.wire import MsgType, Stamp
 
 ANSWER_TIMEOUT_NS = 1_000_000_000  # speed 0: a frame with no command or result within this is dropped
 RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command for the frame may take
