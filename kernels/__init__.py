@@ -27,4 +27,4 @@ def __getattr__(name: str) -> Any:
     if name == "reference_preprocess":
         from edgert.kernels.reference import reference_preprocess
         return reference_preprocess
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    raise AttributeError(f"module 'edgert.kernels' has no attribute {name!r}")
