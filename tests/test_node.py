@@ -49,11 +49,15 @@ class FailsInSetup(edgert.Node):
 
 
 class HangsInCallback(edgert.Node):
-    tick_hz = 10.0
+    inputs = ("commands",)  # they flow once the pipeline runs: the node has been seen running by then
 
-    def on_tick(self, now_ns):
-        if self.params.get("hang"):
-            time.sleep(3600)
+    def on_message(self, topic, msg):
+        time.sleep(3600)
+
+
+class HangsInSetup(edgert.Node):
+    def setup(self):
+        time.sleep(3600)
 
 
 class NotANode:
@@ -117,7 +121,7 @@ def test_config_refuses_two_nodes_with_one_name_and_round_trips_a_good_one():
 
 @pytest.mark.parametrize("entry,inputs,message", [
     ("no_such_pkg.nodes:X", [], "no module 'no_such_pkg'; install the package"),
-    ("{mod}:Missing", [], "has no 'Missing'; its nodes are: FailsInSetup, HangsInCallback, StatsSink, SteerMonitor"),
+    ("{mod}:Missing", [], "has no 'Missing'; its nodes are: FailsInSetup, HangsInCallback, HangsInSetup, StatsSink, SteerMonitor"),
     ("{mod}:NotANode", [], "NotANode is not an edgert.Node; subclass it"),
     ("{mod}:SteerMonitor", ["comands"], "input 'comands' is not a topic; topics are: frames"),
     ("{mod}:SteerMonitor", ["heartbeat"], "read by the supervisor alone"),
@@ -172,13 +176,20 @@ def test_a_node_that_raises_in_setup_stops_the_start_naming_it(user_nodes, caplo
     assert logged and "calibration file /etc/cal.json not found" in (logged[0].exc_text or ""), caplog.text
 
 
+def test_a_node_hung_in_setup_stops_the_start_naming_it(user_nodes):
+    cfg = with_nodes({"name": "slow_setup", "entry": f"{user_nodes}:HangsInSetup"},
+                     pipeline={"ready_timeout_s": 20.0}, control=SHARED_MACHINE_CONTROL)
+    with pytest.raises(StageFailed, match=r"stages not ready after 20 s: .*slow_setup.*fix a setup that never returns"):
+        Supervisor(cfg, duration_s=4.0, mode="processes").run()
+
+
 def test_a_node_hung_in_its_callback_is_killed_and_restarted(user_nodes, caplog):
-    cfg = with_nodes({"name": "hangs", "entry": f"{user_nodes}:HangsInCallback", "params": {"hang": True}},
+    cfg = with_nodes({"name": "hangs", "entry": f"{user_nodes}:HangsInCallback"},
                      control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=600.0, mode="processes")
 
     def stop_after_a_restart() -> None:
-        deadline = time.monotonic() + 120  # only a bound for a hung test
+        deadline = time.monotonic() + 600  # only a bound for a hung test (a loaded machine starts slowly)
         while sup.status["hangs"].restarts < 1 and time.monotonic() < deadline and not sup.stop_requested.is_set():
             time.sleep(0.05)
         sup.stop_requested.set()
