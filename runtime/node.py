@@ -82,7 +82,8 @@ class Node(Stage):
     socket's buffer of 64; beyond that ZeroMQ drops the newest, uncounted)."""
 
     def __init__(self, ctx: StageContext) -> None:
-        self.name = ctx.name or self.name  # a user node is named by its [[nodes]] table
+        if ctx.name:  # a user node is named by its [[nodes]] table
+            self.name = ctx.name
         super().__init__(ctx)
         spec = next((n for n in self.cfg.nodes if n.name == self.name), None)
         self.params: dict[str, Any] = dict(spec.params) if spec else {}

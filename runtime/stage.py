@@ -61,7 +61,7 @@ class Stage:
     heartbeats are never delayed by a quiet input.
     """
 
-    name = "stage"
+    name: str = "stage"
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx

@@ -9,13 +9,14 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import edgert
 from conftest import SHARED_MACHINE_CONTROL
-from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PROJECT_ROOT, from_dict, load
+from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load
 from edgert.runtime.node import Node, resolve_nodes
 from edgert.runtime.stages.control import ControlStage
 from edgert.runtime.supervisor import StageFailed, Supervisor
@@ -72,7 +73,7 @@ def doc_example() -> str:
 
 
 @pytest.fixture
-def user_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def user_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The docs' example plus the test's nodes as an importable module, here and in stage processes."""
     mod = f"usernodes_{os.getpid()}_{time.monotonic_ns()}"
     (tmp_path / f"{mod}.py").write_text("import json\nimport os\nimport time\n" + doc_example() + SINK)
@@ -121,7 +122,8 @@ def test_config_refuses_two_nodes_with_one_name_and_round_trips_a_good_one():
 
 @pytest.mark.parametrize("entry,inputs,message", [
     ("no_such_pkg.nodes:X", [], "no module 'no_such_pkg'; install the package"),
-    ("{mod}:Missing", [], "has no 'Missing'; its nodes are: FailsInSetup, HangsInCallback, HangsInSetup, StatsSink, SteerMonitor"),
+    ("{mod}:Missing", [],
+     "has no 'Missing'; its nodes are: FailsInSetup, HangsInCallback, HangsInSetup, StatsSink, SteerMonitor"),
     ("{mod}:NotANode", [], "NotANode is not an edgert.Node; subclass it"),
     ("{mod}:SteerMonitor", ["comands"], "input 'comands' is not a topic; topics are: frames"),
     ("{mod}:SteerMonitor", ["heartbeat"], "read by the supervisor alone"),

@@ -26,8 +26,12 @@ _NODE_API = {"Node": "edgert.runtime.node", "MsgType": "edgert.runtime.wire", "S
 __all__ += list(_NODE_API)
 
 if TYPE_CHECKING:
-    from edgert.runtime.node import Node
-    from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+    from edgert.runtime.node import Node as Node
+    from edgert.runtime.wire import CommandFlags as CommandFlags
+    from edgert.runtime.wire import MsgType as MsgType
+    from edgert.runtime.wire import ResultStatus as ResultStatus
+    from edgert.runtime.wire import Stamp as Stamp
+    from edgert.runtime.wire import TakeoverReason as TakeoverReason
 
 
 def __getattr__(name: str) -> Any:
