@@ -166,6 +166,7 @@ class StageStatus:
     restart_at: float = 0.0
     hung: int = 0  # instances killed for hanging: no heartbeat, or not ready within restart_timeout_s
     seen: tuple[StageState, float] | None = None  # the state _watch last saw, and since when
+    silence_logged: float = 0.0  # threads mode: last_seen of the silence already reported (a thread is not killed)
 
 
 class Supervisor:
@@ -361,6 +362,12 @@ class Supervisor:
                 st.state = StageState.FAILED
                 st.hung += 1
                 h.kill()
+            if (isinstance(h, ThreadHandle) and h.alive() and st.state in (StageState.READY, StageState.RUNNING)
+                    and now - st.last_seen > HEARTBEAT_TIMEOUT_S and st.silence_logged != st.last_seen):
+                st.silence_logged = st.last_seen  # once per silence: a thread cannot be killed, only reported
+                log.error("stage %s sent no heartbeat for %.1f s: hung; a thread cannot be killed (a step, or a node's "
+                          "callback, must return within 0.1 s: docs/nodes.md; processes mode restarts a hung stage)",
+                          name, now - st.last_seen)
             if (h.alive() and not st.given_up and st.state not in (StageState.READY, StageState.RUNNING)
                     and now - st.seen[1] > self.cfg.pipeline.restart_timeout_s):
                 self._kill_stuck(name, h, st, now)

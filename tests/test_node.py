@@ -56,6 +56,13 @@ class HangsInCallback(edgert.Node):
         time.sleep(3600)
 
 
+class BlocksInCallback(edgert.Node):
+    inputs = ("commands",)
+
+    def on_message(self, topic, msg):
+        self.ctx.stop.wait(3600)  # blocks as a hung callback would, yet lets the test's run end
+
+
 class HangsInSetup(edgert.Node):
     def setup(self):
         time.sleep(3600)
@@ -123,7 +130,8 @@ def test_config_refuses_two_nodes_with_one_name_and_round_trips_a_good_one():
 @pytest.mark.parametrize("entry,inputs,message", [
     ("no_such_pkg.nodes:X", [], "no module 'no_such_pkg'; install the package"),
     ("{mod}:Missing", [],
-     "has no 'Missing'; its nodes are: FailsInSetup, HangsInCallback, HangsInSetup, StatsSink, SteerMonitor"),
+     "has no 'Missing'; its nodes are: BlocksInCallback, FailsInSetup, HangsInCallback, HangsInSetup, StatsSink, "
+     "SteerMonitor"),
     ("{mod}:NotANode", [], "NotANode is not an edgert.Node; subclass it"),
     ("{mod}:SteerMonitor", ["comands"], "input 'comands' is not a topic; topics are: frames"),
     ("{mod}:SteerMonitor", ["heartbeat"], "read by the supervisor alone"),
@@ -205,3 +213,26 @@ def test_a_node_hung_in_its_callback_is_killed_and_restarted(user_nodes, caplog)
     assert hung and "docs/nodes.md" in hung[0], caplog.text
     assert s["stages"]["control"]["restarts"] == 0  # the pipeline ran on
     assert s["leaked_segments"] == []
+
+
+def test_a_node_hung_in_its_callback_in_threads_mode_is_reported(user_nodes, caplog):
+    """A thread cannot be killed: the supervisor names the silent node and the fix, and runs on."""
+    cfg = with_nodes({"name": "blocks", "entry": f"{user_nodes}:BlocksInCallback"}, control=SHARED_MACHINE_CONTROL)
+    sup = Supervisor(cfg, duration_s=600.0, mode="threads")
+
+    def reported() -> bool:
+        return any("stage blocks sent no heartbeat" in r.getMessage() for r in caplog.records)
+
+    def stop_once_reported() -> None:
+        deadline = time.monotonic() + 600  # only a bound for a hung test
+        while not reported() and time.monotonic() < deadline and not sup.stop_requested.is_set():
+            time.sleep(0.05)
+        sup.stop_requested.set()
+    t = threading.Thread(target=stop_once_reported, daemon=True)
+    t.start()
+    with caplog.at_level(logging.ERROR, logger="edgert.supervisor"):
+        s = sup.run()
+    t.join()
+    msg = next(r.getMessage() for r in caplog.records if "stage blocks sent no heartbeat" in r.getMessage())
+    assert "a thread cannot be killed" in msg and "docs/nodes.md" in msg, msg
+    assert s["stages"]["control"]["restarts"] == 0 and s["leaked_segments"] == []
