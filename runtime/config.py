@@ -166,6 +166,7 @@ class PipelineConfig:
     control: ControlSection = field(default_factory=ControlSection)
     record: RecordSection = field(default_factory=RecordSection)
     replay: ReplaySection = field(default_factory=ReplaySection)
+    nodes: tuple["NodeSpec", ...] = ()  # the user's own stages, [[nodes]] (runtime/node.py, docs/nodes.md)
     base_dir: str = str(PROJECT_ROOT)  # where relative paths in the file are resolved
 
     def record_dir(self) -> Path:
@@ -383,10 +384,10 @@ def from_dict(raw: dict[str, Any], base_dir: str | Path = PROJECT_ROOT) -> Pipel
                "preprocess": PreprocessSection, "infer": InferSection, "control": ControlSection,
                "record": RecordSection, "replay": ReplaySection}
     for k in raw:
-        if k not in classes:
-            raise _unknown(k, list(classes))
+        if k not in classes and k != "nodes":
+            raise _unknown(k, [*classes, "nodes"])
     built = {name: _section(name, cls, raw.get(name, {})) for name, cls in classes.items()}
-    cfg = PipelineConfig(**built, base_dir=str(base_dir))
+    cfg = PipelineConfig(**built, nodes=_nodes(raw.get("nodes", [])), base_dir=str(base_dir))
     _cross_check(cfg)
     return cfg
 
@@ -404,8 +405,8 @@ def is_loopback(host: str) -> bool:
 
 def _cross_check(cfg: PipelineConfig) -> None:
     for stage, cores in cfg.pipeline.affinity.items():
-        if stage not in STAGES:
-            raise _unknown(f"pipeline.affinity.{stage}", list(STAGES))
+        if stage not in STAGES and stage not in [n.name for n in cfg.nodes]:
+            raise _unknown(f"pipeline.affinity.{stage}", [*STAGES, *(n.name for n in cfg.nodes)])
         ncpu = os.cpu_count() or 1
         bad = [c for c in cores if not 0 <= c < ncpu]
         if bad or not cores:
@@ -558,3 +559,65 @@ def load(path: str | Path) -> PipelineConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return from_dict(raw, base_dir=path.resolve().parent)
+
+
+# -- [[nodes]]: the user's own stages (runtime/node.py, docs/nodes.md) -----------------------------
+NODE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")  # fits a heartbeat's 16-byte stage field
+NODE_ENTRY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_PARAM_TYPES = (str, int, float, bool)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One [[nodes]] table: a user node the supervisor starts beside the built-in stages."""
+
+    name: str  # its stage name: logs, heartbeats, the run summary, pipeline.affinity
+    entry: str  # "package.module:Class", a subclass of edgert.Node importable in this environment
+    inputs: list[str] = field(default_factory=list)  # topics it reads; [] = the class's own `inputs`
+    params: dict[str, Any] = field(default_factory=dict)  # the node's `self.params`: strings, numbers, booleans, lists
+
+
+def _node(i: int, raw: Any, seen: set[str]) -> NodeSpec:
+    where = f"nodes[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table ([[nodes]] with name = ..., entry = ...), got {raw!r}")
+    allowed = [f.name for f in dataclasses.fields(NodeSpec)]
+    for k in raw:
+        if k not in allowed:
+            raise _unknown(f"{where}.{k}", allowed)
+    for k in ("name", "entry"):
+        if k not in raw:
+            raise ConfigError(f"{where}.{k}: required (e.g. name = \"steer_monitor\", "
+                              "entry = \"mypackage.nodes:SteerMonitor\")")
+    name = _check_type(f"{where}.name", raw["name"], str)
+    where = f"[[nodes]] {name!r}"
+    if not NODE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: a node name is 1 to 16 lower-case letters, digits, '_' or '-', starting with a "
+                          "letter")
+    if name in STAGES or name == "supervisor":
+        raise ConfigError(f"{where}: the name of a built-in stage; give the node another name")
+    if name in seen:
+        raise ConfigError(f"{where}: two nodes with this name; give each node its own")
+    seen.add(name)
+    entry = _check_type(f"{where}.entry", raw["entry"], str)
+    if not NODE_ENTRY.fullmatch(entry):
+        raise ConfigError(f"{where}.entry: {entry!r} is not 'package.module:Class'")
+    inputs = _check_type(f"{where}.inputs", raw.get("inputs", []), list[str])
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}.params: expected a table, e.g. params = {{ window = 30 }}, got {params!r}")
+    for k, v in params.items():
+        items = v if isinstance(v, list) else [v]
+        if not all(isinstance(x, _PARAM_TYPES) for x in items):
+            raise ConfigError(f"{where}.params.{k}: {v!r}; a parameter is a string, number, boolean or a list "
+                              "of them")
+    return NodeSpec(name, entry, inputs, params)
+
+
+def _nodes(raw: Any) -> tuple[NodeSpec, ...]:
+    """The [[nodes]] tables, checked here as far as the file alone allows; whether each entry point
+    imports, is a Node, and reads existing topics is checked when a run starts (runtime/node.py)."""
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"nodes: expected [[nodes]] tables, got {raw!r}")
+    seen: set[str] = set()
+    return tuple(_node(i, n, seen) for i, n in enumerate(raw))

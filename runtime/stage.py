@@ -61,7 +61,7 @@ class Stage:
     heartbeats are never delayed by a quiet input.
     """
 
-    name = "stage"
+    name: str = "stage"
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -79,6 +79,9 @@ class Stage:
         """Register a socket, reader or pool to close at teardown; returns it."""
         self._owned.append(resource)
         return resource
+
+    def _open_io(self) -> None:
+        """Before `setup`: the sockets a Node declares (runtime/node.py); nothing for a bare Stage."""
 
     def setup(self) -> None:
         """Open pools and sockets, compile kernels, warm up; runs before the stage reports ready."""
@@ -173,6 +176,7 @@ def run_stage(stage: Stage) -> int:
     hb = Heartbeat(stage)
     hb.send(StageState.STARTING)
     try:
+        stage._open_io()
         stage.setup()
     except Exception:
         stage.log.exception("setup failed; the stage cannot start")

@@ -24,6 +24,7 @@ import zmq
 
 from edgert.runtime.config import PipelineConfig
 from edgert.runtime.logs import setup_logging
+from edgert.runtime.node import node_entries, resolve_nodes
 from edgert.runtime.signals import set_on_signal
 from edgert.runtime.stage import StageContext, run_stage
 from edgert.runtime.stages import stage_class
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     setproctitle.setthreadtitle(f"edgert-{name}")
     _die_with_parent(int(run_id.split(".")[0]))  # the run id starts with the supervisor's pid
     cfg = PipelineConfig.from_json((Path(run_dir) / "pipeline.json").read_text())
+    if name in node_entries(cfg):  # a user node: its and the other nodes' output topics, as the supervisor has them
+        resolve_nodes(cfg)
     try:  # the sha256 of the manifest the supervisor approved at start: a stage loads no other
         pin = (Path(run_dir) / MANIFEST_PIN).read_text().strip()
     except FileNotFoundError:

@@ -32,6 +32,7 @@ from edgert.runtime import shm, wire
 from edgert.runtime.config import PipelineConfig
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.mailbox import Mailbox
+from edgert.runtime.node import node_entries, resolve_nodes
 from edgert.runtime.procenv import stage_env
 from edgert.runtime.signing import approved_manifest
 from edgert.runtime.stage import RateLimitedLog, StageContext, run_stage
@@ -165,6 +166,7 @@ class StageStatus:
     restart_at: float = 0.0
     hung: int = 0  # instances killed for hanging: no heartbeat, or not ready within restart_timeout_s
     seen: tuple[StageState, float] | None = None  # the state _watch last saw, and since when
+    silence_logged: float = 0.0  # threads mode: last_seen of the silence already reported (a thread is not killed)
 
 
 class Supervisor:
@@ -174,7 +176,9 @@ class Supervisor:
         topology (benchmarks run their baseline stages this way, bench/_naive.py)."""
         self.cfg = config if mode is None else config.replace(pipeline={"mode": mode})
         self.stage_classes = dict(stage_classes or {})
-        names = stage_names(self.cfg)  # the recorder too, when enabled
+        resolve_nodes(self.cfg)  # [[nodes]]: entry points import, outputs join the topic table (ConfigError if not)
+        self.stage_classes.update({n: e for n, e in node_entries(self.cfg).items() if n not in self.stage_classes})
+        names = stage_names(self.cfg)  # the recorder too, when enabled, and the [[nodes]]
         unknown = set(self.stage_classes) - set(names)
         if unknown:
             raise ValueError(f"stage_classes: unknown stage(s) {sorted(unknown)}; stages are {', '.join(names)}")
@@ -318,7 +322,8 @@ class Supervisor:
             now = time.monotonic()
             if now > deadline:
                 raise StageFailed(f"stages not ready after {self.cfg.pipeline.ready_timeout_s:.0f} s: "
-                                  f"{', '.join(waiting)} (raise pipeline.ready_timeout_s if the machine is slow)")
+                                  f"{', '.join(waiting)} (raise pipeline.ready_timeout_s if the machine is slow, or fix a "
+                                  "setup that never returns)")
             if now > next_note:
                 log.info("waiting for %s (a first run compiles the Numba kernels and caches them)", ", ".join(waiting))
                 next_note = now + 10
@@ -352,10 +357,17 @@ class Supervisor:
                 st.seen = (st.state, now)
             if (h.alive() and isinstance(h, ProcessHandle) and st.state in (StageState.READY, StageState.RUNNING)
                     and now - st.last_seen > HEARTBEAT_TIMEOUT_S):
-                log.error("stage %s sent no heartbeat for %.1f s: hung, killing it", name, now - st.last_seen)
+                log.error("stage %s sent no heartbeat for %.1f s: hung, killing it (a step, or a node's callback, must "
+                          "return within 0.1 s: docs/nodes.md)", name, now - st.last_seen)
                 st.state = StageState.FAILED
                 st.hung += 1
                 h.kill()
+            if (isinstance(h, ThreadHandle) and h.alive() and st.state in (StageState.READY, StageState.RUNNING)
+                    and now - st.last_seen > HEARTBEAT_TIMEOUT_S and st.silence_logged != st.last_seen):
+                st.silence_logged = st.last_seen  # once per silence: a thread cannot be killed, only reported
+                log.error("stage %s sent no heartbeat for %.1f s: hung; a thread cannot be killed (a step, or a node's "
+                          "callback, must return within 0.1 s: docs/nodes.md; processes mode restarts a hung stage)",
+                          name, now - st.last_seen)
             if (h.alive() and not st.given_up and st.state not in (StageState.READY, StageState.RUNNING)
                     and now - st.seen[1] > self.cfg.pipeline.restart_timeout_s):
                 self._kill_stuck(name, h, st, now)

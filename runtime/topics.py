@@ -40,3 +40,20 @@ def topic(name: str) -> Topic:
         return TOPICS[name]
     except KeyError:
         raise KeyError(f"unknown topic {name!r}; topics are: {', '.join(TOPICS)}") from None
+
+
+# -- user nodes' topics ([[nodes]], runtime/node.py) -------------------------------------------
+USER_TOPICS: set[str] = set()  # the names in TOPICS that user nodes publish (this run's)
+
+
+def register_user_topics(topics: list[Topic]) -> None:
+    """Make this run's user-node output topics known, after the built-in ones (so their tcp ports
+    follow the built-ins'); the previous run's are dropped. Called by runtime/node.resolve_nodes."""
+    for name in USER_TOPICS:
+        TOPICS.pop(name, None)
+    USER_TOPICS.clear()
+    for t in topics:
+        if t.name in TOPICS:
+            raise ValueError(f"topic {t.name!r} is a built-in topic; a node's output needs another name")
+        TOPICS[t.name] = t
+        USER_TOPICS.add(t.name)

@@ -23,9 +23,9 @@ STAGE_NAMES = ("capture", "preprocess", "infer", "control")  # the stages every 
 
 
 def stage_names(cfg: "PipelineConfig") -> tuple[str, ...]:
-    """The stages a pipeline with this config runs: the four, plus the recorder when enabled."""
-    return STAGE_NAMES + (("recorder",) if cfg.record.enabled else ())
-
+    """The stages a pipeline with this config runs: the four, the recorder when enabled, then the
+    user's [[nodes]] (runtime/node.py), which the supervisor starts by their entry points."""
+    return STAGE_NAMES + (("recorder",) if cfg.record.enabled else ()) + tuple(n.name for n in cfg.nodes)
 
 
 def stage_class(name: str, source: str = "sim") -> type[Stage]:

@@ -25,7 +25,7 @@ from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, Vehi
 from edgert.runtime.sim import scenarios
 from edgert.runtime.sim.actuator import Actuator
 from edgert.runtime.sim.effects import FrameEffects
-from edgert.runtime.stage import Stage
+from edgert.runtime.node import Node
 from edgert.runtime.transport import latest_reader, publisher
 from edgert.runtime.wire import CommandFlags, MsgType, Stamp, VehicleFlags
 
@@ -35,7 +35,7 @@ CAMERA_STREAM = "camera"
 STREAM_IDS = {"camera": 1, "tensor": 2}
 
 
-class CaptureStage(Stage):
+class CaptureStage(Node):
     name = "capture"
 
     def setup(self) -> None:

@@ -25,7 +25,8 @@ import time
 from edgert.runtime import wire
 from edgert.runtime.e2e import CLOCK_SKEW_NS
 from edgert.runtime.manifest import load_manifest
-from edgert.runtime.stage import RateLimitedLog, Stage
+from edgert.runtime.node import Node
+from edgert.runtime.stage import RateLimitedLog
 from edgert.runtime.transport import latest_reader, publisher
 from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
@@ -36,7 +37,7 @@ _CAMERA_REASONS = {ResultStatus.CAMERA_BLACKOUT: TakeoverReason.CAMERA_BLACKOUT,
                    ResultStatus.LIGHT_OUTSIDE_ODD: TakeoverReason.LIGHT_OUTSIDE_ODD}
 
 
-class ControlStage(Stage):
+class ControlStage(Node):
     name = "control"
     clock = staticmethod(time.monotonic_ns)  # every stamp and age; tests drive `tick` on a simulated one
 

@@ -29,7 +29,7 @@ import numpy as np
 from edgert.runtime import wire
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.sim import PinholeCamera, Renderer, Road, initial_state
-from edgert.runtime.stage import Stage
+from edgert.runtime.node import Node
 from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.transport import latest_reader, publisher
 from edgert.runtime.wire import MsgType, Stamp
@@ -54,7 +54,7 @@ def render_frames(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     return out
 
 
-class FramesStage(Stage):
+class FramesStage(Node):
     name = "capture"
 
     def setup(self) -> None:

@@ -19,14 +19,14 @@ from edgert.runtime.frameinput import FrameInput
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.signing import approved_manifest
 from edgert.runtime.profiles import resolve
-from edgert.runtime.stage import Stage
+from edgert.runtime.node import Node
 from edgert.runtime.stages.capture import STREAM_IDS
 from edgert.runtime.stages.preprocess import TENSOR_STREAM
 from edgert.runtime.transport import publisher
 from edgert.runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
 
 
-class InferStage(Stage):
+class InferStage(Node):
     name = "infer"
 
     def setup(self) -> None:

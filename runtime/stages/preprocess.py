@@ -17,7 +17,7 @@ from edgert.runtime.camhealth import CameraHealth
 from edgert.runtime.frameinput import FrameInput
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.signing import approved_manifest
-from edgert.runtime.stage import Stage
+from edgert.runtime.node import Node
 from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.transport import publisher
 from edgert.runtime.wire import MsgType, Stamp
@@ -25,7 +25,7 @@ from edgert.runtime.wire import MsgType, Stamp
 TENSOR_STREAM = "tensor"
 
 
-class PreprocessStage(Stage):
+class PreprocessStage(Node):
     name = "preprocess"
 
     def setup(self) -> None:

@@ -61,7 +61,8 @@ from edgert.runtime.fleet.ring import Ring
 from edgert.runtime.framepool import FramePool, SlotError
 from edgert.runtime.manifest import load_manifest
 from edgert.runtime.signals import set_on_signal
-from edgert.runtime.stage import Stage, StageContext
+from edgert.runtime.node import Node
+from edgert.runtime.stage import StageContext
 from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.transport import confirmed_subscribers, publisher, subscriber
 from edgert.runtime.wire import CommandFlags, MsgType, TakeoverReason
@@ -96,7 +97,7 @@ def edgert_version() -> str:
         return "unknown"
 
 
-class RecorderStage(Stage):
+class RecorderStage(Node):
     name = "recorder"
 
     def __init__(self, ctx: StageContext, frame_filter: FrameFilter | None = None,

@@ -29,7 +29,7 @@ import numpy as np
 from edgert.runtime import wire
 from edgert.runtime.fleet import mcapio
 from edgert.runtime.framepool import FramePool
-from edgert.runtime.stage import Stage
+from edgert.runtime.node import Node
 from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.transport import latest_reader, publisher
 from edgert.runtime.wire import MsgType, Stamp
@@ -64,7 +64,7 @@ def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tupl
             yield int(obj["edgert_frame_id"]), msg.publish_time - wall_offset_ns, img
 
 
-class ReplayStage(Stage):
+class ReplayStage(Node):
     name = "capture"
 
     def setup(self) -> None:
