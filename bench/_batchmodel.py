@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgert.runtime.manifest import ModelError
+
 IR_VERSION = 10  # onnx >= 1.18 writes newer IR versions than some onnxruntime releases read
 BENCH_PUBLISHER = "edgert-bench"
 
@@ -25,7 +27,7 @@ BENCH_PUBLISHER = "edgert-bench"
 def _sub_once(pattern: str, repl: str, text: str, what: str) -> str:
     out, n = re.subn(pattern, repl, text, count=1, flags=re.M)
     if n != 1:
-        raise ValueError(f"cannot make a batch variant: the manifest has no {what} line to rewrite")
+        raise ModelError(f"cannot make a batch variant: the manifest has no {what} line to rewrite")
     return out
 
 
@@ -41,14 +43,14 @@ def batch_variant(src_dir: str | Path, batch: int, out_dir: str | Path) -> tuple
         raise ValueError(f"batch: expected >= 1, got {batch}")
     src = load_manifest(src_dir)
     if src.inputs[0].shape[0] != 1 or len(src.inputs) != 1:
-        raise ValueError(f"{src_dir}: a batch variant needs one input with batch 1, got "
+        raise ModelError(f"{src_dir}: a batch variant needs one input with batch 1, got "
                          f"{[(t.name, t.shape) for t in src.inputs]}")
     data = src.read_verified()
     model = onnx.load_from_string(data)
     for v in list(model.graph.input) + list(model.graph.output):
         dims = v.type.tensor_type.shape.dim
         if dims[0].dim_value != 1:
-            raise ValueError(f"{src_dir}: {v.name} has batch dimension {dims[0]}, expected 1")
+            raise ModelError(f"{src_dir}: {v.name} has batch dimension {dims[0]}, expected 1")
         dims[0].dim_value = batch
     del model.graph.value_info[:]  # intermediate shapes are re-inferred by onnxruntime
     model.ir_version = min(model.ir_version, IR_VERSION)
@@ -66,7 +68,7 @@ def batch_variant(src_dir: str | Path, batch: int, out_dir: str | Path) -> tuple
     want = np.concatenate([one.run(None, {src.inputs[0].name: x[i:i + 1]})[0] for i in range(batch)])
     got = many.run(None, {src.inputs[0].name: x})[0]
     if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-        raise ValueError(f"{src_dir}: the batch-{batch} graph does not reproduce the model row by row "
+        raise ModelError(f"{src_dir}: the batch-{batch} graph does not reproduce the model row by row "
                          f"(max diff {np.abs(got - want).max():.3g}); its graph is not batch-safe")
 
     text = (Path(src_dir) / "manifest.toml").read_text()

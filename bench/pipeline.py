@@ -55,6 +55,7 @@ import numpy as np
 
 from edgert.bench.report import Report, interleaved_ns
 from edgert.runtime.config import DEFAULT_CONFIG, PipelineConfig, load
+from edgert.runtime.errors import UsageError
 from edgert.runtime.stats import LogHistogram, ipdv_ns
 from edgert.runtime.telemetry import SEGMENTS
 from edgert.runtime.wire import Stamp
@@ -110,11 +111,11 @@ def scenario_config(base: PipelineConfig, scenario: str, cameras: int | None = N
     pacing = sc.pacing
     if arrival is not None:
         if scenario != "server":
-            raise ValueError(f"--arrival applies to the server scenario only (this is {scenario}); remove it")
+            raise UsageError(f"--arrival applies to the server scenario only (this is {scenario}); remove it")
         pacing = arrival
     n = sc.cameras if cameras is None else cameras
     if n != 1 and scenario != "multi-stream":
-        raise ValueError(f"--cameras applies to the multi-stream scenario only (this is {scenario}); remove it")
+        raise UsageError(f"--cameras applies to the multi-stream scenario only (this is {scenario}); remove it")
     cfg = base.replace(camera={"source": "frames", "pacing": pacing, "cameras": n, "fps": fps or sc.fps,
                                "frames": frames},
                        pipeline={"mode": "processes", "transport": "ipc", "log_level": "WARNING", "curve": False})
@@ -496,12 +497,12 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
     from edgert.runtime.stages.frames import render_frames
 
     if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
+        raise UsageError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
     p = dict(QUICK if quick else FULL)
     for key, value in (("min_count", min_count), ("min_duration_s", min_duration_s), ("rounds", rounds)):
         if value is not None:
             if value <= 0:
-                raise ValueError(f"{key}: must be > 0, got {value}")
+                raise UsageError(f"{key}: must be > 0, got {value}")
             p[key] = value
     with tempfile.TemporaryDirectory(prefix="edgert-bench.") as tmp:
         cfg = scenario_config(load(config), scenario, cameras, fps, arrival, frames=p["frames"])

@@ -28,6 +28,7 @@ from crc import Calculator, Crc8
 
 from edgert.runtime.config import CAN_AGE_SATURATED_MS
 from edgert.runtime.e2e import Verdict
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.wire import CommandFlags
 
 DEFAULT_ID = 0x2E4
@@ -60,7 +61,7 @@ class CanCommand:
     age_ms: int
 
 
-class CanError(ValueError):
+class CanError(EdgertError, ValueError):
     """A CAN command frame that failed its end-to-end check."""
 
 

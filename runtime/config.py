@@ -16,10 +16,13 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgert.runtime.errors import EdgertError
+from edgert.runtime.profiles import PROFILES
 from edgert.runtime.sources import CAPTURE_SOURCES
 
 if sys.version_info >= (3, 11):
@@ -30,97 +33,177 @@ else:  # pragma: no cover
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = PROJECT_ROOT / "models"
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "sim.toml"
-STAGES = ("capture", "preprocess", "infer", "control", "recorder")  # the recorder runs only with record.enabled
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgertError, ValueError):
     """The config names a key that is unknown, mistyped or out of range."""
+
+
+# -- what each key allows, beside its field -------------------------------------------------------
+# The CAN command frame's age byte saturates here (runtime/canbus.AGE_SATURATED_MS; python-can is not
+# imported to load a config): a deadline at or above it would make the actuator refuse fresh commands.
+CAN_AGE_SATURATED_MS = 255
+_NAME = r"[a-z0-9][a-z0-9_-]*"  # a market or region name, as manifests and the residency policy write them
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one key allows, declared beside its field with `setting()`; `_check_limits` enforces it.
+
+    Upper bounds are what a safety review accepts or what the machine can hold (`why` says which);
+    `choices` is a registry's names, or a function returning them where the registry is not
+    cheap to import when a config loads.
+    """
+
+    gt: float | None = None  # value > gt
+    ge: float | None = None  # value >= ge
+    lt: float | None = None  # value < lt
+    le: float | None = None  # value <= le
+    unit: str = ""
+    why: str = ""
+    choices: tuple[Any, ...] | Callable[[], Iterable[Any]] = ()
+    pattern: str = ""  # a string's whole value must match
+    fix: str = ""  # with pattern: what the refusal says after the value; with min_items: after "empty;"
+    min_items: int = 0  # a list's least length
+
+    def allowed(self) -> tuple[Any, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def describe(self, name: str) -> str:
+        """The range as the refusals say it: "0 <= deadline_ms <= 500 ms (why)"."""
+        lo = f"{self.gt:g} < " if self.gt is not None else f"{self.ge:g} <= " if self.ge is not None else ""
+        hi = f" < {self.lt:g}" if self.lt is not None else f" <= {self.le:g}" if self.le is not None else ""
+        return f"{lo}{name}{hi}" + (f" {self.unit}" if self.unit else "") + (f" ({self.why})" if self.why else "")
+
+
+def setting(default: Any, **limits: Any) -> Any:
+    """A config field with its default and its Limits (keyword arguments of `Limits`)."""
+    return field(default=default, metadata={"limits": Limits(**limits)})
+
+
+def _scenario_names() -> tuple[str, ...]:
+    from edgert.runtime.sim import scenarios  # a plain table: no Numba, no road built
+
+    return ("", *scenarios.names())  # "" = the seeded demo road
+
+
+def _compressions() -> tuple[str, ...]:
+    from edgert.runtime.fleet.mcapio import COMPRESSION
+
+    return tuple(COMPRESSION)
 
 
 @dataclass(frozen=True)
 class PipelineSection:
     name: str = "edgert"
-    mode: str = "processes"  # processes | threads
-    transport: str = "ipc"  # ipc | tcp (threads mode always uses inproc)
+    mode: str = setting("processes", choices=("processes", "threads"))
+    transport: str = setting("ipc", choices=("ipc", "tcp"))  # threads mode always uses inproc
     tcp_host: str = "127.0.0.1"
-    tcp_base_port: int = 5550
+    tcp_base_port: int = setting(5550, ge=1024, le=65535 - 16, why="each topic uses base + its index")
     curve: bool = False  # tcp only: encrypt and authenticate every socket with ZeroMQ CURVE
-    duration_s: float = 0.0  # 0 = until SIGINT/SIGTERM
-    ready_timeout_s: float = 180.0
-    restart_timeout_s: float = 180.0  # a restarted stage not ready (or a stage stuck stopping) this long is killed
-    log_level: str = "INFO"
+    duration_s: float = setting(0.0, ge=0)  # 0 = until SIGINT/SIGTERM
+    ready_timeout_s: float = setting(180.0, gt=0, le=3600.0, unit="s",
+                                     why="a first start compiles kernels; an hour is a hang")
+    # a restarted stage not ready (or a stage stuck stopping) this long is killed
+    restart_timeout_s: float = setting(180.0, gt=0, le=3600.0, unit="s",
+                                       why="as long as a first start may take (ready_timeout_s); longer is a hang")
+    log_level: str = setting("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     affinity: dict[str, list[int]] = field(default_factory=dict)  # stage -> CPU cores
     mailbox: bool = True  # one host: stages read their inputs from shared-memory mailboxes (runtime/mailbox.py)
-    market: str = "sim"  # where the car is sold: only a model whose signed manifest approves it loads
+    # where the car is sold: only a model whose signed manifest approves it loads
+    market: str = setting("sim", pattern=_NAME, fix="is not a market name; use lower-case letters, digits, '-' or '_' "
+                          "as in a manifest's markets (e.g. \"sim\", \"eu\")")
 
 
 @dataclass(frozen=True)
 class CameraSection:
-    source: str = "sim"
-    width: int = 1920
-    height: int = 1080
-    fps: float = 30.0
-    format: str = "bgr"
-    pool_slots: int = 4
+    source: str = setting("sim", choices=tuple(CAPTURE_SOURCES))
+    width: int = setting(1920, gt=0, le=7680, unit="px", why="8K")
+    height: int = setting(1080, gt=0, le=4320, unit="px", why="8K")
+    fps: float = setting(30.0, ge=1, le=240.0, unit="frames/s",
+                         why="the watchdog deadline and heartbeats follow the frame period")
+    format: str = setting("bgr", choices=("bgr",))
+    pool_slots: int = setting(4, ge=2, le=64, unit="slots",
+                              why="2 so the camera never waits; each holds a whole frame in shared memory")
     # camera health, checked by preprocess on every frame (runtime/camhealth.py):
-    dark_level: float = 12.0  # mean 8-bit level below which a frame is black -> CAMERA_BLACKOUT; 0 = off
-    frozen_frames: int = 2  # frames in a row identical to the one before -> CAMERA_FROZEN; 0 = off
+    dark_level: float = setting(12.0, ge=0)  # mean 8-bit level below which a frame is black -> CAMERA_BLACKOUT; 0 = off
+    frozen_frames: int = setting(2, ge=0)  # frames in a row identical to the one before -> CAMERA_FROZEN; 0 = off
     # source "frames" only (benchmarks; runtime/stages/frames.py):
-    pacing: str = "fixed"  # fixed (a camera) | poisson (arrivals at mean fps) | closed (next frame once the command is out)
-    cameras: int = 1  # cameras in lock-step, one (N, H, W, 3) slot per tick; the model's batch must be N
-    frames: int = 8  # distinct images rendered at setup and cycled
+    # fixed (a camera) | poisson (arrivals at mean fps) | closed (next frame once the command is out)
+    pacing: str = setting("fixed", choices=("fixed", "poisson", "closed"))
+    # cameras in lock-step, one (N, H, W, 3) slot per tick; the model's batch must be N
+    cameras: int = setting(1, gt=0, le=16, unit="cameras", why="each tick's slot holds them all")
+    frames: int = setting(8, gt=0, le=1024, unit="frames", why="each is held in memory")  # distinct images, cycled
     seed: int = 0  # poisson pacing's random gaps
 
 
 @dataclass(frozen=True)
 class SimSection:
     road_seed: int = 7
-    road_length_m: float = 20000.0  # at the end the car is carried back to the start
-    speed_mps: float = 15.0
-    start_s_m: float = 0.0
+    road_length_m: float = setting(20000.0, gt=0)  # at the end the car is carried back to the start
+    speed_mps: float = setting(15.0, ge=0, le=70.0, unit="m/s", why="252 km/h")
+    start_s_m: float = setting(0.0, ge=0)
     start_lateral_m: float = 0.0
     start_heading_rad: float = 0.0
-    hfov_deg: float = 60.0
-    camera_height_m: float = 1.3
+    hfov_deg: float = setting(60.0, gt=0)
+    camera_height_m: float = setting(1.3, gt=0)
     camera_pitch_deg: float = 4.0
-    wheelbase_m: float = 2.7
-    lane_width_m: float = 3.6
-    vehicle_width_m: float = 1.8  # a departure is |lane error| > (lane_width - vehicle_width) / 2
-    scenario: str = ""  # a named test scenario (runtime/sim/scenarios.py; `edgert sim list`); "" = the seeded road
-    added_latency_ms: float = 0.0  # the actuator applies each command this much later (a slower loop, for sweeps)
-    drop_rate: float = 0.0  # fraction of frames rendered but never published (a lossy camera link), 0..<1
-    actuator_timeout_ms: float = 0.0  # no valid command this long: the actuator ramps to neutral; 0 = 6 frame periods
+    wheelbase_m: float = setting(2.7, gt=0)
+    lane_width_m: float = setting(3.6, gt=0)
+    # a departure is |lane error| > (lane_width - vehicle_width) / 2
+    vehicle_width_m: float = setting(1.8, gt=0)
+    # a named test scenario (runtime/sim/scenarios.py; `edgert sim list`); "" = the seeded road
+    scenario: str = setting("", choices=_scenario_names)
+    # the actuator applies each command this much later (a slower loop, for sweeps)
+    added_latency_ms: float = setting(0.0, ge=0, le=2000.0, unit="ms")
+    # fraction of frames rendered but never published (a lossy camera link)
+    drop_rate: float = setting(0.0, ge=0, lt=1, why="1 would drop every frame")
+    # no valid command this long: the actuator ramps to neutral; 0 = 6 frame periods
+    actuator_timeout_ms: float = setting(0.0, ge=0, le=1000.0, unit="ms",
+                                         why="an actuator holding a stale command longer is unsafe")
 
 
 @dataclass(frozen=True)
 class PreprocessSection:
-    threads: int = 1
+    threads: int = setting(1, gt=0, le=256, unit="threads")
 
 
 @dataclass(frozen=True)
 class InferSection:
     model: str = "pilotnet"  # a zoo name (models/<name>) or a path to a model folder
-    providers: list[str] = field(default_factory=lambda: ["auto"])
-    intra_op_threads: int = 1  # 0 = as many as the cores this stage is pinned to
-    profile: str = "auto"  # auto | cpu | x86-nvidia | jetson-orin (runtime/profiles.py)
+    providers: list[str] = field(default_factory=lambda: ["auto"], metadata={"limits": Limits(
+        min_items=1, fix="use [\"auto\"] or name providers, e.g. [\"CPUExecutionProvider\"]")})
+    # 0 = as many as the cores this stage is pinned to
+    intra_op_threads: int = setting(1, ge=0, le=256, unit="threads")
+    profile: str = setting("auto", choices=PROFILES)  # runtime/profiles.py
     cache_dir: str = ""  # optimised graphs and TensorRT engines; "" = $XDG_CACHE_HOME/edgert, "off" = none
-    pool_slots: int = 3
-    warmup_runs: int = 5
+    pool_slots: int = setting(3, ge=2, le=64, unit="slots", why="each holds a model input in shared memory")
+    warmup_runs: int = setting(5, ge=0, le=1000, unit="runs", why="start-up time")
     trusted_keys: str = ""  # folder of trusted publisher keys (<name>.pub); "" = models/publishers
     cuda_graph: bool = False  # on an NVIDIA GPU: capture the model once as a CUDA graph, replay it per frame
 
 
 @dataclass(frozen=True)
 class ControlSection:
-    deadline_ms: float = 0.0  # 0 = two frame periods
-    max_steer_rad: float = 0.5
-    plausible_steer_rad: float = 1.0  # a model output beyond this is invalid (a takeover), not clamped
-    max_steer_rate_rad_s: float = 2.0
-    failsafe_decel_mps2: float = 2.0
-    recover_after: int = 3  # consecutive good results before leaving fail-safe
-    can_interface: str = ""  # "" = no CAN output; "socketcan" or "virtual" (python-can interfaces)
+    deadline_ms: float = setting(0.0, ge=0, le=500.0, unit="ms",  # 0 = two frame periods
+                                 why="a command older than this still steers; 0 = two frame periods, "
+                                     "which must be within the bound too")
+    max_steer_rad: float = setting(0.5, gt=0, le=0.6, unit="rad",
+                                   why="about a passenger car's full road-wheel lock (34 degrees)")
+    # a model output beyond this is invalid (a takeover), not clamped
+    plausible_steer_rad: float = setting(1.0, gt=0, le=1.0, unit="rad",
+                                         why="beyond any road wheel's lock: larger outputs are faults")
+    max_steer_rate_rad_s: float = setting(2.0, gt=0, le=2.0, unit="rad/s",
+                                          why="road-wheel rate; faster than a driver can follow")
+    failsafe_decel_mps2: float = setting(2.0, ge=0, le=5.0, unit="m/s^2",
+                                         why="a fail-safe stop harder than ~0.5 g invites a rear-end collision")
+    # consecutive good results before leaving fail-safe
+    recover_after: int = setting(3, gt=0, le=300, unit="results", why="10 s at 30 fps")
+    # "" = no CAN output; "socketcan" or "virtual" (python-can interfaces)
+    can_interface: str = setting("", choices=("", "socketcan", "virtual"))
     can_channel: str = ""  # e.g. "can0", "vcan0"
-    can_id: int = 0x2E4  # standard 11-bit id of the command frame
+    # standard 11-bit id of the command frame
+    can_id: int = setting(0x2E4, ge=0, le=0x7FF, why="an id above 2047 is not a standard 11-bit CAN id")
 
 
 @dataclass(frozen=True)
@@ -129,18 +212,27 @@ class RecordSection:
 
     enabled: bool = False
     dir: str = ""  # where recordings go; "" = $XDG_DATA_HOME/edgert/recordings
-    mode: str = "clips"  # clips (pre_s..post_s around each event) | all (everything, in segment_s files)
-    pre_s: float = 5.0  # seconds before an event that its clip starts
-    post_s: float = 5.0  # seconds after the (last) event that its clip ends
-    ring_s: float = 10.0  # how far back the in-memory ring reaches (>= pre_s)
-    ring_mb: int = 0  # bytes bound of the ring in MiB; 0 = sized for ring_s of frames at the camera's size and rate
-    frames: str = "raw"  # raw (bit-exact, replayable) | jpeg (foxglove.CompressedImage, lossy) | none
-    jpeg_quality: int = 90
-    compression: str = "lz4"  # MCAP chunk compression: lz4 | zstd | none
-    segment_s: float = 60.0  # a file never spans more than this: a crash loses at most the open one
-    region: str = ""  # region of collection written into every recording (e.g. "eu"); required when enabled
-    vehicle_id: str = ""  # "" = the host name
-    nice: int = 10  # the recorder runs this much below the pipeline's priority (0..19)
+    # clips (pre_s..post_s around each event) | all (everything, in segment_s files)
+    mode: str = setting("clips", choices=("clips", "all"))
+    pre_s: float = setting(5.0, ge=0, le=300.0, unit="s")  # seconds before an event that its clip starts
+    post_s: float = setting(5.0, ge=0, le=300.0, unit="s")  # seconds after the (last) event that its clip ends
+    # how far back the in-memory ring reaches (>= pre_s)
+    ring_s: float = setting(10.0, gt=0, le=600.0, unit="s", why="the ring is held in memory")
+    # bytes bound of the ring in MiB; 0 = sized for ring_s of frames at the camera's size and rate
+    ring_mb: int = setting(0, ge=0, le=65536, unit="MiB", why="the ring is held in memory")
+    # raw (bit-exact, replayable) | jpeg (foxglove.CompressedImage, lossy) | none
+    frames: str = setting("raw", choices=("raw", "jpeg", "none"))
+    jpeg_quality: int = setting(90, ge=1, le=100)
+    compression: str = setting("lz4", choices=_compressions)  # MCAP chunk compression (runtime/fleet/mcapio.py)
+    # a file never spans more than this: a crash loses at most the open one
+    segment_s: float = setting(60.0, gt=0, le=3600.0, unit="s", why="a crash loses the open file")
+    # region of collection written into every recording (e.g. "eu"); required when enabled
+    region: str = setting("", pattern=f"({_NAME})?", fix="is not a region name; use lower-case letters, digits, "
+                          "'-' or '_' as in configs/fleet-policy.toml (e.g. \"eu\", \"us\", \"sim\")")
+    vehicle_id: str = setting("", pattern=r"[A-Za-z0-9._-]*", fix="may use only letters, digits, '.', '_' and '-' "
+                              "(it is part of every recording's file name)")  # "" = the host name
+    # the recorder runs this much below the pipeline's priority
+    nice: int = setting(10, ge=0, le=19, why="how far below the pipeline the recorder runs")
     idle_class: bool = True  # Linux SCHED_IDLE: the recorder gets only CPU time no pipeline stage wants
     policy: str = ""  # residency policy (anonymise/encrypt per region); "" = configs/fleet-policy.toml;
     # "off" = no duties applied (replay's scratch recordings only: export refuses what they would need)
@@ -153,7 +245,8 @@ class ReplaySection:
     """camera.source = "replay": recorded frames fed through the pipeline (`edgert replay`)."""
 
     file: str = ""  # the .mcap recording (with /camera/raw or /camera/jpeg frames)
-    speed: float = 1.0  # 1 = recorded pace, 2 = twice as fast, ...; 0 = as fast as the pipeline drains
+    # 1 = recorded pace, 2 = twice as fast, ...; 0 = as fast as the pipeline drains
+    speed: float = setting(1.0, ge=0, le=100.0, unit="x")
 
 
 @dataclass(frozen=True)
@@ -241,75 +334,6 @@ class PipelineConfig:
         return from_dict(obj["config"], base_dir=obj["base_dir"])
 
 
-_CHOICES = {
-    "pipeline.mode": ("processes", "threads"),
-    "pipeline.transport": ("ipc", "tcp"),
-    "pipeline.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
-    "camera.source": tuple(CAPTURE_SOURCES),
-    "camera.format": ("bgr",),
-    "camera.pacing": ("fixed", "poisson", "closed"),
-    "infer.profile": ("auto", "cpu", "x86-nvidia", "jetson-orin"),
-    "control.can_interface": ("", "socketcan", "virtual"),
-    "record.mode": ("clips", "all"),
-    "record.frames": ("raw", "jpeg", "none"),
-    "record.compression": ("lz4", "zstd", "none"),
-}
-_POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots", "infer.pool_slots",
-             "camera.cameras", "camera.frames",
-             "preprocess.threads", "control.max_steer_rad",
-             "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad", "pipeline.ready_timeout_s",
-             "pipeline.restart_timeout_s",
-             "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
-             "sim.vehicle_width_m", "sim.road_length_m", "record.ring_s", "record.segment_s"}
-_NON_NEGATIVE = {"infer.intra_op_threads", "pipeline.duration_s", "control.deadline_ms", "control.failsafe_decel_mps2",
-                 "infer.warmup_runs", "sim.speed_mps", "sim.start_s_m",
-                 "camera.dark_level", "camera.frozen_frames", "sim.added_latency_ms", "sim.drop_rate",
-                 "sim.actuator_timeout_ms",
-                 "record.pre_s", "record.post_s", "record.ring_mb", "replay.speed"}
-# The CAN command frame's age byte saturates here (runtime/canbus.AGE_SATURATED_MS; python-can is not
-# imported to load a config): a deadline at or above it would make the actuator refuse fresh commands.
-CAN_AGE_SATURATED_MS = 255
-
-# Upper bounds (key: (largest value, unit, why)): what a safety review accepts, or what the machine can hold.
-# A value above is refused with its whole range (the lower bound from _POSITIVE / _NON_NEGATIVE).
-_MAX = {
-    "control.deadline_ms": (500.0, "ms", "a command older than this still steers; 0 = two frame periods, "
-                                         "which must be within the bound too"),
-    "control.max_steer_rad": (0.6, "rad", "about a passenger car's full road-wheel lock (34 degrees)"),
-    "control.plausible_steer_rad": (1.0, "rad", "beyond any road wheel's lock: larger outputs are faults"),
-    "control.max_steer_rate_rad_s": (2.0, "rad/s", "road-wheel rate; faster than a driver can follow"),
-    "control.failsafe_decel_mps2": (5.0, "m/s^2", "a fail-safe stop harder than ~0.5 g invites a rear-end collision"),
-    "control.recover_after": (300, "results", "10 s at 30 fps"),
-    "camera.fps": (240.0, "frames/s", "the watchdog deadline and heartbeats follow the frame period"),
-    "camera.width": (7680, "px", "8K"),
-    "camera.height": (4320, "px", "8K"),
-    "camera.pool_slots": (64, "slots", "each holds a whole frame in shared memory"),
-    "camera.cameras": (16, "cameras", "each tick's slot holds them all"),
-    "camera.frames": (1024, "frames", "each is held in memory"),
-    "infer.pool_slots": (64, "slots", "each holds a model input in shared memory"),
-    "infer.warmup_runs": (1000, "runs", "start-up time"),
-    "infer.intra_op_threads": (256, "threads", ""),
-    "preprocess.threads": (256, "threads", ""),
-    "pipeline.ready_timeout_s": (3600.0, "s", "a first start compiles kernels; an hour is a hang"),
-    "pipeline.restart_timeout_s": (3600.0, "s", "as long as a first start may take (ready_timeout_s); longer is a hang"),
-    "sim.speed_mps": (70.0, "m/s", "252 km/h"),
-    "sim.added_latency_ms": (2000.0, "ms", ""),
-    "sim.actuator_timeout_ms": (1000.0, "ms", "an actuator holding a stale command longer is unsafe"),
-    "record.ring_s": (600.0, "s", "the ring is held in memory"),
-    "record.pre_s": (300.0, "s", ""),
-    "record.post_s": (300.0, "s", ""),
-    "record.segment_s": (3600.0, "s", "a crash loses the open file"),
-    "record.ring_mb": (65536, "MiB", "the ring is held in memory"),
-    "replay.speed": (100.0, "x", ""),
-}
-
-
-def _range(key: str) -> str:
-    """`key`'s allowed range, as the refusals say it: "0 <= deadline_ms <= 500 ms"."""
-    hi, unit, why = _MAX[key]
-    lo = "0 < " if key in _POSITIVE else "0 <= " if key in _NON_NEGATIVE else ""
-    return f"{lo}{key.rsplit('.', 1)[-1]} <= {hi:g} {unit}" + (f" ({why})" if why else "")
-
 # Latency knobs taken out because no full benchmark showed a gain (docs/decisions.md, "Latency knobs
 # removed"): a config that still sets one is refused with what to do, not ignored.
 _REMOVED = {"pipeline.spin_us": "busy-polling", "pipeline.warm_us": "the input warm-up",
@@ -347,6 +371,47 @@ def _check_type(key: str, value: Any, want: Any) -> Any:
     raise TypeError(want)  # pragma: no cover - a field type this parser does not know
 
 
+_SECTIONS: dict[str, type] = {"pipeline": PipelineSection, "camera": CameraSection, "sim": SimSection,
+                              "preprocess": PreprocessSection, "infer": InferSection, "control": ControlSection,
+                              "record": RecordSection, "replay": ReplaySection}
+
+
+def _check_limits(key: str, v: Any, lim: Limits) -> None:
+    """Refuse `v` unless it is within the Limits declared beside its field; the message names the
+    key, the value and what is allowed."""
+    name = key.rsplit(".", 1)[-1]
+    allowed = lim.allowed()
+    if allowed and v not in allowed:
+        close = difflib.get_close_matches(str(v), [str(a) for a in allowed if a], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(repr, allowed))}{hint}")
+    if lim.pattern and not re.fullmatch(lim.pattern, v):
+        raise ConfigError(f"{key}: {v!r} {lim.fix}")
+    if isinstance(v, list) and len(v) < lim.min_items:
+        raise ConfigError(f"{key}: empty; {lim.fix}")
+    if (lim.gt is not None and not v > lim.gt) or (lim.ge is not None and not v >= lim.ge):
+        op, bound = (">", lim.gt) if lim.gt is not None else (">=", lim.ge)
+        more = lim.lt is not None or lim.le is not None or lim.why
+        raise ConfigError(f"{key}: must be {op} {bound:g}, got {v!r}" + (f"; its range is {lim.describe(name)}"
+                                                                           if more else ""))
+    if (lim.lt is not None and not v < lim.lt) or (lim.le is not None and not v <= lim.le):
+        raise ConfigError(f"{key}: {v!r} is outside its range {lim.describe(name)}")
+
+
+def limits(key: str) -> Limits:
+    """The Limits declared beside config key "section.name" (no limits where it declares none)."""
+    section, _, name = key.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])} if section in _SECTIONS else {}
+    if name not in fields:
+        raise KeyError(f"no config key {key!r}")
+    return fields[name].metadata.get("limits", Limits())
+
+
+def choices(key: str) -> tuple[Any, ...]:
+    """What config key "section.name" may be set to, from its registry (the CLI's `choices=` too)."""
+    return limits(key).allowed()
+
+
 def _unknown(key: str, allowed: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -367,29 +432,28 @@ def _section(name: str, cls: type, raw: Any) -> Any:
         if k not in hints:
             raise _unknown(key, list(hints))
         v = _check_type(key, v, types[k])
-        if key in _CHOICES and v not in _CHOICES[key]:
-            raise ConfigError(f"{key}: {v!r} is not one of {', '.join(map(repr, _CHOICES[key]))}")
-        if key in _POSITIVE and not v > 0:
-            raise ConfigError(f"{key}: must be > 0, got {v!r}")
-        if key in _NON_NEGATIVE and v < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {v!r}")
-        if key in _MAX and v > _MAX[key][0]:
-            raise ConfigError(f"{key}: {v!r} is outside its range {_range(key)}")
+        if "limits" in hints[k].metadata:
+            _check_limits(key, v, hints[k].metadata["limits"])
         values[k] = v
     return cls(**values)
 
 
 def from_dict(raw: dict[str, Any], base_dir: str | Path = PROJECT_ROOT) -> PipelineConfig:
-    classes = {"pipeline": PipelineSection, "camera": CameraSection, "sim": SimSection,
-               "preprocess": PreprocessSection, "infer": InferSection, "control": ControlSection,
-               "record": RecordSection, "replay": ReplaySection}
     for k in raw:
-        if k not in classes and k != "nodes":
-            raise _unknown(k, [*classes, "nodes"])
-    built = {name: _section(name, cls, raw.get(name, {})) for name, cls in classes.items()}
+        if k not in _SECTIONS and k != "nodes":
+            raise _unknown(k, [*_SECTIONS, "nodes"])
+    built = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
     cfg = PipelineConfig(**built, nodes=_nodes(raw.get("nodes", [])), base_dir=str(base_dir))
     _cross_check(cfg)
     return cfg
+
+
+def _stage_names() -> tuple[str, ...]:
+    """The built-in stages, from the stage registry (runtime/stages), imported only where a config
+    names a stage (pipeline.affinity, [[nodes]]): it loads the stage base class and its imports."""
+    from edgert.runtime.stages import _CLASSES
+
+    return tuple(_CLASSES)
 
 
 def is_loopback(host: str) -> bool:
@@ -405,8 +469,8 @@ def is_loopback(host: str) -> bool:
 
 def _cross_check(cfg: PipelineConfig) -> None:
     for stage, cores in cfg.pipeline.affinity.items():
-        if stage not in STAGES and stage not in [n.name for n in cfg.nodes]:
-            raise _unknown(f"pipeline.affinity.{stage}", [*STAGES, *(n.name for n in cfg.nodes)])
+        if stage not in _stage_names() and stage not in [n.name for n in cfg.nodes]:
+            raise _unknown(f"pipeline.affinity.{stage}", [*_stage_names(), *(n.name for n in cfg.nodes)])
         ncpu = os.cpu_count() or 1
         bad = [c for c in cores if not 0 <= c < ncpu]
         if bad or not cores:
@@ -422,16 +486,11 @@ def _cross_check(cfg: PipelineConfig) -> None:
                           "lets anyone who can reach it read the commands and feed forged results to control; "
                           "set pipeline.curve = true (encrypted, only this run's stages may connect) or "
                           "tcp_host = \"127.0.0.1\"")
-    if cfg.camera.fps < 1:
-        raise ConfigError(f"camera.fps: {cfg.camera.fps} is below 1 frame per second; the deadline and "
-                          "heartbeats assume at least 1")
-    if cfg.deadline_ns > _MAX["control.deadline_ms"][0] * 1e6:
+    deadline = limits("control.deadline_ms")
+    if deadline.le is not None and cfg.deadline_ns > deadline.le * 1e6:
         raise ConfigError(f"control.deadline_ms: 0 means two frame periods, {cfg.deadline_ns / 1e6:g} ms at "
-                          f"camera.fps = {cfg.camera.fps:g}: outside its range {_range('control.deadline_ms')}; "
+                          f"camera.fps = {cfg.camera.fps:g}: outside its range {deadline.describe('deadline_ms')}; "
                           "set control.deadline_ms or a higher camera.fps")
-    if not 1024 <= cfg.pipeline.tcp_base_port <= 65535 - 16:
-        raise ConfigError(f"pipeline.tcp_base_port: {cfg.pipeline.tcp_base_port} outside 1024..65519 "
-                          "(each topic uses base + its index)")
     if cfg.control.plausible_steer_rad < cfg.control.max_steer_rad:
         raise ConfigError(f"control.plausible_steer_rad: {cfg.control.plausible_steer_rad} is below max_steer_rad "
                           f"{cfg.control.max_steer_rad}: every saturated command would be a takeover")
@@ -443,8 +502,6 @@ def _cross_check(cfg: PipelineConfig) -> None:
                           f"{CAN_AGE_SATURATED_MS} as 'too old' and would refuse commands control still sends as "
                           f"fresh; set control.deadline_ms below {CAN_AGE_SATURATED_MS} (docs/wire.md, "
                           "\"CAN command frame\")")
-    if not 0 <= cfg.control.can_id <= 0x7FF:
-        raise ConfigError(f"control.can_id: {cfg.control.can_id:#x} is not a standard 11-bit CAN id (0..0x7ff)")
     if cfg.camera.source != "frames":
         for key, default in (("pacing", "fixed"), ("cameras", 1)):
             if getattr(cfg.camera, key) != default:
@@ -453,15 +510,6 @@ def _cross_check(cfg: PipelineConfig) -> None:
                                   f"remove the key or set the source")
     _check_sim(cfg)
     _check_record(cfg)
-    if cfg.camera.pool_slots < 2:
-        raise ConfigError(f"camera.pool_slots: need at least 2 so the camera never waits, got {cfg.camera.pool_slots}")
-    if cfg.infer.pool_slots < 2:
-        raise ConfigError(f"infer.pool_slots: need at least 2, got {cfg.infer.pool_slots}")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", cfg.pipeline.market):
-        raise ConfigError(f"pipeline.market: {cfg.pipeline.market!r} is not a market name; use lower-case "
-                          "letters, digits, '-' or '_' as in a manifest's markets (e.g. \"sim\", \"eu\")")
-    if not cfg.infer.providers:
-        raise ConfigError("infer.providers: empty; use [\"auto\"] or name providers, e.g. [\"CPUExecutionProvider\"]")
     if not (cfg.model_dir() / "manifest.toml").is_file():
         raise ConfigError(f"infer.model: no manifest.toml in {cfg.model_dir()}; name a model folder "
                           f"or one of the zoo's: {', '.join(sorted(p.name for p in MODELS_DIR.iterdir() if (p / 'manifest.toml').is_file()))}")
@@ -484,16 +532,9 @@ def _frame_bytes(cfg: PipelineConfig) -> int:
 def _check_record(cfg: PipelineConfig) -> None:
     """The recorder's and the replay source's keys (docs/fleet.md)."""
     rec = cfg.record
-    region = re.compile(r"[a-z0-9][a-z0-9_-]*")
     if rec.enabled and not rec.region:
         raise ConfigError("record.region: required when record.enabled: every recording is tagged with the region "
                           "where it is collected (e.g. region = \"eu\"; the residency policy is looked up by it)")
-    if rec.region and not region.fullmatch(rec.region):
-        raise ConfigError(f"record.region: {rec.region!r} is not a region name; use lower-case letters, digits, "
-                          "'-' or '_' as in configs/fleet-policy.toml (e.g. \"eu\", \"us\", \"sim\")")
-    if not re.fullmatch(r"[A-Za-z0-9._-]*", rec.vehicle_id):
-        raise ConfigError(f"record.vehicle_id: {rec.vehicle_id!r} may use only letters, digits, '.', '_' and '-' "
-                          "(it is part of every recording's file name)")
     if rec.enabled and rec.policy != "off":  # the recorder's duties (anonymise, encrypt) come from it
         from edgert.runtime.fleet.policy import Policy, PolicyError
 
@@ -504,10 +545,6 @@ def _check_record(cfg: PipelineConfig) -> None:
     if rec.pre_s > rec.ring_s:
         raise ConfigError(f"record.pre_s: {rec.pre_s} s reaches further back than the ring keeps (record.ring_s = "
                           f"{rec.ring_s}); raise ring_s to at least pre_s")
-    if not 1 <= rec.jpeg_quality <= 100:
-        raise ConfigError(f"record.jpeg_quality: {rec.jpeg_quality} outside 1..100")
-    if not 0 <= rec.nice <= 19:
-        raise ConfigError(f"record.nice: {rec.nice} outside 0..19 (how far below the pipeline the recorder runs)")
     if rec.ring_mb and rec.frames != "none":
         need = int(rec.pre_s * cfg.camera.fps + 1) * _frame_bytes(cfg)
         if ring_bytes(cfg) < need + (1 << 20):
@@ -526,17 +563,8 @@ def _check_record(cfg: PipelineConfig) -> None:
 
 
 def _check_sim(cfg: PipelineConfig) -> None:
-    """The simulator's test-bench keys: scenario name, drop rate, actuator timeout, camera health."""
-    from edgert.runtime.sim import scenarios  # a plain table: no Numba, no road built
-
+    """The simulator's test-bench keys that depend on others: actuator timeout, camera health."""
     sim = cfg.sim
-    if sim.scenario and sim.scenario not in scenarios.SCENARIOS:
-        close = difflib.get_close_matches(sim.scenario, scenarios.names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"sim.scenario: {sim.scenario!r} is not a scenario{hint}; valid: "
-                          f"{', '.join(scenarios.names())}, or \"\" for the seeded demo road")
-    if not sim.drop_rate < 1.0:
-        raise ConfigError(f"sim.drop_rate: {sim.drop_rate} would drop every frame; use a fraction in [0, 1)")
     period_ms = 1000.0 / cfg.camera.fps
     if sim.actuator_timeout_ms and sim.actuator_timeout_ms < 2 * period_ms:
         raise ConfigError(f"sim.actuator_timeout_ms: {sim.actuator_timeout_ms} ms is under two frame periods "
@@ -594,7 +622,7 @@ def _node(i: int, raw: Any, seen: set[str]) -> NodeSpec:
     if not NODE_NAME.fullmatch(name):
         raise ConfigError(f"{where}: a node name is 1 to 16 lower-case letters, digits, '_' or '-', starting with a "
                           "letter")
-    if name in STAGES or name == "supervisor":
+    if name in _stage_names() or name == "supervisor":
         raise ConfigError(f"{where}: the name of a built-in stage; give the node another name")
     if name in seen:
         raise ConfigError(f"{where}: two nodes with this name; give each node its own")

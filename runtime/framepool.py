@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.fence import fence
 from edgert.runtime.shm import Segment, segment_name
 
@@ -37,7 +38,7 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-class SlotError(ValueError):
+class SlotError(EdgertError, ValueError):
     """A descriptor names a slot or size this pool cannot hold (a malformed message)."""
 
 

@@ -24,8 +24,10 @@ import secrets
 import stat
 from pathlib import Path
 
+from edgert.runtime.errors import EdgertError
 
-class KeyFileError(ValueError):
+
+class KeyFileError(EdgertError, ValueError):
     """A key file cannot be trusted (link, owner, mode, size, folders); the message says how to fix it."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgert.kernels import PreprocessSpec
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.wire import MAX_VALUES
 
 if sys.version_info >= (3, 11):
@@ -31,7 +32,7 @@ else:  # pragma: no cover
 DTYPES = ("float32", "float16", "uint8", "int32")
 
 
-class ModelError(ValueError):
+class ModelError(EdgertError, ValueError):
     """A model or its manifest is missing, corrupt or does not match what was declared."""
 
 

@@ -245,7 +245,8 @@ def run_replay(path: str | Path, config: PipelineConfig | None = None, model: st
     path = Path(path)
     local = config if config is not None else load(DEFAULT_CONFIG)
     if path.name.endswith(".enc"):
-        raise ValueError(f"{path}: encrypted; `edgert fleet decrypt` it with its region's key, then replay that")
+        raise mcapio.RecordingError(f"{path}: encrypted; `edgert fleet decrypt` it with its region's key, "
+                                    "then replay that")
     with open_clip(path) as f:  # refused (ValueError) unless the vehicle key authenticates its metadata
         meta, _ = authenticated_metadata(f, path, keys_dir or local.record_path("keys_dir"))  # type: ignore[arg-type]
     info = mcapio.inspect(path)

@@ -30,6 +30,7 @@ import zmq
 
 from edgert.runtime import shm, wire
 from edgert.runtime.config import PipelineConfig
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.mailbox import Mailbox
 from edgert.runtime.node import node_entries, resolve_nodes
@@ -55,7 +56,7 @@ BACKOFF_S = 0.5
 HEARTBEAT_BATCH = 16  # heartbeats per stage one poll reads at most: a flood cannot hold the loop
 
 
-class StageFailed(RuntimeError):
+class StageFailed(EdgertError, RuntimeError):
     """A stage could not start, or kept crashing; the message says which and why."""
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from edgert.runtime.errors import EdgertError
+
 MAGIC = b"EDRT"
 VERSION = 3  # 2: camera-health flags, statuses, reasons, VEHICLE flags; 3: LIGHT_OUTSIDE_ODD (docs/wire.md)
 N_STAMPS = 8
@@ -201,7 +203,7 @@ _CRC_OFFSET = 12  # magic(4) version(2) type(2) length(4)
 _BODY_OFFSET = 16
 
 
-class WireError(ValueError):
+class WireError(EdgertError, ValueError):
     """A received message failed validation; it is dropped and counted, never used."""
 
 

@@ -29,10 +29,10 @@ def test_default_config_loads():
     ("[camra]\nfps = 30\n", r"unknown key 'camra' \(did you mean 'camera'\?\)"),
     ("[camera]\nfps = 'fast'\n", r"camera.fps: expected a finite number, got 'fast'"),
     ("[camera]\nwidth = 19.5\n", r"camera.width: expected an integer"),
-    ("[camera]\nfps = -1\n", r"camera.fps: must be > 0, got -1"),
-    ("[camera]\nfps = 0.5\n", r"camera.fps: 0.5 is below 1 frame per second"),
+    ("[camera]\nfps = -1\n", r"camera.fps: must be >= 1, got -1"),
+    ("[camera]\nfps = 0.5\n", r"camera.fps: must be >= 1, got 0.5; its range is 1 <= fps <= 240 frames/s"),
     ("[pipeline]\nduration_s = nan\n", r"pipeline.duration_s: expected a finite number, got nan"),
-    ("[pipeline]\ntcp_base_port = 65530\n", r"pipeline.tcp_base_port: 65530 outside"),
+    ("[pipeline]\ntcp_base_port = 65530\n", r"pipeline.tcp_base_port: 65530 is outside its range 1024 <= tcp_base_port <= 65519"),
     ("[pipeline]\ntransport = 'tcp'\ntcp_host = '0.0.0.0'\n",
      r"pipeline.tcp_host: '0.0.0.0' is not a loopback address.*set pipeline.curve = true"),
     ("[pipeline]\ntransport = 'tcp'\ntcp_host = '10.0.0.2'\ncurve = false\n",
@@ -43,7 +43,7 @@ def test_default_config_loads():
      r"control.deadline_ms: 300 ms .* with CAN output.*set control.deadline_ms below 255"),
     ("[camera]\nfps = 5\n[control]\ncan_interface = 'virtual'\ncan_channel = 'x'\n",
      r"control.deadline_ms: 400 ms \(0 = two frame periods\) with CAN"),
-    ("[camera]\npool_slots = 1\n", r"camera.pool_slots: need at least 2"),
+    ("[camera]\npool_slots = 1\n", r"camera.pool_slots: must be >= 2, got 1"),
     ("[pipeline]\nmode = 'fibers'\n", r"pipeline.mode: 'fibers' is not one of 'processes', 'threads'"),
     ("[pipeline]\nduration_s = -5\n", r"pipeline.duration_s: must be >= 0"),
     ("[pipeline]\nmailbox = 1\n", r"pipeline.mailbox: expected true or false"),
@@ -100,23 +100,62 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
     assert "control.max_steer_rad: must be > 0, got 0" in r.stderr
 
 
-# -- upper bounds a safety review accepts (runtime/config.py _MAX, docs/config.md) -----------------
+# -- upper bounds a safety review accepts (beside each field in runtime/config.py, docs/config.md) ----
 def _bounds():
-    from edgert.runtime.config import _MAX
+    """Every key with an upper bound, read from the Limits declared beside its field."""
+    import dataclasses
 
-    return sorted(_MAX.items())
+    from edgert.runtime.config import _SECTIONS
+
+    return sorted((f"{sec}.{f.name}", f.metadata["limits"]) for sec, cls in _SECTIONS.items()
+                  for f in dataclasses.fields(cls) if "limits" in f.metadata and f.metadata["limits"].le is not None)
 
 
-@pytest.mark.parametrize("key, bound", _bounds(), ids=[k for k, _ in _bounds()])
-def test_a_value_above_its_upper_bound_is_refused_with_its_range(key, bound):
+@pytest.mark.parametrize("key, lim", _bounds(), ids=[k for k, _ in _bounds()])
+def test_a_value_above_its_upper_bound_is_refused_with_its_range(key, lim):
     from edgert.runtime.config import from_dict
 
-    hi, unit, _ = bound
+    hi, unit = lim.le, lim.unit
     section, name = key.split(".")
     over = hi + 1 if isinstance(hi, int) else hi * 1.01
-    with pytest.raises(ConfigError, match=rf"^{key}: {over!r} is outside its range (0 <=? )?{name} <= {hi:g} "
-                                          rf"{unit.replace('^', '.')}"):
+    with pytest.raises(ConfigError, match=rf"^{key}: {over!r} is outside its range (\S+ <=? )?{name} <= {hi:g}"
+                                          rf"( {unit.replace('^', '.')})?"):
         from_dict({section: {name: over}})
+
+
+def test_the_safety_bounds_are_declared():
+    """The control bounds docs/config.md promises, and the memory bounds, are there (a field that
+    lost its Limits would pass the test above by not being in it)."""
+    keys = {k for k, _ in _bounds()}
+    assert {"control.deadline_ms", "control.max_steer_rad", "control.plausible_steer_rad",
+            "control.max_steer_rate_rad_s", "control.failsafe_decel_mps2", "camera.fps", "camera.width",
+            "camera.pool_slots", "infer.pool_slots", "record.ring_mb", "sim.speed_mps"} <= keys
+
+
+@pytest.mark.parametrize("key, module, registry", [
+    ("camera.source", "edgert.runtime.sources", lambda m: tuple(m.CAPTURE_SOURCES)),
+    ("infer.profile", "edgert.runtime.profiles", lambda m: m.PROFILES),
+    ("sim.scenario", "edgert.runtime.sim.scenarios", lambda m: ("", *m.names())),  # "" = the seeded road
+    ("record.compression", "edgert.runtime.fleet.mcapio", lambda m: tuple(m.COMPRESSION)),
+])
+def test_choices_come_from_their_registry(key, module, registry):
+    import importlib
+
+    from edgert.runtime.config import choices, from_dict
+
+    assert choices(key) == tuple(registry(importlib.import_module(module)))
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"^{key}: 'nope' is not one of "):
+        from_dict({section: {name: "nope"}})
+
+
+def test_affinity_stages_come_from_the_stage_registry():
+    from edgert.runtime.config import from_dict
+    from edgert.runtime.stages import _CLASSES
+
+    with pytest.raises(ConfigError, match=r"unknown key 'pipeline.affinity.infre' \(did you mean 'infer'\?\); "
+                                          r"allowed here: " + ", ".join(_CLASSES)):
+        from_dict({"pipeline": {"affinity": {"infre": [0]}}})
 
 
 @pytest.mark.parametrize("section, values", [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import re
 import sys
@@ -16,7 +15,7 @@ from onnx import TensorProto, helper
 
 from conftest import IR_VERSION, make_steer_model, write_manifest
 from edgert.kernels import PreprocessSpec
-from edgert.runtime import cli_models, zoo
+from edgert.runtime import cli, zoo
 from edgert.runtime.manifest import ModelError, load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,15 +26,8 @@ else:  # pragma: no cover
 
 
 def edgert(*argv: str) -> int:
-    """The `models`/`infer` commands as the CLI runs them: ModelError -> exit 2, as cli.main does."""
-    ap = argparse.ArgumentParser(prog="edgert")
-    cli_models.add_commands(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(list(argv))
-    try:
-        return args.func(args)
-    except ModelError as e:
-        print(f"edgert: error: {e}", file=sys.stderr)
-        return 2
+    """The `models`/`infer` commands as the CLI runs them (a ModelError: exit 2)."""
+    return cli.main(list(argv))
 
 
 def make_two_input_model(path: Path) -> None:

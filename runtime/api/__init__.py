@@ -11,12 +11,14 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from edgert.runtime.errors import EdgertError
+
 try:
     __version__ = version("edgert")
 except PackageNotFoundError:  # imported from a checkout that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["EdgertError", "__version__"]
 
 # -- the node API (runtime/node.py, docs/nodes.md): imported on first use, so that `import edgert`
 # (which every edgert.runtime module import runs first) stays cheap

@@ -27,10 +27,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgert.runtime.errors import EdgertError
+
 Box = tuple[int, int, int, int]  # x, y, w, h in full-frame pixels
 
 
-class AnonymiseError(ValueError):
+class AnonymiseError(EdgertError, ValueError):
     """Anonymisation was asked for but cannot be done as asked (no detector, wrong frame)."""
 
 

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from edgert.runtime import keyfile
+from edgert.runtime.errors import EdgertError
 
 GENESIS = "0" * 64
 _RESERVED = {"seq", "time", "event", "prev", "hash", "mac"}
 
 
-class AuditError(ValueError):
+class AuditError(EdgertError, ValueError):
     """The audit log cannot be read or written."""
 
 

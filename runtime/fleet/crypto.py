@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgert.runtime import keyfile
+from edgert.runtime.errors import EdgertError
 
 MAGIC = b"EDRTENC1"
 SUFFIX = ".enc"
@@ -50,7 +51,7 @@ VEHICLE = "vehicle"  # KEYS_DIR/vehicle.key: authenticates plain clips' metadata
 _META_LABEL = b"edgert-clip-meta-v1\0"  # domain separation: this MAC is never valid as another one
 
 
-class CryptoError(ValueError):
+class CryptoError(EdgertError, ValueError):
     """A key or an encrypted file is missing, wrong, altered or truncated."""
 
 

@@ -31,6 +31,7 @@ from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.fleet import crypto, mcapio, seal
 from edgert.runtime.fleet.audit import AuditLog
 from edgert.runtime.fleet.policy import Decision, Policy
@@ -40,7 +41,7 @@ NS_PER_DAY = 86_400 * 10**9
 log = logging.getLogger("edgert.fleet")
 
 
-class ClipError(ValueError):
+class ClipError(EdgertError, ValueError):
     """A clip cannot be read, or lacks the metadata the policy needs."""
 
 

@@ -44,6 +44,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
 from edgert.runtime import wire
+from edgert.runtime.errors import EdgertError
 from edgert.runtime.fleet import crypto, seal
 from edgert.runtime.wire import MsgType
 
@@ -155,13 +156,13 @@ def decode_raw_frame(data: bytes) -> RawFrame:
     try:
         rec = wire.decode(data[:n], MsgType.FRAME)
     except wire.WireError as e:
-        raise ValueError(f"raw frame message: {e}") from None
+        raise RecordingError(f"raw frame message: {e}") from None
     ndim = int(rec["ndim"])
     shape = tuple(int(d) for d in rec["shape"][:ndim])
     dtype = wire.DTYPE_CODES[int(rec["dtype"])]
     want = int(np.prod(shape)) * dtype.itemsize
     if len(data) - n != want:
-        raise ValueError(f"raw frame message: {len(data) - n} pixel bytes, header {shape} {dtype} says {want}")
+        raise RecordingError(f"raw frame message: {len(data) - n} pixel bytes, header {shape} {dtype} says {want}")
     pixels = np.frombuffer(data, dtype=dtype, count=want // dtype.itemsize, offset=n).reshape(shape)
     return RawFrame(int(rec["frame_id"]), int(rec["stamps"][wire.Stamp.CAPTURE]), pixels)
 
@@ -256,7 +257,11 @@ class McapFile:
 
 
 # -- reading -------------------------------------------------------------------------------
-class TruncatedRecording(Exception):
+class RecordingError(EdgertError, ValueError):
+    """A file is not a recording edgert can replay: no edgert metadata, no frames, a frame that does not decode."""
+
+
+class TruncatedRecording(EdgertError):
     """A recording ends (or breaks) before its footer: what was readable was read, the rest is lost."""
 
     def __init__(self, path: Path, messages: int, why: str) -> None:
@@ -358,7 +363,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
                     return dict(rec.metadata)
         except Exception as e:  # noqa: BLE001
             raise TruncatedRecording(Path(path), 0, f"{type(e).__name__}: {e}") from None
-    raise ValueError(f"{path}: no 'edgert' metadata record: not a recording made by edgert")
+    raise RecordingError(f"{path}: no 'edgert' metadata record: not a recording made by edgert")
 
 
 def recover_partials(directory: str | Path, seal_key: bytes | None = None) -> list[RecordingInfo]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgert.runtime.errors import EdgertError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -36,7 +38,7 @@ _KEY_NAMES = ("audit", "vehicle")  # keys/audit.key, keys/vehicle.key: not regio
 _KEYS = ("store_in", "transfer_to", "retention_days", "anonymise", "encrypt")
 
 
-class PolicyError(ValueError):
+class PolicyError(EdgertError, ValueError):
     """The policy file is missing, malformed, or names a region it does not define."""
 
 

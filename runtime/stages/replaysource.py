@@ -39,13 +39,14 @@ RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command fo
 
 
 def frame_topic(path: str, info: mcapio.RecordingInfo | None = None) -> str:
-    """/camera/raw or /camera/jpeg, whichever the recording has (raw preferred); ValueError if neither."""
+    """/camera/raw or /camera/jpeg, whichever the recording has (raw preferred); RecordingError if neither."""
     info = info or mcapio.inspect(path)
     for topic in (mcapio.RAW_TOPIC, mcapio.JPEG_TOPIC):
         if info.topics.get(topic):
             return topic
-    raise ValueError(f"{path}: no frames to replay (topics: {', '.join(info.topics) or 'none'}); it was recorded "
-                     "with record.frames = \"none\". Record with frames = \"raw\" for a bit-exact replay")
+    raise mcapio.RecordingError(f"{path}: no frames to replay (topics: {', '.join(info.topics) or 'none'}); it was "
+                                "recorded with record.frames = \"none\". Record with frames = \"raw\" for a bit-exact "
+                                "replay")
 
 
 def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -60,7 +61,7 @@ def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tupl
             obj = json.loads(msg.data)
             img = cv2.imdecode(np.frombuffer(base64.b64decode(obj["data"]), np.uint8), cv2.IMREAD_COLOR)
             if img is None:
-                raise ValueError(f"{path}: JPEG of frame {obj.get('edgert_frame_id')} does not decode")
+                raise mcapio.RecordingError(f"{path}: JPEG of frame {obj.get('edgert_frame_id')} does not decode")
             yield int(obj["edgert_frame_id"]), msg.publish_time - wall_offset_ns, img
 
 

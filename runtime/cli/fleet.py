@@ -9,18 +9,17 @@
 
 Every command that moves, deletes, encrypts or decrypts a clip writes its decision to the
 audit log (default `$XDG_DATA_HOME/edgert/fleet/audit.jsonl`, HMAC'd when `keys/audit.key`
-exists). The logic is in runtime/fleet/; errors print as `edgert: error: ...`, exit status 2.
+exists). The logic is in runtime/fleet/; its errors (PolicyError, ClipError, CryptoError, AuditError,
+KeyFileError) are EdgertErrors, which cli.main() prints as `edgert: error: ...`, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from edgert.runtime.config import PROJECT_ROOT
 from edgert.runtime.fleet import audit as audit_mod
@@ -36,17 +35,6 @@ def data_dir() -> Path:
     """Where a vehicle keeps its fleet data by default: $XDG_DATA_HOME/edgert/fleet."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "edgert" / "fleet"
-
-
-def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    @functools.wraps(fn)
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (PolicyError, ClipError, crypto.CryptoError, audit_mod.AuditError) as e:
-            print(f"edgert: error: {e}", file=sys.stderr)
-            return 2
-    return wrapped
 
 
 def _audit(args: argparse.Namespace) -> audit_mod.AuditLog:
@@ -69,7 +57,6 @@ def parse_when(text: str) -> int:
     return int(t.timestamp() * 1e9)
 
 
-@_errors
 def cmd_export(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     log = _audit(args)
@@ -86,7 +73,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
-@_errors
 def cmd_prune(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     log = _audit(args)
@@ -100,7 +86,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 1 if res.errors else 0
 
 
-@_errors
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     key = audit_mod.load_key(args.key) if args.key else None
     r = audit_mod.verify(args.log, key)
@@ -113,7 +98,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-@_errors
 def cmd_keygen(args: argparse.Namespace) -> int:
     if bool(args.region) + bool(args.audit) + bool(args.vehicle) != 1:
         print("edgert: error: give a REGION, --audit or --vehicle (one of them)", file=sys.stderr)
@@ -127,7 +111,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-@_errors
 def cmd_encrypt(args: argparse.Namespace) -> int:
     log = _audit(args)
     for clip in map(Path, args.clips):
@@ -138,7 +121,6 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     return 0
 
 
-@_errors
 def cmd_decrypt(args: argparse.Namespace) -> int:
     log = _audit(args)
     region = crypto.read_header(args.clip)["region"]
@@ -154,8 +136,8 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `fleet` and its subcommands to the CLI's subparsers."""
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`fleet` and its subcommands."""
     f = sub.add_parser("fleet", help="recorded data: residency policy, export, prune, audit log, keys")
     fsub = f.add_subparsers(dest="fleet_command", required=True)
     d = data_dir()

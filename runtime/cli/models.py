@@ -1,4 +1,4 @@
-"""`edgert models ...` and `edgert infer`: argparse wiring only; the logic is in runtime/zoo.py.
+"""`edgert models ...`: argparse wiring only; the logic is in runtime/zoo.py.
 
     edgert models list [--zoo DIR]
     edgert models info NAME [--zoo DIR]
@@ -6,18 +6,14 @@
     edgert models add PATH.onnx [--name N] [--zoo DIR]
     edgert models keygen --out DIR [--name PUBLISHER]
     edgert models sign NAME --key PUBLISHER.pem [--zoo DIR]
-    edgert infer --model PATH.onnx|MODEL_DIR --input IN.npz|IN.npy --output OUT.npz [--providers P,...]
 
-The lead's cli.main() calls `add_commands(sub)`; errors are ModelError, which main() prints
-as `edgert: error: ...` with exit status 2.
+Errors are ModelError, which cli.main() prints as `edgert: error: ...` with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-import numpy as np
 
 from edgert.runtime import signing, zoo
 from edgert.runtime.config import MODELS_DIR
@@ -79,25 +75,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-    result, note = zoo.infer(args.model, args.input, args.output, providers)
-    print(f"{note}; wrote {args.output}")
-    bad = 0
-    for name, arr in result.items():
-        finite = bool(np.all(np.isfinite(arr)))
-        bad += not finite
-        flat = arr.reshape(-1)
-        head = np.array2string(flat[:6], precision=6) + (" …" if flat.size > 6 else "")
-        print(f"  {name}: {arr.dtype} {list(arr.shape)} {head}" + ("" if finite else "  (contains NaN/Inf)"))
-    if bad:
-        print("edgert: error: output contains NaN or Inf", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `models` and `infer` to the CLI's subparsers."""
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m = sub.add_parser("models", help="the model zoo: list, info, verify, add")
     msub = m.add_subparsers(dest="models_command", required=True)
     zoo_help = f"zoo folder (default: {zoo.ZOO})"
@@ -128,9 +106,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--name", default=None, help="model name (default: the file's stem)")
     p.add_argument("--zoo", default=None, help=zoo_help)
     p.set_defaults(func=cmd_add)
-    i = sub.add_parser("infer", help="one-shot inference of an ONNX file or zoo model through the engine")
-    i.add_argument("--model", required=True, help="PATH.onnx or a zoo model folder")
-    i.add_argument("--input", required=True, help="IN.npz (keys = input names) or IN.npy (single input)")
-    i.add_argument("--output", required=True, help="OUT.npz (keys = output names)")
-    i.add_argument("--providers", default="auto", help="comma-separated provider order (default: auto)")
-    i.set_defaults(func=cmd_infer)

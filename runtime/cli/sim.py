@@ -8,7 +8,7 @@ A scenario (runtime/sim/scenarios.py) runs through the real pipeline (runtime.su
 processes mode by default) and is judged against its expected outcome: exit status 0 when it
 happened, 1 when not. The sweep runs one scenario at several added actuator latencies and
 writes DIR/sim_sweep.json and DIR/sim_sweep.png: lane error against end-to-end latency.
-cli.main() calls `add_commands(sub)`; config errors are ConfigError (exit status 2).
+Config errors are ConfigError (cli.main(): exit status 2).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, choices, load
 from edgert.runtime.logs import setup_logging
 from edgert.runtime.sim import scenarios
 
@@ -206,11 +206,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base pipeline config (default: sim.toml)")
     p.add_argument("--drop-rate", type=float, default=0.0, help="fraction of frames dropped before publishing")
     p.add_argument("--duration", type=float, default=None, help="seconds (default: the scenario's own)")
-    p.add_argument("--mode", choices=("processes", "threads"), default=None, help="override pipeline.mode")
+    p.add_argument("--mode", choices=choices("pipeline.mode"), default=None, help="override pipeline.mode")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `sim` (run a scenario), `sim list` and `sim sweep` to the CLI's subparsers."""
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`sim` (run a scenario), `sim list` and `sim sweep`."""
     s = sub.add_parser("sim", help="run a driving scenario through the real pipeline and judge it; list; sweep")
     _run_options(s)
     s.add_argument("--scenario", default=None, help="the scenario to run (`edgert sim list`)")
