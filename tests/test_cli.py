@@ -104,6 +104,18 @@ def test_domain_errors_of_several_commands_are_exit_2(capsys):
     assert "edgert: error: unknown scenario 'nope'; scenarios: single-stream" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("junk.mcap", b"not a recording", "not a readable MCAP file"),
+    ("clip.mcap.enc", b"ciphertext", "encrypted; `edgert fleet decrypt` it"),
+])
+def test_replay_of_what_is_not_a_replayable_recording_is_exit_2(tmp_path, capsys, name, content, message):
+    """These were ValueErrors caught wholesale by the replay command; now domain errors, named."""
+    (tmp_path / name).write_bytes(content)
+    assert cli.main(["replay", str(tmp_path / name), "--keys", str(tmp_path / "keys")]) == 2
+    err = capsys.readouterr().err
+    assert f"edgert: error: {tmp_path / name}: " in err and message in err
+
+
 @pytest.mark.parametrize("bug", [ZeroDivisionError("division by zero"), ValueError("a bug, not bad input"),
                                  KeyError("internal")])
 def test_a_bug_propagates_and_is_never_a_usage_error(monkeypatch, capsys, bug):
