@@ -459,7 +459,7 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not (cfg.model_dir() / "manifest.toml").is_file():
         names = sorted({p.name for z in cfg.zoos() if z.is_dir() for p in z.iterdir() if (p / "manifest.toml").is_file()})
         raise ConfigError(f"infer.model: no manifest.toml in {cfg.model_dir()}; name a model folder "
-                          f"or a zoo model ({', '.join(map(str, cfg.zoos()))}): {', '.join(names)}")
+                          f"or one of the zoo's: {', '.join(names)} (searched: {', '.join(map(str, cfg.zoos()))})")
 
 
 def ring_bytes(cfg: PipelineConfig) -> int:
