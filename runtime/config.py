@@ -457,7 +457,8 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not cfg.infer.providers:
         raise ConfigError("infer.providers: empty; use [\"auto\"] or name providers, e.g. [\"CPUExecutionProvider\"]")
     if not (cfg.model_dir() / "manifest.toml").is_file():
-        names = sorted({p.name for z in cfg.zoos() if z.is_dir() for p in z.iterdir() if (p / "manifest.toml").is_file()})
+        names = sorted({p.name for z in cfg.zoos() if z.is_dir()
+                        for p in z.iterdir() if (p / "manifest.toml").is_file()})
         raise ConfigError(f"infer.model: no manifest.toml in {cfg.model_dir()}; name a model folder "
                           f"or one of the zoo's: {', '.join(names)} (searched: {', '.join(map(str, cfg.zoos()))})")
 

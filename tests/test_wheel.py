@@ -87,7 +87,8 @@ def test_the_wheel_holds_only_edgert_and_every_package_and_data_file(wheel: Path
     models = [p for p in (ROOT / "models").glob("*/*") if p.suffix in (".onnx", ".toml", ".sig", ".md")]
     assert len(models) >= 12
     for p in models:
-        assert f"edgert/models/{p.parent.name}/{p.name}" in names, f"models/{p.parent.name}/{p.name} is not in the wheel"
+        rel = f"{p.parent.name}/{p.name}"
+        assert f"edgert/models/{rel}" in names, f"models/{rel} is not in the wheel"
     # Every package folder of the repository is a listed package (else its modules silently miss the wheel).
     setuptools = PYPROJECT["tool"]["setuptools"]
     folders = {v: k for k, v in setuptools["package-dir"].items()}
@@ -100,6 +101,24 @@ def test_the_wheel_holds_only_edgert_and_every_package_and_data_file(wheel: Path
         pkg = ".".join([folders[top], *rel.parts[len(Path(top).parts):]])
         assert pkg in listed, f"{rel}/ is a package folder missing from pyproject's packages: add {pkg!r}"
         assert f"{pkg.replace('.', '/')}/__init__.py" in names
+
+
+def test_onnx_runtime_is_the_gpu_build_where_its_wheel_exists_and_the_cpu_build_elsewhere(wheel: Path) -> None:
+    from packaging.requirements import Requirement
+
+    meta = zipfile.ZipFile(wheel).read("edgert-0.1.0.dist-info/METADATA").decode()
+    reqs = [Requirement(line.split(":", 1)[1]) for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    core = [r for r in reqs if not (r.marker and "extra" in str(r.marker))]
+    platforms = {"linux-x86_64": ("linux", "x86_64"), "windows": ("win32", "AMD64"),
+                 "jetson-aarch64": ("linux", "aarch64"), "macos-arm64": ("darwin", "arm64")}
+    for label, (plat, machine) in platforms.items():
+        env = {"sys_platform": plat, "platform_machine": machine, "python_version": "3.11"}
+        ort = [r.name for r in core
+               if r.name.startswith("onnxruntime") and (r.marker is None or r.marker.evaluate(env))]
+        assert ort == (["onnxruntime-gpu"] if label in ("linux-x86_64", "windows") else ["onnxruntime"]), (label, ort)
+    bench_only = {"matplotlib", "psutil", "tqdm"}
+    assert not bench_only & {r.name for r in core}, "a benchmark-only dependency is in the core install"
+    assert {r.name for r in reqs if r.marker and r.marker.evaluate({"extra": "bench"})} >= bench_only
 
 
 # --- installed into a fresh venv, run from elsewhere ----------------------------------------

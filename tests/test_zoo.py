@@ -216,7 +216,7 @@ def test_a_configured_user_zoo_resolves_against_the_config_file(tmp_path, tiny_z
     (cfg_dir / "p.toml").write_text('[infer]\nmodel = "tiny"\nzoo = ".."\n')  # tmp_path, which holds tiny/
     assert load(cfg_dir / "p.toml").model_dir().resolve() == tiny_zoo / "tiny"
     (cfg_dir / "p.toml").write_text('[infer]\nmodel = "tiny"\n')
-    with pytest.raises(ConfigError, match=r"infer.model: no manifest.toml .*zoo's: pilotnet, pilotnet-fp16, pilotnet-int8 \(searched: "):
+    with pytest.raises(ConfigError, match=r"no manifest.toml .*zoo's: pilotnet, pilotnet-fp16, pilotnet-int8 \(searched: "):
         load(cfg_dir / "p.toml")
 
 
