@@ -203,6 +203,46 @@ def test_bench_infer_quick_with_the_bench_extra(fresh: Fresh) -> None:
     assert "pilotnet-int8" in (fresh.home / "bench" / "infer.md").read_text()
 
 
+BENCH_EXTRA = ("matplotlib", "mpl_toolkits", "pylab", "psutil", "tqdm")
+IMPORT_EVERYTHING = """
+import importlib, pkgutil, sys
+import edgert.runtime, edgert.kernels
+for pkg in (edgert.runtime, edgert.kernels):
+    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(m.name)
+print(sorted({m.split(".")[0] for m in sys.modules} & {"matplotlib", "psutil", "tqdm"}))
+"""
+
+
+def test_without_the_bench_extra_the_runtime_imports_and_bench_names_the_extra(
+        wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A core install: the project's dependencies minus matplotlib, psutil and tqdm (a folder of links)."""
+    base = tmp_path_factory.mktemp("core")
+    deps = base / "deps"
+    deps.mkdir()
+    for sp in (Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()):
+        for entry in sp.iterdir():
+            top = re.split(r"[-.]", entry.name)[0]
+            if top in BENCH_EXTRA or top in ("edgert", "__editable__") or entry.suffix == ".pth":
+                continue
+            if not (deps / entry.name).exists():
+                (deps / entry.name).symlink_to(entry)
+    venv = base / "v"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=base, timeout=120)
+    (_site_packages(venv) / "core-deps.pth").write_text(f"{deps}\n")
+    _run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--no-deps", "--no-index",
+          "--disable-pip-version-check", "-q", wheel], cwd=base)
+    env = _clean_env(base)
+    p = subprocess.run([venv / "bin" / "python", "-c", "import matplotlib"], cwd=base, env=env, capture_output=True)
+    assert p.returncode != 0, "matplotlib is importable: the core venv is not a core install"
+    out = _run([venv / "bin" / "python", "-c", IMPORT_EVERYTHING], cwd=base, env=env).stdout
+    assert out.strip().splitlines()[-1] == "[]", f"the runtime imported a bench-only dependency: {out}"
+    p = subprocess.run([venv / "bin" / "edgert", "bench", "infer", "--quick", "--out", base / "b"], cwd=base, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "pip install 'edgert[bench]'" in p.stderr and "matplotlib" in p.stderr and "Traceback" not in p.stderr
+
+
 @pytest.mark.slow
 def test_a_full_install_from_the_constraints_file_runs(wheel: Path, tmp_path: Path) -> None:
     """As a vehicle image or CI installs it: the wheel and every dependency from PyPI, versions from
