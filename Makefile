@@ -1,23 +1,25 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Set-up is idempotent: the venv is created once and re-installed only when pyproject.toml changes.
+# Set-up is idempotent: the venv is created once and re-installed only when pyproject.toml or the
+# constraints (the known-good versions CI and vehicle images install) change.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CONSTRAINTS := .ci/constraints.txt
 DURATION ?= 20
 
 .PHONY: setup demo test test-all clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[test,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/edgert run configs/sim.toml --duration $(DURATION)
+	$(VENV)/bin/edgert run --duration $(DURATION)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

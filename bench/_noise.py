@@ -17,11 +17,11 @@ import os
 import time
 from typing import Any
 
-import numba
 import numpy as np
 from numba import prange
 
 from edgert.bench.report import time_ns
+from edgert.kernels.jitcache import njit  # cached under the user cache, never beside the installed sources
 
 
 def interruptions(seconds_per_core: float = 0.5, gap_ns: int = 5_000) -> dict[str, dict[str, float]]:
@@ -62,7 +62,7 @@ def interruptions_line(stats: dict[str, dict[str, float]], gap_ns: int = 5_000) 
             f"was taken away): {per_core}")
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _spin(n: int) -> float:
     x = 1.0
     for _ in range(n):
@@ -70,7 +70,7 @@ def _spin(n: int) -> float:
     return x
 
 
-@numba.njit(nogil=True, cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _spin_parallel(n: int, parts: int) -> float:
     acc = np.zeros(parts)
     for p in prange(parts):

@@ -10,6 +10,7 @@ that fails does not stop the others; the index says it failed and why.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgert.bench.report import Report, write_index
+from edgert.runtime.paths import bundled
 from edgert.runtime.procenv import OPENCV_NO_SPIN
 
 log = logging.getLogger("edgert.bench")
@@ -54,18 +56,35 @@ def opencv_pool() -> dict[str, Any]:
     return {"env": env, "in_this_process": _opencv.get("in_this_process", "cv2" not in sys.modules)}
 
 
+BENCH_EXTRA = ("matplotlib", "psutil", "tqdm")  # pyproject's `bench` extra: plots, stage CPU/RSS, progress bars
+
+
+class MissingExtra(ValueError):
+    """A benchmark needs a dependency of the `bench` extra, which a core install leaves out."""
+
+
+def require_bench_extra() -> None:
+    """Say which `bench` extra packages are missing, and how to add them, before a run starts."""
+    missing = [m for m in BENCH_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"benchmarks need {', '.join(missing)}, from the `bench` extra, which this install "
+                           "lacks; install it: pip install 'edgert[bench]'")
+
+
 PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "compare_zmq")
 
 
 def benchmarks() -> list[str]:
     """The benchmark names, from the public modules of bench/."""
-    here = Path(__file__).parent
+    here = bundled(__package__ or "edgert.bench")
     return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem != "report")
 
 
 def run_one(name: str, quick: bool, **pipeline_opts: Any) -> Report:
     """One benchmark's report (for `pipeline`, one scenario: pipeline_opts["scenario"])."""
     quiet_opencv_pool()
+
+    require_bench_extra()
     module = importlib.import_module(f"edgert.bench.{name}")
     if name == "pipeline":
         return module.run(quick=quick, **pipeline_opts)
@@ -88,6 +107,7 @@ def steps() -> list[tuple[str, dict[str, Any]]]:
 def run_all(out_dir: str | Path, quick: bool, progress: bool = True,
             only: list[tuple[str, dict[str, Any]]] | None = None) -> tuple[Path, list[str]]:
     """Run every step, write each report and DIR/index.md; return (index path, failed steps)."""
+    require_bench_extra()
     from tqdm import tqdm
 
     todo = only if only is not None else steps()

@@ -263,16 +263,14 @@ def cold_start(threads: int) -> dict[str, dict[str, float]]:
     import subprocess
     import sys
     import tempfile
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     out: dict[str, dict[str, float]] = {}
     for fmt, shape in (("bgr", (1080, 1920, 3)), ("nv12", (1620, 1920))):
         with tempfile.TemporaryDirectory(prefix="edgert-numba-cache-") as cache:
             env = {**os.environ, "NUMBA_CACHE_DIR": cache}
             for label in ("cold", "warm"):
                 code = _COLD.format(fmt=fmt, shape=shape, threads=threads)
-                res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                res = subprocess.run([sys.executable, "-c", code], env=env, cwd=cache, capture_output=True, text=True,
                                      timeout=600, check=True)
                 out[f"{fmt}_{label}_cache"] = json.loads(res.stdout.strip().splitlines()[-1])
     return out

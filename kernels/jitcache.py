@@ -21,7 +21,9 @@ its directory as used (its mtime); `kernels-*` directories beside it that no sta
 How: Numba picks a function's cache directory once, when the dispatcher is created with
 cache=True (numba.core.caching.UserProvidedCacheLocator reads numba.config.CACHE_DIR then).
 `njit` below sets config.CACHE_DIR for the duration of that call only, under a lock, and
-restores it, so other Numba users in the process (runtime/sim) keep their own cache place.
+restores it, so other Numba users in the process keep their own cache place. edgert's other cached
+functions (runtime/sim, camhealth, fence, bench/_noise) use this `njit` too: Numba's default puts its
+cache in `__pycache__` beside the source, which for an installed edgert is inside site-packages.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from typing import Any
 import numba
 from numba.core import config
 
-_PACKAGE = Path(__file__).resolve().parent
+from edgert.runtime.paths import bundled, cache_home
+
+_PACKAGE = bundled(__package__ or "edgert.kernels")  # the kernels' own folder: its *.py are hashed
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,7 @@ def cache_dir() -> str:
     if user:
         root = Path(user)
     else:
-        xdg = os.environ.get("XDG_CACHE_HOME", "")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "edgert" / "numba"
+        root = cache_home() / "numba"
     path = root / name
     if not _writable(path):
         shared = Path(tempfile.gettempdir()) / f"edgert-numba-{os.geteuid() if hasattr(os, 'geteuid') else 0}"

@@ -24,6 +24,7 @@ import stat
 from pathlib import Path
 
 from edgert.runtime import keyfile
+from edgert.runtime.paths import config_home
 from edgert.runtime.manifest import ModelError
 
 KEY_BYTES = 32
@@ -42,7 +43,7 @@ class SealBroken(Exception):
 
 def key_path() -> Path:
     """Where this user's cache key lives (XDG config dir, not the cache dir it protects)."""
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgert" / "cache.key"
+    return config_home() / "cache.key"
 
 
 _REMAKE = ("remove it (a new one is made) and clear the cache folder: a key others could read or replace "

@@ -19,8 +19,8 @@ which this check would flag (the simulator's scenarios always move).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from edgert.kernels.jitcache import njit  # cached under the user cache, never beside the installed sources
 from edgert.runtime.wire import FrameFlags, ResultStatus
 
 SAMPLE_BYTES = 16384

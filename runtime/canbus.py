@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import can
 from crc import Calculator, Crc8
@@ -29,10 +28,12 @@ from crc import Calculator, Crc8
 from edgert.runtime.config import CAN_AGE_SATURATED_MS
 from edgert.runtime.e2e import Verdict
 from edgert.runtime.errors import EdgertError
+
+from edgert.runtime.paths import dbc_file
 from edgert.runtime.wire import CommandFlags
 
 DEFAULT_ID = 0x2E4
-DBC_PATH = Path(__file__).with_name("edgert_command.dbc")
+DBC_PATH = dbc_file()
 MAX_DELTA_COUNTER = 3  # alive counter steps accepted as "in sequence" (2 frames lost at most), as in E2E Profile 1
 SYNC_FRAMES = 2  # frames in sequence that re-establish the stream after a counter jump
 AGE_SATURATED_MS = CAN_AGE_SATURATED_MS  # the age byte's ceiling: "255 ms or older", stale for any timeout

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgert.runtime import paths
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.profiles import PROFILES
 from edgert.runtime.sources import CAPTURE_SOURCES
@@ -30,9 +31,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = PROJECT_ROOT / "models"
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "sim.toml"
+MODELS_DIR = paths.bundled_zoo()  # the models shipped in the package; the user zoo is searched after it
+DEFAULT_CONFIG = paths.default_config()  # the embedded default: the simulator closed loop
 
 
 class ConfigError(EdgertError, ValueError):
@@ -170,7 +170,7 @@ class PreprocessSection:
 
 @dataclass(frozen=True)
 class InferSection:
-    model: str = "pilotnet"  # a zoo name (models/<name>) or a path to a model folder
+    model: str = "pilotnet"  # a zoo name (bundled models/<name>, then the user zoo) or a path to a model folder
     providers: list[str] = field(default_factory=lambda: ["auto"], metadata={"limits": Limits(
         min_items=1, fix="use [\"auto\"] or name providers, e.g. [\"CPUExecutionProvider\"]")})
     # 0 = as many as the cores this stage is pinned to
@@ -179,7 +179,8 @@ class InferSection:
     cache_dir: str = ""  # optimised graphs and TensorRT engines; "" = $XDG_CACHE_HOME/edgert, "off" = none
     pool_slots: int = setting(3, ge=2, le=64, unit="slots", why="each holds a model input in shared memory")
     warmup_runs: int = setting(5, ge=0, le=1000, unit="runs", why="start-up time")
-    trusted_keys: str = ""  # folder of trusted publisher keys (<name>.pub); "" = models/publishers
+    trusted_keys: str = ""  # folder of trusted publisher keys (<name>.pub); "" = the bundled models/publishers
+    zoo: str = ""  # the user zoo, searched after the bundled one; "" = $XDG_DATA_HOME/edgert/models
     cuda_graph: bool = False  # on an NVIDIA GPU: capture the model once as a CUDA graph, replay it per frame
 
 
@@ -260,30 +261,24 @@ class PipelineConfig:
     record: RecordSection = field(default_factory=RecordSection)
     replay: ReplaySection = field(default_factory=ReplaySection)
     nodes: tuple["NodeSpec", ...] = ()  # the user's own stages, [[nodes]] (runtime/node.py, docs/nodes.md)
-    base_dir: str = str(PROJECT_ROOT)  # where relative paths in the file are resolved
+    base_dir: str = str(DEFAULT_CONFIG.parent)  # where relative paths in the file are resolved (paths.resolve)
 
     def record_dir(self) -> Path:
         """Where the recorder writes: record.dir, relative to the config's folder, or the user's data folder."""
         d = self.record.dir
-        if not d:
-            return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgert" / "recordings"
-        p = Path(d).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return paths.resolve(d, self.base_dir) if d else paths.recordings()
 
     def record_path(self, key: str) -> Path | None:
         """record.policy / keys_dir / face_model resolved against the config's folder; their defaults for ""."""
         v = getattr(self.record, key)
         if not v:
-            data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgert" / "fleet"
-            return {"policy": PROJECT_ROOT / "configs" / "fleet-policy.toml", "keys_dir": data / "keys"}.get(key)
+            return {"policy": paths.fleet_policy(), "keys_dir": paths.fleet_home() / "keys"}.get(key)
         if key == "policy" and v == "off":
             return None
-        p = Path(v).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return paths.resolve(v, self.base_dir)
 
     def replay_file(self) -> Path:
-        p = Path(self.replay.file).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return paths.resolve(self.replay.file, self.base_dir)
 
     @property
     def deadline_ns(self) -> int:
@@ -294,24 +289,24 @@ class PipelineConfig:
         c = self.infer.cache_dir
         if c == "off":
             return None
-        if not c:
-            return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgert"
-        p = Path(c).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return paths.resolve(c, self.base_dir) if c else paths.cache_home()
 
     def trusted_keys_dir(self) -> Path:
         """Where the publishers' public keys are that model manifests must be signed with."""
-        if not self.infer.trusted_keys:
-            return MODELS_DIR / "publishers"
-        p = Path(self.infer.trusted_keys).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        k = self.infer.trusted_keys
+        return paths.resolve(k, self.base_dir) if k else paths.publishers()
+
+    def zoos(self) -> list[Path]:
+        """Where a model named by its zoo name is looked for, in order: the bundled zoo, the user zoo."""
+        return [MODELS_DIR, paths.resolve(self.infer.zoo, self.base_dir) if self.infer.zoo else paths.user_zoo()]
 
     def model_dir(self) -> Path:
+        """infer.model as a folder: a zoo name found in the first zoo that has it, or a path."""
         m = self.infer.model
         if "/" not in m and os.sep not in m:
-            return MODELS_DIR / m
-        p = Path(m)
-        return p if p.is_absolute() else Path(self.base_dir) / p
+            found = [z / m for z in self.zoos() if (z / m / "manifest.toml").is_file()]
+            return found[0] if found else MODELS_DIR / m
+        return paths.resolve(m, self.base_dir)
 
     def replace(self, **sections: dict[str, Any]) -> "PipelineConfig":
         """A copy with some keys of some sections changed (validated like the file)."""
@@ -438,7 +433,7 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
-def from_dict(raw: dict[str, Any], base_dir: str | Path = PROJECT_ROOT) -> PipelineConfig:
+def from_dict(raw: dict[str, Any], base_dir: str | Path = DEFAULT_CONFIG.parent) -> PipelineConfig:
     for k in raw:
         if k not in _SECTIONS and k != "nodes":
             raise _unknown(k, [*_SECTIONS, "nodes"])
@@ -511,8 +506,10 @@ def _cross_check(cfg: PipelineConfig) -> None:
     _check_sim(cfg)
     _check_record(cfg)
     if not (cfg.model_dir() / "manifest.toml").is_file():
+        names = sorted({p.name for z in cfg.zoos() if z.is_dir()
+                        for p in z.iterdir() if (p / "manifest.toml").is_file()})
         raise ConfigError(f"infer.model: no manifest.toml in {cfg.model_dir()}; name a model folder "
-                          f"or one of the zoo's: {', '.join(sorted(p.name for p in MODELS_DIR.iterdir() if (p / 'manifest.toml').is_file()))}")
+                          f"or one of the zoo's: {', '.join(names)} (searched: {', '.join(map(str, cfg.zoos()))})")
 
 
 def ring_bytes(cfg: PipelineConfig) -> int:

@@ -15,9 +15,10 @@ both targets by tests/test_fence.py. A call from Python took 60-80 ns in a hand-
 
 from __future__ import annotations
 
-import numba
 from numba import types
 from numba.extending import intrinsic
+
+from edgert.kernels.jitcache import njit  # cached under the user cache, never beside the installed sources
 
 ORDERING = "acq_rel"
 
@@ -33,7 +34,7 @@ def _fence(typingctx):  # type: ignore[no-untyped-def]
 # Not nogil: releasing the GIL for an 80 ns call only gives it away. In threads mode, with another
 # stage running Python, taking it back can wait up to the 5 ms switch interval (3 calls in 200
 # beside a busy Python thread did, measured), a few times per frame and stage.
-@numba.njit("void()", cache=True)
+@njit("void()", cache=True)
 def fence() -> None:
     """Loads and stores before this call are ordered, for every core, before loads and stores after
     it, except an earlier store against a later load (acq_rel, not seq_cst: a seqlock needs no

@@ -1,4 +1,10 @@
-"""The model zoo (`models/<name>/`) and one-shot inference of any ONNX file.
+"""The model zoos and one-shot inference of any ONNX file.
+
+A model is named by its folder in a zoo. Two zoos are searched, in order: the bundled one
+(`models/<name>/`, shipped in the package, never written) and the user zoo
+(`$XDG_DATA_HOME/edgert/models`, or `--zoo DIR` / `infer.zoo`), which `edgert models add` writes.
+A user model cannot take a bundled model's name: `add` refuses it, and one put there by hand is
+listed as shadowed and never loaded, so a name always means the same bytes on every vehicle.
 
 Zoo models are always loaded through `load_manifest` + `read_verified`, so their sha256 is
 checked before a session exists. A bare `.onnx` file with no manifest gets a `GraphManifest`
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgert.kernels import PreprocessSpec
+from edgert.runtime import paths
 from edgert.runtime.manifest import (
     DTYPES,
     Decoder,
@@ -31,7 +38,7 @@ from edgert.runtime.manifest import (
 
 log = logging.getLogger(__name__)
 
-ZOO = Path(__file__).resolve().parent.parent / "models"
+ZOO = paths.bundled_zoo()  # the bundled zoo; the user zoo is `user_zoo()`
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 # onnx TensorProto element types -> numpy dtype names (those the engine binds are DTYPES).
@@ -55,25 +62,40 @@ class GraphIO:
     outputs: list[tuple[str, str, list[int | str]]] = field(default_factory=list)
 
 
-def zoo_dir(zoo: str | Path | None = None) -> Path:
-    return Path(zoo) if zoo is not None else ZOO
+def user_zoo(zoo: str | Path | None = None) -> Path:
+    """The user zoo: `zoo` when given (--zoo DIR), else `$XDG_DATA_HOME/edgert/models`."""
+    return Path(zoo).expanduser() if zoo is not None else paths.user_zoo()
 
 
-def model_names(zoo: str | Path | None = None) -> list[str]:
-    """Folders of the zoo that hold a manifest or a model file."""
-    root = zoo_dir(zoo)
+def _names_in(root: Path) -> list[str]:
+    """Folders of one zoo that hold a manifest or a model file."""
     if not root.is_dir():
-        raise ModelError(f"model zoo {root} does not exist; pass --zoo DIR or create it")
+        return []
     return sorted(d.name for d in root.iterdir()
                   if d.is_dir() and ((d / "manifest.toml").is_file() or (d / "model.onnx").is_file()))
 
 
+def zoo_models(zoo: str | Path | None = None) -> list[tuple[str, Path, str]]:
+    """Every model folder of both zoos as (name, folder, "bundled" | "user"), bundled first."""
+    user = user_zoo(zoo)
+    if zoo is not None and not user.is_dir():
+        raise ModelError(f"model zoo {user} does not exist; check --zoo, or `edgert models add --zoo {user}` "
+                         "makes it")
+    return [(n, ZOO / n, "bundled") for n in _names_in(ZOO)] + [(n, user / n, "user") for n in _names_in(user)]
+
+
+def model_names(zoo: str | Path | None = None) -> list[str]:
+    """The names a model can be loaded by (a shadowed user model's name is its bundled namesake's)."""
+    return sorted({n for n, _, _ in zoo_models(zoo)})
+
+
 def model_dir(name: str, zoo: str | Path | None = None) -> Path:
-    d = zoo_dir(zoo) / name
-    if not d.is_dir():
-        names = model_names(zoo)
-        raise ModelError(f"no model {name!r} in {zoo_dir(zoo)}; models: {', '.join(names) or 'none'}")
-    return d
+    """The folder of model `name`: the bundled zoo's if it has one, else the user zoo's."""
+    for n, d, _ in zoo_models(zoo):
+        if n == name:
+            return d
+    raise ModelError(f"no model {name!r} in the bundled zoo or {user_zoo(zoo)}; models: "
+                     f"{', '.join(model_names(zoo)) or 'none'}")
 
 
 def _load_onnx(path: Path, data: bytes | None = None):  # type: ignore[no-untyped-def]
@@ -231,15 +253,22 @@ def describe_model(name: str, zoo: str | Path | None = None) -> str:
 
 
 def list_models(zoo: str | Path | None = None) -> list[dict[str, str]]:
-    """One row per zoo folder; a folder whose manifest does not load is listed with the reason."""
+    """One row per model folder of both zoos; one whose manifest does not load, or a user model
+    shadowed by a bundled one of the same name, is listed with the reason."""
     rows = []
-    for name in model_names(zoo):
+    bundled = set(_names_in(ZOO))
+    for name, d, where in zoo_models(zoo):
+        row = {"name": name, "zoo": where, "dir": str(d)}
+        if where == "user" and name in bundled:
+            rows.append({**row, "version": "?", "input": "?", "markets": "?", "status":
+                         f"shadowed: the bundled {name!r} is loaded by that name; rename the folder {d}"})
+            continue
         try:
-            m = load_manifest(zoo_dir(zoo) / name)
-            rows.append({"name": name, "version": m.version, "input": ", ".join(
-                f"{t.dtype}{list(t.shape)}" for t in m.inputs), "markets": ",".join(m.markets) or "-", "status": "ok"})
+            m = load_manifest(d)
+            rows.append({**row, "version": m.version, "input": ", ".join(f"{t.dtype}{list(t.shape)}" for t in m.inputs),
+                         "markets": ",".join(m.markets) or "-", "status": "ok"})
         except ModelError as e:
-            rows.append({"name": name, "version": "?", "input": "?", "markets": "?", "status": f"invalid: {e}"})
+            rows.append({**row, "version": "?", "input": "?", "markets": "?", "status": f"invalid: {e}"})
     return rows
 
 
@@ -296,7 +325,8 @@ def _tensor_toml(kind: str, name: str, dtype: str, dims: list[int | str]) -> str
 
 
 def add_model(src: str | Path, name: str | None = None, zoo: str | Path | None = None) -> Path:
-    """Copy an ONNX file into the zoo as NAME/model.onnx and write a manifest skeleton beside it."""
+    """Copy an ONNX file into the user zoo as NAME/model.onnx and write a manifest skeleton beside it.
+    The bundled zoo is never written; a name it already has is refused (it would never load)."""
     src = Path(src)
     data = src.read_bytes() if src.is_file() else None
     if data is None and not src.exists():
@@ -307,7 +337,10 @@ def add_model(src: str | Path, name: str | None = None, zoo: str | Path | None =
     if not _NAME.match(name):
         raise ModelError(f"model name {name!r}: use lower-case letters, digits, '.', '_' or '-' "
                          "(pass --name to choose one)")
-    dest = zoo_dir(zoo) / name
+    if (ZOO / name).exists():
+        raise ModelError(f"{name!r} is a bundled model's name, which always loads the bundled one; pass --name "
+                         "to pick another name")
+    dest = user_zoo(zoo) / name
     if dest.exists():
         raise ModelError(f"a model named {name!r} already exists at {dest}; pass --name to pick another name "
                          "or remove that folder first")

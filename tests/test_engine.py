@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from conftest import make_steer_model, write_manifest
-from edgert.runtime.config import PROJECT_ROOT
 from edgert.runtime.engine import Engine
 from edgert.runtime.manifest import ModelError, load_manifest
 from edgert.runtime.providers import describe, nvidia_driver, plan
+from edgert.runtime.zoo import ZOO
 
 
 def test_io_binding_equals_plain_session_run(tiny_model):
@@ -265,7 +265,6 @@ def test_other_load_errors_are_not_retried(tiny_model, monkeypatch):
 def test_int8_variant_with_a_graph_requested_runs_without_one_on_gpu():
     if nvidia_driver() is not None:
         pytest.skip(f"needs an NVIDIA GPU: {nvidia_driver()}")
-    from edgert.runtime.zoo import ZOO
 
     m = load_manifest(ZOO / "pilotnet-int8")
     eng = Engine(m, providers=["CUDAExecutionProvider"],
@@ -319,4 +318,4 @@ def test_manifest_operating_domain_is_parsed_and_checked(tiny_model):
 
 def test_the_shipped_models_declare_their_operating_domain():
     for name in ("pilotnet", "pilotnet-fp16", "pilotnet-int8"):
-        assert load_manifest(PROJECT_ROOT / "models" / name).odd_mean_level == (105.0, 165.0), name
+        assert load_manifest(ZOO / name).odd_mean_level == (105.0, 165.0), name

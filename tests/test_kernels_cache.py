@@ -62,6 +62,9 @@ def _package(tmp: Path, add: int) -> Path:
     if not pkg.exists():
         shutil.copytree(Path(kernels.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
         (pkg.parent / "__init__.py").write_text("")
+        (pkg.parent / "runtime").mkdir()  # jitcache asks runtime/paths.py where the user's cache is
+        (pkg.parent / "runtime" / "__init__.py").write_text("")
+        shutil.copy(Path(kernels.__file__).parents[1] / "runtime" / "paths.py", pkg.parent / "runtime")
         (pkg / "probe.py").write_text(PROBE)
     (pkg / "probe_helper.py").write_text(HELPER.format(add=add))
     return pkg

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import StageHarness
 from edgert.runtime import signing
-from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, from_dict, load
+from edgert.runtime.config import DEFAULT_CONFIG, MODELS_DIR, from_dict, load
 from edgert.runtime.manifest import ModelError, load_manifest
 from edgert.runtime.stage import StageContext
 from edgert.runtime.stages.control import ControlStage
@@ -39,7 +39,7 @@ def pilotnet_signed(tmp_path: Path) -> tuple[Path, Path, Path]:
     d = tmp_path / "pilotnet"
     d.mkdir()
     for f in ("model.onnx", "manifest.toml"):
-        shutil.copy(PROJECT_ROOT / "models" / "pilotnet" / f, d / f)
+        shutil.copy(MODELS_DIR / "pilotnet" / f, d / f)
     text = (d / "manifest.toml").read_text()
     (d / "manifest.toml").write_text(text.replace('publisher = "edgert-sim"', 'publisher = "test-pub"'))
     signing.sign(d, priv)

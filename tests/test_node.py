@@ -16,12 +16,13 @@ import pytest
 
 import edgert
 from conftest import SHARED_MACHINE_CONTROL
-from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, from_dict, load
 from edgert.runtime.node import Node, resolve_nodes
 from edgert.runtime.stages.control import ControlStage
 from edgert.runtime.supervisor import StageFailed, Supervisor
 from edgert.runtime.topics import TOPICS, USER_TOPICS
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout
 DOC = PROJECT_ROOT / "docs" / "nodes.md"
 
 # A node that reads the example's topic and writes what it got to a file (params.out): the test's probe.

@@ -18,13 +18,14 @@ import pytest
 
 from conftest import SHARED_MACHINE_CONTROL, free_port_block
 from edgert.runtime import shm
-from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, load
+from edgert.runtime.config import DEFAULT_CONFIG, load
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.stages.capture import CAMERA_STREAM
 from edgert.runtime.stages.preprocess import PreprocessStage
 from edgert.runtime.supervisor import Supervisor
 from edgert.runtime.wire import StageState
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: where the CLI runs from
 STAGE_TITLES = {"edgert-capture", "edgert-preprocess", "edgert-infer", "edgert-control"}
 
 

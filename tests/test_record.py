@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgert.runtime import cli, wire
+from edgert.runtime import cli, paths, wire
 from edgert.runtime.config import CameraSection, ConfigError, from_dict
 from edgert.runtime.fleet import mcapio
 from edgert.runtime.fleet.ring import Ring
@@ -651,7 +651,6 @@ def test_a_region_whose_duty_cannot_be_met_fails_the_recorder_start(tmp_path, ti
 def test_a_policy_off_recording_is_authenticated_so_it_can_be_pruned_and_replayed(tmp_path, tiny_model):
     """record.policy = "off" (replay's scratch recordings) skips the region's duties, not the vehicle
     key: without `edgert.auth` export, prune and replay refuse a clip, and prune could never delete it."""
-    from edgert.runtime.config import PROJECT_ROOT
     from edgert.runtime.fleet import crypto
     from edgert.runtime.fleet.audit import AuditLog
     from edgert.runtime.fleet.export import authenticated_metadata, prune, read_clip_info
@@ -674,7 +673,7 @@ def test_a_policy_off_recording_is_authenticated_so_it_can_be_pruned_and_replaye
         meta, encrypted = authenticated_metadata(f, clips[0], keys)  # what replay checks first
     assert meta["region"] == "sim" and not encrypted
     later = time.time_ns() + 8 * 24 * 3600 * 10**9  # past sim's 7-day retention
-    res = prune(tmp_path / "rec", Policy.load(PROJECT_ROOT / "configs" / "fleet-policy.toml"),
+    res = prune(tmp_path / "rec", Policy.load(paths.fleet_policy()),
                 AuditLog(tmp_path / "audit.jsonl"), later, keys)
     assert res.errors == [] and res.deleted == clips and not clips[0].exists()
 

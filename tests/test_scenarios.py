@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +16,15 @@ import zmq
 from conftest import SHARED_MACHINE_CONTROL, StageHarness
 from edgert.runtime import wire
 from edgert.runtime.camhealth import CameraHealth
-from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load
+from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, from_dict, load
 from edgert.runtime.framepool import FramePool
 from edgert.runtime.sim import scenarios
 from edgert.runtime.sim.actuator import Actuator
 from edgert.runtime.stages.capture import CAMERA_STREAM, CaptureStage
 from edgert.runtime.transport import publisher, subscriber
 from edgert.runtime.wire import FrameFlags, MsgType, Stamp, VehicleFlags, WireError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: where the CLI runs from
 
 MS = 1_000_000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
 import os, signal, sys, threading, time
@@ -23,7 +24,7 @@ print("set" if ev.wait(5) else "not set", flush=True)
 
 
 def _run(variant: str, timeout_s: float) -> subprocess.CompletedProcess | None:
-    from edgert.runtime.config import PROJECT_ROOT
+    PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
     try:
         return subprocess.run([sys.executable, "-c", CHILD, str(PROJECT_ROOT), variant], capture_output=True,

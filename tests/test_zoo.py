@@ -58,6 +58,17 @@ def tiny_zoo(tiny_model: Path) -> Path:
     return tiny_model.parent  # tmp_path, holding the folder "tiny"
 
 
+@pytest.fixture(autouse=True)
+def user_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This user's data folder, empty: the default user zoo is $XDG_DATA_HOME/edgert/models."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    return tmp_path / "xdg-data"
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if "__pycache__" not in p.parts}
+
+
 # --- models list | info | verify -------------------------------------------------------------
 
 
@@ -90,7 +101,7 @@ def test_verify_graph_io_mismatch(tiny_zoo, capsys):
 def test_verify_unknown_model(tiny_zoo, capsys):
     assert edgert("models", "verify", "nope", "--zoo", str(tiny_zoo)) == 1
     err = capsys.readouterr().err
-    assert "no model 'nope'" in err and "models: tiny" in err
+    assert "no model 'nope'" in err and re.search(r"models: pilotnet, pilotnet-fp16, pilotnet-int8, tiny$", err, re.M)
 
 
 def test_info_unknown_model_names_the_models(tiny_zoo, capsys):
@@ -148,6 +159,64 @@ def test_add_errors(tmp_path, tiny_zoo, capsys):
     assert edgert("models", "add", str(tiny_zoo / "tiny" / "model.onnx"), "--name", "Bad Name", "--zoo",
                   str(tiny_zoo)) == 2
     assert "model name" in capsys.readouterr().err
+
+
+def test_add_without_zoo_writes_the_user_zoo_which_loads_after_the_bundled_one(tmp_path, user_data, capsys):
+    from edgert.runtime.config import MODELS_DIR, from_dict
+
+    bundled_before = _tree(zoo.ZOO)
+    src = tmp_path / "steer.onnx"
+    make_steer_model(src)
+    assert edgert("models", "add", str(src)) == 0
+    d = user_data / "edgert" / "models" / "steer"
+    assert (d / "model.onnx").read_bytes() == src.read_bytes() and (d / "manifest.toml").is_file()
+    write_manifest(d)  # the TODOs filled in
+    capsys.readouterr()
+    assert edgert("models", "list") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^steer\s+user\s", out, re.M) and re.search(r"^pilotnet\s+bundled\s", out, re.M)
+    assert f"user zoo:    {user_data / 'edgert' / 'models'}" in out
+    assert from_dict({"infer": {"model": "steer"}}).model_dir() == d  # found after the bundled zoo
+    assert from_dict({}).model_dir() == MODELS_DIR / "pilotnet"
+    assert _tree(zoo.ZOO) == bundled_before, "the bundled zoo was written"
+
+
+def test_a_user_model_never_shadows_a_bundled_one(tmp_path, user_data, capsys):
+    from edgert.runtime.config import MODELS_DIR, from_dict
+
+    src = tmp_path / "pilotnet.onnx"
+    make_steer_model(src)
+    assert edgert("models", "add", str(src)) == 2
+    assert "'pilotnet' is a bundled model's name" in capsys.readouterr().err
+    # One put there by hand is listed as shadowed and never loaded by that name.
+    d = user_data / "edgert" / "models" / "pilotnet"
+    d.mkdir(parents=True)
+    make_steer_model(d / "model.onnx")
+    write_manifest(d)
+    assert edgert("models", "list") == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^pilotnet\s+user\s.*shadowed: the bundled 'pilotnet' is loaded by that name; rename", out, re.M)
+    assert from_dict({"infer": {"model": "pilotnet"}}).model_dir() == MODELS_DIR / "pilotnet"
+    assert zoo.model_dir("pilotnet") == MODELS_DIR / "pilotnet"
+
+
+def test_a_configured_user_zoo_resolves_against_the_config_file(tmp_path, tiny_zoo, capsys):
+    from edgert.runtime.config import ConfigError, load
+
+    cfg_dir = tmp_path / "vehicle"
+    cfg_dir.mkdir()
+    (cfg_dir / "p.toml").write_text('[infer]\nmodel = "tiny"\nzoo = ".."\n')  # tmp_path, which holds tiny/
+    assert load(cfg_dir / "p.toml").model_dir().resolve() == tiny_zoo / "tiny"
+    (cfg_dir / "p.toml").write_text('[infer]\nmodel = "tiny"\n')
+    with pytest.raises(ConfigError, match=r"no manifest.toml .*zoo's: pilotnet, pilotnet-fp16, pilotnet-int8 \(searched: "):
+        load(cfg_dir / "p.toml")
+
+
+def test_sign_refuses_a_bundled_model(tmp_path, capsys):
+    sig = zoo.ZOO / "pilotnet" / "manifest.sig"
+    before = sig.read_bytes()
+    assert edgert("models", "sign", "pilotnet", "--key", str(tmp_path / "k.pem")) == 2
+    assert "bundled model" in capsys.readouterr().err and sig.read_bytes() == before
 
 
 # --- infer -----------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def manifest_text(header: str, name: str, sha: str, markets_note: str, provenanc
                   pre_note: str = "", decoder_note: str = "", extra: str = "") -> str:
     """The manifest of pilotnet or one of its variants (variants.py): one interface, one spec.
 
-    The publisher must sign the result (`edgert models sign NAME --key PUBLISHER.pem`) before the
+    The publisher must sign the result (`edgert models sign models/NAME --key PUBLISHER.pem`) before the
     runtime loads it; the private key is kept outside the repository."""
     pre = "\n".join(f"{k} = {_toml_value(v)}" for k, v in SPEC.to_dict().items())
     return f"""{header}
@@ -261,7 +261,7 @@ def main() -> None:
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     (a.out / "manifest.toml").write_text(pilotnet_manifest(sha, a.seed))
     print(f"wrote {onnx_path} (sha256 {sha[:16]}…), validation RMSE {val * 1000:.2f} mrad; sign it: "
-          f"edgert models sign pilotnet --key {PUBLISHER}.pem")
+          f"edgert models sign models/pilotnet --key {PUBLISHER}.pem")
     for lat0 in (0.0, 1.0):
         r = closed_loop(onnx_path, 60.0, start_lateral=lat0)
         print(f"closed loop, demo road seed {DEMO_ROAD_SEED}, 60 s at {SPEED} m/s, start offset {lat0} m: "

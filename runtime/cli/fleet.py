@@ -21,20 +21,19 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgert.runtime.config import PROJECT_ROOT
+from edgert.runtime import paths
 from edgert.runtime.fleet import audit as audit_mod
 from edgert.runtime.fleet import crypto
 from edgert.runtime.fleet.export import ClipError, encrypt_clip, export, prune, read_clip_info
 from edgert.runtime.fleet.policy import Policy, PolicyError
 
-DEFAULT_POLICY = PROJECT_ROOT / "configs" / "fleet-policy.toml"
+DEFAULT_POLICY = paths.fleet_policy()
 AUDIT_KEY = "audit"  # keys/audit.key: the vehicle's HMAC key for the audit chain
 
 
 def data_dir() -> Path:
     """Where a vehicle keeps its fleet data by default: $XDG_DATA_HOME/edgert/fleet."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "edgert" / "fleet"
+    return paths.fleet_home()
 
 
 def _audit(args: argparse.Namespace) -> audit_mod.AuditLog:
@@ -77,7 +76,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
     log = _audit(args)
     now = parse_when(args.now) if args.now else audit_mod.now_ns()
-    res = prune(args.dir or data_dir() / "recordings", policy, log, now, args.keys)
+    res = prune(args.dir or paths.recordings(), policy, log, now, args.keys)
     for p in res.deleted:
         print(f"deleted {p}")
     for e in res.errors:
@@ -155,7 +154,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     common(p)
     p.set_defaults(func=cmd_export)
     p = fsub.add_parser("prune", help="delete clips older than their region's retention_days")
-    p.add_argument("dir", nargs="?", default=None, help=f"recordings folder (default: {d / 'recordings'})")
+    p.add_argument("dir", nargs="?", default=None, help=f"recordings folder (default: {paths.recordings()})")
     p.add_argument("--now", default=None, help="as of this time (ISO date/time or @EPOCH; default: now)")
     common(p)
     p.set_defaults(func=cmd_prune)

@@ -14,7 +14,8 @@ import math
 import random
 
 import numpy as np
-from numba import njit
+
+from edgert.kernels.jitcache import njit  # cached under the user cache, never beside the installed sources
 
 NOISE_TABLE_BITS = 20  # 1 Mi float32 normals (4 MiB), shared by every frame
 

@@ -31,8 +31,8 @@ import functools
 import math
 
 import numpy as np
-from numba import njit
 
+from edgert.kernels.jitcache import njit  # cached under the user cache, never beside the installed sources
 from edgert.runtime.sim.camera import PinholeCamera
 from edgert.runtime.sim.road import Road
 
