@@ -81,11 +81,11 @@ def _spin_parallel(n: int, parts: int) -> float:
 class FixedWork:
     """Arithmetic that takes `target_ns` (median) on `threads` threads: a jitter baseline."""
 
-    def __init__(self, target_ns: float, threads: int = 1) -> None:
+    def __init__(self, target_ns: float, threads: int = 1, calls: int = 101) -> None:
         self.threads = threads
         self.n = 20_000
-        for _ in range(3):  # calibrate on the median; a few rounds settle it within a few %
-            p50 = float(np.median(time_ns(self, 101, warmup=3)))
+        for _ in range(3):  # calibrate on the median of `calls` calls; a few rounds settle it within a few %
+            p50 = float(np.median(time_ns(self, calls, warmup=3)))
             self.n = max(1, int(self.n * target_ns / p50))
 
     def __call__(self) -> Any:

@@ -44,7 +44,8 @@ SIZES = {  # name -> shape (uint8)
 ZMQ_CASES = ("zmq_copy_ipc", "zmq_nocopy_ipc", "zmq_copy_tcp")
 ACK = b"k"
 MAILBOX = "bench-transport"  # the mailbox's topic name in this run
-WARMUP = 20  # unrecorded messages per case: the receiver's connect and first-touch costs
+WARMUP = 20  # unrecorded messages per case: the receiver's connect and first-touch costs (at most n: a
+# run of a few samples, as the tests make, needs no more warm-up than samples)
 REPLY_TIMEOUT_S = 30.0  # the receiver answers each message within microseconds; this long means it is gone
 
 
@@ -69,10 +70,10 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
         job = conn.recv()
         if job is None:
             break
-        case, size, shape, n = job
-        lat = np.empty(WARMUP + n, dtype=np.int64)
+        case, size, shape, n, warmup = job
+        lat = np.empty(warmup + n, dtype=np.int64)
         if case == "pickle_pipe":
-            for i in range(WARMUP + n):
+            for i in range(warmup + n):
                 t_send, arr = conn.recv()
                 lat[i] = time.monotonic_ns() - t_send
                 ack.send(ACK)
@@ -80,7 +81,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
             pool = FramePool.attach(run_id, size)
             sock = ctx.socket(zmq.PULL)
             sock.connect(endpoints["shm"])
-            for i in range(WARMUP + n):
+            for i in range(warmup + n):
                 lat[i] = _hold_slot(pool, sock.recv(), shape)
                 ack.send(ACK)
             sock.close(0)
@@ -89,7 +90,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
             pool = FramePool.attach(run_id, size)
             src = MailboxSource(Mailbox.attach(run_id, MAILBOX))
             ack.send(ACK)  # attached: a mailbox keeps only what is posted from now on, so say so first
-            for i in range(WARMUP + n):
+            for i in range(warmup + n):
                 msg = None
                 while msg is None:
                     if not src.wait(10_000):
@@ -103,7 +104,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
             copy = case != "zmq_nocopy_ipc"
             sock = ctx.socket(zmq.PULL)
             sock.connect(endpoints[case])
-            for i in range(WARMUP + n):
+            for i in range(warmup + n):
                 stamp, payload = sock.recv_multipart(copy=copy)
                 buf = payload if copy else payload.buffer
                 arr = np.frombuffer(buf, dtype=np.uint8).reshape(shape)
@@ -111,7 +112,7 @@ def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Conne
                 del arr
                 ack.send(ACK)
             sock.close(0)
-        conn.send(lat[WARMUP:])
+        conn.send(lat[warmup:])
     ack.close(0)
     ctx.term()
 
@@ -150,6 +151,7 @@ def run(quick: bool = False, n: int | None = None) -> Report:
         for size, shape in SIZES.items():
             frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
             count = n_large if frame.nbytes >= 1 << 20 else n_small
+            warmup = min(WARMUP, count)
             pool = pools[size]
             desc["dtype"], desc["ndim"] = 1, len(shape)
             desc["shape"][:] = 0
@@ -179,10 +181,10 @@ def run(quick: bool = False, n: int | None = None) -> Report:
             senders = {"shm": send_shm, **({} if mailbox is None else {"shm_mailbox": send_mailbox}),
                        "pickle_pipe": send_pickle, **{c: (lambda c=c: send_zmq(c)) for c in ZMQ_CASES}}
             for case, send in senders.items():
-                parent.send((case, size, shape, count))
+                parent.send((case, size, shape, count, warmup))
                 if case == "shm_mailbox":
                     _reply(ack, proc)  # the receiver is attached (ZeroMQ queues; a mailbox holds only the newest)
-                for _ in range(WARMUP + count):
+                for _ in range(warmup + count):
                     send()
                     _reply(ack, proc)
                 if not parent.poll(REPLY_TIMEOUT_S):

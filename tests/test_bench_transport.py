@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from edgert.bench import transport
@@ -32,13 +33,18 @@ def test_transport_leaves_the_mailbox_case_out_with_the_reason_where_mailboxes_c
     assert report.cases["shm@1080p"]["n"] == 3
 
 
-def test_the_cli_runs_a_benchmark_that_takes_no_pipeline_options(tmp_path):
+def test_the_cli_runs_a_benchmark_that_takes_no_pipeline_options(tmp_path, monkeypatch):
     """`edgert bench transport` with no pipeline flag must not be refused for one it was not given
     (a store_true flag's False once counted as given and broke every non-pipeline benchmark)."""
     from edgert.runtime.cli import main as edgert
 
+    # the benchmark's own shape is test_transport_benchmark_report_shape's; here the CLI's path to it
+    # matters, so its run is as short as that test's (n=5, not --quick's 200 small / 30 large frames)
+    orig = transport.run
+    monkeypatch.setattr(transport, "run", lambda quick: orig(quick=quick, n=5))
     assert edgert(["bench", "transport", "--quick", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} >= {"transport.json", "transport.md", "transport.png"}
+    assert json.loads((tmp_path / "transport.json").read_text())["config"]["n_small"] == 5
     assert edgert(["bench", "transport", "--compare-zmq", "--out", str(tmp_path)]) == 2  # given: refused
 
 

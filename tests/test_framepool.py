@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.synchronize
 import os
 import subprocess
 import sys
@@ -20,12 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (512, 1024, 4)  # 2 MiB frames: big enough that a copy takes long enough to be lapped
 
 
-def _writer(run_id: str, seconds: float, out: mp.Queue) -> None:
-    """Fill slots as fast as possible; every byte of frame k is k % 251 so a torn frame is visible."""
+def _writer(run_id: str, seconds: float, out: mp.Queue, stop: mp.synchronize.Event) -> None:
+    """Fill slots as fast as possible, until `stop` or `seconds`; every byte of frame k is k % 251
+    so a torn frame is visible."""
     pool = FramePool.attach(run_id, "cam")
     end = time.monotonic() + seconds
     k = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop.is_set():
         k += 1
         slot = pool.acquire()
         pool.view(slot, SHAPE, np.uint8).fill(k % 251)
@@ -51,8 +53,10 @@ def _latest(q: mp.Queue) -> tuple[int, int, int] | None:
 def test_torn_reads_detected_under_concurrent_writer(run_id):
     pool = FramePool.create(run_id, "cam", n_slots=2, slot_bytes=int(np.prod(SHAPE)))
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    w = ctx.Process(target=_writer, args=(run_id, 3.0, q))
+    q, stop = ctx.Queue(), ctx.Event()
+    # the writer stops once the race was seen (a torn read caught) and enough frames passed, not
+    # after a fixed 3 s; 120 s only bounds a machine too loaded to ever lap the reader
+    w = ctx.Process(target=_writer, args=(run_id, 120.0, q, stop))
     w.start()
     accepted = dropped_before = dropped_after = torn_caught = 0
     copy = np.empty(SHAPE, np.uint8)
@@ -74,6 +78,8 @@ def test_torn_reads_detected_under_concurrent_writer(run_id):
             else:
                 dropped_after += 1
                 torn_caught += int(copy.min() != copy.max())
+            if accepted > 10 and torn_caught > 0:
+                stop.set()  # then drain what the writer queued, up to its None
     finally:
         w.join(10)
     assert w.exitcode == 0

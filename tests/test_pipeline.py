@@ -207,15 +207,33 @@ def test_killed_stage_fails_safe_within_a_deadline_and_resumes(stage):
     """SIGKILL one stage mid-run: control hands over within one deadline, the stage is restarted,
     model commands resume, nothing leaks."""
     cfg = load(DEFAULT_CONFIG)
-    sup = Supervisor(cfg, duration_s=8.0, mode="processes")
+    # each step waits for what the last one caused; the run stops once commands resumed after the
+    # restart (control: once the new control handled frames), not after a fixed 8 s (600 s: a bound)
+    sup = Supervisor(cfg, duration_s=600.0, mode="processes")
     killed = {}
 
-    def killer() -> None:
-        while not hasattr(sup, "started_at"):
+    def wait_for(cond) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 120
+        while not cond():
+            assert time.monotonic() < deadline and not sup.stop_requested.is_set(), "step timed out"
             time.sleep(0.05)
-        time.sleep(2.0)
-        killed["t_ns"] = time.monotonic_ns()
-        os.kill(sup.handles[stage].pid, signal.SIGKILL)
+
+    def resumed() -> bool:
+        st = sup.status[stage]
+        if st.restarts < 1 or st.pid == killed["pid"] or st.state != StageState.RUNNING:
+            return False
+        if stage == "control":
+            return int((st.counters or {}).get("frames", 0)) > 0
+        return any(x["t_ns"] >= killed["t_ns"] and x["resumed_ns"] is not None for x in list(sup.telemetry.takeovers))
+
+    def killer() -> None:
+        try:  # mid-run: a second of model commands first (30 fps)
+            wait_for(lambda: hasattr(sup, "started_at") and sup.telemetry.checks.model_commands >= 30)
+            killed["t_ns"], killed["pid"] = time.monotonic_ns(), sup.handles[stage].pid
+            os.kill(killed["pid"], signal.SIGKILL)
+            wait_for(resumed)
+        finally:
+            sup.stop_requested.set()
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     s = sup.run()
@@ -357,14 +375,33 @@ def test_a_restarted_stage_hung_in_setup_is_killed_and_reported_after_the_restar
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
                                                                    os.environ.get("PYTHONPATH")])))
     cfg = load(DEFAULT_CONFIG).replace(pipeline={"restart_timeout_s": 3.0}, control=SHARED_MACHINE_CONTROL)
-    sup = Supervisor(cfg, duration_s=20.0, mode="processes",
+    # the run ends once preprocess is given up (about 13 s: 3 restarts, each hung 3 s, with back-off),
+    # not after a fixed duration; 300 s is only a bound for a supervisor that never gives up
+    sup = Supervisor(cfg, duration_s=300.0, mode="processes",
                      stage_classes={"preprocess": f"{Path(__file__).stem}:HangsWhenRestarted"})
-    with caplog.at_level(logging.ERROR, logger="edgert.supervisor"):
-        s = sup.run()
+    done = threading.Event()
+
+    def stop_once_given_up() -> None:
+        while not done.wait(0.1):
+            if sup.status["preprocess"].given_up:
+                sup.stop_requested.set()
+                return
+
+    watcher = threading.Thread(target=stop_once_given_up, daemon=True)
+    watcher.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="edgert.supervisor"):
+            s = sup.run()
+    finally:
+        done.set()
+        watcher.join(10)
     pre = s["stages"]["preprocess"]
-    # each restart hung, was killed after 3 s and restarted, until the stage was given up
-    assert pre["restarts"] == MAX_RESTARTS and pre["hung"] == MAX_RESTARTS and pre["given_up"], s["stages"]
+    # each restart hung, was killed after 3 s and restarted, until the stage was given up (on a loaded
+    # machine the first, crashed instance may take over 3 s to exit, and is killed as hung too)
+    assert pre["restarts"] == MAX_RESTARTS and pre["hung"] in (MAX_RESTARTS, MAX_RESTARTS + 1) and pre["given_up"], \
+        s["stages"]
     hung = [r.getMessage() for r in caplog.records if "has been STARTING for" in r.getMessage()]
     assert len(hung) == MAX_RESTARTS and "pipeline.restart_timeout_s = 3" in hung[0], hung
-    assert s["exit_reason"] == "duration 20 s reached"  # the supervisor itself never hung
+    # the supervisor itself never hung: its loop still answered the stop asked for after the give-up
+    assert s["exit_reason"] == "stop requested (signal)", s["exit_reason"]
     assert s["leaked_segments"] == [] and not edgert_processes(s["run_id"])
