@@ -66,7 +66,7 @@ def benchmarks() -> list[str]:
 def run_one(name: str, quick: bool, **pipeline_opts: Any) -> Report:
     """One benchmark's report (for `pipeline`, one scenario: pipeline_opts["scenario"])."""
     quiet_opencv_pool()
-    module = importlib.import_module(f"bench.{name}")
+    module = importlib.import_module(f"edgert.bench.{name}")
     if name == "pipeline":
         return module.run(quick=quick, **pipeline_opts)
     return module.run(quick=quick)

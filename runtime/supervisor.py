@@ -337,6 +337,7 @@ class Supervisor:
                             manifest_sha256=self.manifest_sha256)
 
     def _start(self) -> None:
+        assert self.zmq is not None and self.endpoints is not None and self.run_dir is not None  # start() made them
         self.heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")
         self.pub = publisher(self.zmq, self.endpoints, "supervisor")
         sim = self.cfg.sim
@@ -363,11 +364,12 @@ class Supervisor:
         the stage name it was started as; anything else is dropped and counted (foreign_heartbeats).
         Reads a bounded batch per call (the socket's fair queue takes each peer in turn), so a peer
         flooding the socket neither holds the loop nor crowds out the stages."""
-        if not self.heartbeats.poll(timeout_ms):
+        heartbeats = self.heartbeats
+        if heartbeats is None or not heartbeats.poll(timeout_ms):
             return
         for _ in range(HEARTBEAT_BATCH * len(self.status)):
             try:
-                msg = self.heartbeats.recv(zmq.NOBLOCK)
+                msg = heartbeats.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
