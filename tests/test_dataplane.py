@@ -201,3 +201,42 @@ def test_echo_attaching_to_a_topic_nobody_else_reads_gets_its_messages():
     msgs = [json.loads(line) for line in out.splitlines()]
     assert echo.returncode == 0 and len(msgs) == 3, err
     assert all(m["frame_id"] > 0 for m in msgs)
+
+
+def test_frame_output_publishes_descriptors_that_frame_input_accepts(run_id):
+    """One descriptor builder (FrameOutput) and one reader (FrameInput), on a real pool and socket."""
+    import threading
+
+    from edgert.runtime.frameinput import FrameInput, FrameOutput
+    from edgert.runtime.stage import Stage, StageContext
+    from edgert.runtime.topics import STREAM_IDS
+    from edgert.runtime.wire import Stamp
+
+    cfg = _small(mailbox=False).replace(camera={"width": 64, "height": 32})
+    lay = layout("camera", cfg)
+    pool = FramePool.create(run_id, "camera", lay.slots, lay.slot_bytes)
+    ctx = zmq.Context()
+    ep = Endpoints("inproc", run_id)
+    writer, reader = (Stage(StageContext(n, cfg, run_id, ep, ctx, threading.Event())) for n in ("capture", "preprocess"))
+    try:
+        out = FrameOutput(writer, "camera", lay)
+        inp = FrameInput.of(reader, "camera", lay)
+        got = None
+        for i in range(1, 200):  # until the subscription is in place (inproc: a moment)
+            slot, view = out.acquire()
+            view[:] = i
+            out.publish(slot, frame_id=i)
+            got = inp.next(20)
+            if got is not None:
+                break
+        assert got is not None, "no frame came through"
+        rec, frame = got
+        assert int(rec["stream"]) == STREAM_IDS["camera"] and frame.shape == lay.shape == (32, 64, 3)
+        assert (frame == int(rec["frame_id"])).all() and int(rec["stamps"][Stamp.CAPTURE]) > 0
+        assert inp.still_valid(rec) and reader.rejected == 0
+    finally:
+        writer.teardown()
+        reader.teardown()
+        ctx.term()
+        pool.close()
+        pool.unlink()
