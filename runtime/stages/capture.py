@@ -33,6 +33,7 @@ ACTUATOR_TIMEOUT_PERIODS = 6  # sim.actuator_timeout_ms = 0: six frame periods (
 
 
 class CaptureStage(CameraSource):
+    """camera.source = "sim" (runtime/sources.py)."""
 
     def setup(self) -> None:
         cam, sim = self.cfg.camera, self.cfg.sim
