@@ -150,7 +150,8 @@ class _Watcher(threading.Thread):
         self.me: Any = None
 
     def _counters(self) -> dict[str, dict[str, int]]:
-        return {n: dict(self.sup.status[n].counters or {}) for n in STAGES}
+        counters = self.sup.counters()
+        return {n: counters[n] for n in STAGES}
 
     def _cpu(self) -> dict[str, float]:
         """CPU seconds of each stage so far (read at the window's two ends). In threads mode a
@@ -163,7 +164,7 @@ class _Watcher(threading.Thread):
                 if isinstance(p, int):  # a thread of this process, if the stage has not been restarted since
                     if threads is None:
                         threads = {t.id: t.user_time + t.system_time for t in self.me.threads()}
-                    same = self.sup.handles[name].native_id == p
+                    same = self.sup.stage_thread_id(name) == p
                     out[name] = threads.get(p, float("nan")) if same else float("nan")
                 else:
                     t = p.cpu_times()
@@ -186,13 +187,12 @@ class _Watcher(threading.Thread):
         import psutil
 
         sup = self.sup
-        while getattr(sup, "started_at", None) is None:  # the supervisor's loop: the camera is starting
+        while not sup.running.wait(0.02):  # every stage ready: the camera is starting
             if sup.stop_requested.is_set():
                 return
-            time.sleep(0.02)
         self.me = psutil.Process()
-        handles = {n: sup.handles[n] for n in STAGES}
-        self.procs = {n: psutil.Process(h.pid) if h.pid is not None else h.native_id for n, h in handles.items()}
+        pids = {n: sup.stage_pid(n) for n in STAGES}
+        self.procs = {n: psutil.Process(pid) if pid is not None else sup.stage_thread_id(n) for n, pid in pids.items()}
         if sup.stop_requested.wait(self.warmup_s):
             return
         tel = sup.telemetry.stamps
@@ -210,8 +210,7 @@ class _Watcher(threading.Thread):
                 total = sum(sys1) - sum(sys0)
                 self.busy = 100.0 * (busy(sys1) - busy(sys0)) / total if total > 0 else float("nan")
                 self.done = True
-                sup.exit_reason = "benchmark minimums reached"
-                sup.stop_requested.set()
+                sup.request_stop("benchmark minimums reached")
                 return
 
 
@@ -231,7 +230,7 @@ def run_once(cfg: PipelineConfig, stage_classes: dict[str, str] | None, min_coun
         try:
             summary = sup.run()
         finally:
-            sup.stop_requested.set()  # the watcher ends with the run, however it ended
+            sup.request_stop()  # the watcher ends with the run, however it ended
             w.join(5)
     if not w.done:  # the cap came first: report what there is, marked invalid
         w.n1, w.t1 = sup.telemetry.stamps.n, w.t0 + (summary["duration_s"] - warmup_s)

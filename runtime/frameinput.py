@@ -1,19 +1,24 @@
-"""A stage's input of frames: newest descriptor only, validated, then the slot it names.
+"""A stage's frames in and out: `FrameInput` takes the newest descriptor only, validated, then the
+slot it names; `FrameOutput` fills a slot and publishes its descriptor.
 
-Shared by every stage that consumes a frame pool, so the checks are made once, the
-same way: wire validation, the stream and the exact shape/dtype the stage was built
-for, frame ids moving forward, and the slot's seqlock before and after use.
+Shared by every stage that consumes or produces a frame pool (a stream of runtime/topics.py), so
+the checks are made once, the same way: wire validation, the stream and the exact shape/dtype
+the stage was built for, frame ids moving forward, and the slot's seqlock before and after use;
+and a descriptor is built in one place.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from edgert.runtime import wire
 from edgert.runtime.framepool import FramePool, SlotError
 from edgert.runtime.stage import Stage
-from edgert.runtime.transport import latest_reader
-from edgert.runtime.wire import MsgType, WireError
+from edgert.runtime.topics import StreamLayout, stream
+from edgert.runtime.transport import Publisher, latest_reader, publisher
+from edgert.runtime.wire import MsgType, Stamp, WireError
 
 
 class FrameInput:
@@ -27,6 +32,13 @@ class FrameInput:
         self.dtype_code = wire.CODE_OF_DTYPE[self.dtype]
         self.reader = stage.own(latest_reader(stage.ctx.zmq, stage.ctx.endpoints, topic))
         self.overwritten = 0  # slot reused by the writer before or while we read it
+
+    @classmethod
+    def of(cls, stage: Stage, name: str, layout: StreamLayout) -> "FrameInput":
+        """The input of stream `name` (runtime/topics.py): its pool, its topic, its layout in this run."""
+        s = stream(name)
+        pool = stage.own(FramePool.attach(stage.ctx.run_id, name))
+        return cls(stage, s.topic, pool, s.stream_id, layout.shape, layout.dtype)
 
     def next(self, timeout_ms: int) -> tuple[np.void, np.ndarray] | None:
         """The newest valid frame as (descriptor, slot view), or None."""
@@ -64,3 +76,49 @@ class FrameInput:
         self.overwritten += 1
         self.stage.dropped += 1
         return False
+
+
+class FrameOutput:
+    """A stage's output of frames on stream `name`: a slot to fill, then its descriptor, published.
+
+    `acquire` gives a slot and a view of it (views made once, in setup: nothing allocated per
+    frame); `publish` completes the slot (its seqlock) and sends the descriptor on the stream's
+    topic. A source that drops a frame it filled (a lossy link) calls `commit` and no `send`."""
+
+    def __init__(self, stage: Stage, name: str, layout: StreamLayout) -> None:
+        s = stream(name)
+        self.shape = tuple(layout.shape)
+        self.dtype = np.dtype(layout.dtype)
+        self.pool = stage.own(FramePool.attach(stage.ctx.run_id, name))
+        self.views = [self.pool.view(i, self.shape, self.dtype) for i in range(self.pool.n_slots)]
+        self.msg = wire.new_message(MsgType.FRAME)
+        self.msg["stream"] = s.stream_id
+        self.msg["dtype"] = wire.CODE_OF_DTYPE[self.dtype]
+        self.msg["ndim"] = len(self.shape)
+        self.msg["shape"][: len(self.shape)] = self.shape
+        self.pub: Publisher = stage.own(publisher(stage.ctx.zmq, stage.ctx.endpoints, s.topic))
+
+    def acquire(self) -> tuple[int, np.ndarray]:
+        """A free slot (never one a reader holds) and its view, to fill."""
+        slot = self.pool.acquire()
+        return slot, self.views[slot]
+
+    def commit(self, slot: int) -> int:
+        """The slot is filled: readers may take it. Its generation."""
+        return self.pool.publish(slot)
+
+    def send(self, slot: int, generation: int, frame_id: int, stamps: np.ndarray | None = None,
+             flags: int = 0) -> None:
+        """Publish the slot's descriptor. Without `stamps`, CAPTURE is stamped now (a source)."""
+        f = self.msg
+        f["slot"], f["generation"], f["frame_id"], f["flags"] = slot, generation, frame_id, flags
+        if stamps is None:
+            f["stamps"][:] = 0
+            f["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
+        else:
+            f["stamps"][:] = stamps
+        self.pub.send(wire.encode(f))
+
+    def publish(self, slot: int, frame_id: int, stamps: np.ndarray | None = None, flags: int = 0) -> None:
+        """commit + send."""
+        self.send(slot, self.commit(slot), frame_id, stamps, flags)

@@ -6,8 +6,9 @@ waiter with one futex call; a reader waits on the same word and copies the messa
 That takes one kernel wake-up per hop instead of ZeroMQ's chain through two I/O threads,
 which dominated the pipeline's own cost on the 2-core VM (docs/benchmarks.md, "Mailboxes").
 
-The same message still goes out on the topic's ZeroMQ socket, so the recorder, telemetry,
-`edgert tap` and hosts across tcp:// see exactly what they saw before.
+The topic keeps its ZeroMQ socket for every other reader (the recorder, telemetry, `edgert echo`):
+the publisher sends the same message there too, but only while something subscribes
+(transport.Publisher; which topics have a mailbox in a run is `transport.Endpoints.route`).
 
 Layout of the segment (little-endian):
     [0, 64)     header: magic "EDMB", version u32, capacity u32

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,55 +179,41 @@ def replay_config(path: Path, local: PipelineConfig, meta: dict[str, str], out_d
     return local.replace(**changes)
 
 
-def _counter(sup: Any, stage: str, key: str) -> int:
-    st = sup.status.get(stage)
-    return int((st.counters or {}).get(key, 0)) if st is not None else 0
-
-
 def _drive(sup: Any, n_frames: int) -> dict[str, Any]:
-    """Run the supervisor on a thread until every frame is out and the pipeline is drained."""
-    from edgert.runtime.supervisor import StageFailed
-
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["summary"] = sup.run()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
-    t = threading.Thread(target=target, name="edgert-replay-supervisor", daemon=True)
-    t.start()
-    last, last_change = -1, time.monotonic()
-    while t.is_alive():
-        time.sleep(0.05)
-        if not hasattr(sup, "started_at"):
-            last_change = time.monotonic()
-            continue
-        sent = _counter(sup, "capture", "frames") + _counter(sup, "capture", "rejected")
-        if sent != last:
-            last, last_change = sent, time.monotonic()
-        if sent >= n_frames:
-            break
-        if time.monotonic() - last_change > STALL_S:
-            log.error("replay stalled: %d of %d frames out after %.0f s without progress", sent, n_frames, STALL_S)
-            break
-    settle_end = time.monotonic() + SETTLE_MAX_S
-    seen = None
-    stable_since = time.monotonic()
-    while t.is_alive() and time.monotonic() < settle_end:
-        now = (_counter(sup, "infer", "frames"), _counter(sup, "recorder", "frames"),
-               _counter(sup, "control", "frames"))
-        if now != seen:
-            seen, stable_since = now, time.monotonic()
-        elif time.monotonic() - stable_since >= SETTLE_S:
-            break
-        time.sleep(0.05)
-    sup.stop_requested.set()
-    t.join()
-    if "error" in box:
-        err = box["error"]
-        raise err if isinstance(err, (StageFailed, ConfigError)) else RuntimeError(f"replay run failed: {err}")
-    return box["summary"]
+    """Run the supervisor until every frame is out and the pipeline is drained; its summary."""
+    sup.start()  # StageFailed/ConfigError go to the caller as they are
+    try:
+        last, last_change = -1, time.monotonic()
+        next_check = 0.0
+        while sup.poll():  # the supervisor's own turn, ~20 ms
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + 0.05
+            c = sup.counters()
+            sent = c["capture"]["frames"] + c["capture"]["rejected"]
+            if sent != last:
+                last, last_change = sent, time.monotonic()
+            if sent >= n_frames:
+                break
+            if time.monotonic() - last_change > STALL_S:
+                log.error("replay stalled: %d of %d frames out after %.0f s without progress", sent, n_frames, STALL_S)
+                break
+        settle_end = time.monotonic() + SETTLE_MAX_S
+        seen = None
+        stable_since = time.monotonic()
+        while time.monotonic() < settle_end and sup.poll():
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + 0.05
+            c = sup.counters()
+            now = (c["infer"]["frames"], c.get("recorder", {}).get("frames", 0), c["control"]["frames"])
+            if now != seen:
+                seen, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since >= SETTLE_S:
+                break
+    finally:
+        summary = sup.stop()
+    return summary
 
 
 def run_replay(path: str | Path, config: PipelineConfig | None = None, model: str | None = None,

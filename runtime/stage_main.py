@@ -96,4 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything the stage owned is closed by now. Skip the interpreter's own finalization: its
+    # garbage collection over numba's and onnxruntime's objects took 5 s and more on a loaded
+    # 2-core machine, past the supervisor's STOP_TIMEOUT_S, which then killed a clean stage.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

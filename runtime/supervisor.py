@@ -1,11 +1,14 @@
 """The supervisor: owns a pipeline run from start to a clean end.
 
-It creates the run's shared memory and socket directory, starts every stage (as
-processes named edgert-<stage>, or as threads), waits until all report ready, then
-tells the camera to start. It watches heartbeats and processes, restarts a dead stage
-with back-off (and gives up on one that keeps crashing), and on SIGINT/SIGTERM or at
-the end of the duration stops every stage, kills what does not stop, and removes the
-shared memory and sockets whatever happened: no orphans, no leaks.
+Its lifecycle is explicit: `start()` creates the run's shared memory (the frame pools and
+mailboxes the data-plane tables of runtime/topics.py and runtime/transport.py declare) and
+socket directory, starts every stage (as processes named edgert-<stage>, or as threads) and
+returns once all report ready; each `poll()` tells the camera to run, takes heartbeats,
+restarts a dead stage with back-off (and gives up on one that keeps crashing), and says whether
+the run goes on; `stop()` stops every stage, kills what does not stop, and removes the shared
+memory and sockets whatever happened: no orphans, no leaks. `run()` is start, poll until the
+duration ends or SIGINT/SIGTERM, stop. A caller that watches a run (bench, replay) drives
+these itself and reads `counters()`, `telemetry` and `stage_pid()`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from edgert.runtime import shm, wire
@@ -39,11 +41,9 @@ from edgert.runtime.signing import approved_manifest
 from edgert.runtime.stage import RateLimitedLog, StageContext, run_stage
 from edgert.runtime.stage_main import MANIFEST_PIN, load_stage_class
 from edgert.runtime.stages import STAGE_NAMES, stage_class, stage_names
-from edgert.runtime.stages.capture import CAMERA_STREAM
-from edgert.runtime.stages.preprocess import TENSOR_STREAM
 from edgert.runtime.telemetry import Telemetry
-from edgert.runtime.topics import TOPICS
-from edgert.runtime.transport import Endpoints, publisher, subscriber
+from edgert.runtime.topics import STREAMS, layout
+from edgert.runtime.transport import Endpoints, Publisher, publisher, subscriber
 from edgert.runtime.wire import MsgType, StageState, WireError
 
 log = logging.getLogger("edgert.supervisor")
@@ -191,10 +191,47 @@ class Supervisor:
         self.exit_reason = ""
         self.foreign_heartbeats = 0  # malformed, or not from a process this supervisor started (dropped)
         self._warn_foreign = RateLimitedLog(log)
+        # the run's state, made by start() and released by stop()
+        self.phase = "new"  # -> "starting" -> "running" -> "stopped"; a Supervisor runs once
+        self.running = threading.Event()  # set once every stage is ready and poll() drives the run
+        self.manifest_sha256 = ""
+        self.pools: list[FramePool] = []
+        self.mailboxes: list[Mailbox] = []
+        self.handles: dict[str, ProcessHandle | ThreadHandle] = {}
+        self.telemetry: Telemetry | None = None
+        self.auth: Any = None
+        self.zmq: zmq.Context | None = None
+        self.run_dir: Path | None = None
+        self.endpoints: Endpoints | None = None
+        self.heartbeats: zmq.Socket | None = None
+        self.pub: Publisher | None = None
+        self.go = wire.new_message(MsgType.HEARTBEAT)
+        self.go["stage"] = b"supervisor"
+        self._run_lock: int | None = None
+        self.ready_s = 0.0
+        self.run_s = 0.0
+        self.started_at: float | None = None
+        self.polls = 0  # poll() calls while running
+        self._end = math.inf
+        self._last_go = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the pipeline to its end and return the summary (raises StageFailed at start-up)."""
+        self.start()
+        try:
+            while self.poll():
+                pass
+        finally:
+            summary = self.stop()
+        return summary
+
+    def start(self) -> None:
+        """Create the run's resources, start every stage and return once all are ready. Raises
+        StageFailed (or the model's ApprovalError/ModelError) with everything made removed again."""
+        if self.phase != "new":
+            raise RuntimeError(f"this Supervisor is {self.phase}: a Supervisor runs once; make a new one")
+        self.phase = "starting"
         shm.sweep_stale()
         sweep_stale_run_dirs()
         # an unsigned, altered or unapproved model, or a corrupt file, fails here with one clear
@@ -204,30 +241,15 @@ class Supervisor:
         self.manifest_sha256 = manifest.manifest_sha256  # pinned: every stage loads these bytes or refuses
         log.info("model %s %s approved; manifest sha256 %s pinned for the run", manifest.name, manifest.version,
                  self.manifest_sha256)
-        cam = self.cfg.camera
-        spec = manifest.inputs[0]
-        self.pools: list[FramePool] = []
-        self.mailboxes: list[Mailbox] = []
-        self.handles: dict[str, ProcessHandle | ThreadHandle] = {}
-        self.telemetry: Telemetry | None = None
-        self.auth = None
         self.zmq = zmq.Context()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"edgert.{self.run_id}."))
-        self._run_lock: int | None = None
         started = time.monotonic()
-        try:  # from here on, whatever fails, _shutdown removes what was made
+        try:  # from here on, whatever fails, stop() removes what was made
             self._run_lock = shm.hold_run_dir(self.run_dir)  # tells other runs this one lives (runtime/shm.py)
             (self.run_dir / "pipeline.json").write_text(self.cfg.to_json())
             (self.run_dir / MANIFEST_PIN).write_text(self.manifest_sha256)
-            self.pools.append(FramePool.create(self.run_id, CAMERA_STREAM, cam.pool_slots,
-                                               cam.width * cam.height * 3 * cam.cameras))
-            self.pools.append(FramePool.create(self.run_id, TENSOR_STREAM, self.cfg.infer.pool_slots,
-                                               int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize))
             self.endpoints = Endpoints.for_run(self.cfg, self.run_id, self.run_dir)
-            if self.endpoints.mailboxes:
-                for t in TOPICS.values():
-                    if t.mailbox:
-                        self.mailboxes.append(Mailbox.create(self.run_id, t.name))
+            self._create_data_plane(manifest.inputs[0])
             if self.endpoints.curve_dir:
                 from edgert.runtime import curve
 
@@ -235,21 +257,94 @@ class Supervisor:
                 self.auth = curve.start_authenticator(self.zmq, self.endpoints.curve_dir)
             self._start()
             self._wait_ready()
-            self.ready_s = time.monotonic() - started
-            self._loop()
-        finally:
-            self._shutdown()
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_s = time.monotonic() - started
+        self.started_at = time.monotonic()
+        self._end = self.started_at + self.duration_s if self.duration_s else math.inf
+        self.phase = "running"
+        self.running.set()
+
+    def _create_data_plane(self, model_input: Any) -> None:
+        """Every stream's frame pool (runtime/topics.py STREAMS) and, where a topic's route in this run
+        has one, its mailbox (transport.Endpoints.route): declared there, created here only."""
+        assert self.endpoints is not None
+        for name in STREAMS:
+            lay = layout(name, self.cfg, model_input)
+            self.pools.append(FramePool.create(self.run_id, name, lay.slots, lay.slot_bytes))
+        for route in self.endpoints.routes():
+            if route.mailbox:
+                self.mailboxes.append(Mailbox.create(self.run_id, route.topic))
+
+    def poll(self, timeout_ms: int = 20) -> bool:
+        """One turn of the run: the start signal (every 100 ms), the stages' heartbeats (waiting up to
+        `timeout_ms` for them), hung and dead stages. False once the run should end (its duration is
+        reached, or a stop was requested: signal, `request_stop`, control given up)."""
+        if self.phase != "running" or self.stop_requested.is_set():
+            return False
+        now = time.monotonic()
+        if now >= self._end:
+            self.exit_reason = self.exit_reason or f"duration {self.duration_s:g} s reached"
+            return False
+        if now - self._last_go >= 0.1:
+            self.go["state"] = int(StageState.RUNNING)
+            self.go["seq"] += 1
+            self.go["t_ns"] = time.monotonic_ns()
+            self.pub.send(wire.encode(self.go))  # type: ignore[union-attr]
+            self._last_go = now
+        self._poll_heartbeats(timeout_ms)
+        self._watch(now)
+        self.polls += 1
+        return not self.stop_requested.is_set()
+
+    def request_stop(self, reason: str = "") -> None:
+        """Ask the run to end (from any thread); the next poll() returns False. `reason` goes to the summary."""
+        if reason and not self.exit_reason:
+            self.exit_reason = reason
+        self.stop_requested.set()
+
+    def stop(self) -> dict[str, Any]:
+        """Stop every stage and remove everything the run made; safe to call again. The summary."""
+        if self.phase in ("starting", "running"):
+            if self.started_at is not None:
+                self.run_s = time.monotonic() - self.started_at
+            if not self.exit_reason:
+                self.exit_reason = "stop requested (signal)"
+            self.phase = "stopping"
+            try:
+                self._shutdown()
+            finally:
+                self.phase = "stopped"
+                self.running.clear()
+        elif self.phase == "new":
+            self.phase = "stopped"
         return self.summary()
 
+    # -- what a caller watching the run reads ----------------------------------------------
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per stage, frames/dropped/rejected/errors so far, summed over its restarted instances."""
+        return {n: {k: (s.earlier or {}).get(k, 0) + (s.counters or {}).get(k, 0)
+                    for k in ("frames", "dropped", "rejected", "errors")} for n, s in self.status.items()}
+
+    def stage_pid(self, name: str) -> int | None:
+        """The process of stage `name` now (None in threads mode or before it started)."""
+        h = self.handles.get(name)
+        return h.pid if isinstance(h, ProcessHandle) else None
+
+    def stage_thread_id(self, name: str) -> int | None:
+        """Threads mode: the OS id of stage `name`'s thread now (None otherwise)."""
+        h = self.handles.get(name)
+        return h.native_id if isinstance(h, ThreadHandle) else None
+
     def _make_ctx(self, name: str, stop: threading.Event) -> StageContext:
-        return StageContext(name, self.cfg, self.run_id, self.endpoints, self.zmq, stop,
+        return StageContext(name, self.cfg, self.run_id, self.endpoints, self.zmq, stop,  # type: ignore[arg-type]
                             manifest_sha256=self.manifest_sha256)
 
     def _start(self) -> None:
+        assert self.zmq is not None and self.endpoints is not None and self.run_dir is not None  # start() made them
         self.heartbeats = subscriber(self.zmq, self.endpoints, "heartbeat")
         self.pub = publisher(self.zmq, self.endpoints, "supervisor")
-        self.go = wire.new_message(MsgType.HEARTBEAT)
-        self.go["stage"] = b"supervisor"
         sim = self.cfg.sim
         self.telemetry = Telemetry(self.zmq, self.endpoints, self.cfg.control.max_steer_rad,
                                    (sim.lane_width_m - sim.vehicle_width_m) / 2, self.cfg.deadline_ns)
@@ -274,11 +369,12 @@ class Supervisor:
         the stage name it was started as; anything else is dropped and counted (foreign_heartbeats).
         Reads a bounded batch per call (the socket's fair queue takes each peer in turn), so a peer
         flooding the socket neither holds the loop nor crowds out the stages."""
-        if not self.heartbeats.poll(timeout_ms):
+        heartbeats = self.heartbeats
+        if heartbeats is None or not heartbeats.poll(timeout_ms):
             return
         for _ in range(HEARTBEAT_BATCH * len(self.status)):
             try:
-                msg = self.heartbeats.recv(zmq.NOBLOCK)
+                msg = heartbeats.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -329,27 +425,6 @@ class Supervisor:
                 log.info("waiting for %s (a first run compiles the Numba kernels and caches them)", ", ".join(waiting))
                 next_note = now + 10
 
-    def _loop(self) -> None:
-        end = time.monotonic() + self.duration_s if self.duration_s else math.inf
-        self.started_at = time.monotonic()
-        last_go = 0.0
-        while not self.stop_requested.is_set():
-            now = time.monotonic()
-            if now >= end:
-                self.exit_reason = f"duration {self.duration_s:g} s reached"
-                break
-            if now - last_go >= 0.1:
-                self.go["state"] = int(StageState.RUNNING)
-                self.go["seq"] += 1
-                self.go["t_ns"] = time.monotonic_ns()
-                self.pub.send(wire.encode(self.go))
-                last_go = now
-            self._poll_heartbeats(20)
-            self._watch(now)
-        if not self.exit_reason:
-            self.exit_reason = "stop requested (signal)"
-        self.run_s = time.monotonic() - self.started_at
-
     def _watch(self, now: float) -> None:
         """Kill a hung stage; restart a dead one with exponential back-off; give up after MAX_RESTARTS."""
         for name, h in self.handles.items():
@@ -385,8 +460,7 @@ class Supervisor:
                     if name == "control":  # nothing would command the car: end the run
                         log.error("stage control keeps crashing (exit code %s, %d restarts in %.0f s): giving up "
                                   "and stopping the pipeline", code, len(st.recent), RESTART_WINDOW_S)
-                        self.exit_reason = "control stage given up"
-                        self.stop_requested.set()
+                        self.request_stop("control stage given up")
                     elif name not in STAGE_NAMES:  # optional, off the control path (the recorder)
                         log.error("stage %s keeps crashing (exit code %s, %d restarts in %.0f s): giving up on it; "
                                   "the pipeline and control run on without it", name, code, len(st.recent),
@@ -417,8 +491,7 @@ class Supervisor:
         if h.alive():  # a thread
             st.given_up = True
             if name == "control":
-                self.exit_reason = "control stage hung"
-                self.stop_requested.set()
+                self.request_stop("control stage hung")
 
     def _shutdown(self) -> None:
         handles = self.handles
@@ -429,23 +502,25 @@ class Supervisor:
             if not h.join(max(0.0, deadline - time.monotonic())):
                 log.warning("stage %s did not stop within %.0f s; killing it", name, STOP_TIMEOUT_S)
                 h.kill()
-        if hasattr(self, "heartbeats"):
+        if self.heartbeats is not None:
             self._poll_heartbeats(0)  # the stages' final counters
         if self.telemetry is not None:
             self.telemetry.stop()
-        for attr in ("heartbeats", "pub"):
-            if hasattr(self, attr):
-                getattr(self, attr).close(linger=0)
+        for sock in (self.heartbeats, self.pub):
+            if sock is not None:
+                sock.close(linger=0)
+        self.heartbeats = self.pub = None
         if self.auth is not None:
             self.auth.stop()
         if any(h.alive() for h in handles.values()):
             log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
-        else:
+        elif self.zmq is not None:
             self.zmq.term()
         for seg in [*self.pools, *self.mailboxes]:
             seg.close()
             seg.unlink()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         if self._run_lock is not None:
             os.close(self._run_lock)
             self._run_lock = None
@@ -456,15 +531,14 @@ class Supervisor:
     # -- report ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         tel = self.telemetry.summary() if self.telemetry else {}
-        run_s = getattr(self, "run_s", 0.0)
-        totals = {n: {k: (s.earlier or {}).get(k, 0) + (s.counters or {}).get(k, 0)
-                      for k in ("frames", "dropped", "rejected", "errors")} for n, s in self.status.items()}
+        run_s = self.run_s
+        totals = self.counters()
         frames = totals["capture"]["frames"]
         return {
             "run_id": self.run_id,
             "mode": self.mode,
             "exit_reason": self.exit_reason,
-            "ready_s": round(getattr(self, "ready_s", 0.0), 2),
+            "ready_s": round(self.ready_s, 2),
             "duration_s": round(run_s, 2),
             "frames": frames,
             "fps": round(frames / run_s, 2) if run_s else 0.0,
@@ -474,7 +548,7 @@ class Supervisor:
             "leaked_segments": shm.list_segments(self.run_id),
             # what the transport refused: heartbeats not from a started stage, and CURVE clients without the run's key
             "transport": {"foreign_heartbeats": self.foreign_heartbeats,
-                          "denied_peers": self.auth.denied if getattr(self, "auth", None) is not None else 0},
+                          "denied_peers": self.auth.denied if self.auth is not None else 0},
         }
 
 
@@ -488,7 +562,7 @@ def sweep_stale_run_dirs() -> None:
 def install_signal_handlers(sup: Supervisor) -> None:
     def handler(signum: int, _frame: object) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
-        sup.stop_requested.set()
+        sup.request_stop()
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 

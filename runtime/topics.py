@@ -1,12 +1,17 @@
-"""Every topic in a pipeline, declared once: who publishes it, what it carries, how often.
+"""The data plane, declared once: every topic (who publishes it, what it carries, how often)
+and every stream (the frame pools whose slots the frame descriptors name).
 
-Like openpilot's cereal/services.py, this table is the single place a reader looks to
-see the data flow; transport endpoints and telemetry are derived from it.
+Like openpilot's cereal/services.py, these two tables are the single place a reader looks to
+see the data flow; the supervisor creates the pools and mailboxes from them, and transport
+endpoints, routes (runtime/transport.py) and telemetry are derived from them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from edgert.runtime.wire import MsgType
 
@@ -40,6 +45,68 @@ def topic(name: str) -> Topic:
         return TOPICS[name]
     except KeyError:
         raise KeyError(f"unknown topic {name!r}; topics are: {', '.join(TOPICS)}") from None
+
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A frame pool: shared-memory slots one stage fills and later stages read, each frame named
+    by a descriptor (MsgType.FRAME) on `topic`. Its shape and dtype follow from the run's config
+    and model (`layout`); `slots` is the config field that sizes it."""
+
+    name: str  # the pool's name in shared memory (runtime/framepool.py)
+    stream_id: int  # the descriptor's "stream" field: a reader refuses another stream's descriptors
+    topic: str  # where its descriptors go
+    writer: str  # the stage that fills it
+    slots: str  # "section.field" of the config holding the slot count
+    what: str
+
+
+STREAMS: dict[str, Stream] = {s.name: s for s in (
+    Stream("camera", 1, "frames", "capture", "camera.pool_slots",
+           "camera images, uint8 (H, W, 3), or (N, H, W, 3) for N cameras in lock-step"),
+    Stream("tensor", 2, "tensors", "preprocess", "infer.pool_slots",
+           "model inputs, the model's first input's shape and dtype"),
+)}
+CAMERA_STREAM = "camera"
+TENSOR_STREAM = "tensor"
+STREAM_IDS = {s.name: s.stream_id for s in STREAMS.values()}
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """What one slot of a stream holds in a given run."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    slots: int
+
+    @property
+    def slot_bytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+def stream(name: str) -> Stream:
+    try:
+        return STREAMS[name]
+    except KeyError:
+        raise KeyError(f"unknown stream {name!r}; streams are: {', '.join(STREAMS)}") from None
+
+
+def layout(name: str, cfg: Any, model_input: Any = None) -> StreamLayout:
+    """Shape, dtype and slot count of stream `name` in a run of `cfg` (a PipelineConfig).
+    `model_input` is the model's first input (a manifest TensorSpec: .shape, .dtype), which the
+    tensor stream needs; the one place these are computed, for the supervisor and every stage."""
+    s = stream(name)
+    section, field = s.slots.split(".")
+    slots = int(getattr(getattr(cfg, section), field))
+    if name == CAMERA_STREAM:
+        cam = cfg.camera
+        one = (int(cam.height), int(cam.width), 3)
+        return StreamLayout(one if cam.cameras == 1 else (int(cam.cameras), *one), np.dtype(np.uint8), slots)
+    if model_input is None:
+        raise ValueError(f"stream {name!r}: its layout is the model input's; pass the manifest's inputs[0]")
+    return StreamLayout(tuple(int(d) for d in model_input.shape), np.dtype(model_input.dtype), slots)
 
 
 # -- user nodes' topics ([[nodes]], runtime/node.py) -------------------------------------------

@@ -5,10 +5,13 @@ tcp:// across hosts. Publishers bind, subscribers connect, except for topics wit
 publishers and one reader (heartbeats), where the reader binds. Sockets never linger
 on close, so a stopping stage cannot hang on undelivered messages.
 
-On one host the pipeline's hops also go through a shared-memory mailbox per topic
-(runtime/mailbox.py, `pipeline.mailbox`): a publisher posts every message to both, and a
-stage's latest-only reader takes it from the mailbox, woken by one futex call instead of
-ZeroMQ's I/O threads. Every other subscriber still reads the socket.
+How each topic travels in a run is decided in one place, `Endpoints.route`. On one host
+the pipeline's hops go through a shared-memory mailbox per topic (runtime/mailbox.py,
+`pipeline.mailbox`): a stage's latest-only reader takes the message from the mailbox, woken by
+one futex call instead of ZeroMQ's I/O threads. The topic keeps its ZeroMQ socket (an XPUB) for
+everything else that reads it (the recorder, telemetry, `edgert echo`), but a message goes out
+on it only while something subscribes: the publisher sees subscriptions come and go
+(`Publisher.listening`), so nobody listening costs no ZeroMQ send.
 """
 
 from __future__ import annotations
@@ -84,8 +87,19 @@ class Endpoints:
             mailboxes = False
         return cls(transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port, curve_dir, mailboxes)
 
+    def route(self, name: str) -> "Route":
+        """How topic `name` travels in this run: the one answer every publisher, reader and the
+        supervisor (which creates the mailboxes) go by."""
+        t = topic(name)
+        mailbox = self.mailboxes and t.mailbox
+        return Route(name, self(name), mailbox=mailbox, zmq_on_demand=mailbox,
+                     publisher_binds=not t.bound_by_subscriber)
+
+    def routes(self) -> list["Route"]:
+        return [self.route(name) for name in TOPICS]
+
     def has_mailbox(self, name: str) -> bool:
-        return self.mailboxes and topic(name).mailbox
+        return self.route(name).mailbox
 
     def __call__(self, name: str) -> str:
         topic(name)  # unknown names fail here, with the list of known ones
@@ -96,6 +110,22 @@ class Endpoints:
         if self.transport == "tcp":
             return f"tcp://{self.tcp_host}:{self.tcp_base_port + list(TOPICS).index(name)}"
         raise ValueError(f"transport {self.transport!r} is not one of 'ipc', 'inproc', 'tcp'")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one topic travels in one run (`Endpoints.route`)."""
+
+    topic: str
+    endpoint: str  # its ZeroMQ endpoint: every topic has one (recorder, telemetry, `edgert echo`, tcp peers)
+    mailbox: bool  # the stages' latest-only readers take it from a shared-memory mailbox
+    zmq_on_demand: bool  # the ZeroMQ copy goes out only while something subscribes (else always)
+    publisher_binds: bool  # False: the one subscriber binds and the publishers connect (heartbeats)
+
+    def describe(self) -> str:
+        if not self.mailbox:
+            return f"{self.topic}: ZeroMQ {self.endpoint}"
+        return f"{self.topic}: mailbox; ZeroMQ {self.endpoint} while subscribed"
 
 
 def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> zmq.Socket:
@@ -111,16 +141,50 @@ def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> z
 
 
 class Publisher:
-    """A topic's sending end: its ZeroMQ socket, and its mailbox where the run has one."""
+    """A topic's sending end: its ZeroMQ socket, and its mailbox where the run's route has one.
+
+    With a mailbox the socket is an XPUB, and the ZeroMQ copy of a message is sent only while
+    something subscribes to the topic: the XPUB hands up a subscription ("\\x01" + prefix) when the
+    first subscriber to a prefix arrives and an unsubscription ("\\x00" + prefix) when the last one
+    leaves or disconnects (ZMQ_XPUB_VERBOSE off), read here before each send without blocking.
+    `zmq_sent` and `zmq_skipped` count what went out on the socket and what nobody wanted."""
 
     def __init__(self, sock: zmq.Socket, mailbox: Mailbox | None) -> None:
         self.sock = sock
         self.mailbox = mailbox
+        self.on_demand = mailbox is not None and sock.getsockopt(zmq.TYPE) == zmq.XPUB
+        self.subscriptions: set[bytes] = set()  # on demand: the prefixes subscribed to now
+        self.zmq_sent = 0
+        self.zmq_skipped = 0
+
+    @property
+    def listening(self) -> bool:
+        """Does anything read this topic's socket (always True without a mailbox)?"""
+        if not self.on_demand:
+            return True
+        self._take_subscriptions()
+        return bool(self.subscriptions)
+
+    def _take_subscriptions(self) -> None:
+        sock = self.sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # also lets the socket take new peers
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscriptions.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self.subscriptions.discard(msg[1:])
 
     def send(self, data: bytes, flags: int = 0) -> None:
         if self.mailbox is not None:
             self.mailbox.post(data)
+            if self.on_demand and not self.listening:
+                self.zmq_skipped += 1
+                return
         self.sock.send(data, flags)
+        self.zmq_sent += 1
 
     def close(self, linger: int = 0) -> None:
         self.sock.close(linger=linger)
@@ -129,11 +193,13 @@ class Publisher:
 
 
 def publisher(ctx: zmq.Context, endpoints: Endpoints, name: str) -> Publisher:
-    sock = ctx.socket(zmq.PUB)
+    """A topic's sending end, as its route says: a PUB socket, or an XPUB and the mailbox."""
+    route = endpoints.route(name)
+    sock = ctx.socket(zmq.XPUB if route.zmq_on_demand else zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
-    sock = _attach(sock, endpoints, name, binds=not topic(name).bound_by_subscriber)
-    return Publisher(sock, Mailbox.attach(endpoints.run_id, name) if endpoints.has_mailbox(name) else None)
+    sock = _attach(sock, endpoints, name, binds=route.publisher_binds)
+    return Publisher(sock, Mailbox.attach(endpoints.run_id, name) if route.mailbox else None)
 
 
 def _sub_socket(ctx: zmq.Context) -> zmq.Socket:
@@ -257,6 +323,6 @@ class LatestReader:
 
 def latest_reader(ctx: zmq.Context, endpoints: Endpoints, name: str) -> LatestReader:
     """A stage's latest-only input on a topic: from its mailbox where the run has one, else its socket."""
-    source = (MailboxSource(Mailbox.attach(endpoints.run_id, name)) if endpoints.has_mailbox(name)
+    source = (MailboxSource(Mailbox.attach(endpoints.run_id, name)) if endpoints.route(name).mailbox
               else subscriber(ctx, endpoints, name))
     return LatestReader(source)

@@ -73,7 +73,7 @@ def test_edited_manifest_mid_run_keeps_killed_control_from_coming_back(pilotnet_
     seen: dict[str, object] = {}
 
     def editor() -> None:
-        while not hasattr(sup, "started_at"):
+        while not sup.running.is_set():
             time.sleep(0.05)
         control = sup.handles["control"]
         while sup.status["control"].state != StageState.RUNNING and not sup.stop_requested.is_set():
@@ -125,7 +125,7 @@ def test_threads_mode_stages_get_the_pin_and_a_restart_refuses_the_edit(pilotnet
     seen: dict[str, object] = {}
 
     def editor() -> None:
-        while not hasattr(sup, "started_at"):
+        while not sup.running.is_set():
             time.sleep(0.05)
         seen["new_sha"] = _edit_decoder_and_resign(d, priv)
         CrashOnDemandControl.crash.set()

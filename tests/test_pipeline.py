@@ -116,7 +116,7 @@ def test_curve_pipeline_runs_and_refuses_outsiders(tmp_path):
     finished = threading.Event()
 
     def listeners() -> None:
-        while not hasattr(sup, "started_at"):
+        while not sup.running.is_set():
             time.sleep(0.05)
         ctx = zmq.Context()
         ep = Endpoints.for_run(sup.cfg, sup.run_id, sup.run_dir)
@@ -228,7 +228,7 @@ def test_killed_stage_fails_safe_within_a_deadline_and_resumes(stage):
 
     def killer() -> None:
         try:  # mid-run: a second of model commands first (30 fps)
-            wait_for(lambda: hasattr(sup, "started_at") and sup.telemetry.checks.model_commands >= 30)
+            wait_for(lambda: sup.running.is_set() and sup.telemetry.checks.model_commands >= 30)
             killed["t_ns"], killed["pid"] = time.monotonic_ns(), sup.handles[stage].pid
             os.kill(killed["pid"], signal.SIGKILL)
             wait_for(resumed)
@@ -274,7 +274,7 @@ def test_hung_stage_is_killed_and_restarted():
 
     def freezer() -> None:
         try:
-            wait_for(lambda: hasattr(sup, "started_at") and frames_now() >= 10)
+            wait_for(lambda: sup.running.is_set() and frames_now() >= 10)
             frozen = sup.handles["preprocess"].pid
             os.kill(frozen, signal.SIGSTOP)
             wait_for(lambda: sup.status["preprocess"].restarts == 1)
@@ -335,7 +335,7 @@ def test_control_that_keeps_crashing_ends_the_run():
     kills = []
 
     def killer() -> None:
-        while not hasattr(sup, "started_at"):
+        while not sup.running.is_set():
             time.sleep(0.05)
         while not sup.stop_requested.is_set() and len(kills) < 6:
             h = sup.handles["control"]

@@ -704,7 +704,7 @@ def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tm
 
     def chaos() -> None:
         try:
-            wait_for(lambda: hasattr(sup, "started_at"))
+            wait_for(lambda: sup.running.is_set())
             time.sleep(1.5)  # at least the pre-roll (1 s) of frames in the recorder's ring
             marks["kill_infer"] = time.monotonic_ns()
             os.kill(sup.handles["infer"].pid, signal.SIGKILL)  # control fails safe: a DEADLINE takeover

@@ -84,7 +84,7 @@ def test_max_speed_replay_waits_for_a_stalled_recorder(recording, tmp_path, monk
     def freeze_at_start() -> None:
         end = time.monotonic() + 120
         while not done.is_set() and time.monotonic() < end:
-            if sups and hasattr(sups[0], "started_at"):  # set as the camera is told to start
+            if sups and sups[0].running.is_set():  # set as the camera is told to start
                 pid = sups[0].handles["recorder"].pid
                 os.kill(pid, signal.SIGSTOP)
                 froze.append(time.monotonic())

@@ -158,7 +158,7 @@ def test_supervisor_refuses_an_unapproved_model_before_any_stage_starts(signed, 
     sup = Supervisor(cfg, duration_s=1.0)
     with pytest.raises(ApprovalError, match=match):
         sup.run()
-    assert not hasattr(sup, "handles")  # refused before any stage process, pool or socket existed
+    assert not sup.handles and sup.run_dir is None  # refused before any stage process, pool or socket existed
     assert not shm.list_segments(sup.run_id)
     # and through the CLI: one line, the error and the fix, exit status 2 (not a stage's start-up failure)
     cfg_file = signed.parent / "run.toml"

@@ -371,7 +371,7 @@ def test_a_curve_pipeline_reports_the_outsiders_it_refused():
     sent = threading.Event()
 
     def outsider() -> None:
-        while not hasattr(sup, "started_at"):
+        while not sup.running.is_set():
             time.sleep(0.05)
         ctx = zmq.Context()
         pub = ctx.socket(zmq.PUB)

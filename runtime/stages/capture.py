@@ -20,30 +20,27 @@ import numpy as np
 
 from edgert.runtime import wire
 from edgert.runtime.e2e import CommandChecker, Verdict
-from edgert.runtime.framepool import FramePool
 from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
 from edgert.runtime.sim import scenarios
 from edgert.runtime.sim.actuator import Actuator
 from edgert.runtime.sim.effects import FrameEffects
-from edgert.runtime.node import Node
+from edgert.runtime.stages.source import CameraSource
+from edgert.runtime.topics import CAMERA_STREAM, STREAM_IDS  # noqa: F401  (re-exported for older imports)
 from edgert.runtime.transport import latest_reader, publisher
 from edgert.runtime.wire import CommandFlags, MsgType, Stamp, VehicleFlags
 
 ACTUATOR_TIMEOUT_PERIODS = 6  # sim.actuator_timeout_ms = 0: six frame periods (200 ms at 30 fps)
 
-CAMERA_STREAM = "camera"
-STREAM_IDS = {"camera": 1, "tensor": 2}
 
-
-class CaptureStage(Node):
-    name = "capture"
+class CaptureStage(CameraSource):
+    """camera.source = "sim" (runtime/sources.py)."""
 
     def setup(self) -> None:
         cam, sim = self.cfg.camera, self.cfg.sim
         self.period_ns = int(1e9 / cam.fps)
         self.dt = 1.0 / cam.fps
         self.shape = (cam.height, cam.width, 3)
-        self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        self.open_camera(self.shape)
         self.scenario = scenarios.get(sim.scenario) if sim.scenario else None
         if self.scenario is None:
             self.road = Road(seed=sim.road_seed, length_m=sim.road_length_m, lane_width_m=sim.lane_width_m)
@@ -68,31 +65,13 @@ class CaptureStage(Node):
         self.last_slot = -1
         self.produced = 0  # frames made, published or (sim.drop_rate) dropped: frame ids count these
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
-        self.pub_frames = self.own(publisher(ctx, ep, "frames"))
         self.pub_vehicle = self.own(publisher(ctx, ep, "vehicle"))
         self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.e2e = CommandChecker(max_age_ns=self.cfg.deadline_ns)
-        self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
-        self.frame = wire.new_message(MsgType.FRAME)
-        self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
-        self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
-        self.frame["ndim"] = 3
-        self.frame["shape"][:3] = self.shape
         self.veh = wire.new_message(MsgType.VEHICLE)
-        self.started = False
-        self.next_tick = 0
-        self.id_base = 0
 
-    def _wait_for_start(self) -> None:
-        """Frames flow only once the supervisor says every stage is ready."""
-        if self.is_start_signal(self.supervisor.recv(50)):
-            self.started = True
-            self.next_tick = time.monotonic_ns()
-            # Frame ids count produced frames from a base on the host's clock (in frame
-            # periods), so they stay consecutive yet keep increasing after a restart of this
-            # stage: a camera cannot produce frames faster than periods pass.
-            self.id_base = self.next_tick // self.period_ns
-            self.log.info("started: %dx%d at %.1f fps", self.shape[1], self.shape[0], self.cfg.camera.fps)
+    def on_start(self) -> None:
+        self.log.info("started: %dx%d at %.1f fps", self.shape[1], self.shape[0], self.cfg.camera.fps)
 
     def _receive_command(self) -> None:
         msg = self.commands.drain()
@@ -107,7 +86,7 @@ class CaptureStage(Node):
 
     def _draw(self, slot: int, st: VehicleState, s: float) -> int:
         """Render (or black out, or repeat) the camera image into the slot; VehicleFlags of what was injected."""
-        view = self.pool.view(slot, self.shape, np.uint8)
+        view = self.output.views[slot]
         cond = self.condition
         if self.scenario is not None:
             self.scenario.condition_at(self.produced / self.cfg.camera.fps, cond)
@@ -116,7 +95,7 @@ class CaptureStage(Node):
             view.fill(0)
             flags |= VehicleFlags.CAMERA_BLACKOUT
         elif cond.frozen and self.last_slot >= 0:
-            np.copyto(view, self.pool.view(self.last_slot, self.shape, np.uint8))
+            np.copyto(view, self.output.views[self.last_slot])
             flags |= VehicleFlags.CAMERA_FROZEN
         else:
             self.renderer.render(st.x, st.y, st.yaw, view, s_hint=s)
@@ -126,18 +105,11 @@ class CaptureStage(Node):
             flags |= VehicleFlags.LIGHT_OUTSIDE_ODD
         return flags
 
-    def step(self) -> None:
-        if not self.started:
-            self._wait_for_start()
-            return
+    def tick(self) -> None:
         if not self.wait_until(self.next_tick):
             return
         self.next_tick += self.period_ns
-        late = time.monotonic_ns() - self.next_tick
-        if late > 0:  # a whole period late: skip the missed ticks rather than catch up
-            missed = 1 + late // self.period_ns
-            self.dropped += missed
-            self.next_tick += missed * self.period_ns
+        self.skip_missed(time.monotonic_ns())  # a whole period late: skip the missed ticks rather than catch up
         frame_id = self.id_base + self.produced + 1
 
         self._receive_command()
@@ -161,27 +133,22 @@ class CaptureStage(Node):
             s = 0.0
         self.s_hint = s
 
-        slot = self.pool.acquire()
+        slot, _ = self.output.acquire()
         flags = self._draw(slot, st, s)
-        gen = self.pool.publish(slot)
+        gen = self.output.commit(slot)
         self.last_slot = slot
-        now = time.monotonic_ns()
         self.produced += 1
         if self.cfg.sim.drop_rate and self.drop_rng.random() < self.cfg.sim.drop_rate:
             flags |= VehicleFlags.FRAME_DROPPED  # rendered, never published: a lossy camera link
             self.dropped += 1
         else:
             self.frames += 1
-            f = self.frame
-            f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
-            f["stamps"][:] = 0
-            f["stamps"][Stamp.CAPTURE] = now
-            self.pub_frames.send(wire.encode(f))
+            self.output.send(slot, gen, frame_id)
         if act.timed_out:
             flags |= VehicleFlags.ACTUATOR_TIMEOUT
 
         v = self.veh
-        v["frame_id"], v["t_ns"] = frame_id, now
+        v["frame_id"], v["t_ns"] = frame_id, time.monotonic_ns()
         v["x"], v["y"], v["yaw"], v["speed"] = st.x, st.y, st.yaw, st.speed
         v["s"], v["lateral"] = s, lateral
         v["heading_err"] = heading_err

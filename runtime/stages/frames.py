@@ -26,13 +26,10 @@ import time
 
 import numpy as np
 
-from edgert.runtime import wire
-from edgert.runtime.framepool import FramePool
 from edgert.runtime.sim import PinholeCamera, Renderer, Road, initial_state
-from edgert.runtime.node import Node
-from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from edgert.runtime.transport import latest_reader, publisher
-from edgert.runtime.wire import MsgType, Stamp
+from edgert.runtime.stages.source import CameraSource
+from edgert.runtime.transport import latest_reader
+from edgert.runtime.wire import MsgType
 
 LATERAL_OFFSETS_M = (0.0, -0.6, 0.6, -1.0, 1.0)  # the poses cycle through these, so steering varies frame to frame
 SPACING_M = 7.0  # road distance between consecutive pre-rendered frames
@@ -54,8 +51,7 @@ def render_frames(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     return out
 
 
-class FramesStage(Node):
-    name = "capture"
+class FramesStage(CameraSource):
 
     def setup(self) -> None:
         cam = self.cfg.camera
@@ -68,14 +64,9 @@ class FramesStage(Node):
         one = (cam.height, cam.width, 3)
         self.shape = one if self.n_cams == 1 else (self.n_cams, *one)
         self.deadline_ns = self.cfg.deadline_ns
-        ctx, ep = self.ctx.zmq, self.ctx.endpoints
-        self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
         if self.pacing == "closed":  # only the closed loop waits for commands
-            self.commands = self.own(latest_reader(ctx, ep, "commands"))
-        self.open_output()
-        self.started = False
-        self.next_tick = 0
-        self.id_base = 0
+            self.commands = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "commands"))
+        self.open_camera(self.shape)
         self.index = 0  # next image
         self.awaiting = 0  # closed pacing: frame id whose command we wait for (0 = none)
         self.sent_ns = 0
@@ -83,38 +74,20 @@ class FramesStage(Node):
 
     # -- output: the frame pool (the naive baseline in bench/_naive.py overrides these two) --
     def open_output(self) -> None:
-        self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
-        self._slot_views = []
-        for s in range(self.pool.n_slots):
-            v = self.pool.view(s, self.shape, np.uint8)
-            self._slot_views.append([v] if self.n_cams == 1 else list(v))
-        self.frame = wire.new_message(MsgType.FRAME)
-        self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
-        self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
-        self.frame["ndim"] = len(self.shape)
-        self.frame["shape"][: len(self.shape)] = self.shape
-        self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "frames"))
+        super().open_output()
+        self._slot_views = [[v] if self.n_cams == 1 else list(v) for v in self.output.views]
 
     def publish(self, frame_id: int, index: int) -> None:
         """Copy the tick's image(s) into a slot (as a camera's DMA would), stamp, publish the descriptor."""
-        slot = self.pool.acquire()
+        slot, _ = self.output.acquire()
         k = len(self._image_views)
         for j, dst in enumerate(self._slot_views[slot]):
             np.copyto(dst, self._image_views[(index + j) % k])
-        gen = self.pool.publish(slot)
-        f = self.frame
-        f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
-        f["stamps"][:] = 0
-        f["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
-        self.pub.send(wire.encode(f))
+        self.output.publish(slot, frame_id)
 
     # -- loop ---------------------------------------------------------------------------
-    def _wait_for_start(self) -> None:
-        if self.is_start_signal(self.supervisor.recv(50)):
-            self.started = True
-            self.next_tick = time.monotonic_ns()
-            self.id_base = self.next_tick // self.period_ns  # as the sim source: ids keep rising across restarts
-            self.log.info("started: %d x %dx%d frames, %s pacing at %.1f fps", self.n_cams, self.shape[-2],
+    def on_start(self) -> None:
+        self.log.info("started: %d x %dx%d frames, %s pacing at %.1f fps", self.n_cams, self.shape[-2],
                           self.shape[-3], self.pacing, self.cfg.camera.fps)
 
     def _command_seen(self) -> bool:
@@ -132,10 +105,7 @@ class FramesStage(Node):
             return True
         return False
 
-    def step(self) -> None:
-        if not self.started:
-            self._wait_for_start()
-            return
+    def tick(self) -> None:
         if self.awaiting:
             if not self._command_seen():
                 return
@@ -149,10 +119,8 @@ class FramesStage(Node):
         else:
             self.next_tick += gap
             late = now - self.next_tick
-            if self.pacing == "fixed" and late > 0:  # the next tick is due already: skip, as a camera would
-                missed = 1 + late // self.period_ns
-                self.dropped += int(missed)
-                self.next_tick += missed * self.period_ns
+            if self.pacing == "fixed":  # the next tick is due already: skip, as a camera would
+                self.skip_missed(now)
             elif late > 1_000_000_000:  # poisson arrivals go out late rather than vanish, unless a second behind
                 self.dropped += int(late // self.period_ns)
                 self.next_tick = now

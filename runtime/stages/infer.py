@@ -20,8 +20,7 @@ from edgert.runtime.framepool import FramePool
 from edgert.runtime.signing import approved_manifest
 from edgert.runtime.profiles import resolve
 from edgert.runtime.node import Node
-from edgert.runtime.stages.capture import STREAM_IDS
-from edgert.runtime.stages.preprocess import TENSOR_STREAM
+from edgert.runtime.topics import STREAM_IDS, TENSOR_STREAM
 from edgert.runtime.transport import publisher
 from edgert.runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
 

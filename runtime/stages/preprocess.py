@@ -14,15 +14,13 @@ import numpy as np
 from edgert.kernels import Preprocessor
 from edgert.runtime import wire
 from edgert.runtime.camhealth import CameraHealth
-from edgert.runtime.frameinput import FrameInput
-from edgert.runtime.framepool import FramePool
+from edgert.runtime.frameinput import FrameInput, FrameOutput
 from edgert.runtime.signing import approved_manifest
 from edgert.runtime.node import Node
-from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from edgert.runtime.transport import publisher
-from edgert.runtime.wire import MsgType, Stamp
+from edgert.runtime.topics import CAMERA_STREAM, TENSOR_STREAM, layout
+from edgert.runtime.wire import Stamp
 
-TENSOR_STREAM = "tensor"
+__all__ = ["PreprocessStage", "TENSOR_STREAM"]  # TENSOR_STREAM: re-exported for older imports
 
 
 class PreprocessStage(Node):
@@ -46,22 +44,14 @@ class PreprocessStage(Node):
                    else f"fix {manifest.dir}/manifest.toml")
             raise ValueError(f"model input {manifest.inputs[0].name!r} is {self.out_shape} but the manifest's "
                              f"preprocess spec produces {tuple(self.pre.out_shape)} for {cam.cameras} camera(s); {fix}")
-        frame_shape = self.src_shape if cam.cameras == 1 else (cam.cameras, *self.src_shape)
-        self.out_dtype = np.dtype(manifest.inputs[0].dtype)
-        cam_pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
-        self.tensors = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
-        self.input = FrameInput(self, "frames", cam_pool, STREAM_IDS[CAMERA_STREAM], frame_shape, np.uint8)
+        self.input = FrameInput.of(self, CAMERA_STREAM, layout(CAMERA_STREAM, self.cfg))
         self.health = CameraHealth(int(np.prod(self.src_shape)), cam.dark_level, cam.frozen_frames,
                                    manifest.odd_mean_level, cameras=cam.cameras)
         if manifest.odd_mean_level is not None:
             lo, hi = manifest.odd_mean_level
             self.log.info("light check: frames with a mean level outside %g..%g (the model's [odd]) hand over", lo, hi)
-        self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "tensors"))
-        self.out = wire.new_message(MsgType.FRAME)
-        self.out["stream"] = STREAM_IDS[TENSOR_STREAM]
-        self.out["dtype"] = wire.CODE_OF_DTYPE[self.out_dtype]
-        self.out["ndim"] = len(self.out_shape)
-        self.out["shape"][: len(self.out_shape)] = self.out_shape
+        self.output = FrameOutput(self, TENSOR_STREAM, layout(TENSOR_STREAM, self.cfg, manifest.inputs[0]))
+        self.stamps = np.zeros(wire.N_STAMPS, self.output.msg["stamps"].dtype)
 
     def step(self) -> None:
         got = self.input.next(100)
@@ -69,17 +59,14 @@ class PreprocessStage(Node):
             return
         rec, src = got
         t_recv = time.monotonic_ns()
-        slot = self.tensors.acquire()
-        self.pre(src, self.tensors.view(slot, self.out_shape, self.out_dtype))
+        slot, dst = self.output.acquire()
+        self.pre(src, dst)
         health = self.health.check(src)  # black, repeated or out-of-domain image: FrameFlags (runtime/camhealth.py)
         if not self.input.still_valid(rec):
             return  # the camera overwrote the frame while we read it; the tensor slot is reused later
-        gen = self.tensors.publish(slot)
-        o = self.out
-        o["slot"], o["generation"], o["frame_id"] = slot, gen, rec["frame_id"]
-        o["flags"] = health
-        o["stamps"][:] = rec["stamps"]
-        o["stamps"][Stamp.PRE_RECV] = t_recv
-        o["stamps"][Stamp.PRE_DONE] = time.monotonic_ns()
-        self.pub.send(wire.encode(o))
+        st = self.stamps
+        st[:] = rec["stamps"]
+        st[Stamp.PRE_RECV] = t_recv
+        st[Stamp.PRE_DONE] = time.monotonic_ns()
+        self.output.publish(slot, int(rec["frame_id"]), st, health)
         self.frames += 1

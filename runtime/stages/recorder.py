@@ -63,7 +63,7 @@ from edgert.runtime.manifest import load_manifest
 from edgert.runtime.signals import set_on_signal
 from edgert.runtime.node import Node
 from edgert.runtime.stage import StageContext
-from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.topics import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.transport import confirmed_subscribers, publisher, subscriber
 from edgert.runtime.wire import CommandFlags, MsgType, TakeoverReason
 

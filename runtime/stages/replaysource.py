@@ -26,13 +26,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from edgert.runtime import wire
 from edgert.runtime.fleet import mcapio
-from edgert.runtime.framepool import FramePool
-from edgert.runtime.node import Node
-from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
-from edgert.runtime.transport import latest_reader, publisher
-from edgert.runtime.wire import MsgType, Stamp
+from edgert.runtime.stages.source import CameraSource
+from edgert.runtime.transport import latest_reader
+from edgert.runtime.wire import MsgType
 
 ANSWER_TIMEOUT_NS = 1_000_000_000  # speed 0: a frame with no command or result within this is dropped
 RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command for the frame may take
@@ -65,8 +62,7 @@ def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tupl
             yield int(obj["edgert_frame_id"]), msg.publish_time - wall_offset_ns, img
 
 
-class ReplayStage(Node):
-    name = "capture"
+class ReplayStage(CameraSource):
 
     def setup(self) -> None:
         cam = self.cfg.camera
@@ -84,23 +80,14 @@ class ReplayStage(Node):
             raise ValueError(f"{self.path}: frames are {self.shape[-2]}x{self.shape[-3]}, the pipeline's camera is "
                              f"{cam.width}x{cam.height}; set camera.width/height to the recording's "
                              "(`edgert replay` does this itself)")
-        self.pool = self.own(FramePool.attach(self.ctx.run_id, CAMERA_STREAM))
+        self.open_camera(self.shape)
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
-        self.pub = self.own(publisher(ctx, ep, "frames"))
-        self.supervisor = self.own(latest_reader(ctx, ep, "supervisor"))
         self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.results = self.own(latest_reader(ctx, ep, "results"))
         rec = self.cfg.record
         self.recorded = (self.own(latest_reader(ctx, ep, "recorded"))
                          if self.speed == 0 and rec.enabled and rec.frames != "none" else None)
-        self.frame = wire.new_message(MsgType.FRAME)
-        self.frame["stream"] = STREAM_IDS[CAMERA_STREAM]
-        self.frame["dtype"] = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
-        self.frame["ndim"] = len(self.shape)
-        self.frame["shape"][: len(self.shape)] = self.shape
-        self.started = False
         self.finished = False
-        self.t0 = 0
         self.first_capture = self.pending[1]
         self.awaiting = 0  # speed 0: the frame id whose command we wait for
         self.sent_ns = 0
@@ -119,11 +106,8 @@ class ReplayStage(Node):
             self.log.warning("%s: replaying only the readable part", e)
             return None
 
-    def _wait_for_start(self) -> None:
-        if self.is_start_signal(self.supervisor.recv(50)):
-            self.started = True
-            self.t0 = time.monotonic_ns()
-            self.log.info("replaying %s (%s) at %s", self.path, self.topic,
+    def on_start(self) -> None:
+        self.log.info("replaying %s (%s) at %s", self.path, self.topic,
                           "the pipeline's pace" if self.speed == 0 else f"{self.speed:g}x the recorded pace")
 
     def _names_awaited(self, msg: bytes | None, msg_type: MsgType) -> bool:
@@ -156,10 +140,7 @@ class ReplayStage(Node):
             return True
         return False
 
-    def step(self) -> None:
-        if not self.started:
-            self._wait_for_start()
-            return
+    def tick(self) -> None:
         if self.finished:
             self.ctx.stop.wait(0.1)
             return
@@ -170,7 +151,8 @@ class ReplayStage(Node):
             self.awaiting, self.commanded = 0, False
         frame_id, capture_ns, pixels = self.pending  # type: ignore[misc]
         if self.speed > 0:
-            if not self.wait_until(self.t0 + int((capture_ns - self.first_capture) / self.speed)):
+            # next_tick: when the supervisor said go (a replay keeps no period of its own)
+            if not self.wait_until(self.next_tick + int((capture_ns - self.first_capture) / self.speed)):
                 return
         if frame_id <= self.last_id:
             self.reject(f"recorded frame id {frame_id} not after {self.last_id}: skipped")
@@ -185,14 +167,9 @@ class ReplayStage(Node):
                           if self.unrecorded else "")
 
     def _publish(self, frame_id: int, pixels: np.ndarray) -> None:
-        slot = self.pool.acquire()
-        np.copyto(self.pool.view(slot, self.shape, np.uint8), pixels)
-        gen = self.pool.publish(slot)
-        f = self.frame
-        f["slot"], f["generation"], f["frame_id"] = slot, gen, frame_id
-        f["stamps"][:] = 0
-        f["stamps"][Stamp.CAPTURE] = time.monotonic_ns()
-        self.pub.send(wire.encode(f))
+        slot, view = self.output.acquire()
+        np.copyto(view, pixels)
+        self.output.publish(slot, frame_id)
         self.frames += 1
         self.last_id = frame_id
         if self.speed == 0:
