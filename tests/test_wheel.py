@@ -210,7 +210,8 @@ import importlib, pkgutil, sys
 import edgert.runtime, edgert.kernels
 for pkg in (edgert.runtime, edgert.kernels):
     for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-        importlib.import_module(m.name)
+        if not m.name.endswith(".__main__"):  # `python -m` entry points run the CLI when imported
+            importlib.import_module(m.name)
 print(sorted({m.split(".")[0] for m in sys.modules} & {"matplotlib", "psutil", "tqdm"}))
 """
 
