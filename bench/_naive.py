@@ -31,8 +31,8 @@ import zmq
 from edgert.kernels import reference_preprocess
 from edgert.runtime import wire
 from edgert.runtime.engine import session_options
-from edgert.runtime.signing import approved_manifest
 from edgert.runtime.providers import plan
+from edgert.runtime.signing import approved_manifest
 from edgert.runtime.stage import Stage
 from edgert.runtime.stages.frames import FramesStage
 from edgert.runtime.transport import publisher

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numba
@@ -36,7 +36,7 @@ import numpy as np
 from edgert.bench._noise import FixedWork, interruptions, interruptions_line
 from edgert.bench._suite import opencv_pool
 from edgert.bench.report import Report, blocked_ns, interleaved_ns
-from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels import Preprocessor, PreprocessSpec, reference_preprocess
 
 N_FULL = 2000  # p99.9 from 2000 samples rests on the 2 worst: stable enough to compare same-run cases
 N_QUICK = 60

@@ -60,7 +60,7 @@ def _hold_slot(pool: FramePool, msg: bytes, shape: tuple[int, ...]) -> int:
     return latency
 
 
-def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Connection") -> None:
+def _receiver(run_id: str, endpoints: dict[str, str], conn: mp.connection.Connection) -> None:
     """Receive frames case by case; reply ACK to each; return the latencies through `conn`."""
     ctx = zmq.Context()
     ack = ctx.socket(zmq.PAIR)

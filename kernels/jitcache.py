@@ -33,8 +33,8 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -70,9 +70,17 @@ from numba import prange, types
 from edgert.kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
 from edgert.kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
 from edgert.kernels.resample import compact_columns, letterbox_size, tap_tables, trim_taps
+from edgert.kernels.simd import (
+    LANES,
+    STEPS,
+    block_bytes,
+    permutation,
+    pick_step1,
+    pick_step3,
+    pick_step3_same,
+    pick_step3_swap,
+)
 from edgert.kernels.spec import PreprocessSpec
-from edgert.kernels.simd import (LANES, STEPS, block_bytes, permutation, pick_step1, pick_step3, pick_step3_same,
-                          pick_step3_swap)
 from edgert.kernels.store import KIND, _half_bits, colour_span, store_row, taps_and_colour  # noqa: F401 (_half_bits: tests)
 
 # --- colour -------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from edgert.runtime.config import PROJECT_ROOT
 from edgert.runtime.fleet import audit as audit_mod

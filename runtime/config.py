@@ -219,7 +219,7 @@ class PipelineConfig:
         p = Path(m)
         return p if p.is_absolute() else Path(self.base_dir) / p
 
-    def replace(self, **sections: dict[str, Any]) -> "PipelineConfig":
+    def replace(self, **sections: dict[str, Any]) -> PipelineConfig:
         """A copy with some keys of some sections changed (validated like the file)."""
         raw = self.to_dict()
         for sec, values in sections.items():
@@ -235,7 +235,7 @@ class PipelineConfig:
         return json.dumps({"base_dir": self.base_dir, "config": self.to_dict()})
 
     @classmethod
-    def from_json(cls, text: str) -> "PipelineConfig":
+    def from_json(cls, text: str) -> PipelineConfig:
         obj = json.loads(text)
         return from_dict(obj["config"], base_dir=obj["base_dir"])
 

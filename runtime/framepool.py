@@ -63,7 +63,7 @@ class FramePool:
         self._next = 0
 
     @classmethod
-    def create(cls, run_id: str, stream: str, n_slots: int, slot_bytes: int) -> "FramePool":
+    def create(cls, run_id: str, stream: str, n_slots: int, slot_bytes: int) -> FramePool:
         if n_slots < 2:
             raise ValueError(f"a frame pool needs at least 2 slots (got {n_slots}): a writer must never wait for a reader")
         if slot_bytes <= 0:
@@ -81,7 +81,7 @@ class FramePool:
         return cls(seg)
 
     @classmethod
-    def attach(cls, run_id: str, stream: str) -> "FramePool":
+    def attach(cls, run_id: str, stream: str) -> FramePool:
         return cls(Segment.attach(segment_name(run_id, stream)))
 
     # -- views -----------------------------------------------------------------------

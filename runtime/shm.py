@@ -73,7 +73,7 @@ class Segment:
         self._lock_fd = lock_fd
 
     @classmethod
-    def create(cls, name: str, size: int) -> "Segment":
+    def create(cls, name: str, size: int) -> Segment:
         """Made locked (`_made_locked`): no sweeper ever sees the segment unlocked."""
         mm: mmap.mmap | None = None
         try:
@@ -93,7 +93,7 @@ class Segment:
         return cls(name, size, mm, owner=True, lock_fd=fd)
 
     @classmethod
-    def attach(cls, name: str) -> "Segment":
+    def attach(cls, name: str) -> Segment:
         path = SHM_DIR / name
         try:
             fd = os.open(path, os.O_RDWR)

@@ -67,7 +67,7 @@ class Endpoints:
     mailboxes: bool = False  # the run has a shared-memory mailbox for every `Topic.mailbox` topic
 
     @classmethod
-    def for_run(cls, cfg: "PipelineConfig", run_id: str, run_dir: str | Path) -> "Endpoints":
+    def for_run(cls, cfg: PipelineConfig, run_id: str, run_dir: str | Path) -> Endpoints:
         """A run's endpoints: inproc:// in threads mode, else the config's transport (CURVE on tcp if asked)."""
         p = cfg.pipeline
         transport = "inproc" if p.mode == "threads" else p.transport
@@ -225,7 +225,7 @@ class LatestReader:
     from a ZeroMQ socket or, on one host, from the topic's mailbox (runtime/mailbox.py).
     """
 
-    def __init__(self, source: "zmq.Socket | SocketSource | MailboxSource") -> None:
+    def __init__(self, source: zmq.Socket | SocketSource | MailboxSource) -> None:
         self.source = SocketSource(source) if isinstance(source, zmq.Socket) else source
         self._skipped = 0
 

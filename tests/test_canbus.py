@@ -8,10 +8,10 @@ from pathlib import Path
 
 import can
 import pytest
+from conftest import StageHarness
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import StageHarness
 from edgert.runtime import canbus, wire
 from edgert.runtime.config import ConfigError, from_dict
 from edgert.runtime.e2e import Verdict

@@ -9,13 +9,12 @@ simulated (`ControlStage.clock`, `tick(msg, now)`), so the properties do not dep
 
 from __future__ import annotations
 
-
 import pytest
 import zmq
+from conftest import StageHarness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import StageHarness
 from edgert.runtime import wire
 from edgert.runtime.config import from_dict
 from edgert.runtime.e2e import CLOCK_SKEW_NS

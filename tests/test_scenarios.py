@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 import zmq
-
 from conftest import SHARED_MACHINE_CONTROL, StageHarness
+
 from edgert.runtime import wire
 from edgert.runtime.camhealth import CameraHealth
 from edgert.runtime.config import DEFAULT_CONFIG, PROJECT_ROOT, ConfigError, from_dict, load

@@ -22,7 +22,7 @@ _CLASSES = {
 STAGE_NAMES = ("capture", "preprocess", "infer", "control")  # the stages every pipeline runs
 
 
-def stage_names(cfg: "PipelineConfig") -> tuple[str, ...]:
+def stage_names(cfg: PipelineConfig) -> tuple[str, ...]:
     """The stages a pipeline with this config runs: the four, plus the recorder when enabled."""
     return STAGE_NAMES + (("recorder",) if cfg.record.enabled else ())
 

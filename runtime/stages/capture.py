@@ -21,8 +21,7 @@ import numpy as np
 from edgert.runtime import wire
 from edgert.runtime.e2e import CommandChecker, Verdict
 from edgert.runtime.framepool import FramePool
-from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
-from edgert.runtime.sim import scenarios
+from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state, scenarios
 from edgert.runtime.sim.actuator import Actuator
 from edgert.runtime.sim.effects import FrameEffects
 from edgert.runtime.stage import Stage

@@ -17,8 +17,8 @@ from edgert.runtime.camhealth import status_for
 from edgert.runtime.engine import Engine
 from edgert.runtime.frameinput import FrameInput
 from edgert.runtime.framepool import FramePool
-from edgert.runtime.signing import approved_manifest
 from edgert.runtime.profiles import resolve
+from edgert.runtime.signing import approved_manifest
 from edgert.runtime.stage import Stage
 from edgert.runtime.stages.capture import STREAM_IDS
 from edgert.runtime.stages.preprocess import TENSOR_STREAM

@@ -53,10 +53,10 @@ import zmq
 
 from edgert.runtime import wire
 from edgert.runtime.config import ring_bytes
-from edgert.runtime.fleet.export import recorder_hooks
-from edgert.runtime.fleet.policy import Policy
 from edgert.runtime.fleet import crypto, mcapio
 from edgert.runtime.fleet.clips import ClipPolicy, ClipWriter, Event
+from edgert.runtime.fleet.export import recorder_hooks
+from edgert.runtime.fleet.policy import Policy
 from edgert.runtime.fleet.ring import Ring
 from edgert.runtime.framepool import FramePool, SlotError
 from edgert.runtime.manifest import load_manifest
