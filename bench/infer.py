@@ -59,7 +59,8 @@ def _device_cases(fns: dict, m: ModelManifest, prov: str, tag: str, x: dict[str,
     `graph_TAG`: the same replaying a CUDA graph (CUDA provider only)."""
     keep = []
     for case, graph in ((f"device_{tag}", "0"), (f"graph_{tag}", "1")):
-        eng = Engine(m, providers=[prov], intra_op_threads=THREADS, provider_options={prov: {GRAPH_OPTION[prov]: graph}})
+        eng = Engine(m, providers=[prov], intra_op_threads=THREADS,
+                     provider_options={prov: {GRAPH_OPTION[prov]: graph}})
         if graph == "1" and not eng.cuda_graph:
             notes.append(f"{case}: no CUDA graph for this model (not every node runs on {prov}); left out")
             continue
@@ -117,11 +118,12 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 cache = Path(tmp) / f"{tag}.opt.onnx"
                 ort.InferenceSession(data, sess_options=session_options(THREADS, save_to=cache), providers=[prov])
                 cold[f"cold_{tag}"] = _cold_ns(
-                    lambda d=data, p=prov: ort.InferenceSession(d, sess_options=session_options(THREADS), providers=[p]),
+                    lambda d=data, p=prov: ort.InferenceSession(d, sess_options=session_options(THREADS),
+                                                                providers=[p]),
                     feed, cold_n)
                 cold[f"cold_cached_{tag}"] = _cold_ns(
-                    lambda c=cache, p=prov: ort.InferenceSession(str(c), sess_options=session_options(THREADS, optimize=False),
-                                                                 providers=[p]), feed, cold_n)
+                    lambda c=cache, p=prov: ort.InferenceSession(
+                        str(c), sess_options=session_options(THREADS, optimize=False), providers=[p]), feed, cold_n)
         samples = interleaved_ns(fns, n, warmup=max(10, n // 20))
     for case, s in samples.items():
         rep.add(case, s)

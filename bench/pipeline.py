@@ -14,8 +14,9 @@ process topology (bench/_naive.py: frames pickled through ZeroMQ, cv2 + NumPy pr
 plain `session.run`), and the standalone preprocessing kernel and engine (and the naive chain
 and bare session) are timed in this process on those frames. A second edgert pipeline,
 "edgert-threads", runs the same config in threads mode (one process, the stages as threads):
-ARCHITECTURE's lowest-latency setup, so the report shows a process per stage against it. Runs alternate between the pipelines, in reverse every other round (`rounds`), so a noisy
-spell on a shared machine hits all of them.
+ARCHITECTURE's lowest-latency setup, so the report shows a process per stage against it. Runs
+alternate between the pipelines, in reverse every other round (`rounds`), so a noisy spell on a
+shared machine hits all of them.
 
 Each run lasts until it has `min_count` commands AND `min_duration_s` seconds after a warm-up
 (LoadGen's rule: whichever is longer); a run that cannot reach `min_count` within its time cap

@@ -325,7 +325,8 @@ def _targets(report: Report, case: str) -> None:
         "p99/p50": {k: round(v, 3) for k, v in tail.items()}}
     parts = [f"{k} {v:.2f} ({'<=' if k in AT_MOST else '>='} {TARGETS[k]:g}: "
              f"{'met' if met[k] else 'missed'})" for k, v in got.items()]
-    baselines = ", ".join(f"{k} {tail[k]:.2f}" for k in ("fused_1t", "fixed", "fixed_1t", "memcpy", "blob") if k in tail)
+    baselines = ", ".join(f"{k} {tail[k]:.2f}" for k in ("fused_1t", "fixed", "fixed_1t", "memcpy", "blob")
+                          if k in tail)
     report.notes.append(f"{case} against issue 4's targets: {'; '.join(parts)}. p99/p50 of the baselines in the "
                         f"same run: {baselines} (fixed = arithmetic as long as fused, on as many threads: the "
                         "tail the machine alone gives)")

@@ -59,8 +59,10 @@ def run(quick: bool = False, rounds: int | None = None, duration_s: float | None
     cam = base.camera
     rep = Report("recorder", {"rounds": rounds, "duration_s": duration_s, "warmup_s": warmup_s,
                               "frame": [cam.height, cam.width], "fps": cam.fps, "mode": base.pipeline.mode,
-                              "record": {"modes": ["all", "clips"], "frames": "raw", "compression": base.record.compression},
-                              "model": Path(base.infer.model).name, "order": "off/all/off again/clips, reversed every other round"})
+                              "record": {"modes": ["all", "clips"], "frames": "raw",
+                                         "compression": base.record.compression},
+                              "model": Path(base.infer.model).name,
+                              "order": "off/all/off again/clips, reversed every other round"})
     samples: dict[str, list[np.ndarray]] = {c: [] for c in CASES}
     written = {"frames": 0, "dropped": 0, "bytes": 0, "seconds": 0.0, "errors": 0}
     tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-recorder."))

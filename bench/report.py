@@ -182,7 +182,8 @@ class Report:
         return paths
 
 
-def write_index(reports: list[Report], out_dir: str | Path, quick: bool = False, failed: list[str] | None = None) -> Path:
+def write_index(reports: list[Report], out_dir: str | Path, quick: bool = False,
+                failed: list[str] | None = None) -> Path:
     """DIR/index.md: the machine once, then every report's config, tables, ratios, notes and plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -429,8 +429,9 @@ class Preprocessor:
         """One frame into `o` (shape out_shape[1:], checked by the caller)."""
         if not isinstance(src, np.ndarray) or src.shape != self.src_shape or src.dtype != np.uint8:
             got = f"{src.shape} {src.dtype}" if isinstance(src, np.ndarray) else type(src).__name__
-            raise ValueError(f"src: expected a uint8 array of shape {self.src_shape} {LAYOUT_OF[self.spec.src_format]}, "
-                             f"got {got}; build the Preprocessor for this camera's frame size and format")
+            raise ValueError(f"src: expected a uint8 array of shape {self.src_shape} "
+                             f"{LAYOUT_OF[self.spec.src_format]}, got {got}; "
+                             "build the Preprocessor for this camera's frame size and format")
         if self._packed:
             s0, s1, s2 = src.strides
             if s2 != 1 or s1 != 3 or s0 < self._row_bytes:
@@ -454,8 +455,8 @@ class Preprocessor:
                          self._ox0)
             return
         self._kernel(s, self._fmt, self.frame_size[0], self._cols, self._mode, self._yidx, self._yw, self._xstart,
-                     self._xw, self._yc, self._coef, self._rgbbuf, self._gatbuf, self._rowbuf, self._pixbuf, o32, o16, o8,
-                     self._kind, self._nchw, self._oy0, self._ox0)
+                     self._xw, self._yc, self._coef, self._rgbbuf, self._gatbuf, self._rowbuf, self._pixbuf,
+                     o32, o16, o8, self._kind, self._nchw, self._oy0, self._ox0)
 
     def _fill_borders(self, o: np.ndarray) -> None:
         """Letterbox padding: the bands above/below and left/right of the placed image."""

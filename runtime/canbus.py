@@ -46,7 +46,8 @@ def _sat16(v: float, per_bit: float) -> int:
 def encode(steer_rad: float, accel_mps2: float, flags: int, reason: int, seq: int, age_ns: int,
            can_id: int = DEFAULT_ID) -> bytes:
     body = struct.pack(">hhBBB", _sat16(steer_rad, 1e-3), _sat16(accel_mps2, 1e-3),
-                       (flags & 0x3) | ((reason & 0xF) << 4), seq & 0xF, min(max(age_ns, 0) // 1_000_000, AGE_SATURATED_MS))
+                       (flags & 0x3) | ((reason & 0xF) << 4), seq & 0xF,
+                       min(max(age_ns, 0) // 1_000_000, AGE_SATURATED_MS))
     return body + bytes([_CRC.checksum(can_id.to_bytes(2, "big") + body)])
 
 

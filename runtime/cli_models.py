@@ -108,7 +108,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("name")
     p.add_argument("--zoo", default=None, help=zoo_help)
     p.set_defaults(func=cmd_info)
-    p = msub.add_parser("verify", help="check sha256, graph inputs/outputs, a CPU run and the signature; one model or all")
+    p = msub.add_parser("verify",
+                        help="check sha256, graph inputs/outputs, a CPU run and the signature; one model or all")
     p.add_argument("name", nargs="?", default=None, help="a model (default: all)")
     p.add_argument("--zoo", default=None, help=zoo_help)
     p.add_argument("--trusted-keys", default=str(MODELS_DIR / "publishers"),
@@ -118,7 +119,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--out", required=True, help="folder for the key pair (keep the .pem out of the repository)")
     p.add_argument("--name", default="publisher", help="publisher name (default: %(default)s)")
     p.set_defaults(func=cmd_keygen)
-    p = msub.add_parser("sign", help="sign a model's manifest.toml with a publisher's private key (writes manifest.sig)")
+    p = msub.add_parser("sign",
+                        help="sign a model's manifest.toml with a publisher's private key (writes manifest.sig)")
     p.add_argument("name")
     p.add_argument("--key", required=True, help="the publisher's private key (PEM)")
     p.add_argument("--zoo", default=None, help=zoo_help)

@@ -66,7 +66,8 @@ class CameraSection:
     dark_level: float = 12.0  # mean 8-bit level below which a frame is black -> CAMERA_BLACKOUT; 0 = off
     frozen_frames: int = 2  # frames in a row identical to the one before -> CAMERA_FROZEN; 0 = off
     # source "frames" only (benchmarks; runtime/stages/frames.py):
-    pacing: str = "fixed"  # fixed (a camera) | poisson (arrivals at mean fps) | closed (next frame once the command is out)
+    # fixed (a camera) | poisson (arrivals at mean fps) | closed (next frame once the command is out)
+    pacing: str = "fixed"
     cameras: int = 1  # cameras in lock-step, one (N, H, W, 3) slot per tick; the model's batch must be N
     frames: int = 8  # distinct images rendered at setup and cycled
     seed: int = 0  # poisson pacing's random gaps
@@ -256,7 +257,8 @@ _CHOICES = {
 _POSITIVE = {"camera.width", "camera.height", "camera.fps", "camera.pool_slots", "infer.pool_slots",
              "camera.cameras", "camera.frames",
              "preprocess.threads", "control.max_steer_rad",
-             "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad", "pipeline.ready_timeout_s",
+             "control.max_steer_rate_rad_s", "control.recover_after", "control.plausible_steer_rad",
+             "pipeline.ready_timeout_s",
              "pipeline.restart_timeout_s",
              "sim.hfov_deg", "sim.camera_height_m", "sim.wheelbase_m", "sim.lane_width_m",
              "sim.vehicle_width_m", "sim.road_length_m", "record.ring_s", "record.segment_s"}
@@ -290,7 +292,8 @@ _MAX = {
     "infer.intra_op_threads": (256, "threads", ""),
     "preprocess.threads": (256, "threads", ""),
     "pipeline.ready_timeout_s": (3600.0, "s", "a first start compiles kernels; an hour is a hang"),
-    "pipeline.restart_timeout_s": (3600.0, "s", "as long as a first start may take (ready_timeout_s); longer is a hang"),
+    "pipeline.restart_timeout_s": (3600.0, "s",
+                                   "as long as a first start may take (ready_timeout_s); longer is a hang"),
     "sim.speed_mps": (70.0, "m/s", "252 km/h"),
     "sim.added_latency_ms": (2000.0, "ms", ""),
     "sim.actuator_timeout_ms": (1000.0, "ms", "an actuator holding a stale command longer is unsafe"),
@@ -462,8 +465,9 @@ def _cross_check(cfg: PipelineConfig) -> None:
     if not cfg.infer.providers:
         raise ConfigError("infer.providers: empty; use [\"auto\"] or name providers, e.g. [\"CPUExecutionProvider\"]")
     if not (cfg.model_dir() / "manifest.toml").is_file():
+        zoo = sorted(p.name for p in MODELS_DIR.iterdir() if (p / "manifest.toml").is_file())
         raise ConfigError(f"infer.model: no manifest.toml in {cfg.model_dir()}; name a model folder "
-                          f"or one of the zoo's: {', '.join(sorted(p.name for p in MODELS_DIR.iterdir() if (p / 'manifest.toml').is_file()))}")
+                          f"or one of the zoo's: {', '.join(zoo)}")
 
 
 def ring_bytes(cfg: PipelineConfig) -> int:

@@ -56,7 +56,8 @@ class FramePool:
         if self._data_offset + self.n_slots * self._stride > segment.size:
             raise ValueError(f"segment {segment.name!r} is truncated: header promises more slots than it holds")
         # Generation counters, one per cache line so writers and readers of different slots don't contend.
-        self._gen = np.frombuffer(segment.buf, dtype="<u8", count=self.n_slots * (_LINE // 8), offset=_LINE)[:: _LINE // 8]
+        self._gen = np.frombuffer(segment.buf, dtype="<u8", count=self.n_slots * (_LINE // 8),
+                                  offset=_LINE)[:: _LINE // 8]
         self._raw = np.frombuffer(segment.buf, dtype=np.uint8)
         self._views: dict[tuple[int, tuple[int, ...], str], np.ndarray] = {}
         self._max_views = 4 * self.n_slots  # a few shapes per slot; descriptors cannot grow it past this
@@ -65,7 +66,8 @@ class FramePool:
     @classmethod
     def create(cls, run_id: str, stream: str, n_slots: int, slot_bytes: int) -> FramePool:
         if n_slots < 2:
-            raise ValueError(f"a frame pool needs at least 2 slots (got {n_slots}): a writer must never wait for a reader")
+            raise ValueError(f"a frame pool needs at least 2 slots (got {n_slots}): "
+                             "a writer must never wait for a reader")
         if slot_bytes <= 0:
             raise ValueError(f"slot_bytes must be positive, got {slot_bytes}")
         data_offset = _round_up(_LINE + _LINE * n_slots, _PAGE)

@@ -184,7 +184,8 @@ def verify(name: str, zoo: str | Path | None = None) -> ModelManifest:
     except ModelError as e:
         text = (d / "manifest.toml").read_text() if (d / "manifest.toml").is_file() else ""
         if '"TODO' in text:
-            raise ModelError(f"{e} (the manifest still has TODO values from `edgert models add`: fill them in)") from None
+            raise ModelError(f"{e} (the manifest still has TODO values from `edgert models add`: "
+                             "fill them in)") from None
         raise
     data = m.read_verified()
     io = graph_io(_load_onnx(m.path, data))
@@ -213,7 +214,7 @@ def describe_model(name: str, zoo: str | Path | None = None) -> str:
     m = load_manifest(d)
     size = m.path.stat().st_size if m.path.is_file() else None
     lines = [f"{m.name} {m.version}  ({d})",
-             f"  file:       {m.file} ({size / 1e6:.2f} MB)" if size is not None else f"  file:       {m.file} (MISSING)",
+             f"  file:       {m.file} " + (f"({size / 1e6:.2f} MB)" if size is not None else "(MISSING)"),
              f"  sha256:     {m.sha256}",
              f"  markets:    {', '.join(m.markets) or 'none (approved for no market)'}",
              f"  license:    {m.license or '-'}",

@@ -169,7 +169,7 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
             if good and above and not in_failsafe:  # nothing not acted on may have moved the frame id past it
                 assert cmds and int(cmds[0]["flags"]) == 0 and int(cmds[0]["frame_id"]) == fid
         # Then the camera's genuine stream again: recover_after good results, one a frame period.
-        for i in range(recover_after):
+        for _ in range(recover_after):
             sim.now += sim.stage.period_ns
             genuine += 1
             capture = sim.now - 5 * MS

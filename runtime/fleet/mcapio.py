@@ -195,7 +195,8 @@ class McapFile:
         self.tmp = self.path.with_name(self.path.name + PARTIAL)
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSION)}")
-        self._f = open(self.tmp, "xb")  # never clobber: names carry a timestamp and a counter
+        # Never clobber: names carry a timestamp and a counter. Closed by close().
+        self._f = open(self.tmp, "xb")  # noqa: SIM115
         self._w = Writer(self._f, chunk_size=chunk_size, compression=COMPRESSION[compression])
         self._w.start(profile="", library=f"edgert {metadata.get('edgert_version', '')}".strip())
         meta = {k: str(v) for k, v in metadata.items()}

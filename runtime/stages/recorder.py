@@ -10,8 +10,9 @@ frame is copied straight from its frame-pool slot, and dropped and counted if th
 overwrote the slot during the copy (the seqlock). The copy waits until the frame's command
 is out (or a frame period has passed): then the pipeline is idle until the next frame, and
 the 6 MB copy does not compete for memory bandwidth with the stages working on that frame.
-Turning entries into MCAP messages and writing files happens on a writer thread (runtime/fleet/clips.py) that drops and counts
-when the disk is slow, and never holds the receive loop up.
+Turning entries into MCAP messages and writing files happens on a writer thread
+(runtime/fleet/clips.py) that drops and counts when the disk is slow, and never holds the receive
+loop up.
 
 Events open clips: the start of a takeover request (a command with the TAKEOVER flag after
 one without; SHUTDOWN is a planned stop, not an event) and operator triggers (SIGUSR1 to

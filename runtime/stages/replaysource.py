@@ -168,9 +168,8 @@ class ReplayStage(Stage):
                 return
             self.awaiting, self.commanded = 0, False
         frame_id, capture_ns, pixels = self.pending  # type: ignore[misc]
-        if self.speed > 0:
-            if not self.wait_until(self.t0 + int((capture_ns - self.first_capture) / self.speed)):
-                return
+        if self.speed > 0 and not self.wait_until(self.t0 + int((capture_ns - self.first_capture) / self.speed)):
+            return
         if frame_id <= self.last_id:
             self.reject(f"recorded frame id {frame_id} not after {self.last_id}: skipped")
         else:
