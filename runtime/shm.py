@@ -256,7 +256,7 @@ def run_dirs() -> list[tuple[Path, str, bool]]:
         pid_text, token = d.name.split(".")[1:3]
         pid = plausible_pid(pid_text)
         st = _ours(d, stat.S_IFDIR) if pid is not None else None
-        if st is None:
+        if pid is None or st is None:
             continue
         mtime = st.st_mtime
         if os.path.lexists(d / RUN_LOCK) and _ours(d / RUN_LOCK, stat.S_IFREG) is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from typing import Any
 
 import numpy as np
 
@@ -147,9 +148,9 @@ class LogHistogram:
                 "buckets": {str(int(i)): int(self.counts[i]) for i in nz}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> LogHistogram:
-        h = cls(float(d["lo_ns"]), float(d["hi_ns"]), int(d["per_decade"]))  # type: ignore[arg-type]
-        for i, c in d["buckets"].items():  # type: ignore[union-attr]
+    def from_dict(cls, d: dict[str, Any]) -> LogHistogram:
+        h = cls(float(d["lo_ns"]), float(d["hi_ns"]), int(d["per_decade"]))
+        for i, c in d["buckets"].items():
             h.counts[int(i)] = int(c)
         return h
 
