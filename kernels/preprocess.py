@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import cast
 
 import numba
 import numpy as np
@@ -399,7 +400,7 @@ class Preprocessor:
         and `out` is out_shape; frame i goes to out[i]."""
         self._check_out(out)
         if self.batch == 1 and not isinstance(src, (list, tuple)):
-            self._one(src, out.reshape(self._out3))
+            self._one(cast(np.ndarray, src), out.reshape(self._out3))
             return
         n = len(src) if isinstance(src, (list, tuple)) else (src.shape[0] if isinstance(src, np.ndarray)
                                                              and src.ndim == len(self.src_shape) + 1 else -1)

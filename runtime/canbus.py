@@ -35,7 +35,7 @@ DBC_PATH = Path(__file__).with_name("edgert_command.dbc")
 MAX_DELTA_COUNTER = 3  # alive counter steps accepted as "in sequence" (2 frames lost at most), as in E2E Profile 1
 SYNC_FRAMES = 2  # frames in sequence that re-establish the stream after a counter jump
 AGE_SATURATED_MS = CAN_AGE_SATURATED_MS  # the age byte's ceiling: "255 ms or older", stale for any timeout
-_CRC = Calculator(Crc8.SAEJ1850, optimized=True)
+_CRC = Calculator(Crc8.SAEJ1850.value, optimized=True)
 _I16 = (-32768, 32767)
 
 
@@ -154,7 +154,8 @@ class CanReceiver:
         if counter == self.last:
             c.repeated += 1
             return Verdict.REPEATED
-        self._cand_run = self._cand_run + 1 if self._cand_run and self._in_sequence(counter, self._cand) else 1
+        self._cand_run = self._cand_run + 1 if self._cand_run and self._cand is not None \
+            and self._in_sequence(counter, self._cand) else 1
         self._cand = counter
         if self._cand_run >= self.sync_frames:
             c.resyncs += 1

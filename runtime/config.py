@@ -500,8 +500,10 @@ def _check_record(cfg: PipelineConfig) -> None:
     if rec.enabled and rec.policy != "off":  # the recorder's duties (anonymise, encrypt) come from it
         from edgert.runtime.fleet.policy import Policy, PolicyError
 
+        policy = cfg.record_path("policy")
+        assert policy is not None  # record.policy is not "off"
         try:
-            Policy.load(cfg.record_path("policy")).region(rec.region)
+            Policy.load(policy).region(rec.region)
         except PolicyError as e:
             raise ConfigError(f"record.policy / record.region: {e}") from None
     if rec.pre_s > rec.ring_s:

@@ -8,6 +8,7 @@ for, frame ids moving forward, and the slot's seqlock before and after use.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from edgert.runtime import wire
 from edgert.runtime.framepool import FramePool, SlotError
@@ -18,7 +19,7 @@ from edgert.runtime.wire import MsgType, WireError
 
 class FrameInput:
     def __init__(self, stage: Stage, topic: str, pool: FramePool, stream_id: int,
-                 shape: tuple[int, ...], dtype: np.dtype | str) -> None:
+                 shape: tuple[int, ...], dtype: npt.DTypeLike) -> None:
         self.stage = stage
         self.pool = pool
         self.stream_id = stream_id

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from edgert.runtime.fence import fence
 from edgert.runtime.shm import Segment, segment_name
@@ -87,7 +88,7 @@ class FramePool:
         return cls(Segment.attach(segment_name(run_id, stream)))
 
     # -- views -----------------------------------------------------------------------
-    def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    def view(self, slot: int, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """The slot's bytes as an array; cached, so the hot path creates no new objects. The size
         is computed exactly (math.prod: np.prod wraps at 2**64, so a crafted (65536,)*4 would pass
         as 0 bytes), and the cache is bounded: descriptors naming ever new shapes empty it rather

@@ -88,7 +88,7 @@ class ProcessHandle:
         return self.proc.poll() if self.proc else None
 
     def stop(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             self.proc.send_signal(signal.SIGTERM)
 
     def join(self, timeout: float) -> bool:
@@ -101,7 +101,7 @@ class ProcessHandle:
             return False
 
     def kill(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             self.proc.kill()
             self.proc.wait()
 
@@ -429,7 +429,8 @@ class Supervisor:
             log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
         else:
             self.zmq.term()
-        for seg in [*self.pools, *self.mailboxes]:
+        segments: list[FramePool | Mailbox] = [*self.pools, *self.mailboxes]
+        for seg in segments:
             seg.close()
             seg.unlink()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -461,7 +462,7 @@ class Supervisor:
             "leaked_segments": shm.list_segments(self.run_id),
             # what the transport refused: heartbeats not from a started stage, and CURVE clients without the run's key
             "transport": {"foreign_heartbeats": self.foreign_heartbeats,
-                          "denied_peers": self.auth.denied if getattr(self, "auth", None) is not None else 0},
+                          "denied_peers": self.auth.denied if getattr(self, "auth", None) is not None else 0},  # type: ignore[union-attr]
         }
 
 

@@ -101,7 +101,7 @@ class Endpoints:
 def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> zmq.Socket:
     """Bind or connect; with CURVE, the binding side is the server, the connecting side the client.
     Either way the socket refuses messages larger than its topic's (`max_message_size`)."""
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size(name, sock.getsockopt(zmq.TYPE), bool(endpoints.curve_dir)))
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size(name, int(sock.getsockopt(zmq.TYPE)), bool(endpoints.curve_dir)))
     if endpoints.curve_dir:
         from edgert.runtime import curve
 
@@ -176,7 +176,7 @@ def confirmed_subscribers(ctx: zmq.Context, endpoints: Endpoints, names: list[st
         waiting = set(monitors.values())
         end = time.monotonic() + wait_s
         while waiting and (left := end - time.monotonic()) > 0:
-            for mon, _ in poller.poll(left * 1000):
+            for mon, _ in poller.poll(int(left * 1000)):
                 poller.unregister(mon)
                 waiting.discard(monitors[mon])
         for name in sorted(waiting):

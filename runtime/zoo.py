@@ -193,12 +193,12 @@ def verify(name: str, zoo: str | Path | None = None) -> ModelManifest:
         if [d.name for d in declared] != [a[0] for a in actual]:
             raise ModelError(f"{m.path}: manifest declares {kind}s {[d.name for d in declared]}, the graph has "
                              f"{[a[0] for a in actual]}; fix the manifest")
-        for d, (aname, adtype, adims) in zip(declared, actual):
-            if adtype != d.dtype:
-                raise ModelError(f"{m.path}: {kind} {aname!r} is {adtype} in the graph, {d.dtype} in the manifest")
-            if len(adims) != len(d.shape) or any(isinstance(g, int) and g > 0 and g != s
-                                                 for g, s in zip(adims, d.shape)):
-                raise ModelError(f"{m.path}: {kind} {aname!r} has shape {adims} in the graph, {list(d.shape)} "
+        for spec, (aname, adtype, adims) in zip(declared, actual):
+            if adtype != spec.dtype:
+                raise ModelError(f"{m.path}: {kind} {aname!r} is {adtype} in the graph, {spec.dtype} in the manifest")
+            if len(adims) != len(spec.shape) or any(isinstance(g, int) and g > 0 and g != s
+                                                    for g, s in zip(adims, spec.shape)):
+                raise ModelError(f"{m.path}: {kind} {aname!r} has shape {adims} in the graph, {list(spec.shape)} "
                                  "in the manifest")
     eng = Engine(m, providers=["CPUExecutionProvider"])
     eng.warmup(1)
@@ -423,5 +423,5 @@ def infer(model: str | Path, input_path: str | Path, output_path: str | Path,
     eng = Engine(m, providers=providers)
     result = {k: v.copy() for k, v in eng.run(eng.bind(arrays)).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **result)
+    np.savez(out, **result)  # type: ignore[arg-type]  # the stubs take every keyword for allow_pickle
     return result, eng.provider_note

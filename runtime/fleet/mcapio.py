@@ -74,6 +74,7 @@ def _json_type(dt: np.dtype) -> dict[str, Any]:
 def wire_json_schema(msg_type: MsgType) -> dict[str, Any]:
     """A JSON Schema for `wire.to_dict` of a record of `msg_type`, derived from its layout."""
     layout = wire.LAYOUTS[msg_type]
+    assert layout.names is not None and layout.fields is not None  # a record layout
     props: dict[str, Any] = {}
     for name in layout.names:
         if name.startswith("_") or name in ("magic", "crc", "length"):

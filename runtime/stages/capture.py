@@ -98,7 +98,7 @@ class CaptureStage(Stage):
         if msg is None:
             return
         rec, verdict = self.e2e.check(msg)
-        if verdict is not Verdict.OK:  # corrupted, repeated, reordered or stale: never acted on
+        if verdict is not Verdict.OK or rec is None:  # corrupted, repeated, reordered or stale: never acted on
             self.reject(f"command {verdict.value}")
             return
         accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0

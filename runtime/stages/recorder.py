@@ -76,7 +76,7 @@ CONNECT_WAIT_S = 30.0  # setup: for the subscriptions' handshakes (a stage that 
 _FRAME_HEADER = wire.LAYOUTS[MsgType.FRAME].itemsize
 _U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
 
-FrameFilter = Callable[[np.ndarray], None]
+FrameFilter = Callable[[np.ndarray], object]  # edits the frame in place; what it returns is ignored
 ClipHook = Callable[[Path], Path]
 
 
@@ -388,10 +388,11 @@ class RecorderStage(Stage):
             yield mcapio.EVENTS_TOPIC, log_ns, log_ns, data, 0
         else:
             rec = wire.decode(data)  # validated on receipt; decoded again here, off the receive loop
-            capture = int(rec["stamps"][wire.Stamp.CAPTURE]) if "stamps" in rec.dtype.names else 0
+            names = rec.dtype.names or ()
+            capture = int(rec["stamps"][wire.Stamp.CAPTURE]) if "stamps" in names else 0
             body = json.dumps(wire.to_dict(rec), separators=(",", ":")).encode()
             yield _MCAP_TOPIC[topic_id], log_ns, capture + self.wall_offset if capture else log_ns, body, \
-                int(rec["frame_id"]) if "frame_id" in rec.dtype.names else 0
+                int(rec["frame_id"]) if "frame_id" in names else 0
 
     def _frame_message(self, log_ns: int, data: bytes) -> tuple[str, int, int, bytes, int] | None:
         """The frame as an MCAP message, filtered first if there is a filter; None if the filter failed."""
