@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,8 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
     for prov, why in pl.skipped.items():
         if prov in CUDA_PROVIDERS:
             rep.notes.append(f"{prov} not measured: {why}")
-    fns, cold, keep = {}, {}, []
+    fns: dict[str, Callable[[], object]] = {}
+    cold, keep = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
             m = load_manifest(zoo / variant)
@@ -106,8 +108,8 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 binding = eng.bind(x)
                 keep += [eng, bare, binding]  # alive until the timing ends
                 feed = dict(x)
-                fns[f"bare_{tag}"] = (lambda s=bare, f=feed: s.run(None, f))
-                fns[f"engine_{tag}"] = (lambda e=eng, b=binding: e.run(b))
+                fns[f"bare_{tag}"] = (lambda s=bare, f=feed: s.run(None, f))  # type: ignore[misc]
+                fns[f"engine_{tag}"] = (lambda e=eng, b=binding: e.run(b))  # type: ignore[misc]
                 if eng.device != "cpu":  # on a GPU: tensors on the device, with and without a CUDA graph
                     keep += _device_cases(fns, m, prov, tag, x, rep.notes)
                 # Same answer both ways, or the timing compares different work.

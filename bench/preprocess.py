@@ -373,8 +373,8 @@ def run(quick: bool = False) -> Report:
             samples = blocked_ns(case.fns, n, block=min(STEADY_BLOCK, n), warmup=3 if quick else 10)
         else:
             samples = interleaved_ns(case.fns, n, warmup=3 if quick else 10)
-        for k, v in samples.items():
-            report.add(f"{case.name}:{k}", v)
+        for k, ns in samples.items():
+            report.add(f"{case.name}:{k}", ns)
         for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
             for p99 in (False, True):
                 report.ratio(f"{case.name}:{a}", f"{case.name}:{b}", p99=p99)
