@@ -31,8 +31,8 @@ import zmq
 from edgert.kernels import reference_preprocess
 from edgert.runtime import wire
 from edgert.runtime.engine import session_options
-from edgert.runtime.signing import approved_manifest
 from edgert.runtime.providers import plan
+from edgert.runtime.signing import approved_manifest
 from edgert.runtime.stage import Stage
 from edgert.runtime.stages.frames import FramesStage
 from edgert.runtime.transport import publisher
@@ -131,6 +131,7 @@ class NaivePreprocess(_NaiveStage):
         tensor = np.concatenate([reference_preprocess(spec, f) for f in frames])
         msg["stamps"][Stamp.PRE_RECV] = t
         msg["stamps"][Stamp.PRE_DONE] = time.monotonic_ns()
+        assert self.out is not None  # it has an out_topic
         self.out.send_pyobj({"frame_id": msg["frame_id"], "stamps": msg["stamps"], "tensor": tensor})
 
 
@@ -152,6 +153,7 @@ class NaiveInfer(_NaiveStage):
         outputs = self.session.run(None, {self.input_name: msg["tensor"]})
         msg["stamps"][Stamp.INFER_RECV] = t
         msg["stamps"][Stamp.INFER_DONE] = time.monotonic_ns()
+        assert self.out is not None  # it has an out_topic
         self.out.send_pyobj({"frame_id": msg["frame_id"], "stamps": msg["stamps"], "outputs": outputs})
 
 

@@ -16,6 +16,8 @@ Faces and plates are both on, as the recorder runs it where the policy requires 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -42,7 +44,7 @@ def face_patch(scale: float = 1.0) -> np.ndarray:
     Bright oval on a mid-grey ground, dark eyes under dark brows, a lighter nose ridge and a
     dark mouth, softened (the cascade keys on those light/dark bands, not on a real face).
     """
-    img = np.full((480, 640), 90, np.uint8)
+    img: np.ndarray = np.full((480, 640), 90, np.uint8)
     cv2.ellipse(img, (320, 240), (80, 105), 0, 0, 360, 200, -1)
     for x in (320 - 32, 320 + 32):
         cv2.ellipse(img, (x, 215), (18, 9), 0, 0, 360, 40, -1)
@@ -96,7 +98,7 @@ def run(quick: bool = False, n: int | None = None) -> Report:
         np.copyto(work, with_face)
         anon(work)
 
-    fns = {
+    fns: dict[str, Callable[[], object]] = {
         "memcpy": lambda: np.copyto(dst, empty),
         "gaussian_full": lambda: cv2.GaussianBlur(empty, (31, 31), 0, dst=dst),
         "anonymise_no_hits": lambda: anon(empty),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ def _device_cases(fns: dict, m: ModelManifest, prov: str, tag: str, x: dict[str,
     `graph_TAG`: the same replaying a CUDA graph (CUDA provider only)."""
     keep = []
     for case, graph in ((f"device_{tag}", "0"), (f"graph_{tag}", "1")):
-        eng = Engine(m, providers=[prov], intra_op_threads=THREADS, provider_options={prov: {GRAPH_OPTION[prov]: graph}})
+        eng = Engine(m, providers=[prov], intra_op_threads=THREADS,
+                     provider_options={prov: {GRAPH_OPTION[prov]: graph}})
         if graph == "1" and not eng.cuda_graph:
             notes.append(f"{case}: no CUDA graph for this model (not every node runs on {prov}); left out")
             continue
@@ -89,7 +91,8 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
     for prov, why in pl.skipped.items():
         if prov in CUDA_PROVIDERS:
             rep.notes.append(f"{prov} not measured: {why}")
-    fns, cold, keep = {}, {}, []
+    fns: dict[str, Callable[[], object]] = {}
+    cold, keep = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
             m = load_manifest(zoo / variant)
@@ -105,8 +108,8 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 binding = eng.bind(x)
                 keep += [eng, bare, binding]  # alive until the timing ends
                 feed = dict(x)
-                fns[f"bare_{tag}"] = (lambda s=bare, f=feed: s.run(None, f))
-                fns[f"engine_{tag}"] = (lambda e=eng, b=binding: e.run(b))
+                fns[f"bare_{tag}"] = (lambda s=bare, f=feed: s.run(None, f))  # type: ignore[misc]
+                fns[f"engine_{tag}"] = (lambda e=eng, b=binding: e.run(b))  # type: ignore[misc]
                 if eng.device != "cpu":  # on a GPU: tensors on the device, with and without a CUDA graph
                     keep += _device_cases(fns, m, prov, tag, x, rep.notes)
                 # Same answer both ways, or the timing compares different work.
@@ -117,11 +120,12 @@ def run(quick: bool = False, n: int | None = None, cold_n: int | None = None,
                 cache = Path(tmp) / f"{tag}.opt.onnx"
                 ort.InferenceSession(data, sess_options=session_options(THREADS, save_to=cache), providers=[prov])
                 cold[f"cold_{tag}"] = _cold_ns(
-                    lambda d=data, p=prov: ort.InferenceSession(d, sess_options=session_options(THREADS), providers=[p]),
+                    lambda d=data, p=prov: ort.InferenceSession(d, sess_options=session_options(THREADS),
+                                                                providers=[p]),
                     feed, cold_n)
                 cold[f"cold_cached_{tag}"] = _cold_ns(
-                    lambda c=cache, p=prov: ort.InferenceSession(str(c), sess_options=session_options(THREADS, optimize=False),
-                                                                 providers=[p]), feed, cold_n)
+                    lambda c=cache, p=prov: ort.InferenceSession(
+                        str(c), sess_options=session_options(THREADS, optimize=False), providers=[p]), feed, cold_n)
         samples = interleaved_ns(fns, n, warmup=max(10, n // 20))
     for case, s in samples.items():
         rep.add(case, s)

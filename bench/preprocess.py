@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numba
@@ -36,7 +36,7 @@ import numpy as np
 from edgert.bench._noise import FixedWork, interruptions, interruptions_line
 from edgert.bench._suite import opencv_pool
 from edgert.bench.report import Report, blocked_ns, interleaved_ns
-from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels import Preprocessor, PreprocessSpec, reference_preprocess
 
 N_FULL = 2000  # p99.9 from 2000 samples rests on the 2 worst: stable enough to compare same-run cases
 N_QUICK = 60
@@ -327,7 +327,8 @@ def _targets(report: Report, case: str) -> None:
         "p99/p50": {k: round(v, 3) for k, v in tail.items()}}
     parts = [f"{k} {v:.2f} ({'<=' if k in AT_MOST else '>='} {TARGETS[k]:g}: "
              f"{'met' if met[k] else 'missed'})" for k, v in got.items()]
-    baselines = ", ".join(f"{k} {tail[k]:.2f}" for k in ("fused_1t", "fixed", "fixed_1t", "memcpy", "blob") if k in tail)
+    baselines = ", ".join(f"{k} {tail[k]:.2f}" for k in ("fused_1t", "fixed", "fixed_1t", "memcpy", "blob")
+                          if k in tail)
     report.notes.append(f"{case} against issue 4's targets: {'; '.join(parts)}. p99/p50 of the baselines in the "
                         f"same run: {baselines} (fixed = arithmetic as long as fused, on as many threads: the "
                         "tail the machine alone gives)")
@@ -376,8 +377,8 @@ def run(quick: bool = False) -> Report:
             samples = blocked_ns(case.fns, n, block=min(STEADY_BLOCK, n), warmup=3 if quick else 10)
         else:
             samples = interleaved_ns(case.fns, n, warmup=3 if quick else 10)
-        for k, v in samples.items():
-            report.add(f"{case.name}:{k}", v)
+        for k, ns in samples.items():
+            report.add(f"{case.name}:{k}", ns)
         for a, b in (("blob", "fused"), ("naive", "fused"), ("fused", "memcpy")):
             for p99 in (False, True):
                 report.ratio(f"{case.name}:{a}", f"{case.name}:{b}", p99=p99)

@@ -41,6 +41,7 @@ def _one_run(cfg: PipelineConfig, duration_s: float, warmup_s: float) -> tuple[n
 
     sup = Supervisor(cfg, duration_s=warmup_s + duration_s)
     summary = sup.run()
+    assert sup.telemetry is not None  # run() made it
     st = sup.telemetry.stamps.data.astype(np.int64)
     if not len(st):
         return np.empty(0, np.int64), summary
@@ -59,8 +60,10 @@ def run(quick: bool = False, rounds: int | None = None, duration_s: float | None
     cam = base.camera
     rep = Report("recorder", {"rounds": rounds, "duration_s": duration_s, "warmup_s": warmup_s,
                               "frame": [cam.height, cam.width], "fps": cam.fps, "mode": base.pipeline.mode,
-                              "record": {"modes": ["all", "clips"], "frames": "raw", "compression": base.record.compression},
-                              "model": Path(base.infer.model).name, "order": "off/all/off again/clips, reversed every other round"})
+                              "record": {"modes": ["all", "clips"], "frames": "raw",
+                                         "compression": base.record.compression},
+                              "model": Path(base.infer.model).name,
+                              "order": "off/all/off again/clips, reversed every other round"})
     samples: dict[str, list[np.ndarray]] = {c: [] for c in CASES}
     written = {"frames": 0, "dropped": 0, "bytes": 0, "seconds": 0.0, "errors": 0}
     tmp = Path(tempfile.mkdtemp(prefix="edgert-bench-recorder."))
@@ -99,10 +102,10 @@ def run(quick: bool = False, rounds: int | None = None, duration_s: float | None
             aa = rep.ratios[f"record_off_again/record_off{'_p99' if p99 else ''}"]
             band = max(aa, 1 / aa)  # two recorder-off runs differ by this much: the noise
             for case in ("record_on", "record_clips"):
-                r = rep.ratios.get(f"{case}/record_off{'_p99' if p99 else ''}")
-                if r is not None:
-                    verdict = "within" if r <= band else "BEYOND"
-                    rep.notes.append(f"{case} {what}: {r:.3f}x recorder-off, {verdict} the same-run noise "
+                ratio = rep.ratios.get(f"{case}/record_off{'_p99' if p99 else ''}")
+                if ratio is not None:
+                    verdict = "within" if ratio <= band else "BEYOND"
+                    rep.notes.append(f"{case} {what}: {ratio:.3f}x recorder-off, {verdict} the same-run noise "
                                      f"(two recorder-off runs differ by {band:.3f}x)")
     secs = max(written["seconds"], 1e-9)
     rep.notes.append(f"recorder (mode all, raw frames): {written['frames']} frames written, {written['dropped']} "

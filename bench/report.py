@@ -16,9 +16,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -181,7 +182,8 @@ class Report:
         return paths
 
 
-def write_index(reports: list[Report], out_dir: str | Path, quick: bool = False, failed: list[str] | None = None) -> Path:
+def write_index(reports: list[Report], out_dir: str | Path, quick: bool = False,
+                failed: list[str] | None = None) -> Path:
     """DIR/index.md: the machine once, then every report's config, tables, ratios, notes and plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

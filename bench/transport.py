@@ -61,7 +61,7 @@ def _hold_slot(pool: FramePool, msg: bytes, shape: tuple[int, ...]) -> int:
     return latency
 
 
-def _receiver(run_id: str, endpoints: dict[str, str], conn: "mp.connection.Connection") -> None:
+def _receiver(run_id: str, endpoints: dict[str, str], conn: mp.connection.Connection) -> None:
     """Receive frames case by case; reply ACK to each; return the latencies through `conn`."""
     ctx = zmq.Context()
     ack = ctx.socket(zmq.PAIR)
@@ -173,13 +173,14 @@ def run(quick: bool = False, n: int | None = None) -> Report:
 
             def send_zmq(case: str) -> None:
                 stamp = time.monotonic_ns().to_bytes(8, "little")
-                socks[case].send_multipart([stamp, frame], copy=(case != "zmq_nocopy_ipc"))
+                socks[case].send_multipart([stamp, frame],  # type: ignore[list-item]  # ndarray is a buffer
+                                           copy=(case != "zmq_nocopy_ipc"))
 
             def send_pickle() -> None:
                 parent.send((time.monotonic_ns(), frame))
 
             senders = {"shm": send_shm, **({} if mailbox is None else {"shm_mailbox": send_mailbox}),
-                       "pickle_pipe": send_pickle, **{c: (lambda c=c: send_zmq(c)) for c in ZMQ_CASES}}
+                       "pickle_pipe": send_pickle, **{c: (lambda c=c: send_zmq(c)) for c in ZMQ_CASES}}  # type: ignore[misc]
             for case, send in senders.items():
                 parent.send((case, size, shape, count, warmup))
                 if case == "shm_mailbox":

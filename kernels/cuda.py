@@ -116,7 +116,6 @@ class CudaPreprocessor:
     def __call__(self, src: Any, out: Any) -> None:
         """Preprocess `src` (one frame, or `batch` frames as a list/tuple or an (N, *src_shape) array,
         on the device or the host) into the device array `out`."""
-        from numba import cuda
 
         o = _device(out, "out")
         if tuple(o.shape) not in (self.out_shape, self._out3 if self.batch == 1 else None) or \
@@ -139,7 +138,6 @@ class CudaPreprocessor:
             self._one(f, o[i])
 
     def _one(self, src: Any, o: Any) -> None:
-        from numba import cuda
 
         from edgert.kernels.cudakern import fill, pixel
 

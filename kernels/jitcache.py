@@ -35,8 +35,8 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

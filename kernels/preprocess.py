@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import cast
 
 import numba
 import numpy as np
@@ -70,9 +71,17 @@ from numba import prange, types
 from edgert.kernels.formats import FORMAT_CODE, LAYOUT_OF, check_strides, frame_size, yuv_coefficients
 from edgert.kernels.jitcache import njit  # cache keyed on all kernels/*.py sources
 from edgert.kernels.resample import compact_columns, letterbox_size, tap_tables, trim_taps
+from edgert.kernels.simd import (
+    LANES,
+    STEPS,
+    block_bytes,
+    permutation,
+    pick_step1,
+    pick_step3,
+    pick_step3_same,
+    pick_step3_swap,
+)
 from edgert.kernels.spec import PreprocessSpec
-from edgert.kernels.simd import (LANES, STEPS, block_bytes, permutation, pick_step1, pick_step3, pick_step3_same,
-                          pick_step3_swap)
 from edgert.kernels.store import KIND, _half_bits, colour_span, store_row, taps_and_colour  # noqa: F401 (_half_bits: tests)
 
 # --- colour -------------------------------------------------------------------------------
@@ -391,7 +400,7 @@ class Preprocessor:
         and `out` is out_shape; frame i goes to out[i]."""
         self._check_out(out)
         if self.batch == 1 and not isinstance(src, (list, tuple)):
-            self._one(src, out.reshape(self._out3))
+            self._one(cast(np.ndarray, src), out.reshape(self._out3))
             return
         n = len(src) if isinstance(src, (list, tuple)) else (src.shape[0] if isinstance(src, np.ndarray)
                                                              and src.ndim == len(self.src_shape) + 1 else -1)
@@ -421,8 +430,9 @@ class Preprocessor:
         """One frame into `o` (shape out_shape[1:], checked by the caller)."""
         if not isinstance(src, np.ndarray) or src.shape != self.src_shape or src.dtype != np.uint8:
             got = f"{src.shape} {src.dtype}" if isinstance(src, np.ndarray) else type(src).__name__
-            raise ValueError(f"src: expected a uint8 array of shape {self.src_shape} {LAYOUT_OF[self.spec.src_format]}, "
-                             f"got {got}; build the Preprocessor for this camera's frame size and format")
+            raise ValueError(f"src: expected a uint8 array of shape {self.src_shape} "
+                             f"{LAYOUT_OF[self.spec.src_format]}, got {got}; "
+                             "build the Preprocessor for this camera's frame size and format")
         if self._packed:
             s0, s1, s2 = src.strides
             if s2 != 1 or s1 != 3 or s0 < self._row_bytes:
@@ -446,8 +456,8 @@ class Preprocessor:
                          self._ox0)
             return
         self._kernel(s, self._fmt, self.frame_size[0], self._cols, self._mode, self._yidx, self._yw, self._xstart,
-                     self._xw, self._yc, self._coef, self._rgbbuf, self._gatbuf, self._rowbuf, self._pixbuf, o32, o16, o8,
-                     self._kind, self._nchw, self._oy0, self._ox0)
+                     self._xw, self._yc, self._coef, self._rgbbuf, self._gatbuf, self._rowbuf, self._pixbuf,
+                     o32, o16, o8, self._kind, self._nchw, self._oy0, self._ox0)
 
     def _fill_borders(self, o: np.ndarray) -> None:
         """Letterbox padding: the bands above/below and left/right of the placed image."""

@@ -30,7 +30,7 @@ import numpy as np
 TapTable = tuple[np.ndarray, np.ndarray]  # (idx int32 [n_out, taps], w float32 [n_out, taps])
 
 
-def _pack(rows: list[list[tuple[int, float]]]) -> TapTable:
+def _pack(rows: list[list[tuple[int, float | np.float32]]]) -> TapTable:
     taps = max(len(r) for r in rows)
     idx = np.zeros((len(rows), taps), np.int32)
     w = np.zeros((len(rows), taps), np.float32)
@@ -41,7 +41,7 @@ def _pack(rows: list[list[tuple[int, float]]]) -> TapTable:
     return idx, w
 
 
-def _two_tap(n_src: int, sx: int, fx: np.float32) -> list[tuple[int, float]]:
+def _two_tap(n_src: int, sx: int, fx: np.float32) -> list[tuple[int, float | np.float32]]:
     # OpenCV's border rule for 2-tap kernels: clamp to the edge sample and drop the fraction.
     if sx < 0:
         sx, fx = 0, np.float32(0)
@@ -88,7 +88,7 @@ def area_taps(n_src: int, n_dst: int) -> TapTable:
         s1, s2 = math.ceil(f1), math.floor(f2)
         s2 = min(s2, n_src - 1)
         s1 = min(s1, s2)
-        r: list[tuple[int, float]] = []
+        r: list[tuple[int, float | np.float32]] = []
         if s1 - f1 > 1e-3:
             r.append((s1 - 1, np.float32((s1 - f1) / cell)))
         for s in range(s1, s2):

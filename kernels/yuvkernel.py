@@ -13,8 +13,8 @@ row is gathered into contiguous Y, U, V bytes, then decoded, weighted, straight 
 output planes, in a loop LLVM vectorises. Every third column (MODE_DIRECT3) has a gather
 written with constant strides. 1080p NV12 -> 384x640, one thread, hot: 1.39 ms before,
 0.35 ms now (docs/kernels.md). A 2:1 downscale (MODE_DIRECT2: each output pixel weighs the
-next two of consecutive kept columns, with its own x weights) decodes the even and the odd columns into two planes and combines them with the x
-taps: 1280x720 NV12 -> 640x360 1.28 -> 0.72 ms.
+next two of consecutive kept columns, with its own x weights) decodes the even and the odd
+columns into two planes and combines them with the x taps: 1280x720 NV12 -> 640x360 1.28 -> 0.72 ms.
 (Decoding straight into the row buffer through an inlined helper was tried: Numba 0.68 then
 leaked a reference per call, ~400 B/frame, caught by the tracemalloc tests; the scratch row
 costs no measurable time.) Decoding must precede resampling

@@ -37,7 +37,7 @@ DBC_PATH = dbc_file()
 MAX_DELTA_COUNTER = 3  # alive counter steps accepted as "in sequence" (2 frames lost at most), as in E2E Profile 1
 SYNC_FRAMES = 2  # frames in sequence that re-establish the stream after a counter jump
 AGE_SATURATED_MS = CAN_AGE_SATURATED_MS  # the age byte's ceiling: "255 ms or older", stale for any timeout
-_CRC = Calculator(Crc8.SAEJ1850, optimized=True)
+_CRC = Calculator(Crc8.SAEJ1850.value, optimized=True)
 _I16 = (-32768, 32767)
 
 
@@ -48,7 +48,8 @@ def _sat16(v: float, per_bit: float) -> int:
 def encode(steer_rad: float, accel_mps2: float, flags: int, reason: int, seq: int, age_ns: int,
            can_id: int = DEFAULT_ID) -> bytes:
     body = struct.pack(">hhBBB", _sat16(steer_rad, 1e-3), _sat16(accel_mps2, 1e-3),
-                       (flags & 0x3) | ((reason & 0xF) << 4), seq & 0xF, min(max(age_ns, 0) // 1_000_000, AGE_SATURATED_MS))
+                       (flags & 0x3) | ((reason & 0xF) << 4), seq & 0xF,
+                       min(max(age_ns, 0) // 1_000_000, AGE_SATURATED_MS))
     return body + bytes([_CRC.checksum(can_id.to_bytes(2, "big") + body)])
 
 
@@ -155,7 +156,8 @@ class CanReceiver:
         if counter == self.last:
             c.repeated += 1
             return Verdict.REPEATED
-        self._cand_run = self._cand_run + 1 if self._cand_run and self._in_sequence(counter, self._cand) else 1
+        self._cand_run = self._cand_run + 1 if self._cand_run and self._cand is not None \
+            and self._in_sequence(counter, self._cand) else 1
         self._cand = counter
         if self._cand_run >= self.sync_frames:
             c.resyncs += 1

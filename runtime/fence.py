@@ -10,7 +10,8 @@ the even one, and the reader one after its first load of the word and before its
 Python has no fence of its own, so this is one compiled by Numba: LLVM's `fence acq_rel`,
 which is `dmb ish` on aarch64 and no instruction at all on x86-64 (only the compiler may not
 move memory operations across it, and nothing around a call from Python could). Checked for
-both targets by tests/test_fence.py. A call from Python took 60-80 ns in a hand-timed loop on the 2-core VM (context, not a benchmark).
+both targets by tests/test_fence.py. A call from Python took 60-80 ns in a hand-timed loop on
+the 2-core VM (context, not a benchmark).
 """
 
 from __future__ import annotations

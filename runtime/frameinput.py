@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from edgert.runtime import wire
 from edgert.runtime.framepool import FramePool, SlotError
@@ -23,7 +24,7 @@ from edgert.runtime.wire import MsgType, Stamp, WireError
 
 class FrameInput:
     def __init__(self, stage: Stage, topic: str, pool: FramePool, stream_id: int,
-                 shape: tuple[int, ...], dtype: np.dtype | str) -> None:
+                 shape: tuple[int, ...], dtype: npt.DTypeLike) -> None:
         self.stage = stage
         self.pool = pool
         self.stream_id = stream_id

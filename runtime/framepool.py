@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.fence import fence
@@ -57,16 +58,18 @@ class FramePool:
         if self._data_offset + self.n_slots * self._stride > segment.size:
             raise ValueError(f"segment {segment.name!r} is truncated: header promises more slots than it holds")
         # Generation counters, one per cache line so writers and readers of different slots don't contend.
-        self._gen = np.frombuffer(segment.buf, dtype="<u8", count=self.n_slots * (_LINE // 8), offset=_LINE)[:: _LINE // 8]
+        self._gen = np.frombuffer(segment.buf, dtype="<u8", count=self.n_slots * (_LINE // 8),
+                                  offset=_LINE)[:: _LINE // 8]
         self._raw = np.frombuffer(segment.buf, dtype=np.uint8)
         self._views: dict[tuple[int, tuple[int, ...], str], np.ndarray] = {}
         self._max_views = 4 * self.n_slots  # a few shapes per slot; descriptors cannot grow it past this
         self._next = 0
 
     @classmethod
-    def create(cls, run_id: str, stream: str, n_slots: int, slot_bytes: int) -> "FramePool":
+    def create(cls, run_id: str, stream: str, n_slots: int, slot_bytes: int) -> FramePool:
         if n_slots < 2:
-            raise ValueError(f"a frame pool needs at least 2 slots (got {n_slots}): a writer must never wait for a reader")
+            raise ValueError(f"a frame pool needs at least 2 slots (got {n_slots}): "
+                             "a writer must never wait for a reader")
         if slot_bytes <= 0:
             raise ValueError(f"slot_bytes must be positive, got {slot_bytes}")
         data_offset = _round_up(_LINE + _LINE * n_slots, _PAGE)
@@ -82,11 +85,11 @@ class FramePool:
         return cls(seg)
 
     @classmethod
-    def attach(cls, run_id: str, stream: str) -> "FramePool":
+    def attach(cls, run_id: str, stream: str) -> FramePool:
         return cls(Segment.attach(segment_name(run_id, stream)))
 
     # -- views -----------------------------------------------------------------------
-    def view(self, slot: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    def view(self, slot: int, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """The slot's bytes as an array; cached, so the hot path creates no new objects. The size
         is computed exactly (math.prod: np.prod wraps at 2**64, so a crafted (65536,)*4 would pass
         as 0 bytes), and the cache is bounded: descriptors naming ever new shapes empty it rather

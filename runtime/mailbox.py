@@ -76,7 +76,7 @@ class Mailbox:
             raise
 
     @classmethod
-    def create(cls, run_id: str, topic: str, capacity: int = CAPACITY) -> "Mailbox":
+    def create(cls, run_id: str, topic: str, capacity: int = CAPACITY) -> Mailbox:
         seg = Segment.create(segment_name(run_id, _name(topic)), _DATA + capacity)
         seg.buf[:12] = MAGIC + VERSION.to_bytes(4, "little") + capacity.to_bytes(4, "little")
         try:
@@ -86,7 +86,7 @@ class Mailbox:
             raise
 
     @classmethod
-    def attach(cls, run_id: str, topic: str) -> "Mailbox":
+    def attach(cls, run_id: str, topic: str) -> Mailbox:
         return cls(Segment.attach(segment_name(run_id, _name(topic))))
 
     @property

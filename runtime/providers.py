@@ -35,7 +35,7 @@ _NVIDIA = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 _TRT_MAJOR = 10  # the TensorRT major version onnxruntime-gpu 1.2x-1.3x is built against
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nvidia_driver() -> str | None:
     """None if an NVIDIA driver is loadable, else the reason it is not."""
     try:
@@ -45,7 +45,7 @@ def nvidia_driver() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tensorrt_libraries() -> str | None:
     """None if TensorRT's runtime (libnvinfer) is loadable, else the reason it is not.
 
@@ -67,7 +67,7 @@ def tensorrt_libraries() -> str | None:
     return f"TensorRT {_TRT_MAJOR} not installed ({first}); install it (e.g. pip install tensorrt-cu13) to use it"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_cuda_libraries() -> None:
     """Load CUDA and cuDNN from NVIDIA's pip packages when they are installed there.
 
@@ -103,7 +103,7 @@ def plan(requested: list[str] | tuple[str, ...]) -> ProviderPlan:
     for p in wanted:
         if p not in built:
             skipped[p] = f"not in this onnxruntime build ({ort.__version__}, {ort.get_device()})"
-        elif p in _NVIDIA and (why := nvidia_driver()):
+        elif p in _NVIDIA and (why := nvidia_driver()):  # noqa: SIM114 (one branch per reason)
             skipped[p] = why
         elif p == "TensorrtExecutionProvider" and (why := tensorrt_libraries()):
             skipped[p] = why

@@ -73,7 +73,7 @@ class Segment:
         self._lock_fd = lock_fd
 
     @classmethod
-    def create(cls, name: str, size: int) -> "Segment":
+    def create(cls, name: str, size: int) -> Segment:
         """Made locked (`_made_locked`): no sweeper ever sees the segment unlocked."""
         mm: mmap.mmap | None = None
         try:
@@ -93,7 +93,7 @@ class Segment:
         return cls(name, size, mm, owner=True, lock_fd=fd)
 
     @classmethod
-    def attach(cls, name: str) -> "Segment":
+    def attach(cls, name: str) -> Segment:
         path = SHM_DIR / name
         try:
             fd = os.open(path, os.O_RDWR)
@@ -256,7 +256,7 @@ def run_dirs() -> list[tuple[Path, str, bool]]:
         pid_text, token = d.name.split(".")[1:3]
         pid = plausible_pid(pid_text)
         st = _ours(d, stat.S_IFDIR) if pid is not None else None
-        if st is None:
+        if pid is None or st is None:
             continue
         mtime = st.st_mtime
         if os.path.lexists(d / RUN_LOCK) and _ours(d / RUN_LOCK, stat.S_IFREG) is None:

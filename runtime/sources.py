@@ -8,6 +8,6 @@ config validation and the stage registry can both read it.
 
 CAPTURE_SOURCES = {
     "sim": "edgert.runtime.stages.capture:CaptureStage",  # the road-camera simulator, closing the loop
-    "frames": "edgert.runtime.stages.frames:FramesStage",  # pre-rendered frames at a benchmark's pacing (bench pipeline)
+    "frames": "edgert.runtime.stages.frames:FramesStage",  # pre-rendered frames at a benchmark's pacing
     "replay": "edgert.runtime.stages.replaysource:ReplayStage",  # a recording's frames (replay.file; `edgert replay`)
 }

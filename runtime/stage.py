@@ -13,13 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 
 from edgert.runtime import wire
 from edgert.runtime.config import PipelineConfig
 from edgert.runtime.transport import Endpoints, publisher
-import numpy as np
-
 from edgert.runtime.wire import MsgType, StageState, WireError
 
 HEARTBEAT_PERIOD_NS = 100_000_000
@@ -103,7 +102,7 @@ class Stage:
         self.rejected += 1
         self._warn_reject("rejected input: %s", why)
 
-    def decode(self, msg: bytes, msg_type: MsgType) -> "np.void | None":
+    def decode(self, msg: bytes, msg_type: MsgType) -> np.void | None:
         """The validated message, or None after counting and logging why it was rejected."""
         try:
             return wire.decode(msg, msg_type)

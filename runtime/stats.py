@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from typing import Any
 
 import numpy as np
 
@@ -116,12 +117,12 @@ class LogHistogram:
         """One sample (what `record` does for an array, without its per-call NumPy overhead)."""
         self.counts[bisect.bisect_right(self._edges, x_ns)] += 1
 
-    def _check_layout(self, other: "LogHistogram") -> None:
+    def _check_layout(self, other: LogHistogram) -> None:
         if (self.lo, self.hi, self.per_decade) != (other.lo, other.hi, other.per_decade):
             raise ValueError(f"cannot merge histograms with different buckets: {(self.lo, self.hi, self.per_decade)} "
                              f"vs {(other.lo, other.hi, other.per_decade)}; build both with the same lo/hi/per_decade")
 
-    def merge(self, other: "LogHistogram") -> "LogHistogram":
+    def merge(self, other: LogHistogram) -> LogHistogram:
         """Add `other`'s counts to this one (same layout); returns self."""
         self._check_layout(other)
         self.counts += other.counts
@@ -147,9 +148,9 @@ class LogHistogram:
                 "buckets": {str(int(i)): int(self.counts[i]) for i in nz}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> "LogHistogram":
-        h = cls(float(d["lo_ns"]), float(d["hi_ns"]), int(d["per_decade"]))  # type: ignore[arg-type]
-        for i, c in d["buckets"].items():  # type: ignore[union-attr]
+    def from_dict(cls, d: dict[str, Any]) -> LogHistogram:
+        h = cls(float(d["lo_ns"]), float(d["hi_ns"]), int(d["per_decade"]))
+        for i, c in d["buckets"].items():
             h.counts[int(i)] = int(c)
         return h
 

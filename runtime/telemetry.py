@@ -74,7 +74,7 @@ class VehicleFlagCounts:
         self._timed_out = timed_out
         for f in _FAULTS:
             if flags & f:
-                rec = self.faults.setdefault(f.name, {"first_t_ns": t_ns, "frames": 0})
+                rec = self.faults.setdefault(str(f.name), {"first_t_ns": t_ns, "frames": 0})
                 rec["frames"] += 1
 
 

@@ -70,7 +70,7 @@ class Endpoints:
     mailboxes: bool = False  # the run has a shared-memory mailbox for every `Topic.mailbox` topic
 
     @classmethod
-    def for_run(cls, cfg: "PipelineConfig", run_id: str, run_dir: str | Path) -> "Endpoints":
+    def for_run(cls, cfg: PipelineConfig, run_id: str, run_dir: str | Path) -> Endpoints:
         """A run's endpoints: inproc:// in threads mode, else the config's transport (CURVE on tcp if asked)."""
         p = cfg.pipeline
         transport = "inproc" if p.mode == "threads" else p.transport
@@ -131,7 +131,7 @@ class Route:
 def _attach(sock: zmq.Socket, endpoints: Endpoints, name: str, binds: bool) -> zmq.Socket:
     """Bind or connect; with CURVE, the binding side is the server, the connecting side the client.
     Either way the socket refuses messages larger than its topic's (`max_message_size`)."""
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size(name, sock.getsockopt(zmq.TYPE), bool(endpoints.curve_dir)))
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size(name, int(sock.getsockopt(zmq.TYPE)), bool(endpoints.curve_dir)))
     if endpoints.curve_dir:
         from edgert.runtime import curve
 
@@ -242,7 +242,7 @@ def confirmed_subscribers(ctx: zmq.Context, endpoints: Endpoints, names: list[st
         waiting = set(monitors.values())
         end = time.monotonic() + wait_s
         while waiting and (left := end - time.monotonic()) > 0:
-            for mon, _ in poller.poll(left * 1000):
+            for mon, _ in poller.poll(int(left * 1000)):
                 poller.unregister(mon)
                 waiting.discard(monitors[mon])
         for name in sorted(waiting):
@@ -291,7 +291,7 @@ class LatestReader:
     from a ZeroMQ socket or, on one host, from the topic's mailbox (runtime/mailbox.py).
     """
 
-    def __init__(self, source: "zmq.Socket | SocketSource | MailboxSource") -> None:
+    def __init__(self, source: zmq.Socket | SocketSource | MailboxSource) -> None:
         self.source = SocketSource(source) if isinstance(source, zmq.Socket) else source
         self._skipped = 0
 

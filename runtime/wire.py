@@ -217,7 +217,7 @@ def new_message(msg_type: MsgType) -> np.ndarray:
     return rec
 
 
-def _crc(buf: bytes | memoryview) -> int:
+def _crc(buf: bytes | bytearray | memoryview) -> int:
     return zlib.crc32(buf[_BODY_OFFSET:], zlib.crc32(buf[:_CRC_OFFSET])) & 0xFFFFFFFF
 
 
@@ -332,7 +332,7 @@ _VALIDATORS = {
 def to_dict(rec: np.void) -> dict[str, Any]:
     """A JSON-ready view of a decoded record (for `edgert echo`, logs and tests)."""
     out: dict[str, Any] = {}
-    for name in rec.dtype.names:
+    for name in rec.dtype.names or ():
         if name.startswith("_") or name in ("magic", "crc", "length"):
             continue
         v = rec[name]

@@ -206,7 +206,8 @@ def verify(name: str, zoo: str | Path | None = None) -> ModelManifest:
     except ModelError as e:
         text = (d / "manifest.toml").read_text() if (d / "manifest.toml").is_file() else ""
         if '"TODO' in text:
-            raise ModelError(f"{e} (the manifest still has TODO values from `edgert models add`: fill them in)") from None
+            raise ModelError(f"{e} (the manifest still has TODO values from `edgert models add`: "
+                             "fill them in)") from None
         raise
     data = m.read_verified()
     io = graph_io(_load_onnx(m.path, data))
@@ -214,12 +215,12 @@ def verify(name: str, zoo: str | Path | None = None) -> ModelManifest:
         if [d.name for d in declared] != [a[0] for a in actual]:
             raise ModelError(f"{m.path}: manifest declares {kind}s {[d.name for d in declared]}, the graph has "
                              f"{[a[0] for a in actual]}; fix the manifest")
-        for d, (aname, adtype, adims) in zip(declared, actual):
-            if adtype != d.dtype:
-                raise ModelError(f"{m.path}: {kind} {aname!r} is {adtype} in the graph, {d.dtype} in the manifest")
-            if len(adims) != len(d.shape) or any(isinstance(g, int) and g > 0 and g != s
-                                                 for g, s in zip(adims, d.shape)):
-                raise ModelError(f"{m.path}: {kind} {aname!r} has shape {adims} in the graph, {list(d.shape)} "
+        for spec, (aname, adtype, adims) in zip(declared, actual):
+            if adtype != spec.dtype:
+                raise ModelError(f"{m.path}: {kind} {aname!r} is {adtype} in the graph, {spec.dtype} in the manifest")
+            if len(adims) != len(spec.shape) or any(isinstance(g, int) and g > 0 and g != s
+                                                    for g, s in zip(adims, spec.shape)):
+                raise ModelError(f"{m.path}: {kind} {aname!r} has shape {adims} in the graph, {list(spec.shape)} "
                                  "in the manifest")
     eng = Engine(m, providers=["CPUExecutionProvider"])
     eng.warmup(1)
@@ -235,7 +236,7 @@ def describe_model(name: str, zoo: str | Path | None = None) -> str:
     m = load_manifest(d)
     size = m.path.stat().st_size if m.path.is_file() else None
     lines = [f"{m.name} {m.version}  ({d})",
-             f"  file:       {m.file} ({size / 1e6:.2f} MB)" if size is not None else f"  file:       {m.file} (MISSING)",
+             f"  file:       {m.file} " + (f"({size / 1e6:.2f} MB)" if size is not None else "(MISSING)"),
              f"  sha256:     {m.sha256}",
              f"  markets:    {', '.join(m.markets) or 'none (approved for no market)'}",
              f"  license:    {m.license or '-'}",
@@ -455,5 +456,5 @@ def infer(model: str | Path, input_path: str | Path, output_path: str | Path,
     eng = Engine(m, providers=providers)
     result = {k: v.copy() for k, v in eng.run(eng.bind(arrays)).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **result)
+    np.savez(out, **result)  # type: ignore[arg-type]  # the stubs take every keyword for allow_pickle
     return result, eng.provider_note

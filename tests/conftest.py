@@ -13,8 +13,7 @@ import zmq
 from onnx import TensorProto, helper
 
 from edgert.runtime import config as config_mod
-from edgert.runtime import shm
-from edgert.runtime import wire
+from edgert.runtime import shm, wire
 from edgert.runtime.stage import StageContext, run_stage
 from edgert.runtime.transport import Endpoints, publisher, subscriber
 from edgert.runtime.wire import MsgType, StageState

@@ -11,7 +11,7 @@ import pytest
 from edgert.bench import anonymise as bench_anonymise
 from edgert.bench.anonymise import draw_face, draw_plate, face_patch, scene
 from edgert.runtime.fleet import anonymise
-from edgert.runtime.fleet.anonymise import Anonymiser, AnonymiseError
+from edgert.runtime.fleet.anonymise import AnonymiseError, Anonymiser
 
 SHAPE = (1080, 1920, 3)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_record import pipeline_config, signed_tiny
 
 from edgert.bench import recorder
 from edgert.bench.report import Report
-
-from test_record import pipeline_config, signed_tiny
 
 CASE_KEYS = {"n", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"}
 

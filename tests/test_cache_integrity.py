@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_steer_model, write_manifest
+
 from edgert.runtime.engine import Engine
 from edgert.runtime.manifest import load_manifest
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import can
 import pytest
+from conftest import StageHarness
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import StageHarness
 from edgert.runtime import canbus, wire
 from edgert.runtime.config import ConfigError, from_dict
 from edgert.runtime.e2e import Verdict
@@ -177,7 +177,7 @@ def test_dbc_message_matches_the_defaults():
     assert msg.cycle_time == 33  # one command per frame period at 30 fps
     reasons = msg.get_signal_by_name("TakeoverReason").choices
     assert {int(k): str(v) for k, v in reasons.items()} == {r.value: r.name for r in wire.TakeoverReason}
-    assert canbus.DBC_PATH.name in open(Path(__file__).parents[1] / "pyproject.toml").read()  # it ships
+    assert canbus.DBC_PATH.name in (Path(__file__).parents[1] / "pyproject.toml").read_text()  # it ships
 
 
 def test_an_age_from_a_future_stamp_is_zero_not_a_crash():

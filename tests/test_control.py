@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import StageHarness
+
 from edgert.runtime import wire
 from edgert.runtime.config import from_dict
 from edgert.runtime.stages.control import ControlStage

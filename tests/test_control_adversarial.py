@@ -9,13 +9,12 @@ simulated (`ControlStage.clock`, `tick(msg, now)`), so the properties do not dep
 
 from __future__ import annotations
 
-
 import pytest
 import zmq
+from conftest import StageHarness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import StageHarness
 from edgert.runtime import wire
 from edgert.runtime.config import from_dict
 from edgert.runtime.e2e import CLOCK_SKEW_NS
@@ -170,7 +169,7 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
             if good and above and not in_failsafe:  # nothing not acted on may have moved the frame id past it
                 assert cmds and int(cmds[0]["flags"]) == 0 and int(cmds[0]["frame_id"]) == fid
         # Then the camera's genuine stream again: recover_after good results, one a frame period.
-        for i in range(recover_after):
+        for _ in range(recover_after):
             sim.now += sim.stage.period_ns
             genuine += 1
             capture = sim.now - 5 * MS

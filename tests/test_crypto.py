@@ -9,12 +9,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_fleet_policy import make_clip
 
 from edgert.runtime import cli
 from edgert.runtime.fleet import crypto
 from edgert.runtime.fleet.crypto import CryptoError
 from edgert.runtime.fleet.export import read_clip_info
-from test_fleet_policy import make_clip
 
 CHUNK = 1000
 HEAD = struct.Struct("<12sBI")

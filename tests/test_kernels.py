@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels import Preprocessor, PreprocessSpec, reference_preprocess
 from edgert.kernels.preprocess import _half_bits
 from edgert.kernels.resample import compact_columns, tap_tables, trim_taps, window_starts
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_kernels import FLOAT_STEPS, TOLERANCE_STEPS, allocations, assert_close, float_chain, steps_to_out
 
-from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels import Preprocessor, PreprocessSpec, reference_preprocess
 from edgert.kernels.formats import yuv_to_rgb_reference
 
 CVT_STEPS = 0.75

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_kernels import TOLERANCE_STEPS, allocations, assert_close, cases, frame, steps_to_out
 
-from edgert.kernels import PreprocessSpec, Preprocessor, reference_preprocess
+from edgert.kernels import Preprocessor, PreprocessSpec, reference_preprocess
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

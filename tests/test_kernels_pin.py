@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgert.kernels import PreprocessSpec, Preprocessor
+from edgert.kernels import Preprocessor, PreprocessSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

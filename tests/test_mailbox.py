@@ -7,8 +7,8 @@ import multiprocessing as mp
 import time
 
 import pytest
-
 from conftest import all_accounted_for, read_numbered
+
 from edgert.runtime import futex, shm
 from edgert.runtime.mailbox import Mailbox, MailboxSource
 from edgert.runtime.shm import Segment, segment_name
@@ -200,6 +200,7 @@ def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):
     """Control driven only through mailboxes (nothing on its ZeroMQ input) commands every result,
     and its commands reach the commands mailbox."""
     from conftest import StageHarness
+
     from edgert.runtime import wire
     from edgert.runtime.config import from_dict
     from edgert.runtime.stages.control import ControlStage

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import StageHarness
+
 from edgert.runtime import signing
 from edgert.runtime.config import DEFAULT_CONFIG, MODELS_DIR, from_dict, load
 from edgert.runtime.manifest import ModelError, load_manifest

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_MACHINE_CONTROL, free_port_block
+
 from edgert.runtime import shm
 from edgert.runtime.config import DEFAULT_CONFIG, load
 from edgert.runtime.framepool import FramePool

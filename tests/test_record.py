@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_MACHINE_CONTROL, StageHarness, make_steer_model, write_manifest
 
 from edgert.runtime import cli, paths, wire
 from edgert.runtime.config import CameraSection, ConfigError, from_dict
@@ -23,8 +24,6 @@ from edgert.runtime.stages.capture import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.stages.recorder import RecorderStage
 from edgert.runtime.transport import publisher
 from edgert.runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason
-
-from conftest import SHARED_MACHINE_CONTROL, StageHarness, make_steer_model, write_manifest
 
 W, H = 64, 48
 # The camera-health check flags repeated frames; the tests' small synthetic roads may repeat one.

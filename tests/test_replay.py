@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_record import pipeline_config, signed_tiny
 
 from edgert.runtime import cli
 from edgert.runtime import supervisor as supervisor_module
 from edgert.runtime.fleet import crypto, mcapio
 from edgert.runtime.replay import format_report, run_replay
 from edgert.runtime.supervisor import Supervisor
-
-from test_record import pipeline_config, signed_tiny
 
 
 def _watch_supervisors(monkeypatch) -> list[Supervisor]:  # type: ignore[no-untyped-def]
@@ -154,8 +153,9 @@ def test_replay_refuses_a_recording_without_frames(tmp_path, capsys):
 def _with_stored_config(path: Path, dst: Path, vehicle_key: bytes | None, **sections: dict) -> Path:
     """The recording as a vehicle running another config would have written it (re-authenticated with
     its vehicle key), or, without the key, as someone editing the file would leave it."""
-    from edgert.runtime.config import PipelineConfig
     from test_residency_auth import rewrite_metadata
+
+    from edgert.runtime.config import PipelineConfig
 
     stored = PipelineConfig.from_json(mcapio.read_metadata(path)["config"]).replace(**sections)
     return rewrite_metadata(path, dst, key=vehicle_key, config=stored.to_json())

@@ -19,15 +19,21 @@ from pathlib import Path
 import pytest
 from mcap.reader import make_reader
 from mcap.writer import Writer
+from test_fleet_policy import DAY_NS, NOW_NS, SHIPPED, audit_entries
 
 from edgert.runtime import cli
 from edgert.runtime.fleet import crypto, mcapio, seal
 from edgert.runtime.fleet.audit import AuditLog
-from edgert.runtime.fleet.export import (ClipError, Quarantined, encrypt_clip, export, prune, read_clip_info,
-                                  recorder_hooks)
+from edgert.runtime.fleet.export import (
+    ClipError,
+    Quarantined,
+    encrypt_clip,
+    export,
+    prune,
+    read_clip_info,
+    recorder_hooks,
+)
 from edgert.runtime.fleet.policy import Policy
-
-from test_fleet_policy import DAY_NS, NOW_NS, SHIPPED, audit_entries
 
 POLICY = Policy.load(SHIPPED)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-
 from conftest import SHARED_MACHINE_CONTROL, StageHarness
+
 from edgert.runtime import wire
 from edgert.runtime.camhealth import CameraHealth
 from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, from_dict, load
@@ -318,7 +318,7 @@ def test_edgert_sim_scenario_cli_round_trip(tmp_path):
     cfg = tmp_path / "sim.toml"  # the default config with the shared machine's roomier deadline (conftest)
     text = DEFAULT_CONFIG.read_text()
     assert "\ndeadline_ms = 0 " in text
-    cfg.write_text(text.replace("\ndeadline_ms = 0 ", "\ndeadline_ms = %s " % SHARED_MACHINE_CONTROL["deadline_ms"], 1))
+    cfg.write_text(text.replace("\ndeadline_ms = 0 ", f"\ndeadline_ms = {SHARED_MACHINE_CONTROL['deadline_ms']} ", 1))
     p = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "sim", "--config", str(cfg), "--scenario", "straight",
                         "--duration", "3", "--report", str(report)], cwd=PROJECT_ROOT, capture_output=True, text=True,
                        timeout=300)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import StageHarness, make_steer_model, write_manifest
+
 from edgert.runtime import cli, signing
 from edgert.runtime.config import ConfigError, from_dict
 from edgert.runtime.engine import Engine

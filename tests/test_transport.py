@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import zmq
-
 from conftest import all_accounted_for, read_numbered
+
 from edgert.runtime.transport import Endpoints, LatestReader, confirmed_subscribers
 
 

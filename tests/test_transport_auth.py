@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+from conftest import SHARED_MACHINE_CONTROL, free_port_block
 from zmq.utils.monitor import recv_monitor_message
 
-from conftest import SHARED_MACHINE_CONTROL, free_port_block
 from edgert.runtime import curve, transport, wire
 from edgert.runtime import supervisor as supervisor_mod
 from edgert.runtime.config import DEFAULT_CONFIG, load
 from edgert.runtime.supervisor import ProcessHandle, Supervisor
 from edgert.runtime.topics import TOPICS
 from edgert.runtime.transport import Endpoints, publisher, subscriber
-from edgert.runtime.wire import MsgType, ResultStatus, Stamp, StageState
+from edgert.runtime.wire import MsgType, ResultStatus, StageState, Stamp
 
 MiB = 1 << 20
 SPAWN = mp.get_context("spawn")

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import IR_VERSION, make_steer_model, write_manifest
 from onnx import TensorProto, helper
 
-from conftest import IR_VERSION, make_steer_model, write_manifest
 from edgert.kernels import PreprocessSpec
 from edgert.runtime import cli, zoo
 from edgert.runtime.manifest import ModelError, load_manifest

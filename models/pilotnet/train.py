@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from edgert.kernels import PreprocessSpec, Preprocessor  # noqa: E402
+from edgert.kernels import Preprocessor, PreprocessSpec  # noqa: E402
 from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, expert_steer  # noqa: E402
 
 SPEC = PreprocessSpec(src_format="bgr", out_width=200, out_height=66, roi=(0, 460, 1920, 620), resize="area",

@@ -34,7 +34,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from train import CAMERA, DEMO_ROAD_SEED, SPEC, _pose, closed_loop, manifest_text
+from train import CAMERA, DEMO_ROAD_SEED, SPEC, _pose, closed_loop, manifest_text  # type: ignore[import-not-found]  # noqa: E402
 
 VARIANTS = ("fp16", "int8")
 TRAIN_ROADS = tuple(range(100, 112))

@@ -113,7 +113,8 @@ def _latencies(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--latencies: {text!r} is not a comma-separated list of milliseconds, e.g. 0,50,100") from None
+        raise ConfigError(f"--latencies: {text!r} is not a comma-separated list of milliseconds, "
+                          "e.g. 0,50,100") from None
     if not vals or any(not 0 <= v <= 2000 for v in vals):
         raise ConfigError(f"--latencies: {text!r}: give 1 or more values in 0..2000 ms, e.g. {DEFAULT_SWEEP}")
     return vals
@@ -165,8 +166,10 @@ def sweep_report(cfg: PipelineConfig, name: str, points: list[dict[str, Any]], d
     # anticipates the road absorbs some latency; past that, the loop starts to oscillate).
     pts = sorted(points, key=lambda p: p["total_p50_ms"])
     marginal = [{"from_ms": a["total_p50_ms"], "to_ms": b["total_p50_ms"],
-                 "mean_mm_per_ms": 1000.0 * (b["lane_mean_m"] - a["lane_mean_m"]) / (b["total_p50_ms"] - a["total_p50_ms"]),
-                 "max_mm_per_ms": 1000.0 * (b["lane_max_m"] - a["lane_max_m"]) / (b["total_p50_ms"] - a["total_p50_ms"])}
+                 "mean_mm_per_ms":
+                     1000.0 * (b["lane_mean_m"] - a["lane_mean_m"]) / (b["total_p50_ms"] - a["total_p50_ms"]),
+                 "max_mm_per_ms":
+                     1000.0 * (b["lane_max_m"] - a["lane_max_m"]) / (b["total_p50_ms"] - a["total_p50_ms"])}
                 for a, b in zip(pts, pts[1:]) if b["total_p50_ms"] > a["total_p50_ms"]]
     return {"benchmark": "sim_sweep", "machine": machine_info(),
             "config": {"scenario": name, "fps": cfg.camera.fps, "speed_mps": cfg.sim.speed_mps, "drop_rate": drop_rate,

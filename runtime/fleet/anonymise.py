@@ -22,7 +22,9 @@ the Haar cascades under cv2.data.haarcascades):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,6 +46,11 @@ def _cascade(name: str) -> object | None:
         return None
     c = cv2.CascadeClassifier(path)
     return None if c.empty() else c
+
+
+def _box(v: Sequence[Any]) -> Box:
+    """(x, y, w, h) as ints, from a detector's row or OpenCV's rectangle."""
+    return int(v[0]), int(v[1]), int(v[2]), int(v[3])
 
 
 def _overlap(a: Box, b: Box) -> bool:
@@ -71,7 +78,7 @@ class PlateLocaliser:
         roi = gray[y:y + h, x:x + w]
         bright = np.count_nonzero(roi > 150) / roi.size  # plate ground
         dark = np.count_nonzero(roi < 90) / roi.size  # characters
-        return bright > 0.3 and 0.05 < dark < 0.6
+        return bool(bright > 0.3 and 0.05 < dark < 0.6)
 
     def _grounds(self, gray: np.ndarray) -> list[Box]:
         """Bright, nearly rectangular regions of plate shape holding dark characters (the holes)."""
@@ -79,7 +86,7 @@ class PlateLocaliser:
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         out = []
         for c in contours:
-            box = cv2.boundingRect(c)
+            box = _box(cv2.boundingRect(c))
             if cv2.contourArea(c) >= 0.6 * box[2] * box[3] and self._plate_like(gray, box):
                 out.append(box)
         return out
@@ -90,9 +97,9 @@ class PlateLocaliser:
         grad = cv2.morphologyEx(grad, cv2.MORPH_CLOSE, self.k_close)
         _, mask = cv2.threshold(grad, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.k_close, iterations=2)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, None, iterations=1)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, None, iterations=1)  # type: ignore[call-overload]  # 3x3
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        return [box for box in map(cv2.boundingRect, contours) if self._plate_like(gray, box)]
+        return [box for box in map(_box, map(cv2.boundingRect, contours)) if self._plate_like(gray, box)]
 
 
 class Anonymiser:
@@ -150,15 +157,15 @@ class Anonymiser:
         if self.yunet is not None:
             _, faces = self.yunet.detect(self.small)
             if faces is not None:
-                small += [tuple(int(v) for v in f[:4]) for f in faces]  # type: ignore[misc]
+                small += [_box(f) for f in faces]
         if self.face_cascade is not None:
-            small += [tuple(map(int, b)) for b in self.face_cascade.detectMultiScale(self.gray, self.scale_step, 5)]  # type: ignore[attr-defined]
+            small += [_box(b) for b in self.face_cascade.detectMultiScale(self.gray, self.scale_step, 5)]  # type: ignore[attr-defined]
         if self.localiser is not None:
             local = self.localiser(self.gray)
             small += local
             if self.plate_cascade is not None:  # its window pads the plate: where the localiser has it, its box wins
                 hits = self.plate_cascade.detectMultiScale(self.gray, self.scale_step, 4)  # type: ignore[attr-defined]
-                small += [b for b in (tuple(map(int, h)) for h in hits) if not any(_overlap(b, o) for o in local)]
+                small += [b for b in map(_box, hits) if not any(_overlap(b, o) for o in local)]
         k = 1.0 / self.scale
         return [(int(x * k), int(y * k), int(np.ceil(w * k)), int(np.ceil(h * k))) for x, y, w, h in small]
 

@@ -126,7 +126,7 @@ def verify(path: str | Path, key: bytes | None = None) -> VerifyResult:
     prev, n = GENESIS, 0
     for i, line in enumerate(lines, 1):
         def bad(why: str) -> VerifyResult:
-            return VerifyResult(False, n, prev, i, f"line {i}: {why}")
+            return VerifyResult(False, n, prev, i, f"line {i}: {why}")  # noqa: B023 (called in this iteration)
         try:
             entry = json.loads(line)
             if not isinstance(entry, dict):

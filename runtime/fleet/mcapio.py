@@ -75,6 +75,7 @@ def _json_type(dt: np.dtype) -> dict[str, Any]:
 def wire_json_schema(msg_type: MsgType) -> dict[str, Any]:
     """A JSON Schema for `wire.to_dict` of a record of `msg_type`, derived from its layout."""
     layout = wire.LAYOUTS[msg_type]
+    assert layout.names is not None and layout.fields is not None  # a record layout
     props: dict[str, Any] = {}
     for name in layout.names:
         if name.startswith("_") or name in ("magic", "crc", "length"):
@@ -196,7 +197,8 @@ class McapFile:
         self.tmp = self.path.with_name(self.path.name + PARTIAL)
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSION)}")
-        self._f = open(self.tmp, "xb")  # never clobber: names carry a timestamp and a counter
+        # Never clobber: names carry a timestamp and a counter. Closed by close().
+        self._f = open(self.tmp, "xb")  # noqa: SIM115
         self._w = Writer(self._f, chunk_size=chunk_size, compression=COMPRESSION[compression])
         self._w.start(profile="", library=f"edgert {metadata.get('edgert_version', '')}".strip())
         meta = {k: str(v) for k, v in metadata.items()}

@@ -115,7 +115,7 @@ class Policy:
         self.source = source
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "Policy":
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> Policy:
         for k in raw:
             if k != "regions":
                 raise _unknown(k, ["regions"])
@@ -132,7 +132,7 @@ class Policy:
         return cls(out, source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         """Read and validate a policy TOML file."""
         path = Path(path)
         try:

@@ -182,7 +182,7 @@ def _span(lo_f, hi_f, w):
 @njit(cache=True, nogil=True)
 def _unmarked(s, gaps):
     """Whether arc length s lies in one of the (s0, s1) rows of `gaps` (no paint there)."""
-    for i in range(gaps.shape[0]):
+    for i in range(gaps.shape[0]):  # noqa: SIM110 (Numba compiles the loop, not any() of a generator)
         if gaps[i, 0] <= s < gaps[i, 1]:
             return True
     return False

@@ -32,7 +32,7 @@ from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, Take
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
 # A result made from a black, frozen or out-of-domain camera image hands over with the camera's own reason.
-_CAMERA_REASONS = {ResultStatus.CAMERA_BLACKOUT: TakeoverReason.CAMERA_BLACKOUT,
+_CAMERA_REASONS: dict[int, TakeoverReason] = {ResultStatus.CAMERA_BLACKOUT: TakeoverReason.CAMERA_BLACKOUT,
                    ResultStatus.CAMERA_FROZEN: TakeoverReason.CAMERA_FROZEN,
                    ResultStatus.LIGHT_OUTSIDE_ODD: TakeoverReason.LIGHT_OUTSIDE_ODD}
 

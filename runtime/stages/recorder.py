@@ -10,8 +10,9 @@ frame is copied straight from its frame-pool slot, and dropped and counted if th
 overwrote the slot during the copy (the seqlock). The copy waits until the frame's command
 is out (or a frame period has passed): then the pipeline is idle until the next frame, and
 the 6 MB copy does not compete for memory bandwidth with the stages working on that frame.
-Turning entries into MCAP messages and writing files happens on a writer thread (runtime/fleet/clips.py) that drops and counts
-when the disk is slow, and never holds the receive loop up.
+Turning entries into MCAP messages and writing files happens on a writer thread
+(runtime/fleet/clips.py) that drops and counts when the disk is slow, and never holds the receive
+loop up.
 
 Events open clips: the start of a takeover request (a command with the TAKEOVER flag after
 one without; SHUTDOWN is a planned stop, not an event) and operator triggers (SIGUSR1 to
@@ -53,10 +54,10 @@ import zmq
 
 from edgert.runtime import wire
 from edgert.runtime.config import ring_bytes
-from edgert.runtime.fleet.export import recorder_hooks
-from edgert.runtime.fleet.policy import Policy
 from edgert.runtime.fleet import crypto, mcapio
 from edgert.runtime.fleet.clips import ClipPolicy, ClipWriter, Event
+from edgert.runtime.fleet.export import recorder_hooks
+from edgert.runtime.fleet.policy import Policy
 from edgert.runtime.fleet.ring import Ring
 from edgert.runtime.framepool import FramePool, SlotError
 from edgert.runtime.manifest import load_manifest
@@ -76,7 +77,7 @@ CONNECT_WAIT_S = 30.0  # setup: for the subscriptions' handshakes (a stage that 
 _FRAME_HEADER = wire.LAYOUTS[MsgType.FRAME].itemsize
 _U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
 
-FrameFilter = Callable[[np.ndarray], None]
+FrameFilter = Callable[[np.ndarray], object]  # edits the frame in place; what it returns is ignored
 ClipHook = Callable[[Path], Path]
 
 
@@ -388,10 +389,11 @@ class RecorderStage(Node):
             yield mcapio.EVENTS_TOPIC, log_ns, log_ns, data, 0
         else:
             rec = wire.decode(data)  # validated on receipt; decoded again here, off the receive loop
-            capture = int(rec["stamps"][wire.Stamp.CAPTURE]) if "stamps" in rec.dtype.names else 0
+            names = rec.dtype.names or ()
+            capture = int(rec["stamps"][wire.Stamp.CAPTURE]) if "stamps" in names else 0
             body = json.dumps(wire.to_dict(rec), separators=(",", ":")).encode()
             yield _MCAP_TOPIC[topic_id], log_ns, capture + self.wall_offset if capture else log_ns, body, \
-                int(rec["frame_id"]) if "frame_id" in rec.dtype.names else 0
+                int(rec["frame_id"]) if "frame_id" in names else 0
 
     def _frame_message(self, log_ns: int, data: bytes) -> tuple[str, int, int, bytes, int] | None:
         """The frame as an MCAP message, filtered first if there is a filter; None if the filter failed."""
