@@ -14,8 +14,9 @@ process topology (bench/_naive.py: frames pickled through ZeroMQ, cv2 + NumPy pr
 plain `session.run`), and the standalone preprocessing kernel and engine (and the naive chain
 and bare session) are timed in this process on those frames. A second edgert pipeline,
 "edgert-threads", runs the same config in threads mode (one process, the stages as threads):
-ARCHITECTURE's lowest-latency setup, so the report shows a process per stage against it. Runs alternate between the pipelines, in reverse every other round (`rounds`), so a noisy
-spell on a shared machine hits all of them.
+ARCHITECTURE's lowest-latency setup, so the report shows a process per stage against it. Runs
+alternate between the pipelines, in reverse every other round (`rounds`), so a noisy spell on a
+shared machine hits all of them.
 
 Each run lasts until it has `min_count` commands AND `min_duration_s` seconds after a warm-up
 (LoadGen's rule: whichever is longer); a run that cannot reach `min_count` within its time cap
@@ -48,8 +49,9 @@ import dataclasses
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -232,6 +234,7 @@ def run_once(cfg: PipelineConfig, stage_classes: dict[str, str] | None, min_coun
         finally:
             sup.request_stop()  # the watcher ends with the run, however it ended
             w.join(5)
+    assert sup.telemetry is not None  # start() made it
     if not w.done:  # the cap came first: report what there is, marked invalid
         w.n1, w.t1 = sup.telemetry.stamps.n, w.t0 + (summary["duration_s"] - warmup_s)
         w.counters1, w.cpu1 = {n: summary["stages"][n] for n in STAGES}, w.cpu0
@@ -393,7 +396,7 @@ class PipelineReport(Report):
 
         fig, ax = plt.subplots(figsize=(11, 2.8))
         segs = [name for name, _, _ in SEGMENTS]
-        colours = plt.get_cmap("tab10").colors
+        colours = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap
         for row, p in enumerate(self.pipelines):
             left = 0.0
             for i, s in enumerate(segs):
@@ -463,7 +466,8 @@ def _aggregate(rep: PipelineReport, p: str, runs: list[RunResult], tax_floor_ns:
     window = sum(r.window_s for r in runs)
     stages = {}
     for s in STAGES:
-        c = {k: sum(r.counters[s][k] for r in runs) for k in ("frames", "dropped", "rejected", "errors", "restarts")}
+        c: dict[str, float] = {k: sum(r.counters[s][k] for r in runs)
+                               for k in ("frames", "dropped", "rejected", "errors", "restarts")}
         c["cpu_percent"] = float(np.nansum([r.cpu_percent[s] * r.window_s for r in runs]) / window)
         c["rss_mb"] = float(max(r.rss_mb.get(s, 0.0) for r in runs))
         stages[s] = c
@@ -497,7 +501,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
 
     if scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {scenario!r}; scenarios: {', '.join(SCENARIOS)}")
-    p = dict(QUICK if quick else FULL)
+    p: dict[str, Any] = dict(QUICK if quick else FULL)
     for key, value in (("min_count", min_count), ("min_duration_s", min_duration_s), ("rounds", rounds)):
         if value is not None:
             if value <= 0:

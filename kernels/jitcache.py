@@ -97,10 +97,7 @@ def cache_dir() -> str:
     """The directory the kernels' compiled code is cached in (created; see the module docstring)."""
     name = f"kernels-{source_hash()}"
     user = os.environ.get("NUMBA_CACHE_DIR", "")
-    if user:
-        root = Path(user)
-    else:
-        root = cache_home() / "numba"
+    root = Path(user) if user else cache_home() / "numba"
     path = root / name
     if not _writable(path):
         shared = Path(tempfile.gettempdir()) / f"edgert-numba-{os.geteuid() if hasattr(os, 'geteuid') else 0}"

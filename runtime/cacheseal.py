@@ -24,8 +24,8 @@ import stat
 from pathlib import Path
 
 from edgert.runtime import keyfile
-from edgert.runtime.paths import config_home
 from edgert.runtime.manifest import ModelError
+from edgert.runtime.paths import config_home
 
 KEY_BYTES = 32
 SEAL_PREFIX = "hmac-sha256 "

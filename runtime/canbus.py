@@ -28,7 +28,6 @@ from crc import Calculator, Crc8
 from edgert.runtime.config import CAN_AGE_SATURATED_MS
 from edgert.runtime.e2e import Verdict
 from edgert.runtime.errors import EdgertError
-
 from edgert.runtime.paths import dbc_file
 from edgert.runtime.wire import CommandFlags
 

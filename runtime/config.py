@@ -260,7 +260,7 @@ class PipelineConfig:
     control: ControlSection = field(default_factory=ControlSection)
     record: RecordSection = field(default_factory=RecordSection)
     replay: ReplaySection = field(default_factory=ReplaySection)
-    nodes: tuple["NodeSpec", ...] = ()  # the user's own stages, [[nodes]] (runtime/node.py, docs/nodes.md)
+    nodes: tuple[NodeSpec, ...] = ()  # the user's own stages, [[nodes]] (runtime/node.py, docs/nodes.md)
     base_dir: str = str(DEFAULT_CONFIG.parent)  # where relative paths in the file are resolved (paths.resolve)
 
     def record_dir(self) -> Path:
@@ -308,7 +308,7 @@ class PipelineConfig:
             return found[0] if found else MODELS_DIR / m
         return paths.resolve(m, self.base_dir)
 
-    def replace(self, **sections: dict[str, Any]) -> "PipelineConfig":
+    def replace(self, **sections: dict[str, Any]) -> PipelineConfig:
         """A copy with some keys of some sections changed (validated like the file)."""
         raw = self.to_dict()
         for sec, values in sections.items():
@@ -324,7 +324,7 @@ class PipelineConfig:
         return json.dumps({"base_dir": self.base_dir, "config": self.to_dict()})
 
     @classmethod
-    def from_json(cls, text: str) -> "PipelineConfig":
+    def from_json(cls, text: str) -> PipelineConfig:
         obj = json.loads(text)
         return from_dict(obj["config"], base_dir=obj["base_dir"])
 
@@ -535,8 +535,10 @@ def _check_record(cfg: PipelineConfig) -> None:
     if rec.enabled and rec.policy != "off":  # the recorder's duties (anonymise, encrypt) come from it
         from edgert.runtime.fleet.policy import Policy, PolicyError
 
+        policy = cfg.record_path("policy")
+        assert policy is not None  # record.policy is not "off"
         try:
-            Policy.load(cfg.record_path("policy")).region(rec.region)
+            Policy.load(policy).region(rec.region)
         except PolicyError as e:
             raise ConfigError(f"record.policy / record.region: {e}") from None
     if rec.pre_s > rec.ring_s:

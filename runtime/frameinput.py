@@ -35,7 +35,7 @@ class FrameInput:
         self.overwritten = 0  # slot reused by the writer before or while we read it
 
     @classmethod
-    def of(cls, stage: Stage, name: str, layout: StreamLayout) -> "FrameInput":
+    def of(cls, stage: Stage, name: str, layout: StreamLayout) -> FrameInput:
         """The input of stream `name` (runtime/topics.py): its pool, its topic, its layout in this run."""
         s = stream(name)
         pool = stage.own(FramePool.attach(stage.ctx.run_id, name))

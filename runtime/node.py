@@ -172,7 +172,7 @@ class Node(Stage):
 
 
 # -- [[nodes]] in a config: entry points and topics -------------------------------------------
-def _load_class(spec: "NodeSpec") -> type[Node]:
+def _load_class(spec: NodeSpec) -> type[Node]:
     where = f"[[nodes]] {spec.name!r}: entry {spec.entry!r}"
     module, _, cls_name = spec.entry.partition(":")
     try:
@@ -192,7 +192,7 @@ def _load_class(spec: "NodeSpec") -> type[Node]:
     return cls
 
 
-def resolve_nodes(cfg: "PipelineConfig") -> dict[str, type[Node]]:
+def resolve_nodes(cfg: PipelineConfig) -> dict[str, type[Node]]:
     """Import every `[[nodes]]` class, register their output topics for this run and check their
     inputs: node name -> class. Raises ConfigError naming the node and the fix."""
     classes = {spec.name: _load_class(spec) for spec in cfg.nodes}
@@ -223,6 +223,6 @@ def resolve_nodes(cfg: "PipelineConfig") -> dict[str, type[Node]]:
     return classes
 
 
-def node_entries(cfg: "PipelineConfig") -> dict[str, str]:
+def node_entries(cfg: PipelineConfig) -> dict[str, str]:
     """`[[nodes]]` name -> its "module:Class", what the supervisor starts it with."""
     return {spec.name: spec.entry for spec in cfg.nodes}

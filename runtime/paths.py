@@ -21,6 +21,7 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
+
 def bundled(package: str) -> Path:
     """The folder of one of edgert's data packages (`edgert.configs`, `edgert.models`, `edgert.runtime`).
 

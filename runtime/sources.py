@@ -2,8 +2,8 @@
 
 Every source publishes the same topics (frames into the camera pool, vehicle ground truth where it
 has one), so the rest of the pipeline does not know which one runs; each is a
-runtime/stages/source.py `CameraSource` (start signal, pacing, the camera stream's FrameOutput). Kept free of imports so that
-config validation and the stage registry can both read it.
+runtime/stages/source.py `CameraSource` (start signal, pacing, the camera stream's FrameOutput).
+Kept free of imports so that config validation and the stage registry can both read it.
 """
 
 CAPTURE_SOURCES = {

@@ -90,7 +90,7 @@ class ProcessHandle:
         return self.proc.poll() if self.proc else None
 
     def stop(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             self.proc.send_signal(signal.SIGTERM)
 
     def join(self, timeout: float) -> bool:
@@ -103,7 +103,7 @@ class ProcessHandle:
             return False
 
     def kill(self) -> None:
-        if self.alive():
+        if self.proc is not None and self.alive():
             self.proc.kill()
             self.proc.wait()
 
@@ -419,8 +419,8 @@ class Supervisor:
             now = time.monotonic()
             if now > deadline:
                 raise StageFailed(f"stages not ready after {self.cfg.pipeline.ready_timeout_s:.0f} s: "
-                                  f"{', '.join(waiting)} (raise pipeline.ready_timeout_s if the machine is slow, or fix a "
-                                  "setup that never returns)")
+                                  f"{', '.join(waiting)} (raise pipeline.ready_timeout_s if the machine is slow, "
+                                  "or fix a setup that never returns)")
             if now > next_note:
                 log.info("waiting for %s (a first run compiles the Numba kernels and caches them)", ", ".join(waiting))
                 next_note = now + 10
@@ -516,7 +516,8 @@ class Supervisor:
             log.error("a stage thread is still running; leaving its ZeroMQ context open (term() would block)")
         elif self.zmq is not None:
             self.zmq.term()
-        for seg in [*self.pools, *self.mailboxes]:
+        segments: list[FramePool | Mailbox] = [*self.pools, *self.mailboxes]
+        for seg in segments:
             seg.close()
             seg.unlink()
         if self.run_dir is not None:

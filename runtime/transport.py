@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import zmq
 
@@ -87,7 +87,7 @@ class Endpoints:
             mailboxes = False
         return cls(transport, run_id, str(run_dir), p.tcp_host, p.tcp_base_port, curve_dir, mailboxes)
 
-    def route(self, name: str) -> "Route":
+    def route(self, name: str) -> Route:
         """How topic `name` travels in this run: the one answer every publisher, reader and the
         supervisor (which creates the mailboxes) go by."""
         t = topic(name)
@@ -95,7 +95,7 @@ class Endpoints:
         return Route(name, self(name), mailbox=mailbox, zmq_on_demand=mailbox,
                      publisher_binds=not t.bound_by_subscriber)
 
-    def routes(self) -> list["Route"]:
+    def routes(self) -> list[Route]:
         return [self.route(name) for name in TOPICS]
 
     def has_mailbox(self, name: str) -> bool:
@@ -167,7 +167,7 @@ class Publisher:
 
     def _take_subscriptions(self) -> None:
         sock = self.sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # also lets the socket take new peers
+        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # also lets the socket take new peers
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import make_steer_model, write_manifest
+
 from edgert.runtime.engine import Engine
 from edgert.runtime.manifest import ModelError, load_manifest
 from edgert.runtime.providers import describe, nvidia_driver, plan

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_MACHINE_CONTROL
 
 import edgert
-from conftest import SHARED_MACHINE_CONTROL
 from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, from_dict, load
 from edgert.runtime.node import Node, resolve_nodes
 from edgert.runtime.stages.control import ControlStage

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 from edgert.runtime import paths, signing, zoo
@@ -96,7 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("name")
     p.add_argument("--zoo", default=None, help=zoo_help)
     p.set_defaults(func=cmd_info)
-    p = msub.add_parser("verify", help="check sha256, graph inputs/outputs, a CPU run and the signature; one model or all")
+    p = msub.add_parser("verify",
+                        help="check sha256, graph inputs/outputs, a CPU run and the signature; one model or all")
     p.add_argument("name", nargs="?", default=None, help="a model (default: all)")
     p.add_argument("--zoo", default=None, help=zoo_help)
     p.add_argument("--trusted-keys", default=str(paths.publishers()),
@@ -106,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", required=True, help="folder for the key pair (keep the .pem out of the repository)")
     p.add_argument("--name", default="publisher", help="publisher name (default: %(default)s)")
     p.set_defaults(func=cmd_keygen)
-    p = msub.add_parser("sign", help="sign a model's manifest.toml with a publisher's private key (writes manifest.sig)")
+    p = msub.add_parser("sign",
+                        help="sign a model's manifest.toml with a publisher's private key (writes manifest.sig)")
     p.add_argument("name", help="a user zoo model, or a model folder's path (with a /)")
     p.add_argument("--key", required=True, help="the publisher's private key (PEM)")
     p.add_argument("--zoo", default=None, help=zoo_help)

@@ -22,7 +22,7 @@ _CLASSES = {
 STAGE_NAMES = ("capture", "preprocess", "infer", "control")  # the stages every pipeline runs
 
 
-def stage_names(cfg: "PipelineConfig") -> tuple[str, ...]:
+def stage_names(cfg: PipelineConfig) -> tuple[str, ...]:
     """The stages a pipeline with this config runs: the four, the recorder when enabled, then the
     user's [[nodes]] (runtime/node.py), which the supervisor starts by their entry points."""
     return STAGE_NAMES + (("recorder",) if cfg.record.enabled else ()) + tuple(n.name for n in cfg.nodes)

@@ -20,8 +20,7 @@ import numpy as np
 
 from edgert.runtime import wire
 from edgert.runtime.e2e import CommandChecker, Verdict
-from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state
-from edgert.runtime.sim import scenarios
+from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state, scenarios
 from edgert.runtime.sim.actuator import Actuator
 from edgert.runtime.sim.effects import FrameEffects
 from edgert.runtime.stages.source import CameraSource
@@ -78,7 +77,7 @@ class CaptureStage(CameraSource):
         if msg is None:
             return
         rec, verdict = self.e2e.check(msg)
-        if verdict is not Verdict.OK:  # corrupted, repeated, reordered or stale: never acted on
+        if verdict is not Verdict.OK or rec is None:  # corrupted, repeated, reordered or stale: never acted on
             self.reject(f"command {verdict.value}")
             return
         accel = float(rec["accel"]) if int(rec["flags"]) & CommandFlags.FAILSAFE else 0.0

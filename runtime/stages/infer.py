@@ -17,9 +17,9 @@ from edgert.runtime.camhealth import status_for
 from edgert.runtime.engine import Engine
 from edgert.runtime.frameinput import FrameInput
 from edgert.runtime.framepool import FramePool
-from edgert.runtime.signing import approved_manifest
-from edgert.runtime.profiles import resolve
 from edgert.runtime.node import Node
+from edgert.runtime.profiles import resolve
+from edgert.runtime.signing import approved_manifest
 from edgert.runtime.topics import STREAM_IDS, TENSOR_STREAM
 from edgert.runtime.transport import publisher
 from edgert.runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp

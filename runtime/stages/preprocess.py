@@ -15,8 +15,8 @@ from edgert.kernels import Preprocessor
 from edgert.runtime import wire
 from edgert.runtime.camhealth import CameraHealth
 from edgert.runtime.frameinput import FrameInput, FrameOutput
-from edgert.runtime.signing import approved_manifest
 from edgert.runtime.node import Node
+from edgert.runtime.signing import approved_manifest
 from edgert.runtime.topics import CAMERA_STREAM, TENSOR_STREAM, layout
 from edgert.runtime.wire import Stamp
 

@@ -61,8 +61,8 @@ from edgert.runtime.fleet.policy import Policy
 from edgert.runtime.fleet.ring import Ring
 from edgert.runtime.framepool import FramePool, SlotError
 from edgert.runtime.manifest import load_manifest
-from edgert.runtime.signals import set_on_signal
 from edgert.runtime.node import Node
+from edgert.runtime.signals import set_on_signal
 from edgert.runtime.stage import StageContext
 from edgert.runtime.topics import CAMERA_STREAM, STREAM_IDS
 from edgert.runtime.transport import confirmed_subscribers, publisher, subscriber

@@ -150,10 +150,9 @@ class ReplayStage(CameraSource):
                 return
             self.awaiting, self.commanded = 0, False
         frame_id, capture_ns, pixels = self.pending  # type: ignore[misc]
-        if self.speed > 0:
-            # next_tick: when the supervisor said go (a replay keeps no period of its own)
-            if not self.wait_until(self.next_tick + int((capture_ns - self.first_capture) / self.speed)):
-                return
+        # next_tick: when the supervisor said go (a replay keeps no period of its own)
+        if self.speed > 0 and not self.wait_until(self.next_tick + int((capture_ns - self.first_capture) / self.speed)):
+            return
         if frame_id <= self.last_id:
             self.reject(f"recorded frame id {frame_id} not after {self.last_id}: skipped")
         else:
