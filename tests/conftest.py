@@ -199,12 +199,17 @@ class StageHarness:
 
 
 def free_port_block(n: int) -> int:
-    """A base port with n consecutive free loopback ports (tcp endpoints are base + topic index)."""
+    """A base port with n consecutive free loopback ports (tcp endpoints are base + topic index).
+
+    Below the kernel's ephemeral range: a port free now but inside that range can be taken, before
+    the stage binds it, as the source port of any outgoing connection (the run's own tcp connects)."""
     import random
     import socket
+    from pathlib import Path
 
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
-        base = random.randint(20000, 60000 - n)
+        base = random.randint(10000, max(10001, low - n - 1))
         socks = []
         try:
             for port in range(base, base + n):

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -237,3 +239,22 @@ def test_a_node_hung_in_its_callback_in_threads_mode_is_reported(user_nodes, cap
     msg = next(r.getMessage() for r in caplog.records if "stage blocks sent no heartbeat" in r.getMessage())
     assert "a thread cannot be killed" in msg and "docs/nodes.md" in msg, msg
     assert s["stages"]["control"]["restarts"] == 0 and s["leaked_segments"] == []
+
+
+def test_edgert_echo_prints_a_nodes_own_topic(user_nodes):
+    """A node's output topic exists only in its run's config: `edgert echo` learns it from there."""
+    cfg = with_nodes({"name": "steer_monitor", "entry": f"{user_nodes}:SteerMonitor", "params": {"window": 5}},
+                     control=SHARED_MACHINE_CONTROL)
+    sup = Supervisor(cfg, duration_s=600.0, mode="processes")
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    try:
+        assert sup.running.wait(300), "the pipeline never started"
+        echo = subprocess.run([sys.executable, "-m", "edgert.runtime.cli", "echo", "steer_stats", "--run", sup.run_id,
+                               "--count", "2"], capture_output=True, text=True, timeout=120)
+    finally:
+        sup.request_stop("test done")
+        runner.join(60)
+    msgs = [json.loads(line) for line in echo.stdout.splitlines()]
+    assert echo.returncode == 0 and len(msgs) == 2, echo.stderr
+    assert all(m["n_values"] == 3 for m in msgs), msgs

@@ -15,24 +15,31 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     from edgert.runtime import shm, wire
     from edgert.runtime.config import PipelineConfig
-    from edgert.runtime.topics import topic
+    from edgert.runtime.topics import TOPICS, Topic, topic
     from edgert.runtime.transport import Endpoints, subscriber
 
-    try:
-        bound_by_subscriber = topic(args.topic).bound_by_subscriber
-    except KeyError as e:  # the message lists the topics
-        raise UsageError(e.args[0]) from None
-    if bound_by_subscriber:
-        print(f"edgert: error: {args.topic!r} is read by the supervisor, which binds its socket; echo would "
-              "take that socket over. Its counters are in the run summary.", file=sys.stderr)
-        return 2
+    def known_topic() -> Topic:
+        try:
+            return topic(args.topic)
+        except KeyError as e:  # the message lists the topics
+            raise UsageError(e.args[0]) from None
+
+    if args.topic in TOPICS and TOPICS[args.topic].bound_by_subscriber:
+        raise UsageError(f"{args.topic!r} is read by the supervisor, which binds its socket; echo would take that "
+                         "socket over. Its counters are in the run summary.")
     runs = [(d, rid) for d, rid, alive in shm.run_dirs()
             if alive and (d / "pipeline.json").is_file() and (args.run is None or f".{args.run}." in d.name)]
     if not runs:
+        known_topic()  # an unknown name is the first thing to fix
         print("edgert: error: no running pipeline found; start one with `edgert run`", file=sys.stderr)
         return 1
     run_dir, run_id = runs[-1]
     cfg = PipelineConfig.from_json((run_dir / "pipeline.json").read_text())
+    if cfg.nodes:  # a [[nodes]] node's output topics are known once the run's nodes are
+        from edgert.runtime.node import resolve_nodes
+
+        resolve_nodes(cfg)
+    known_topic()
     if cfg.pipeline.mode == "threads":
         print("edgert: error: a threads-mode pipeline uses inproc:// sockets, visible only inside its process",
               file=sys.stderr)

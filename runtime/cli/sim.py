@@ -122,6 +122,9 @@ def _latencies(text: str) -> list[float]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Lane error against end-to-end latency: one scenario run per added latency."""
+    from edgert.bench._suite import require_bench_extra
+
+    require_bench_extra()  # the plot needs matplotlib: say so before the runs, not after them
     cfg = load(args.config).replace(pipeline={"log_level": "WARNING"})
     _check_name(args.scenario)
     latencies = _latencies(args.latencies)

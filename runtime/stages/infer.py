@@ -16,11 +16,10 @@ from edgert.runtime import wire
 from edgert.runtime.camhealth import status_for
 from edgert.runtime.engine import Engine
 from edgert.runtime.frameinput import FrameInput
-from edgert.runtime.framepool import FramePool
 from edgert.runtime.node import Node
 from edgert.runtime.profiles import resolve
 from edgert.runtime.signing import approved_manifest
-from edgert.runtime.topics import STREAM_IDS, TENSOR_STREAM
+from edgert.runtime.topics import TENSOR_STREAM, layout
 from edgert.runtime.transport import publisher
 from edgert.runtime.wire import MAX_VALUES, MsgType, ResultStatus, Stamp
 
@@ -40,8 +39,9 @@ class InferStage(Node):
         self.engine = Engine(manifest, providers=providers, intra_op_threads=threads,
                              provider_options=profile.provider_options, cache_dir=cache)
         spec = manifest.inputs[0]
-        pool = self.own(FramePool.attach(self.ctx.run_id, TENSOR_STREAM))
-        self.slots = [pool.view(s, spec.shape, spec.dtype) for s in range(pool.n_slots)]
+        self.input = FrameInput.of(self, TENSOR_STREAM, layout(TENSOR_STREAM, self.cfg, spec))
+        pool = self.input.pool
+        self.slots = [pool.view(s, self.input.shape, self.input.dtype) for s in range(pool.n_slots)]
         self.input_name = spec.name
         # Each tensor-pool slot is bound in place; on a GPU, ONNX Runtime copies it to the device inside
         # the run. A CUDA graph replays fixed device addresses, so then the tensors live on the device
@@ -57,7 +57,6 @@ class InferStage(Node):
             self.engine.seal_caches()  # TensorRT engines built in the warm-up, sealed for the next start
         else:
             self.engine.warmup(icfg.warmup_runs)  # seals them itself
-        self.input = FrameInput(self, "tensors", pool, STREAM_IDS[TENSOR_STREAM], spec.shape, spec.dtype)
         self.output = self.engine.outputs[manifest.decoder.output].reshape(-1)
         self.values = self.output[:MAX_VALUES]
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "results"))

@@ -15,6 +15,7 @@ from edgert.kernels import Preprocessor
 from edgert.runtime import wire
 from edgert.runtime.camhealth import CameraHealth
 from edgert.runtime.frameinput import FrameInput, FrameOutput
+from edgert.runtime.manifest import ModelError
 from edgert.runtime.node import Node
 from edgert.runtime.signing import approved_manifest
 from edgert.runtime.topics import CAMERA_STREAM, TENSOR_STREAM, layout
@@ -42,7 +43,7 @@ class PreprocessStage(Node):
             fix = (f"use a model whose batch is camera.cameras = {cam.cameras}, or set camera.cameras to "
                    f"{self.out_shape[0]}" if tuple(self.pre.out_shape[1:]) == self.out_shape[1:]
                    else f"fix {manifest.dir}/manifest.toml")
-            raise ValueError(f"model input {manifest.inputs[0].name!r} is {self.out_shape} but the manifest's "
+            raise ModelError(f"model input {manifest.inputs[0].name!r} is {self.out_shape} but the manifest's "
                              f"preprocess spec produces {tuple(self.pre.out_shape)} for {cam.cameras} camera(s); {fix}")
         self.input = FrameInput.of(self, CAMERA_STREAM, layout(CAMERA_STREAM, self.cfg))
         self.health = CameraHealth(int(np.prod(self.src_shape)), cam.dark_level, cam.frozen_frames,

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from edgert.runtime.config import ConfigError
 from edgert.runtime.fleet import mcapio
 from edgert.runtime.stages.source import CameraSource
 from edgert.runtime.transport import latest_reader
@@ -73,11 +74,11 @@ class ReplayStage(CameraSource):
         self.frames_iter = iter_frames(self.path, self.topic, offset)
         self.pending = self._next_frame()
         if self.pending is None:
-            raise ValueError(f"{self.path}: no readable frame")
+            raise mcapio.RecordingError(f"{self.path}: no readable frame")
         self.shape = self.pending[2].shape
         want = (cam.height, cam.width, 3)
         if self.shape[-3:] != want:
-            raise ValueError(f"{self.path}: frames are {self.shape[-2]}x{self.shape[-3]}, the pipeline's camera is "
+            raise ConfigError(f"{self.path}: frames are {self.shape[-2]}x{self.shape[-3]}, the pipeline's camera is "
                              f"{cam.width}x{cam.height}; set camera.width/height to the recording's "
                              "(`edgert replay` does this itself)")
         self.open_camera(self.shape)

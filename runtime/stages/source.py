@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from edgert.runtime.config import ConfigError
 from edgert.runtime.frameinput import FrameOutput
 from edgert.runtime.node import Node
 from edgert.runtime.topics import CAMERA_STREAM, StreamLayout, layout
@@ -29,7 +30,7 @@ class CameraSource(Node):
         `shape` is what this source's frames are, checked against the stream's layout in this run."""
         self.layout = layout(CAMERA_STREAM, self.cfg)
         if shape is not None and tuple(shape) != self.layout.shape:
-            raise ValueError(f"frames of shape {tuple(shape)} do not fit the camera stream's {self.layout.shape} "
+            raise ConfigError(f"frames of shape {tuple(shape)} do not fit the camera stream's {self.layout.shape} "
                              "(camera.width/height/cameras)")
         self.supervisor = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "supervisor"))
         self.started = False
