@@ -140,14 +140,18 @@ class CaptureStage(CameraSource):
         if self.cfg.sim.drop_rate and self.drop_rng.random() < self.cfg.sim.drop_rate:
             flags |= VehicleFlags.FRAME_DROPPED  # rendered, never published: a lossy camera link
             self.dropped += 1
+            t_ns = time.monotonic_ns()
         else:
             self.frames += 1
             self.output.send(slot, gen, frame_id)
+            t_ns = int(self.output.msg["stamps"][Stamp.CAPTURE])
         if act.timed_out:
             flags |= VehicleFlags.ACTUATOR_TIMEOUT
 
         v = self.veh
-        v["frame_id"], v["t_ns"] = frame_id, time.monotonic_ns()
+        # the car's state when its frame was captured, not when this message went out: a stage
+        # preempted here must not make a takeover for the frame look earlier than the frame's fault
+        v["frame_id"], v["t_ns"] = frame_id, t_ns
         v["x"], v["y"], v["yaw"], v["speed"] = st.x, st.y, st.yaw, st.speed
         v["s"], v["lateral"] = s, lateral
         v["heading_err"] = heading_err
