@@ -1,9 +1,10 @@
 """`edgert bench pipeline` and `bench all`: real pipelines (edgert in processes and in threads mode,
 and the naive baseline), short runs.
 
-Each scenario runs once, quick and with small minimums (about 15 s each on 2 cores), through a
-different entry point: single-stream through the CLI, multi-stream through bench.pipeline.run,
-server through `bench all`'s runner, so every path writes and reads back a real report.
+Each scenario runs once, quick and with small minimums, through a different entry point:
+single-stream through the CLI (by default), multi-stream through bench.pipeline.run and server
+through `bench all`'s runner (both `-m slow`: about 25 s each on 2 cores), so every path writes
+and reads back a real report.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def test_single_stream_through_the_cli(tmp_path):
         assert x["capture_interval_ms"]["mean"] >= 1000 / 30 * 0.95, x
 
 
+@pytest.mark.slow  # about 25 s on 2 cores; the single-stream test covers the report, _check_report the shape
 def test_multi_stream_batches_four_cameras_and_the_naive_baseline_keeps_up_or_drops(tmp_path):
     rep = pipeline.run(quick=True, scenario="multi-stream", progress=False, **MIN)
     data = json.loads(rep.write(tmp_path / "out")[0].read_text())
@@ -106,6 +108,17 @@ def test_multi_stream_batches_four_cameras_and_the_naive_baseline_keeps_up_or_dr
     assert x["capture_interval_ms"]["mean"] >= 1000 / 30 * 0.95, x
 
 
+def test_bench_all_runner_writes_the_index_and_a_broken_benchmark_costs_only_itself(tmp_path):
+    """The runner by default, on the cheapest real benchmark (the pipeline scenarios run with -m slow)."""
+    index, failed = run_all(tmp_path, quick=True, progress=False,
+                            only=[("no-such-benchmark", {}), ("transport", {})])
+    assert len(failed) == 1 and failed[0].startswith("no-such-benchmark: ModuleNotFoundError"), failed
+    text = index.read_text()
+    assert "## transport" in text and "FAILED: no-such-benchmark" in text, text
+    assert json.loads((tmp_path / "transport.json").read_text())["benchmark"] == "transport"
+
+
+@pytest.mark.slow  # about 30 s on 2 cores; the runner itself is checked by default just above
 def test_server_through_bench_all_runner_writes_an_index(tmp_path, monkeypatch):
     orig = pipeline.run
     # 120 commands, not 30: the spread of gaps is a statistic, and 30 exponential gaps gave a sample
