@@ -61,6 +61,23 @@ class CameraSource(Node):
                 self.id_base = self.next_tick // self.period_ns
             self.on_start()
 
+    # -- a camera that goes away (interface; the signalling to control is issue 19's CAMERA_LOST) ---
+    def camera_lost(self, why: str) -> None:
+        """The camera stopped delivering: unplugged, stalled, a stream that dropped, corrupt frames.
+        Say so (once per loss), so control hands over with TakeoverReason.CAMERA_LOST within one
+        deadline rather than a generic DEADLINE; the source then reconnects with a `Backoff`
+        (runtime/backoff.py) from its own tick, and calls `camera_back()` once frames flow."""
+        if not getattr(self, "lost_since_ns", 0):
+            self.lost_since_ns = time.monotonic_ns()
+            self.log.error("camera lost: %s; reconnecting", why)
+
+    def camera_back(self) -> None:
+        """Frames flow again after `camera_lost`: logged with how long the camera was gone."""
+        since = getattr(self, "lost_since_ns", 0)
+        if since:
+            self.lost_since_ns = 0
+            self.log.warning("camera back after %.1f s", (time.monotonic_ns() - since) / 1e9)
+
     def skip_missed(self, now: int) -> None:
         """After advancing `next_tick`: if it is due already, skip the ticks missed (a camera does not
         queue frames), counted as dropped."""
