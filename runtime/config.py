@@ -135,6 +135,12 @@ class CameraSection:
     cameras: int = setting(1, gt=0, le=16, unit="cameras", why="each tick's slot holds them all")
     frames: int = setting(8, gt=0, le=1024, unit="frames", why="each is held in memory")  # distinct images, cycled
     seed: int = 0  # poisson pacing's random gaps
+    # source "v4l2" only (runtime/stages/v4l2source.py, docs/cameras.md): the device, e.g. "/dev/video0" or a
+    # stable /dev/v4l/by-id/... path; and what to ask of it: "" = camera.format's own pixel format, "mjpeg" =
+    # MJPEG, decoded into a bgr/rgb slot (USB 2 cameras give large sizes at full rate only as MJPEG)
+    device: str = setting("", pattern=r"(/.*)?", fix="is not a device path; name it from /dev, e.g. \"/dev/video0\" "
+                          "(`edgert cameras` lists them)")
+    device_format: str = setting("", choices=("", "mjpeg"))
 
 
 @dataclass(frozen=True)
@@ -505,6 +511,7 @@ def _cross_check(cfg: PipelineConfig) -> None:
                                   f"remove the key or set the source")
     _check_sim(cfg)
     _check_record(cfg)
+    _check_v4l2(cfg)
     if not (cfg.model_dir() / "manifest.toml").is_file():
         names = sorted({p.name for z in cfg.zoos() if z.is_dir()
                         for p in z.iterdir() if (p / "manifest.toml").is_file()})
@@ -559,6 +566,24 @@ def _check_record(cfg: PipelineConfig) -> None:
     elif cfg.replay.file:
         raise ConfigError(f"replay.file: set, but camera.source is {cfg.camera.source!r}; set camera.source = "
                           "\"replay\" to feed the recording through the pipeline, or remove the key")
+
+
+def _check_v4l2(cfg: PipelineConfig) -> None:
+    """camera.device and device_format belong to the v4l2 source (docs/cameras.md)."""
+    cam = cfg.camera
+    if cam.source == "v4l2":
+        if not cam.device:
+            raise ConfigError("camera.device: required with camera.source = \"v4l2\"; name the camera, e.g. "
+                              "device = \"/dev/video0\" (`edgert cameras` lists what is plugged in)")
+        if cam.device_format == "mjpeg" and cam.format not in ("bgr", "rgb"):
+            raise ConfigError(f"camera.device_format: \"mjpeg\" is decoded to BGR, and camera.format is "
+                              f"{cam.format!r}; set camera.format = \"bgr\" (or \"rgb\"), or device_format = \"\" "
+                              "to take the camera's own format")
+        return
+    for key in ("device", "device_format"):
+        if getattr(cam, key):
+            raise ConfigError(f"camera.{key}: set, but camera.source is {cam.source!r}; only camera.source = "
+                              "\"v4l2\" reads a device: set the source or remove the key")
 
 
 def _check_sim(cfg: PipelineConfig) -> None:
