@@ -220,8 +220,8 @@ class Geometry:
         if fourcc == "YU12":
             u = uv_offset or bpl * height
             half = bpl // 2
-            return cls(fourcc, width, height, (Plane(0, 0, bpl), Plane(0, u, half), Plane(0, u + half * (height // 2), half)),
-                       sizeimage)
+            v = u + half * (height // 2)
+            return cls(fourcc, width, height, (Plane(0, 0, bpl), Plane(0, u, half), Plane(0, v, half)), sizeimage)
         return cls(fourcc, width, height, (Plane(0, 0, bpl),), sizeimage)
 
     @classmethod
@@ -342,7 +342,7 @@ class MissingExtra(EdgertError, ImportError):
 
 def _linuxpy() -> Any:
     try:
-        from linuxpy.video import device as lp
+        from linuxpy.video import device as lp  # type: ignore[import-untyped]
     except ImportError:
         raise MissingExtra("camera.source = \"v4l2\" and `edgert cameras` need linuxpy, from the `camera` extra: "
                            "pip install 'edgert[camera]'") from None
@@ -350,7 +350,7 @@ def _linuxpy() -> Any:
 
 
 def _ioctl(fd: int, request: Any, arg: Any) -> Any:
-    from linuxpy.ioctl import ioctl
+    from linuxpy.ioctl import ioctl  # type: ignore[import-untyped]
 
     return ioctl(fd, request, arg)
 
@@ -437,19 +437,20 @@ class Scan:
     devices: list[CameraDevice] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # "/dev/video2: permission denied; ..."
     nodes: int = 0  # /dev/video* nodes seen
+    root: str = "/dev"
 
     def why_none(self) -> str:
         if not self.nodes:
-            return ("no V4L2 device: /dev has no video* node (no camera plugged in, its driver not loaded "
+            return (f"no V4L2 device: {self.root} has no video* node (no camera plugged in, its driver not loaded "
                     "(uvcvideo for USB cameras), or a container without the device passed in, e.g. "
                     "docker run --device /dev/video0)")
-        return f"no capture device among {self.nodes} /dev/video* node(s)" + (
+        return f"no capture device among {self.nodes} video* node(s)" + (
             ": " + "; ".join(self.problems) if self.problems else " (metadata or output nodes only)")
 
 
 def scan(root: str | Path = "/dev") -> Scan:
     """Probe every /dev/video* node; unreadable ones are reported, not raised."""
-    out = Scan()
+    out = Scan(root=str(root))
     for node in video_nodes(root):
         out.nodes += 1
         try:

@@ -3,6 +3,7 @@
     edgert run [CONFIG.toml] [--duration S] [--mode processes|threads] [--report FILE]
     edgert echo TOPIC [--run RUN_ID] [--count N]
     edgert doctor
+    edgert cameras [--json]
     edgert bench NAME|all [--quick] [--out DIR]
     edgert bench pipeline [--scenario single-stream|multi-stream|server] [--cameras N] [--fps F]
                           [--arrival poisson|fixed] [--min-count N] [--min-duration S]
@@ -27,7 +28,7 @@ import sys
 from edgert.runtime.errors import EdgertError
 from edgert.runtime.logs import setup_logging
 
-COMMANDS = ("run", "echo", "doctor", "models", "infer", "sim", "fleet", "replay", "record", "bench")
+COMMANDS = ("run", "echo", "doctor", "cameras", "models", "infer", "sim", "fleet", "replay", "record", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,10 +33,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"profile {args.profile}: providers {', '.join(prof.providers)} -> here: {', '.join(tried.chosen)}")
         for name, opts in prof.provider_options.items():
             print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    _cameras()
     return 0
 
 
+def _cameras() -> None:
+    """The V4L2 cameras, one line each (`edgert cameras` lists them in full)."""
+    from edgert.runtime import v4l2
+
+    try:
+        found = v4l2.scan()
+    except v4l2.MissingExtra as e:
+        print(f"cameras: {e}")
+        return
+    if not found.devices:
+        print(f"cameras: {found.why_none()}")
+        return
+    print("cameras (`edgert cameras` for sizes and rates):")
+    for dev in found.devices:
+        print(f"  {v4l2.brief(dev)}")
+    for p in found.problems:
+        print(f"  skipped {p}")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    d = sub.add_parser("doctor", help="show the accelerators present and what the provider policy picks")
+    d = sub.add_parser("doctor", help="show the accelerators and cameras present and what the provider policy picks")
     d.add_argument("--profile", choices=PROFILES, help="also show what this device profile would ask for, and get here")
     d.set_defaults(func=cmd_doctor)

@@ -1,0 +1,394 @@
+"""camera.source = "v4l2", `edgert cameras`: runtime/v4l2.py and the v4l2 source.
+
+Without a device (this machine has none), the buffer handling runs on byte buffers laid out
+exactly as V4L2 drivers lay them out (videodev2.h / the V4L2 pixel-format pages): rows padded to
+a larger bytesperline with garbage in the padding, NV12's UV plane after H pitched rows of Y or
+at a driver-reported offset, NV12M/YUV420M planes in separate buffers with their own pitches,
+YU12's chroma planes at half the luma pitch, MJPEG bytes in a buffer larger than the frame. The
+slot must hold the exact pixels, packed, and the fused kernel must decode the slot as
+cv2.cvtColor decodes the picture. The real-device test runs where /dev/video* exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgert.runtime import v4l2
+from edgert.runtime.config import ConfigError, from_dict
+from edgert.runtime.v4l2 import CameraDevice, FrameSize, Geometry, PixelFormat
+
+GARBAGE = 0xA5
+H, W = 12, 20
+
+
+def pitched(rows: np.ndarray, pitch: int) -> bytes:
+    """rows (n, row_bytes) as a driver writes them: each row padded with garbage to `pitch` bytes."""
+    n, row = rows.shape
+    out = np.full((n, pitch), GARBAGE, np.uint8)
+    out[:, :row] = rows
+    return out.tobytes()
+
+
+def to_slot(geom: Geometry, buffers: list[bytes], fmt: str) -> np.ndarray:
+    slot = np.zeros(v4l2.slot_shape(fmt, geom.width, geom.height), np.uint8)
+    src = v4l2.source_views(geom, [bytearray(b) for b in buffers], fmt)
+    v4l2.copy_frame(src, v4l2.slot_parts(slot, fmt, geom.width, geom.height))
+    return slot
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(19)
+
+
+# -- buffer layouts -> packed slots ----------------------------------------------------------
+def test_yuyv_with_padded_rows(rng):
+    pic = rng.integers(0, 256, (H, W, 2), np.uint8)  # Y0 U Y1 V ...
+    bpl = 2 * W + 24  # e.g. a driver aligning rows to 64 bytes
+    slot = to_slot(Geometry.single("YUYV", W, H, bpl), [pitched(pic.reshape(H, -1), bpl)], "yuyv")
+    np.testing.assert_array_equal(slot, pic)
+    assert slot.flags.c_contiguous
+
+
+@pytest.mark.parametrize("bpl", [W, W + 12])
+def test_nv12_single_plane_uv_after_pitched_luma(rng, bpl):
+    y = rng.integers(0, 256, (H, W), np.uint8)
+    uv = rng.integers(0, 256, (H // 2, W), np.uint8)
+    buf = pitched(y, bpl) + pitched(uv, bpl)  # V4L2 NV12: the UV plane starts at bytesperline * height
+    slot = to_slot(Geometry.single("NV12", W, H, bpl), [buf], "nv12")
+    np.testing.assert_array_equal(slot, np.concatenate([y, uv]))
+
+
+def test_nv12_uv_plane_at_a_driver_reported_offset(rng):
+    """Drivers that align the chroma plane (e.g. to 4 KiB, or luma height rounded up to 16 rows)
+    leave a gap after the Y rows; the UV plane is where the driver says."""
+    bpl, gap = W + 4, 100
+    y = rng.integers(0, 256, (H, W), np.uint8)
+    uv = rng.integers(0, 256, (H // 2, W), np.uint8)
+    luma = pitched(y, bpl)
+    buf = luma + bytes([GARBAGE]) * gap + pitched(uv, bpl)
+    slot = to_slot(Geometry.single("NV12", W, H, bpl, uv_offset=len(luma) + gap), [buf], "nv12")
+    np.testing.assert_array_equal(slot, np.concatenate([y, uv]))
+
+
+def test_nv12m_two_planes_with_their_own_pitches(rng):
+    y = rng.integers(0, 256, (H, W), np.uint8)
+    uv = rng.integers(0, 256, (H // 2, W), np.uint8)
+    geom = Geometry.multi("NM12", W, H, [W + 8, W + 40])
+    slot = to_slot(geom, [pitched(y, W + 8), pitched(uv, W + 40)], "nv12")
+    np.testing.assert_array_equal(slot, np.concatenate([y, uv]))
+
+
+def i420_packed(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """kernels/formats.py's i420 slot: Y, U, V planes back to back, as (H * 3 // 2, W)."""
+    return np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(-1, y.shape[1])
+
+
+@pytest.mark.parametrize("bpl", [W, W + 16])
+def test_yu12_chroma_planes_at_half_the_pitch(rng, bpl):
+    y = rng.integers(0, 256, (H, W), np.uint8)
+    u = rng.integers(0, 256, (H // 2, W // 2), np.uint8)
+    v = rng.integers(0, 256, (H // 2, W // 2), np.uint8)
+    buf = pitched(y, bpl) + pitched(u, bpl // 2) + pitched(v, bpl // 2)  # V4L2 YUV420: Cb, Cr at bytesperline / 2
+    slot = to_slot(Geometry.single("YU12", W, H, bpl), [buf], "i420")
+    np.testing.assert_array_equal(slot, i420_packed(y, u, v))
+
+
+def test_yuv420m_three_planes(rng):
+    y = rng.integers(0, 256, (H, W), np.uint8)
+    u = rng.integers(0, 256, (H // 2, W // 2), np.uint8)
+    v = rng.integers(0, 256, (H // 2, W // 2), np.uint8)
+    geom = Geometry.multi("YM12", W, H, [W + 4, W // 2 + 6, W // 2 + 2])
+    slot = to_slot(geom, [pitched(y, W + 4), pitched(u, W // 2 + 6), pitched(v, W // 2 + 2)], "i420")
+    np.testing.assert_array_equal(slot, i420_packed(y, u, v))
+
+
+@pytest.mark.parametrize("fourcc,slot_format,swapped", [("BGR3", "bgr", False), ("RGB3", "rgb", False),
+                                                          ("RGB3", "bgr", True), ("BGR3", "rgb", True)])
+def test_packed_rgb_with_pitch_and_channel_order(rng, fourcc, slot_format, swapped):
+    pic = rng.integers(0, 256, (H, W, 3), np.uint8)  # in the device's byte order
+    bpl = 3 * W + 4
+    slot = to_slot(Geometry.single(fourcc, W, H, bpl), [pitched(pic.reshape(H, -1), bpl)], slot_format)
+    np.testing.assert_array_equal(slot, pic[..., ::-1] if swapped else pic)
+
+
+def test_a_buffer_shorter_than_its_layout_is_refused():
+    geom = Geometry.single("NV12", W, H, W + 8)
+    with pytest.raises(ValueError, match=r"NV12 20x12: buffer 0 holds 100 bytes, the layout .* needs"):
+        v4l2.source_views(geom, [bytearray(100)], "nv12")
+
+
+def test_views_into_the_driver_buffer_are_made_once_and_copy_in_place(rng):
+    """The stage builds views per driver buffer and slot at setup; a frame is np.copyto only, so
+    new bytes in the same driver buffer reach the slot through the same views."""
+    bpl = 2 * W + 8
+    buf = bytearray(pitched(rng.integers(0, 256, (H, 2 * W), np.uint8), bpl))
+    slot = np.zeros((H, W, 2), np.uint8)
+    src, dst = v4l2.source_views(Geometry.single("YUYV", W, H, bpl), [buf], "yuyv"), v4l2.slot_parts(slot, "yuyv", W, H)
+    pic = rng.integers(0, 256, (H, W, 2), np.uint8)
+    buf[:] = pitched(pic.reshape(H, -1), bpl)  # the driver fills the buffer again
+    v4l2.copy_frame(src, dst)
+    np.testing.assert_array_equal(slot, pic)
+    assert np.shares_memory(src[0], np.frombuffer(buf, np.uint8))
+
+
+def test_mjpeg_decodes_into_the_slot():
+    img = np.zeros((H * 4, W * 4, 3), np.uint8)
+    cv2.rectangle(img, (5, 5), (40, 30), (20, 200, 90), -1)
+    ok, jpg = cv2.imencode(".jpg", img)
+    assert ok
+    driver_buf = jpg.tobytes() + bytes(500)  # a buffer larger than the frame; bytesused says where it ends
+    want = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+    slot = np.zeros_like(img)
+    assert v4l2.decode_mjpeg(memoryview(driver_buf)[: jpg.size], slot, rgb=False)
+    np.testing.assert_array_equal(slot, want)
+    assert v4l2.decode_mjpeg(memoryview(driver_buf)[: jpg.size], slot, rgb=True)
+    np.testing.assert_array_equal(slot, want[..., ::-1])
+    before = slot.copy()
+    assert not v4l2.decode_mjpeg(b"\xff\xd8 not a jpeg", slot, rgb=False)  # corrupt: slot untouched
+    assert not v4l2.decode_mjpeg(jpg.tobytes(), np.zeros((H, W, 3), np.uint8), rgb=False)  # other size
+    np.testing.assert_array_equal(slot, before)
+
+
+@pytest.mark.parametrize("fmt,fourcc,code", [("nv12", "NV12", cv2.COLOR_YUV2RGB_NV12),
+                                             ("i420", "YU12", cv2.COLOR_YUV2RGB_I420),
+                                             ("yuyv", "YUYV", cv2.COLOR_YUV2RGB_YUYV)])
+def test_the_fused_kernel_decodes_the_slot_as_cvtcolor_decodes_the_picture(rng, fmt, fourcc, code):
+    """A pitched driver buffer -> slot -> kernels' YUV decode (identity resize, rgb, scale 1) is
+    cv2.cvtColor of the packed picture (within tests/test_kernels_formats.py's CVT_STEPS)."""
+    from test_kernels import assert_close
+    from test_kernels_formats import CVT_STEPS, run
+
+    from edgert.kernels import PreprocessSpec
+
+    shape = v4l2.slot_shape(fmt, W, H)
+    pic = rng.integers(16, 236, shape, np.uint8)
+    if fmt == "nv12":
+        bpl = W + 12
+        buf = pitched(pic[:H], bpl) + pitched(pic[H:], bpl)
+    elif fmt == "i420":
+        bpl = W + 12
+        flat = pic.ravel()
+        q = (H // 2) * (W // 2)
+        u, v = flat[H * W: H * W + q].reshape(H // 2, -1), flat[H * W + q:].reshape(H // 2, -1)
+        buf = pitched(pic[:H], bpl) + pitched(u, bpl // 2) + pitched(v, bpl // 2)
+    else:
+        bpl = 2 * W + 12
+        buf = pitched(pic.reshape(H, -1), bpl)
+    slot = to_slot(Geometry.single(fourcc, W, H, bpl), [buf], fmt)
+    spec = PreprocessSpec(src_format=fmt, out_width=W, out_height=H, resize="bilinear", color="rgb", scale=1.0,
+                          layout="nhwc", dtype="float32")
+    want = cv2.cvtColor(pic, code).astype(np.float32)[None]
+    assert_close(spec, run(spec, slot), want, CVT_STEPS)
+
+
+# -- the capture stamp -------------------------------------------------------------------------
+def test_capture_stamp_is_the_drivers_monotonic_timestamp():
+    now = 5_000_000_000_000
+    ts, ok = v4l2.capture_ns(v4l2.BUF_FLAG_TIMESTAMP_MONOTONIC | 0x1, 4_999, 987_654, now)
+    assert (ts, ok) == (4_999_987_654_000, True)
+
+
+@pytest.mark.parametrize("flags,secs,why", [
+    (0x4000, 4_999, "TIMESTAMP_COPY: the application's time, not the capture's"),
+    (0x0000, 4_999, "TIMESTAMP_UNKNOWN"),
+    (v4l2.BUF_FLAG_TIMESTAMP_MONOTONIC, 5_001, "in the future"),
+    (v4l2.BUF_FLAG_TIMESTAMP_MONOTONIC, 4_990, "ten seconds old at dequeue"),
+    (v4l2.BUF_FLAG_TIMESTAMP_MONOTONIC, 0, "never set"),
+])
+def test_capture_stamp_falls_back_to_dequeue_time(flags, secs, why):
+    now = 5_000_000_000_000
+    assert v4l2.capture_ns(flags, secs, 0, now) == (now, False), why
+
+
+# -- the offer and its refusals ------------------------------------------------------------------
+UVC = CameraDevice("/dev/video0", "uvcvideo", "HD Pro Webcam C920", "usb-0000:00:14.0-1", (
+    PixelFormat("YUYV", "YUYV 4:2:2", (FrameSize(640, 480, (30.0, 15.0)), FrameSize(1920, 1080, (5.0,)))),
+    PixelFormat("MJPG", "Motion-JPEG", (FrameSize(640, 480, (30.0,)), FrameSize(1920, 1080, (30.0, 24.0))),
+                compressed=True),
+))
+CSI = CameraDevice("/dev/video1", "bridge", "ISP", "platform:isp", (
+    PixelFormat("NM12", "Y/UV 4:2:0 (N-C)", (FrameSize(64, 64, (), (1.0, 60.0), 4096, 2160, 2, 2),),
+                multiplanar=True),), multiplanar=True)
+
+
+def test_describe_lists_formats_sizes_and_rates_like_v4l2_ctl():
+    assert v4l2.describe(UVC).splitlines() == [
+        "/dev/video0: HD Pro Webcam C920 (driver uvcvideo, bus usb-0000:00:14.0-1)",
+        "  YUYV (YUYV 4:2:2)",
+        "    640x480 @ 30, 15 fps",
+        "    1920x1080 @ 5 fps",
+        "  MJPG (Motion-JPEG, compressed)",
+        "    640x480 @ 30 fps",
+        "    1920x1080 @ 30, 24 fps"]
+    assert "64x64 to 4096x2160 in steps of 2x2 @ 1-60 fps" in v4l2.describe(CSI)
+    assert v4l2.brief(UVC) == "/dev/video0: HD Pro Webcam C920 (uvcvideo): YUYV up to 1920x1080, MJPG up to 1920x1080"
+
+
+def test_choose_takes_the_first_offered_fourcc_at_the_size():
+    assert v4l2.choose(UVC, ("YUYV",), 1920, 1080, "x").fourcc == "YUYV"
+    assert v4l2.choose(UVC, v4l2.MJPEG_FOURCCS, 640, 480, "x").fourcc == "MJPG"
+    assert v4l2.choose(CSI, v4l2.FOURCCS["nv12"], 1280, 720, "x").fourcc == "NM12"  # within the stepwise range
+
+
+def test_a_format_the_device_lacks_is_refused_with_its_offer_and_the_fix():
+    with pytest.raises(v4l2.CameraError) as e:
+        v4l2.choose(UVC, v4l2.FOURCCS["nv12"], 640, 480, 'camera.format = "nv12"')
+    msg = str(e.value)
+    assert msg.startswith('/dev/video0 (HD Pro Webcam C920) does not offer camera.format = "nv12" (fourcc NV12 or NM12)')
+    assert "  YUYV (YUYV 4:2:2)\n    640x480 @ 30, 15 fps" in msg and "MJPG (Motion-JPEG" in msg
+    assert 'set camera.format = "yuyv", or camera.device_format = "mjpeg"' in msg
+
+
+def test_a_size_the_device_lacks_is_refused_with_its_offer():
+    with pytest.raises(v4l2.CameraError, match=r"offers YUYV but not at 1280x720 \(camera.width/height\); it offers:\n"
+                                               r"  YUYV \(YUYV 4:2:2\)\n    640x480 @ 30, 15 fps"):
+        v4l2.choose(UVC, ("YUYV",), 1280, 720, "yuyv")
+    with pytest.raises(v4l2.CameraError, match="not at 1281x720"):  # off the stepwise grid
+        v4l2.choose(CSI, ("NM12",), 1281, 720, "nv12")
+
+
+@pytest.mark.parametrize("err,text", [
+    (errno.ENOENT, "camera.device /dev/video7: no such device (video nodes here:"),
+    (errno.EBUSY, "camera.device /dev/video7: busy (another program is streaming from it: `fuser /dev/video7`"),
+    (errno.EACCES, "camera.device /dev/video7: permission denied; add the user to the `video` group"),
+])
+def test_open_errors_name_the_device_and_the_fix(err, text):
+    e = v4l2.open_error("/dev/video7", OSError(err, "x"))
+    assert isinstance(e, v4l2.CameraError) and str(e).startswith(text), str(e)
+
+
+def test_a_missing_device_is_a_clear_error_from_the_real_open():
+    with pytest.raises(v4l2.CameraError, match="/dev/video-none: no such device"):
+        try:
+            v4l2.probe("/dev/video-none")
+        except OSError as e:
+            raise v4l2.open_error("/dev/video-none", e) from None
+
+
+def test_offer_as_json_is_plain_data():
+    d = dataclasses.asdict(UVC)
+    assert json.loads(json.dumps(d))["formats"][1]["sizes"][1] == {
+        "width": 1920, "height": 1080, "fps": [30.0, 24.0], "fps_range": None, "max_width": 0, "max_height": 0,
+        "step_width": 0, "step_height": 0}
+
+
+# -- scanning and `edgert cameras` ---------------------------------------------------------------
+def test_scan_of_a_folder_without_video_nodes_says_why(tmp_path):
+    s = v4l2.scan(tmp_path)
+    assert s.devices == [] and s.nodes == 0
+    assert s.why_none().startswith(f"no V4L2 device: {tmp_path} has no video* node")
+
+
+def test_scan_reports_nodes_it_cannot_use(tmp_path, monkeypatch):
+    (tmp_path / "video0").write_bytes(b"")  # a real open, a real QUERYCAP ioctl: ENOTTY on a plain file
+    (tmp_path / "video1").write_bytes(b"")
+    (tmp_path / "video-meta").write_bytes(b"")  # not video<N>: not a node
+    real = v4l2.probe
+
+    def probe(path):  # this test runs as root, which every device permission lets in: deny video1 by hand
+        if Path(path).name == "video1":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(v4l2, "probe", probe)
+    s = v4l2.scan(tmp_path)
+    assert s.devices == [] and s.nodes == 2
+    assert s.problems[0] == f"{tmp_path}/video0: Inappropriate ioctl for device"
+    assert s.problems[1].startswith(f"{tmp_path}/video1: permission denied; add the user to the `video` group")
+    assert s.why_none() == f"no capture device among 2 video* node(s): {'; '.join(s.problems)}"
+
+
+def _edgert(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgert.runtime.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_edgert_cameras_without_devices_says_so_and_exits_0(tmp_path):
+    if v4l2.video_nodes():
+        pytest.skip("this machine has /dev/video* nodes; the no-device message is tested with --dev below")
+    p = _edgert("cameras")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("no V4L2 device: /dev has no video* node"), p.stdout
+    j = _edgert("cameras", "--json")
+    assert j.returncode == 0 and json.loads(j.stdout)["devices"] == []
+
+
+def test_edgert_cameras_on_an_empty_dev_folder(tmp_path):
+    p = _edgert("cameras", "--dev", str(tmp_path))
+    assert p.returncode == 0 and p.stdout.startswith(f"no V4L2 device: {tmp_path} has no video* node"), p
+
+
+def test_edgert_doctor_shows_the_cameras():
+    p = _edgert("doctor")
+    assert p.returncode == 0, p.stderr
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("cameras")]
+    assert line, p.stdout
+    if not v4l2.video_nodes():
+        assert line[0].startswith("cameras: no V4L2 device: /dev has no video* node")
+
+
+# -- config ------------------------------------------------------------------------------------
+def test_config_keys():
+    cfg = from_dict({"camera": {"source": "v4l2", "device": "/dev/v4l/by-id/usb-cam-video-index0",
+                                "device_format": "mjpeg"}})
+    assert cfg.camera.device.endswith("index0") and cfg.camera.device_format == "mjpeg"
+    for raw, msg in [({"source": "v4l2"}, "camera.device: required with camera.source = \"v4l2\""),
+                     ({"device": "/dev/video0"}, "camera.device: set, but camera.source is 'sim'"),
+                     ({"device_format": "mjpeg"}, "camera.device_format: set, but camera.source is 'sim'"),
+                     ({"source": "v4l2", "device": "video0"}, "camera.device: 'video0' is not a device path"),
+                     ({"source": "v4l2", "device": "/dev/video0", "device_format": "h264"},
+                      "camera.device_format: 'h264' is not one of '', 'mjpeg'")]:
+        with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            from_dict({"camera": raw})
+
+
+def test_the_v4l2_source_is_registered():
+    from edgert.runtime.stages import stage_class
+    from edgert.runtime.stages.source import CameraSource
+
+    assert issubclass(stage_class("capture", "v4l2"), CameraSource)
+
+
+# -- a real device -------------------------------------------------------------------------------
+def test_a_real_camera_through_the_pipeline_threads_mode():
+    """Open the first capture device, run the pipeline on it in threads mode, see 10+ frames."""
+    nodes = v4l2.video_nodes()
+    if not nodes:
+        pytest.skip("V4L2: no /dev/video* on this machine (no camera, no v4l2loopback module)")
+    found = v4l2.scan()
+    if not found.devices:
+        pytest.skip(f"V4L2: {found.why_none()}")
+    dev = found.devices[0]
+    pick = None
+    for fourccs, extra in ((v4l2.MJPEG_FOURCCS, {"device_format": "mjpeg"}), (v4l2.FOURCCS["bgr"], {})):
+        for f in (dev.format(c) for c in fourccs):
+            sizes = [s for s in (f.sizes if f else ()) if not s.stepwise and s.fps]
+            if sizes:
+                s = min(sizes, key=lambda s: s.width * s.height)
+                pick = {"width": s.width, "height": s.height, "fps": max(s.fps), **extra}
+                break
+        if pick:
+            break
+    if pick is None:
+        pytest.skip(f"V4L2: {dev.path} offers no MJPEG or BGR3/RGB3 size (camera.format is bgr until the fmt "
+                    f"branch); it offers {', '.join(f.fourcc for f in dev.formats)}")
+    from conftest import SHARED_MACHINE_CONTROL
+
+    from edgert.runtime.config import DEFAULT_CONFIG, load
+    from edgert.runtime.supervisor import Supervisor
+
+    cfg = load(DEFAULT_CONFIG).replace(camera={"source": "v4l2", "device": dev.path, **pick},
+                                       control=SHARED_MACHINE_CONTROL)
+    s = Supervisor(cfg, duration_s=4.0, mode="threads").run()
+    cap = s["stages"]["capture"]
+    assert s["frames"] >= 10 and cap["errors"] == 0, s
