@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -392,3 +393,146 @@ def test_a_real_camera_through_the_pipeline_threads_mode():
     s = Supervisor(cfg, duration_s=4.0, mode="threads").run()
     cap = s["stages"]["capture"]
     assert s["frames"] >= 10 and cap["errors"] == 0, s
+
+
+# -- the source stage on a scripted device -------------------------------------------------------
+class FakeDevice:
+    """What cannot run here (no /dev/video*): a BGR3 camera behind `v4l2.probe` and `v4l2.Capture`,
+    with pitched rows, monotonic driver timestamps 3 ms before dequeue, a frame every 20 ms, and
+    switches to unplug it (DQBUF fails, the node is gone) or stall it (no frame, device still open).
+    Everything the stage does with it is the stage's real code: views, copy, stamps, reconnects."""
+
+    def __init__(self, w: int, h: int) -> None:
+        self.w, self.h = w, h
+        self.present, self.unplugged, self.stalled = True, False, False
+        self.opened = 0
+        self.stamp_of: dict[int, int] = {}  # sequence -> driver timestamp (ns)
+        self.seq = 0
+
+    def probe(self, path):
+        if not self.present:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return CameraDevice(str(path), "fake", "Scripted Cam", "test", (
+            PixelFormat("BGR3", "24-bit BGR", (FrameSize(self.w, self.h, (30.0,)),)),))
+
+    def capture(self, dev, fmt, width, height, fps, n_buffers=4):
+        fake = self
+        fake.opened += 1
+
+        class Cap:
+            geometry = Geometry.single("BGR3", width, height, 3 * width + 8)
+            fps_given = fps
+            used = flags = sequence = secs = usecs = 0
+
+            def __init__(self):
+                size = height * (3 * width + 8)  # sizeimage: whole pitched rows
+                self.buffers = [[bytearray(b"\xa5" * size)] for _ in range(n_buffers)]
+                self.next_ns = time.monotonic_ns()
+                self.i = 0
+
+            def read(self, timeout_ms):
+                if fake.unplugged:
+                    raise v4l2.CameraGone(f"{dev.path}: No such device")
+                now = time.monotonic_ns()
+                if fake.stalled or self.next_ns > now + timeout_ms * 1_000_000:
+                    time.sleep(timeout_ms / 1000)
+                    return -1
+                time.sleep(max(0, self.next_ns - now) / 1e9)
+                self.next_ns = max(self.next_ns + 20_000_000, time.monotonic_ns())
+                fake.seq += 1
+                idx, self.i = self.i, (self.i + 1) % n_buffers
+                rows = np.frombuffer(self.buffers[idx][0], np.uint8).reshape(height, -1)
+                rows[:, : 3 * width] = fake.seq % 251  # pixels say which frame; padding stays
+                ts = time.monotonic_ns() - 3_000_000
+                fake.stamp_of[fake.seq] = ts // 1000 * 1000  # a timeval holds microseconds
+                self.used, self.flags, self.sequence = len(self.buffers[idx][0]), v4l2.BUF_FLAG_TIMESTAMP_MONOTONIC, fake.seq
+                self.secs, self.usecs = divmod(ts // 1000, 1_000_000)
+                return idx
+
+            def release(self, idx):
+                pass
+
+            def close(self):
+                pass
+
+        return Cap()
+
+
+def test_the_v4l2_stage_copies_stamps_and_reconnects(monkeypatch):
+    from conftest import StageHarness
+
+    from edgert.runtime import wire
+    from edgert.runtime.framepool import FramePool
+    from edgert.runtime.stages.v4l2source import V4L2Stage
+    from edgert.runtime.topics import CAMERA_STREAM, layout, stream
+    from edgert.runtime.transport import subscriber
+    from edgert.runtime.wire import MsgType, Stamp
+
+    w, h = 16, 8
+    fake = FakeDevice(w, h)
+    monkeypatch.setattr(v4l2, "probe", fake.probe)
+    monkeypatch.setattr(v4l2, "Capture", fake.capture)
+    cfg = from_dict({"camera": {"source": "v4l2", "device": "/dev/video-fake", "width": w, "height": h, "fps": 30.0}})
+    lay = layout(CAMERA_STREAM, cfg)
+    harness = StageHarness(cfg)
+    pool = FramePool.create(harness.run_id, CAMERA_STREAM, lay.slots, lay.slot_bytes)
+    frames = None
+    try:
+        harness.start(V4L2Stage)
+        assert harness.code is None, "setup failed"
+        stage = harness.stage
+        frames = subscriber(harness.zmq, harness.endpoints, stream(CAMERA_STREAM).topic)
+
+        def next_frames(n: int, timeout_s: float = 60.0) -> list[tuple[int, int, int]]:
+            """(frame id, CAPTURE stamp, pixel value) of the next n frames the stage publishes."""
+            got: list[tuple[int, int, int]] = []
+            end = time.monotonic() + timeout_s
+            while len(got) < n and time.monotonic() < end:
+                harness.send_start()
+                if not frames.poll(50):
+                    continue
+                msg = frames.recv()
+                while frames.poll(0):  # the newest descriptor: older slots may be refilled already
+                    msg = frames.recv()
+                rec = wire.decode(msg, MsgType.FRAME)
+                pixels = pool.view(int(rec["slot"]), lay.shape, lay.dtype).copy()
+                if pool.is_current(int(rec["slot"]), int(rec["generation"])):  # not refilled while copied
+                    vals = np.unique(pixels)
+                    assert len(vals) == 1, vals  # the whole slot is one frame's pixels: no pitch garbage (0xa5)
+                    got.append((int(rec["frame_id"]), int(rec["stamps"][Stamp.CAPTURE]), int(vals[0])))
+            assert len(got) == n, f"{len(got)} of {n} frames within {timeout_s} s"
+            return got
+
+        def wait_for(cond, what: str, timeout_s: float = 60.0) -> None:
+            end = time.monotonic() + timeout_s
+            while not cond() and time.monotonic() < end:
+                frames.poll(20) and frames.recv()
+            assert cond(), what
+
+        got = next_frames(5)
+        ids = [g[0] for g in got]
+        assert ids == sorted(set(ids))
+        by_value = {seq % 251: ts for seq, ts in fake.stamp_of.items()}
+        for _, stamp, value in got:
+            assert stamp == by_value[value]  # the driver's timestamp is the frame's capture stamp
+
+        fake.unplugged, fake.present = True, False  # unplugged: DQBUF fails, the node is gone
+        wait_for(lambda: stage.lost and stage.capture is None, "an unplugged camera is reported lost and closed")
+        time.sleep(0.3)  # a few failed reopens (backoff from 0.1 s)
+        assert fake.opened == 1 and stage.backoff.attempts >= 2
+        fake.unplugged, fake.present = False, True  # plugged back in
+        next_frames(3)
+        assert fake.opened == 2 and not stage.lost and stage.backoff.attempts == 0
+
+        fake.stalled = True  # open, but no frames: lost after the deadline, reopened after RECONNECT_AFTER_S
+        wait_for(lambda: stage.lost, "a stalled camera is reported lost")
+        wait_for(lambda: fake.opened == 3, "a camera stalled for a second is reopened")
+        fake.stalled = False
+        next_frames(3)
+        assert not stage.lost
+    finally:
+        if frames is not None:
+            frames.close(0)
+        harness.close()
+        pool.close()
+    assert harness.code == 0 and stage.errors == 0

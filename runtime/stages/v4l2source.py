@@ -35,6 +35,8 @@ class V4L2Stage(CameraSource):
     """camera.source = "v4l2" (runtime/sources.py)."""
 
     def setup(self) -> None:
+        self.capture: v4l2.Capture | None = None  # first: teardown runs after a failed setup too
+        self.src: list[list[np.ndarray]] = []
         cam = self.cfg.camera
         self.path = cam.device
         self.width, self.height, self.fps = cam.width, cam.height, cam.fps
@@ -46,8 +48,6 @@ class V4L2Stage(CameraSource):
         self.stamps = np.zeros_like(self.output.msg["stamps"])
         self.stall_ns = max(self.cfg.deadline_ns, 2 * self.period_ns)
         self.backoff = Backoff()
-        self.capture: v4l2.Capture | None = None
-        self.src: list[list[np.ndarray]] = []
         self.lost = False
         self.corrupt = 0
         self.host_stamped = 0  # frames stamped at dequeue, the driver's stamp not being monotonic or sane
@@ -143,7 +143,7 @@ class V4L2Stage(CameraSource):
                     self.dropped += 1
                     idx = nxt
         except v4l2.CameraGone as e:
-            self._gone(f"{e}; reconnecting")
+            self._gone(str(e))
             return
         if idx < 0:
             self._stalled(time.monotonic_ns())
