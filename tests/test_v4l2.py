@@ -15,8 +15,8 @@ import dataclasses
 import errno
 import json
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import cv2
