@@ -39,7 +39,7 @@ def test_one_module_per_command_group_each_adds_its_parser():
 
 def test_python_dash_m_and_every_command_help():
     r = _edgert("--help")
-    assert r.returncode == 0 and "{run,echo,doctor,models,infer,sim,fleet,replay,record,bench}" in r.stdout
+    assert r.returncode == 0 and "{run,echo,doctor,cameras,models,infer,sim,fleet,replay,record,bench}" in r.stdout
     for name in cli.COMMANDS:
         with pytest.raises(SystemExit) as e:
             cli.main([name, "--help"])

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from edgert.runtime import v4l2
-from edgert.runtime.config import ConfigError, from_dict
+from edgert.runtime.config import ConfigError, from_dict, load
 from edgert.runtime.v4l2 import CameraDevice, FrameSize, Geometry, PixelFormat
 
 GARBAGE = 0xA5
@@ -340,6 +340,9 @@ def test_edgert_doctor_shows_the_cameras():
 
 # -- config ------------------------------------------------------------------------------------
 def test_config_keys():
+    example = load(Path(__file__).parent.parent / "configs" / "usb-camera.toml")
+    assert (example.camera.source, example.camera.device, example.camera.device_format) == ("v4l2", "/dev/video0",
+                                                                                            "mjpeg")
     cfg = from_dict({"camera": {"source": "v4l2", "device": "/dev/v4l/by-id/usb-cam-video-index0",
                                 "device_format": "mjpeg"}})
     assert cfg.camera.device.endswith("index0") and cfg.camera.device_format == "mjpeg"

@@ -81,7 +81,7 @@ class V4L2Stage(CameraSource):
                       "at %s; %d memory-mapped buffers%s", self.path, dev.card, dev.driver, "/".join(
                           v4l2.MJPEG_FOURCCS if self.mjpeg else v4l2.FOURCCS[self.slot_format]), self.width,
                       self.height, self.fps, self.slot_format, g.fourcc, g.width, g.height,
-                      "/".join(str(p.pitch) for p in g.planes),
+                      "n/a (compressed)" if self.mjpeg else "/".join(str(p.pitch) for p in g.planes),
                       f"{cap.fps_given:g} fps" if cap.fps_given else "a rate it does not report",
                       len(cap.buffers), ", decoded with OpenCV" if self.mjpeg else ", copied once into the slot")
         if cap.fps_given and abs(cap.fps_given - self.fps) > 0.01 * self.fps:
