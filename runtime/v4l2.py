@@ -318,6 +318,26 @@ def decode_mjpeg(data: Any, dst: np.ndarray, rgb: bool) -> bool:
     return True
 
 
+# V4L2 colorimetry (videodev2.h): colorspace, ycbcr_enc and quantization codes this module reads
+_CS_REC709, _CS_JPEG, _CS_DCI_P3, _CS_BT2020, _CS_SMPTE240M = 3, 7, 12, 10, 2
+_ENC_601, _ENC_709, _ENC_XV601, _ENC_XV709, _ENC_SYCC = 1, 2, 3, 4, 5
+_Q_FULL, _Q_LIMITED = 1, 2
+
+
+def yuv_encoding(colorspace: int, ycbcr_enc: int, quantization: int) -> tuple[str | None, str]:
+    """(camera.yuv_matrix, camera.yuv_range) a driver's S_FMT colorimetry means, with V4L2's own
+    defaults where it leaves a field 0 (V4L2_MAP_YCBCR_ENC_DEFAULT, V4L2_MAP_QUANTIZATION_DEFAULT);
+    matrix None for one the kernels do not decode (BT.2020, SMPTE 240M)."""
+    if not ycbcr_enc:
+        ycbcr_enc = {_CS_REC709: _ENC_709, _CS_DCI_P3: _ENC_709, _CS_BT2020: 6, _CS_SMPTE240M: 8}.get(colorspace,
+                                                                                                    _ENC_601)
+    matrix = {_ENC_601: "bt601", _ENC_XV601: "bt601", _ENC_SYCC: "bt601", _ENC_709: "bt709",
+              _ENC_XV709: "bt709"}.get(ycbcr_enc)
+    if not quantization:
+        quantization = _Q_FULL if colorspace == _CS_JPEG else _Q_LIMITED
+    return matrix, "full" if quantization == _Q_FULL else "limited"
+
+
 def capture_ns(flags: int, secs: int, usecs: int, now_ns: int) -> tuple[int, bool]:
     """The frame's capture stamp on CLOCK_MONOTONIC (the pipeline's clock) and whether it is the
     driver's: its buffer timestamp where the driver says it is monotonic and it is sane (not in
@@ -500,6 +520,7 @@ class Capture:
         self.fd = -1
         self.maps: list[list[mmap.mmap]] = []
         self.streaming = False
+        self.yuv: tuple[str | None, str] = ("bt601", "limited")  # the driver's colorimetry (S_FMT)
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             self.poll = select.poll()
@@ -532,12 +553,14 @@ class Capture:
             got = (fourcc_str(pm.pixelformat), pm.width, pm.height)
             geom = Geometry.multi(got[0], pm.width, pm.height,
                                   [pm.plane_fmt[i].bytesperline for i in range(pm.num_planes)])
+            self.yuv = yuv_encoding(pm.colorspace, pm.ycbcr_enc, pm.quantization)
         else:
             p = f.fmt.pix
             p.width, p.height, p.pixelformat, p.field = width, height, fourcc_int(fourcc), FIELD_NONE
             _ioctl(self.fd, self.lp.IOC.S_FMT, f)
             got = (fourcc_str(p.pixelformat), p.width, p.height)
             geom = Geometry.single(got[0], p.width, p.height, p.bytesperline, p.sizeimage)
+            self.yuv = yuv_encoding(p.colorspace, p.ycbcr_enc, p.quantization)
         if got != (fourcc, width, height):
             raise CameraError(f"camera.device {self.path}: asked {fourcc} {width}x{height}, the driver gave "
                               f"{got[0]} {got[1]}x{got[2]}; pick a format and size `edgert cameras` lists")

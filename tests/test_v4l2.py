@@ -211,6 +211,18 @@ def test_capture_stamp_falls_back_to_dequeue_time(flags, secs, why):
     assert v4l2.capture_ns(flags, secs, 0, now) == (now, False), why
 
 
+@pytest.mark.parametrize("colorspace,enc,quant,want", [
+    (1, 0, 0, ("bt601", "limited")),  # SMPTE170M with defaults: what UVC YUYV cameras report
+    (8, 0, 0, ("bt601", "limited")),  # sRGB colorspace, YUV format: 601 limited by V4L2's defaults
+    (3, 0, 0, ("bt709", "limited")),  # REC709
+    (7, 0, 0, ("bt601", "full")),  # JPEG colorspace: full range
+    (3, 1, 1, ("bt601", "full")),  # explicit fields win over the colorspace's defaults
+    (10, 0, 0, (None, "limited")),  # BT.2020: no kernel decode
+])
+def test_driver_colorimetry_maps_to_the_yuv_keys(colorspace, enc, quant, want):
+    assert v4l2.yuv_encoding(colorspace, enc, quant) == want
+
+
 # -- the offer and its refusals ------------------------------------------------------------------
 UVC = CameraDevice("/dev/video0", "uvcvideo", "HD Pro Webcam C920", "usb-0000:00:14.0-1", (
     PixelFormat("YUYV", "YUYV 4:2:2", (FrameSize(640, 480, (30.0, 15.0)), FrameSize(1920, 1080, (5.0,)))),
@@ -425,6 +437,7 @@ class FakeDevice:
         class Cap:
             geometry = Geometry.single("BGR3", width, height, 3 * width + 8)
             fps_given = fps
+            yuv = ("bt601", "limited")
             used = flags = sequence = secs = usecs = 0
 
             def __init__(self):

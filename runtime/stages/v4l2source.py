@@ -84,9 +84,25 @@ class V4L2Stage(CameraSource):
                       "n/a (compressed)" if self.mjpeg else "/".join(str(p.pitch) for p in g.planes),
                       f"{cap.fps_given:g} fps" if cap.fps_given else "a rate it does not report",
                       len(cap.buffers), ", decoded with OpenCV" if self.mjpeg else ", copied once into the slot")
+        self._check_yuv(cap.yuv)
         if cap.fps_given and abs(cap.fps_given - self.fps) > 0.01 * self.fps:
             self.log.warning("%s runs at %g fps, not camera.fps = %g: frames come %s than the pipeline's period",
                              self.path, cap.fps_given, self.fps, "less often" if cap.fps_given < self.fps else "faster")
+
+    def _check_yuv(self, driver: tuple[str | None, str]) -> None:
+        """A YUV slot decodes as camera.yuv_matrix/yuv_range say: warn where the driver says otherwise."""
+        if self.slot_format not in ("yuyv", "nv12", "i420"):
+            return
+        cam = self.cfg.camera
+        ours = (getattr(cam, "yuv_matrix", "bt601"), getattr(cam, "yuv_range", "limited"))
+        matrix, rng = driver
+        if matrix is None:
+            self.log.warning("%s reports a YCbCr matrix the kernels do not decode (BT.2020 or SMPTE 240M); "
+                             "frames decode as %s", self.path, ours[0])
+        elif (matrix, rng) != ours:
+            self.log.warning("%s reports %s %s range; camera.yuv_matrix/yuv_range decode it as %s %s: set "
+                             "yuv_matrix = \"%s\", yuv_range = \"%s\" for true colours", self.path, matrix, rng,
+                             *ours, matrix, rng)
 
     def _drop(self) -> None:
         """Close the device (after it vanished or stalled); the views into its buffers go first."""
@@ -127,7 +143,8 @@ class V4L2Stage(CameraSource):
             self._open()
         except (v4l2.CameraError, OSError) as e:
             wait = self.backoff.failed(now)
-            self.log.debug("reopening %s failed (%s); next try in %.1f s", self.path, e, wait)
+            (self.log.warning if self.backoff.attempts <= 2 else self.log.debug)(
+                "reopening %s failed (%s); next try in %.1f s", self.path, e, wait)
 
     def tick(self) -> None:
         now = time.monotonic_ns()
