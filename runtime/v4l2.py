@@ -486,8 +486,8 @@ def scan(root: str | Path = "/dev") -> Scan:
     return out
 
 
-def open_error(path: str, e: OSError) -> CameraError:
-    """The refusal for a device that cannot be opened or configured, by its errno."""
+def open_error(path: str, e: OSError, doing: str = "") -> CameraError:
+    """The refusal for a device that cannot be opened or configured, by its errno (`doing`: the step)."""
     if e.errno == errno.ENOENT:
         nodes = ", ".join(str(p) for p in video_nodes()) or "none"
         return CameraError(f"camera.device {path}: no such device (video nodes here: {nodes}); plug the camera in, "
@@ -497,7 +497,7 @@ def open_error(path: str, e: OSError) -> CameraError:
     if e.errno == errno.EBUSY:
         return CameraError(f"camera.device {path}: busy (another program is streaming from it: "
                            f"`fuser {path}` names it); stop it or pick another device")
-    return CameraError(f"camera.device {path}: {e.strerror or e}")
+    return CameraError(f"camera.device {path}: {doing + ': ' if doing else ''}{e.strerror or e}")
 
 
 class Capture:
@@ -521,24 +521,28 @@ class Capture:
         self.maps: list[list[mmap.mmap]] = []
         self.streaming = False
         self.yuv: tuple[str | None, str] = ("bt601", "limited")  # the driver's colorimetry (S_FMT)
+        doing = "opening it"
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             self.poll = select.poll()
             self.poll.register(self.fd, select.POLLIN)
             self._dq, self._dq_planes = self._buffer_struct()
             self._q, self._q_planes = self._buffer_struct()
+            doing = f"setting the format {fmt.fourcc} {width}x{height} (VIDIOC_S_FMT)"
             self.geometry = self._set_format(fmt.fourcc, width, height)
             if self.mplane:
                 self.n_planes = max(p.buffer for p in self.geometry.planes) + 1
             self.fps_asked, self.fps_given = fps, self._set_rate(fps)
+            doing = f"mapping {n_buffers} buffers (VIDIOC_REQBUFS/QUERYBUF, mmap)"
             self._map(n_buffers)
+            doing = "starting the stream (VIDIOC_STREAMON)"
             _ioctl(self.fd, lp.IOC.STREAMON, _cint(self.type))
             self.streaming = True
         except OSError as e:
             self.close()
             if isinstance(e, CameraError):
                 raise
-            raise open_error(self.path, e) from None
+            raise open_error(self.path, e, doing) from None
         # dequeued-frame fields, filled by `read` (set once here: a frame allocates no structs)
         self.used = self.flags = self.sequence = self.secs = self.usecs = 0
 
@@ -578,7 +582,12 @@ class Capture:
         if cap.capability & CAPTURE_TIMEPERFRAME:
             frac = Fraction(fps).limit_denominator(1001)
             cap.timeperframe.numerator, cap.timeperframe.denominator = frac.denominator, frac.numerator
-            _ioctl(self.fd, self.lp.IOC.S_PARM, parm)
+            try:
+                _ioctl(self.fd, self.lp.IOC.S_PARM, parm)  # the driver writes back the rate it chose
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise
+                _ioctl(self.fd, self.lp.IOC.G_PARM, parm)  # refused: it runs at the rate it had
         t = cap.timeperframe
         return t.denominator / t.numerator if t.numerator else 0.0
 

@@ -280,6 +280,11 @@ def test_open_errors_name_the_device_and_the_fix(err, text):
     assert isinstance(e, v4l2.CameraError) and str(e).startswith(text), str(e)
 
 
+def test_other_open_errors_name_the_step():
+    e = v4l2.open_error("/dev/video7", OSError(errno.EINVAL, "Invalid argument"), "setting the format YUYV 640x480")
+    assert str(e) == "camera.device /dev/video7: setting the format YUYV 640x480: Invalid argument"
+
+
 def test_a_missing_device_is_a_clear_error_from_the_real_open():
     with pytest.raises(v4l2.CameraError, match="/dev/video-none: no such device"):
         try:
