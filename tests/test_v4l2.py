@@ -389,9 +389,12 @@ def test_a_real_camera_through_the_pipeline_threads_mode():
     found = v4l2.scan()
     if not found.devices:
         pytest.skip(f"V4L2: {found.why_none()}")
+    from edgert.runtime.config import choices
+
     dev = found.devices[0]
     pick = None
-    for fourccs, extra in ((v4l2.MJPEG_FOURCCS, {"device_format": "mjpeg"}), (v4l2.FOURCCS["bgr"], {})):
+    native = [(v4l2.FOURCCS[f], {"format": f}) for f in ("yuyv", "nv12", "i420") if f in choices("camera.format")]
+    for fourccs, extra in (*native, (v4l2.MJPEG_FOURCCS, {"device_format": "mjpeg"}), (v4l2.FOURCCS["bgr"], {})):
         for f in (dev.format(c) for c in fourccs):
             sizes = [s for s in (f.sizes if f else ()) if not s.stepwise and s.fps]
             if sizes:
@@ -401,8 +404,9 @@ def test_a_real_camera_through_the_pipeline_threads_mode():
         if pick:
             break
     if pick is None:
-        pytest.skip(f"V4L2: {dev.path} offers no MJPEG or BGR3/RGB3 size (camera.format is bgr until the fmt "
-                    f"branch); it offers {', '.join(f.fourcc for f in dev.formats)}")
+        pytest.skip(f"V4L2: {dev.path} offers no format camera.format takes here "
+                    f"({', '.join(choices('camera.format'))}, or MJPEG); it offers "
+                    f"{', '.join(f.fourcc for f in dev.formats)}")
     from conftest import SHARED_MACHINE_CONTROL
 
     from edgert.runtime.config import DEFAULT_CONFIG, load
