@@ -420,14 +420,22 @@ def test_a_real_camera_through_the_pipeline_threads_mode():
 
 
 # -- the source stage on a scripted device -------------------------------------------------------
-class FakeDevice:
-    """What cannot run here (no /dev/video*): a BGR3 camera behind `v4l2.probe` and `v4l2.Capture`,
-    with pitched rows, monotonic driver timestamps 3 ms before dequeue, a frame every 20 ms, and
-    switches to unplug it (DQBUF fails, the node is gone) or stall it (no frame, device still open).
-    Everything the stage does with it is the stage's real code: views, copy, stamps, reconnects."""
+FAKE_SLOT = {"BGR3": "bgr", "RGB3": "rgb", "YUYV": "yuyv", "NV12": "nv12", "NM12": "nv12", "YU12": "i420",
+             "YM12": "i420"}
 
-    def __init__(self, w: int, h: int) -> None:
-        self.w, self.h = w, h
+
+class FakeDevice:
+    """What cannot run here (no /dev/video*): a camera behind `v4l2.probe` and `v4l2.Capture` giving
+    `fourcc` frames laid out as a driver does (rows padded by PAD bytes of 0xa5; multi-planar
+    fourccs in one buffer per plane), monotonic driver timestamps 3 ms before dequeue, a frame every
+    20 ms, and switches to unplug it (DQBUF fails, the node is gone) or stall it (no frame, device
+    still open). Everything the stage does with it is the stage's real code: views, copy, stamps,
+    reconnects."""
+
+    PAD = 8
+
+    def __init__(self, w: int, h: int, fourcc: str = "BGR3") -> None:
+        self.w, self.h, self.fourcc = w, h, fourcc
         self.present, self.unplugged, self.stalled = True, False, False
         self.opened = 0
         self.stamp_of: dict[int, int] = {}  # sequence -> driver timestamp (ns)
@@ -436,22 +444,34 @@ class FakeDevice:
     def probe(self, path):
         if not self.present:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        mplane = self.fourcc in v4l2.MULTIPLANAR
         return CameraDevice(str(path), "fake", "Scripted Cam", "test", (
-            PixelFormat("BGR3", "24-bit BGR", (FrameSize(self.w, self.h, (30.0,)),)),))
+            PixelFormat(self.fourcc, "scripted", (FrameSize(self.w, self.h, (30.0,)),), multiplanar=mplane),),
+            multiplanar=mplane)
+
+    def geometry(self, width: int, height: int) -> Geometry:
+        row = width * {"YUYV": 2, "BGR3": 3, "RGB3": 3}.get(self.fourcc, 1)
+        if self.fourcc == "NM12":
+            return Geometry.multi("NM12", width, height, [row + self.PAD, row + 2 * self.PAD])
+        if self.fourcc == "YM12":
+            return Geometry.multi("YM12", width, height, [row + self.PAD, row // 2 + self.PAD, row // 2 + self.PAD])
+        return Geometry.single(self.fourcc, width, height, row + self.PAD)
 
     def capture(self, dev, fmt, width, height, fps, n_buffers=4):
         fake = self
         fake.opened += 1
+        geom = self.geometry(width, height)
 
         class Cap:
-            geometry = Geometry.single("BGR3", width, height, 3 * width + 8)
+            geometry = geom
             fps_given = fps
             yuv = ("bt601", "limited")
             used = flags = sequence = secs = usecs = 0
 
             def __init__(self):
-                size = height * (3 * width + 8)  # sizeimage: whole pitched rows
-                self.buffers = [[bytearray(b"\xa5" * size)] for _ in range(n_buffers)]
+                sizes = [n + fake.PAD * 2 * height for n in geom.needed()]  # a driver's sizeimage: whole rows and more
+                self.buffers = [[bytearray(b"\xa5" * n) for n in sizes] for _ in range(n_buffers)]
+                self.planes = [v4l2.source_views(geom, bufs, FAKE_SLOT[fake.fourcc]) for bufs in self.buffers]
                 self.next_ns = time.monotonic_ns()
                 self.i = 0
 
@@ -466,8 +486,8 @@ class FakeDevice:
                 self.next_ns = max(self.next_ns + 20_000_000, time.monotonic_ns())
                 fake.seq += 1
                 idx, self.i = self.i, (self.i + 1) % n_buffers
-                rows = np.frombuffer(self.buffers[idx][0], np.uint8).reshape(height, -1)
-                rows[:, : 3 * width] = fake.seq % 251  # pixels say which frame; padding stays
+                for plane in self.planes[idx]:
+                    plane[...] = 16 + fake.seq % 200  # pixels say which frame; the padding stays 0xa5
                 ts = time.monotonic_ns() - 3_000_000
                 fake.stamp_of[fake.seq] = ts // 1000 * 1000  # a timeval holds microseconds
                 self.used, self.flags, self.sequence = len(self.buffers[idx][0]), v4l2.BUF_FLAG_TIMESTAMP_MONOTONIC, fake.seq
@@ -537,7 +557,7 @@ def test_the_v4l2_stage_copies_stamps_and_reconnects(monkeypatch):
         got = next_frames(5)
         ids = [g[0] for g in got]
         assert ids == sorted(set(ids))
-        by_value = {seq % 251: ts for seq, ts in fake.stamp_of.items()}
+        by_value = {16 + seq % 200: ts for seq, ts in fake.stamp_of.items()}
         for _, stamp, value in got:
             assert stamp == by_value[value]  # the driver's timestamp is the frame's capture stamp
 
@@ -561,3 +581,37 @@ def test_the_v4l2_stage_copies_stamps_and_reconnects(monkeypatch):
         harness.close()
         pool.close()
     assert harness.code == 0 and stage.errors == 0
+
+
+@pytest.mark.parametrize("fourcc", ["BGR3", "YUYV", "NM12"])
+def test_the_pipeline_on_a_scripted_camera_threads_mode(monkeypatch, tiny_model, tmp_path, fourcc):
+    """The whole pipeline in threads mode (one process, so the scripted device stands in for the
+    real one in the capture stage): frames in the camera's own format reach preprocess, which
+    decodes them, and the model's commands come out."""
+    from conftest import SHARED_MACHINE_CONTROL
+
+    from edgert.runtime.config import DEFAULT_CONFIG, choices
+    from edgert.runtime.supervisor import Supervisor
+
+    fmt = FAKE_SLOT[fourcc]
+    if fmt not in choices("camera.format"):
+        pytest.skip(f"camera.format {fmt!r} is not taken by this pipeline yet (only {choices('camera.format')})")
+    from edgert.runtime import signing
+
+    manifest = tiny_model / "manifest.toml"
+    manifest.write_text(manifest.read_text().replace('markets = ["EU"]', 'markets = ["sim"]\npublisher = "v4l2-test"'))
+    pem, _ = signing.keygen(tmp_path / "keys", "v4l2-test")
+    signing.sign(tiny_model, pem)
+    fake = FakeDevice(64, 48, fourcc)  # the tiny model's frame size
+    monkeypatch.setattr(v4l2, "probe", fake.probe)
+    monkeypatch.setattr(v4l2, "Capture", fake.capture)
+    cfg = load(DEFAULT_CONFIG).replace(
+        camera={"source": "v4l2", "device": "/dev/video-fake", "width": 64, "height": 48, "fps": 30.0, "format": fmt,
+                "dark_level": 0.0, "frozen_frames": 0},  # the scripted frames are flat: no health takeovers
+        control=SHARED_MACHINE_CONTROL, infer={"model": str(tiny_model), "trusted_keys": str(tmp_path / "keys")})
+    s = Supervisor(cfg, duration_s=3.0, mode="threads").run()
+    assert s["frames"] >= 10, s
+    for name, st in s["stages"].items():
+        assert st["errors"] == 0 and st["rejected"] == 0, (name, st)
+    assert fake.opened == 1 and fake.seq >= s["frames"]
+    assert s["commands"]["model_commands"] >= 10, s["commands"]  # the frames went all the way round
