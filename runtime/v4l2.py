@@ -229,6 +229,15 @@ class Geometry:
         """A multi-planar format (VIDEO_CAPTURE_MPLANE): plane i in buffer i, with its own pitch."""
         return cls(fourcc, width, height, tuple(Plane(i, 0, p) for i, p in enumerate(pitches)))
 
+    @classmethod
+    def of(cls, fourcc: str, width: int, height: int, pitches: Sequence[int], sizeimage: int = 0) -> Geometry:
+        """What S_FMT reported, either API: the M formats (NM12, YM12) one buffer per plane; every
+        other format in one buffer, also through the multi-planar API (num_planes = 1, as ISP
+        drivers give NV12), its planes where V4L2 puts them."""
+        if fourcc in MULTIPLANAR:
+            return cls.multi(fourcc, width, height, pitches)
+        return cls.single(fourcc, width, height, pitches[0] if pitches else 0, sizeimage)
+
     def needed(self) -> list[int]:
         """Bytes each of the frame's buffers must hold at least."""
         rows = self._rows()
@@ -555,15 +564,15 @@ class Capture:
             pm.width, pm.height, pm.pixelformat, pm.field = width, height, fourcc_int(fourcc), FIELD_NONE
             _ioctl(self.fd, self.lp.IOC.S_FMT, f)
             got = (fourcc_str(pm.pixelformat), pm.width, pm.height)
-            geom = Geometry.multi(got[0], pm.width, pm.height,
-                                  [pm.plane_fmt[i].bytesperline for i in range(pm.num_planes)])
+            geom = Geometry.of(got[0], pm.width, pm.height,
+                               [pm.plane_fmt[i].bytesperline for i in range(pm.num_planes)], pm.plane_fmt[0].sizeimage)
             self.yuv = yuv_encoding(pm.colorspace, pm.ycbcr_enc, pm.quantization)
         else:
             p = f.fmt.pix
             p.width, p.height, p.pixelformat, p.field = width, height, fourcc_int(fourcc), FIELD_NONE
             _ioctl(self.fd, self.lp.IOC.S_FMT, f)
             got = (fourcc_str(p.pixelformat), p.width, p.height)
-            geom = Geometry.single(got[0], p.width, p.height, p.bytesperline, p.sizeimage)
+            geom = Geometry.of(got[0], p.width, p.height, [p.bytesperline], p.sizeimage)
             self.yuv = yuv_encoding(p.colorspace, p.ycbcr_enc, p.quantization)
         if got != (fourcc, width, height):
             raise CameraError(f"camera.device {self.path}: asked {fourcc} {width}x{height}, the driver gave "

@@ -81,6 +81,14 @@ def test_nv12_uv_plane_at_a_driver_reported_offset(rng):
     np.testing.assert_array_equal(slot, np.concatenate([y, uv]))
 
 
+def test_single_buffer_formats_through_the_multiplanar_api_keep_their_layout():
+    """ISP drivers give NV12 through VIDEO_CAPTURE_MPLANE with num_planes = 1: one buffer, the
+    UV plane after the pitched Y rows, as through the single-planar API."""
+    assert Geometry.of("NV12", W, H, [W + 12]) == Geometry.single("NV12", W, H, W + 12)
+    assert Geometry.of("NM12", W, H, [W + 12, W + 4]) == Geometry.multi("NM12", W, H, [W + 12, W + 4])
+    assert Geometry.of("YU12", W, H, [W]).planes[2] == v4l2.Plane(0, W * H + (W // 2) * (H // 2), W // 2)
+
+
 def test_nv12m_two_planes_with_their_own_pitches(rng):
     y = rng.integers(0, 256, (H, W), np.uint8)
     uv = rng.integers(0, 256, (H // 2, W), np.uint8)
