@@ -3,8 +3,10 @@
 The regression check for a new model variant (`edgert replay`): the frames a car recorded go
 through today's preprocessing, model and control, and the new outputs are compared with the
 recorded ones per frame id. Raw frames (/camera/raw) are copied into the camera pool exactly
-as recorded, so the model sees bit-identical input; JPEG frames (/camera/jpeg) are decoded
-first and are therefore close, not identical.
+as recorded, in the camera's own pixel format (camera.format must be the recording's: `edgert
+replay` sets it from the file's metadata), so the model sees bit-identical input; JPEG frames
+(/camera/jpeg) are decoded first (and, for a YUV camera.format, encoded to it as the simulator
+does, runtime/pixconvert.py) and are therefore close, not identical.
 
 Frames keep their recorded ids (that is how outputs are matched) and get a fresh CAPTURE stamp
 (the pipeline's deadlines apply to the replay as to a live camera). Pacing (replay.speed):
@@ -28,6 +30,7 @@ import numpy as np
 
 from edgert.runtime.config import ConfigError
 from edgert.runtime.fleet import mcapio
+from edgert.runtime.pixconvert import BgrTo
 from edgert.runtime.stages.source import CameraSource
 from edgert.runtime.transport import latest_reader
 from edgert.runtime.wire import MsgType
@@ -75,13 +78,17 @@ class ReplayStage(CameraSource):
         self.pending = self._next_frame()
         if self.pending is None:
             raise mcapio.RecordingError(f"{self.path}: no readable frame")
+        self.open_camera()
         self.shape = self.pending[2].shape
-        want = (cam.height, cam.width, 3)
-        if self.shape[-3:] != want:
-            raise ConfigError(f"{self.path}: frames are {self.shape[-2]}x{self.shape[-3]}, the pipeline's camera is "
-                             f"{cam.width}x{cam.height}; set camera.width/height to the recording's "
-                             "(`edgert replay` does this itself)")
-        self.open_camera(self.shape)
+        # JPEG frames decode to BGR: encoded to a YUV camera.format as the simulator does
+        self.to_format = (BgrTo(cam.format, cam.height, cam.width)
+                          if self.topic == mcapio.JPEG_TOPIC and cam.format != "bgr" and cam.cameras == 1 else None)
+        want = (cam.height, cam.width, 3) if self.to_format is not None else self.layout.shape
+        if self.shape != want:
+            raise ConfigError(f"{self.path}: frames are {self.shape} arrays, the pipeline's camera stream wants "
+                              f"{want} ({cam.width}x{cam.height} {cam.format}, {cam.cameras} camera(s)); "
+                              "set camera.width/height/format/cameras to the recording's (`edgert replay` does "
+                              "this itself, from the file's metadata)")
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
         self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.results = self.own(latest_reader(ctx, ep, "results"))
@@ -168,7 +175,10 @@ class ReplayStage(CameraSource):
 
     def _publish(self, frame_id: int, pixels: np.ndarray) -> None:
         slot, view = self.output.acquire()
-        np.copyto(view, pixels)
+        if self.to_format is not None:
+            self.to_format(pixels, view)
+        else:
+            np.copyto(view, pixels)
         self.output.publish(slot, frame_id)
         self.frames += 1
         self.last_id = frame_id
