@@ -228,8 +228,9 @@ class RecordSection:
     ring_s: float = setting(10.0, gt=0, le=600.0, unit="s", why="the ring is held in memory")
     # bytes bound of the ring in MiB; 0 = sized for ring_s of frames at the camera's size and rate
     ring_mb: int = setting(0, ge=0, le=65536, unit="MiB", why="the ring is held in memory")
-    # raw (bit-exact, replayable) | jpeg (foxglove.CompressedImage, lossy) | none
-    frames: str = setting("raw", choices=("raw", "jpeg", "none"))
+    # raw (bit-exact, replayable) | image (foxglove.RawImage in camera.format, bit-exact, viewable in
+    # Foxglove) | jpeg (foxglove.CompressedImage, lossy) | none
+    frames: str = setting("raw", choices=("raw", "image", "jpeg", "none"))
     jpeg_quality: int = setting(90, ge=1, le=100)
     compression: str = setting("lz4", choices=_compressions)  # MCAP chunk compression (runtime/fleet/mcapio.py)
     # a file never spans more than this: a crash loses at most the open one

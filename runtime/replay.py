@@ -127,12 +127,13 @@ def steering_outputs(paths: list[Path], index: int, scale: float) -> dict[int, f
 
 
 def frame_digests(paths: list[Path]) -> dict[int, str]:
-    """frame id -> blake2b of the raw pixel bytes, from /camera/raw."""
+    """frame id -> blake2b of the raw pixel bytes (as in the camera slot), from /camera/raw or /camera/image."""
     out: dict[int, str] = {}
     for p in paths:
         try:
-            for _, msg in mcapio.iter_messages(p, {mcapio.RAW_TOPIC}):
-                fr = mcapio.decode_raw_frame(msg.data)
+            for topic, msg in mcapio.iter_messages(p, {mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC}):
+                fr = (mcapio.decode_raw_frame(msg.data) if topic == mcapio.RAW_TOPIC
+                      else mcapio.decode_raw_image(msg.data))
                 out[fr.frame_id] = hashlib.blake2b(fr.pixels.tobytes(), digest_size=16).hexdigest()
         except mcapio.TruncatedRecording as e:
             log.warning("%s", e)
@@ -181,7 +182,7 @@ def replay_config(path: Path, local: PipelineConfig, meta: dict[str, str], out_d
     """
     _, _, first = next(iter_frames(str(path), topic))
     # raw frames go back in their recorded format; JPEG frames decode to BGR
-    cam = recorded_camera(meta if topic == mcapio.RAW_TOPIC else {})
+    cam = recorded_camera(meta if topic in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC) else {})
     n_cameras, h, w = image_size(cam["format"], first.shape)
     model = model or recorded_model(meta)
     if model is None:
@@ -280,7 +281,7 @@ def run_replay(path: str | Path, config: PipelineConfig | None = None, model: st
             report.notes.append("frames were recorded as JPEG: the replay's input is close to, not identical "
                                 "with, what the model saw; expect small differences")
         if verify_frames:
-            if topic != mcapio.RAW_TOPIC:
+            if topic not in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC):
                 report.notes.append("frames not verified: only raw frames can be compared bit for bit")
             else:
                 old, new = frame_digests([path]), frame_digests(new_files)

@@ -428,6 +428,9 @@ class RecorderStage(Node):
                 raise ValueError(f"JPEG encoding failed for frame {frame.frame_id}")
             return mcapio.JPEG_TOPIC, log_ns, pub_ns, mcapio.jpeg_json(jpg.tobytes(), frame.frame_id, pub_ns), \
                 frame.frame_id
+        if self.cfg.record.frames == "image":  # foxglove.RawImage in the camera's format, bit-exact
+            return mcapio.IMAGE_TOPIC, log_ns, pub_ns, mcapio.raw_image_json(
+                data[:_FRAME_HEADER], pixels, self.cfg.camera.format, pub_ns), frame.frame_id
         body = data if pixels is frame.pixels else data[:_FRAME_HEADER] + pixels.tobytes()
         return mcapio.RAW_TOPIC, log_ns, pub_ns, body, frame.frame_id
 

@@ -2,7 +2,7 @@
 
 The regression check for a new model variant (`edgert replay`): the frames a car recorded go
 through today's preprocessing, model and control, and the new outputs are compared with the
-recorded ones per frame id. Raw frames (/camera/raw) are copied into the camera pool exactly
+recorded ones per frame id. Raw frames (/camera/raw, or /camera/image) are copied into the camera pool exactly
 as recorded, in the camera's own pixel format (camera.format must be the recording's: `edgert
 replay` sets it from the file's metadata), so the model sees bit-identical input; JPEG frames
 (/camera/jpeg) are decoded first (and, for a YUV camera.format, encoded to it as the simulator
@@ -40,9 +40,10 @@ RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command fo
 
 
 def frame_topic(path: str, info: mcapio.RecordingInfo | None = None) -> str:
-    """/camera/raw or /camera/jpeg, whichever the recording has (raw preferred); RecordingError if neither."""
+    """/camera/raw, /camera/image or /camera/jpeg, whichever the recording has (in that order);
+    RecordingError if none."""
     info = info or mcapio.inspect(path)
-    for topic in (mcapio.RAW_TOPIC, mcapio.JPEG_TOPIC):
+    for topic in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC, mcapio.JPEG_TOPIC):
         if info.topics.get(topic):
             return topic
     raise mcapio.RecordingError(f"{path}: no frames to replay (topics: {', '.join(info.topics) or 'none'}); it was "
@@ -53,8 +54,8 @@ def frame_topic(path: str, info: mcapio.RecordingInfo | None = None) -> str:
 def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
     """(frame id, capture monotonic ns, pixels) of every recorded frame, in file order."""
     for _, msg in mcapio.iter_messages(path, {topic}):
-        if topic == mcapio.RAW_TOPIC:
-            fr = mcapio.decode_raw_frame(msg.data)
+        if topic in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC):
+            fr = mcapio.decode_raw_frame(msg.data) if topic == mcapio.RAW_TOPIC else mcapio.decode_raw_image(msg.data)
             yield fr.frame_id, fr.capture_ns, fr.pixels
         else:
             import cv2
