@@ -309,3 +309,30 @@ def test_an_i420_foxglove_recording_replays_bit_exact(tmp_path):
     assert r.ok, text
     assert r.frames_replayed == info.topics[mcapio.IMAGE_TOPIC]
     assert r.frames_checked >= 0.9 * r.frames_replayed and r.frames_bit_exact == r.frames_checked > 0, text
+
+
+# -- the frames source and the naive baseline in the camera's format ---------------------------
+def test_naive_baseline_decodes_the_camera_format_with_opencv():
+    from edgert.bench import pipeline
+    from edgert.bench._naive import STAGE_CLASSES
+
+    cfg = pipeline.scenario_config(load(DEFAULT_CONFIG), "single-stream", frames=2).replace(camera={"format": "yuyv"})
+    s = Supervisor(cfg, duration_s=2.0, mode="threads", stage_classes=STAGE_CLASSES).run()
+    assert s["commands"]["model_commands"] >= 20, s["commands"]  # yuyv frames, decoded by cvtColor, steered
+    assert all(st["errors"] == 0 and st["restarts"] == 0 for st in s["stages"].values()), s["stages"]
+
+
+def test_two_nv12_cameras_in_lock_step_make_one_batch(tmp_path):
+    """The frames source's (2, H * 3 / 2, W) slot, preprocessed into one batch-2 tensor."""
+    from edgert.bench import pipeline
+    from edgert.bench._batchmodel import batch_variant
+
+    cfg = pipeline.scenario_config(load(DEFAULT_CONFIG), "multi-stream", cameras=2, frames=2)
+    model_dir, keys = batch_variant(cfg.model_dir(), 2, str(tmp_path))
+    cfg = cfg.replace(camera={"format": "nv12", "fps": 10.0}, infer={"model": str(model_dir), "trusted_keys": str(keys)},
+                      control=SHARED_MACHINE_CONTROL)
+    assert layout(CAMERA_STREAM, cfg).shape == (2, 1620, 1920)
+    s = Supervisor(cfg, duration_s=3.0, mode="threads").run()
+    assert s["commands"]["model_commands"] >= 10, s["commands"]
+    assert set(s["commands"]["takeover_reasons"]) <= {"SHUTDOWN", "DEADLINE"}, s["commands"]  # no camera fault
+    assert all(st["errors"] == 0 and st["rejected"] == 0 for st in s["stages"].values()), s["stages"]
