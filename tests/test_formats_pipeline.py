@@ -242,7 +242,7 @@ def _work(tmp_path):  # type: ignore[no-untyped-def]
     return tmp_path / "work"
 
 
-def test_an_nv12_recording_replays_bit_exact(tmp_path):
+def test_an_nv12_recording_replays_bit_exact(tmp_path, caplog):
     model, keys = signed_tiny(tmp_path)
     cfg = pipeline_config(model, keys, mode="all", dir=str(tmp_path / "rec"), pre_s=0.0, ring_s=2.0)
     cfg = cfg.replace(camera={"format": "nv12"})
@@ -260,6 +260,14 @@ def test_an_nv12_recording_replays_bit_exact(tmp_path):
     assert r.ok, text
     assert r.frames_checked >= 0.9 * r.frames_replayed and r.frames_bit_exact == r.frames_checked > 0, text
     assert r.max_abs_diff == 0.0
+    # replayed by hand into a camera of another format of the same shape: refused, with the fix
+    from edgert.runtime.supervisor import StageFailed
+
+    wrong = local.replace(camera={"source": "replay", "format": "i420"}, replay={"file": str(path), "speed": 0.0})
+    with pytest.raises(StageFailed, match="stage capture failed during start-up"):
+        Supervisor(wrong, duration_s=5.0, mode="threads").run()
+    assert "frames recorded in camera.format 'nv12', the pipeline's camera is 'i420'; set camera.format = " \
+        '"nv12"' in caplog.text
 
 
 @pytest.mark.parametrize("fmt,shape,encoding,height,step", [

@@ -74,7 +74,12 @@ class ReplayStage(CameraSource):
         self.path = str(self.cfg.replay_file())
         self.speed = self.cfg.replay.speed
         self.topic = frame_topic(self.path)
-        offset = int(mcapio.read_metadata(self.path).get("wall_offset_ns", "0"))
+        meta = mcapio.read_metadata(self.path)
+        offset = int(meta.get("wall_offset_ns", "0"))
+        recorded = meta.get("camera_format", "bgr")  # files from before formats were recorded hold BGR
+        if self.topic != mcapio.JPEG_TOPIC and recorded != cam.format:  # NV12 and I420 even share a shape
+            raise ConfigError(f"{self.path}: frames recorded in camera.format {recorded!r}, the pipeline's camera is "
+                              f"{cam.format!r}; set camera.format = \"{recorded}\" (`edgert replay` does this itself)")
         self.frames_iter = iter_frames(self.path, self.topic, offset)
         self.pending = self._next_frame()
         if self.pending is None:
