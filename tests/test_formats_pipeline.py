@@ -198,7 +198,7 @@ def test_preprocess_stage_decodes_the_camera_format_as_the_reference(fmt):
 
 # -- the closed loop in the camera's format --------------------------------------------------
 @pytest.mark.parametrize("fmt,mode", [("nv12", "processes"), ("nv12", "threads"), ("i420", "threads"),
-                                      ("yuyv", "threads")])
+                                      ("yuyv", "threads"), ("rgb", "threads")])
 def test_closed_loop_runs_in_the_camera_format(fmt, mode):
     cfg = load(DEFAULT_CONFIG).replace(camera={"format": fmt}, control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
@@ -227,13 +227,37 @@ def _check_formats_summary(s: dict, min_frames: int) -> None:
             assert st["rejected"] == 0 and st["errors"] == 0 and st["restarts"] == 0, (name, st)
 
 
-def test_a_blackout_in_nv12_is_a_camera_takeover():
-    """The simulator's blackout scenario rendered in NV12: black luma (16) with grey chroma is seen
-    as dark (a whole-buffer mean would not be), and control hands over for it."""
-    cfg = load(DEFAULT_CONFIG).replace(camera={"format": "nv12"}, sim={"scenario": "blackout"},
+@pytest.mark.parametrize("name", ["blackout", "frozen", "tunnel", "changing_light"])
+def test_camera_and_light_scenarios_end_as_expected_in_nv12(name):
+    """The simulator's camera faults and light changes, rendered in NV12: black luma (16) with grey
+    chroma is dark (a whole-buffer mean would not be), a repeated buffer is frozen, and the model's
+    [odd] light range read in luma hands over in the tunnel but not in the gentle light change.
+    Ends once the camera has made the scenario's frames, as tests/test_scenarios.py does."""
+    import time
+
+    from edgert.runtime.sim import scenarios
+
+    scn = scenarios.get(name)
+    cfg = load(DEFAULT_CONFIG).replace(camera={"format": "nv12"}, sim={"scenario": name},
                                        control=SHARED_MACHINE_CONTROL)
-    s = Supervisor(cfg, duration_s=3.0, mode="threads").run()
-    assert "CAMERA_BLACKOUT" in s["commands"]["takeover_reasons"], s["commands"]
+    sup = Supervisor(cfg, duration_s=600.0, mode="threads")  # 600 s only bounds a hung test
+    frames = scn.duration_s * cfg.camera.fps
+
+    def stop_at_the_end() -> None:
+        while not sup.stop_requested.is_set():
+            if (sup.status["capture"].counters or {}).get("frames", 0) >= frames:
+                sup.stop_requested.set()
+            time.sleep(0.05)
+    threading.Thread(target=stop_at_the_end, daemon=True).start()
+    s = sup.run()
+    sup.stop_requested.set()
+    outcome = scenarios.judge(scn, s, cfg.camera.fps)
+    reasons = set(s["commands"]["takeover_reasons"]) - {"SHUTDOWN", "DEADLINE"}  # DEADLINE: a loaded machine
+    if scn.expect == scenarios.IN_LANE:
+        assert not reasons and s["lane"]["departures"] == 0, (s["commands"], s["lane"])
+    else:
+        assert reasons == {scn.expect} and outcome.reaction_frames is not None, (outcome, s["takeovers"])
+        assert 0 <= outcome.reaction_frames <= scn.react_frames, outcome
 
 
 # -- record and replay in the camera's format ------------------------------------------------
