@@ -370,3 +370,23 @@ def test_two_nv12_cameras_in_lock_step_make_one_batch(tmp_path):
     assert s["commands"]["model_commands"] >= 10, s["commands"]
     assert set(s["commands"]["takeover_reasons"]) <= {"SHUTDOWN", "DEADLINE"}, s["commands"]  # no camera fault
     assert all(st["errors"] == 0 and st["rejected"] == 0 for st in s["stages"].values()), s["stages"]
+
+
+def test_a_recorder_that_must_anonymise_a_yuv_camera_refuses_to_start(tmp_path, caplog):
+    """The anonymiser works on BGR images: a region whose policy anonymises, with an NV12 camera,
+    is a start-up refusal naming the fix, never frames recorded unfiltered."""
+    from edgert.runtime.fleet import crypto
+    from edgert.runtime.stages.recorder import RecorderStage
+
+    model, keys = signed_tiny(tmp_path)
+    crypto.keygen(tmp_path / "fleet-keys", "eu")  # region eu of the shipped policy: anonymise and encrypt
+    cfg = pipeline_config(model, keys, dir=str(tmp_path / "rec"), region="eu").replace(camera={"format": "nv12"})
+    h = StageHarness(cfg)
+    try:
+        h.start(RecorderStage)
+        h.thread.join(30)
+        assert h.code is not None and h.code != 0  # setup failed: the stage ended
+    finally:
+        h.close()
+    assert "its policy anonymises frames, which works on BGR images, and camera.format is 'nv12'" in caplog.text
+    assert not list((tmp_path / "rec").glob("*.mcap"))
