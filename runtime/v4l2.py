@@ -304,9 +304,10 @@ def slot_parts(slot: np.ndarray, slot_format: str, width: int, height: int) -> l
 
 
 def slot_shape(slot_format: str, width: int, height: int) -> tuple[int, ...]:
-    """The packed slot of one frame (kernels/formats.py): what the camera stream's layout must be."""
-    return {"bgr": (height, width, 3), "rgb": (height, width, 3), "yuyv": (height, width, 2),
-            "nv12": (height * 3 // 2, width), "i420": (height * 3 // 2, width)}[slot_format]
+    """The packed slot of one frame (kernels/formats.py): the camera stream's layout (topics.frame_shape)."""
+    from edgert.runtime.topics import frame_shape
+
+    return frame_shape(slot_format, height, width)
 
 
 def copy_frame(src: Sequence[np.ndarray], dst: Sequence[np.ndarray]) -> None:

@@ -376,7 +376,9 @@ def test_config_keys():
                      ({"device_format": "mjpeg"}, "camera.device_format: set, but camera.source is 'sim'"),
                      ({"source": "v4l2", "device": "video0"}, "camera.device: 'video0' is not a device path"),
                      ({"source": "v4l2", "device": "/dev/video0", "device_format": "h264"},
-                      "camera.device_format: 'h264' is not one of '', 'mjpeg'")]:
+                      "camera.device_format: 'h264' is not one of '', 'mjpeg'"),
+                     ({"source": "v4l2", "device": "/dev/video0", "device_format": "mjpeg", "format": "nv12"},
+                      "camera.device_format: \"mjpeg\" is decoded to BGR, and camera.format is 'nv12'")]:
         with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
             from_dict({"camera": raw})
 

@@ -94,7 +94,7 @@ class V4L2Stage(CameraSource):
         if self.slot_format not in ("yuyv", "nv12", "i420"):
             return
         cam = self.cfg.camera
-        ours = (getattr(cam, "yuv_matrix", "bt601"), getattr(cam, "yuv_range", "limited"))
+        ours = (cam.yuv_matrix, cam.yuv_range)
         matrix, rng = driver
         if matrix is None:
             self.log.warning("%s reports a YCbCr matrix the kernels do not decode (BT.2020 or SMPTE 240M); "
