@@ -593,7 +593,7 @@ def test_the_v4l2_stage_copies_stamps_and_reconnects(monkeypatch):
     assert harness.code == 0 and stage.errors == 0
 
 
-@pytest.mark.parametrize("fourcc", ["BGR3", "YUYV", "NM12"])
+@pytest.mark.parametrize("fourcc", ["BGR3", "YUYV", "NM12", "YU12"])
 def test_the_pipeline_on_a_scripted_camera_threads_mode(monkeypatch, tiny_model, tmp_path, fourcc):
     """The whole pipeline in threads mode (one process, so the scripted device stands in for the
     real one in the capture stage): frames in the camera's own format reach preprocess, which
