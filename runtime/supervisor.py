@@ -601,6 +601,10 @@ def format_summary(s: dict[str, Any]) -> str:
         injected = ", ".join(f"{k.lower()} {v['frames']} frame(s)" for k, v in faults.items()) or "none"
         lines.append(f"  simulator: actuator timeouts {act.get('events', 0)} ({act.get('frames', 0)} frames "
                      f"ramped to neutral by the actuator); injected faults: {injected}")
+    cam = s.get("camera", {})
+    if cam.get("losses"):
+        lines.append(f"  camera lost {cam['losses']} time(s), {cam['lost_s']:.1f} s in all"
+                     f"{' (still lost at the end)' if cam['lost_now'] else ''}; first: {cam['events'][0]['why']}")
     refused = s.get("transport", {})
     if refused.get("foreign_heartbeats") or refused.get("denied_peers"):
         lines.append(f"  transport: {refused['foreign_heartbeats']} heartbeat(s) dropped (not from a stage this "
