@@ -41,6 +41,7 @@ _ORDER = [Stamp.CAPTURE, Stamp.PRE_RECV, Stamp.PRE_DONE, Stamp.INFER_RECV, Stamp
           Stamp.CTRL_RECV, Stamp.CTRL_SEND]
 STAMP_WINDOW = 1 << 16  # newest commands whose raw stamps are kept: 4 MiB, minutes at any camera rate
 TAKEOVERS_KEPT = 100  # takeovers listed in the summary (all are counted)
+REASON_CHANGES_KEPT = 8  # reasons listed per takeover, in order
 LOSSES_KEPT = 100  # camera losses listed in the summary (all are counted)
 
 
@@ -208,9 +209,15 @@ class Telemetry:
             c.takeover_events += 1
             reason = TakeoverReason(int(rec["reason"])).name
             c.takeover_reasons[reason] = c.takeover_reasons.get(reason, 0) + 1
-            self._takeover = {"t_ns": sent, "reason": reason, "resumed_ns": None}
+            self._takeover = {"t_ns": sent, "reason": reason, "reasons": [reason], "resumed_ns": None}
             if len(self.takeovers) < TAKEOVERS_KEPT:
                 self.takeovers.append(self._takeover)
+        elif failsafe and self._takeover is not None:
+            # the reason may change within one takeover (a DEADLINE the source then says is CAMERA_LOST):
+            # each change is listed, at most REASON_CHANGES_KEPT of them
+            reasons, reason = self._takeover["reasons"], TakeoverReason(int(rec["reason"])).name
+            if reason != reasons[-1] and len(reasons) < REASON_CHANGES_KEPT:
+                reasons.append(reason)
         if not failsafe and self._in_failsafe and self._takeover is not None:
             self._takeover["resumed_ns"] = sent
         self._in_failsafe = failsafe
@@ -262,7 +269,7 @@ class Telemetry:
             "actuation_age": self.actuation_age.summary(),
             "commands": vars(self.checks),
             "e2e": vars(self.e2e.counters),
-            "takeovers": [{"t_ns": t["t_ns"], "reason": t["reason"],
+            "takeovers": [{"t_ns": t["t_ns"], "reason": t["reason"], "reasons": list(t["reasons"]),
                            "resumed_after_s": None if t["resumed_ns"] is None else (t["resumed_ns"] - t["t_ns"]) / 1e9}
                           for t in self.takeovers],
             "lane": {

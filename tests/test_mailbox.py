@@ -169,7 +169,7 @@ def test_a_pipeline_run_creates_and_removes_one_mailbox_per_hop():
     assert sup.endpoints.mailboxes
     assert sorted(m.segment.name for m in sup.mailboxes) == [
         segment_name(sup.run_id, f"mbox-{t}")  # `recorded` too: 4 KiB, whether or not a recorder runs
-        for t in ("commands", "frames", "recorded", "results", "tensors", "vehicle")]
+        for t in ("camera_state", "commands", "frames", "recorded", "results", "tensors", "vehicle")]
     assert s["leaked_segments"] == [] and shm.list_segments(sup.run_id) == []
     assert s["commands"]["model_commands"] > 0
 

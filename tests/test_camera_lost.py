@@ -1,0 +1,127 @@
+"""A camera that goes away mid-run, in the real pipeline: control hands over with CAMERA_LOST
+within one deadline of the last good frame, the source reconnects in place (never restarted), and
+model commands resume once frames flow again. Both execution modes; a reported loss and a stall."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_MACHINE_CONTROL
+
+from edgert.runtime.config import DEFAULT_CONFIG, load
+from edgert.runtime.stages.capture import CaptureStage
+from edgert.runtime.supervisor import Supervisor
+
+GOOD_FRAMES = 45  # before the camera goes away: a second and a half of model commands
+GONE_S = 1.0  # how long it stays away, longer than the deadline and the stall threshold
+
+
+class LosesCamera(CaptureStage):
+    """The simulator's camera, unplugged after GOOD_FRAMES frames for GONE_S: it says so
+    (camera_lost), delivers nothing, then says it is back (camera_back) and frames flow again."""
+
+    report = True  # False: it just stops delivering (a stall) and the base class must notice
+
+    def setup(self) -> None:
+        super().setup()
+        self.back_at_ns = 0  # 0 = not gone yet
+
+    def tick(self) -> None:
+        if not self.back_at_ns and self.frames >= GOOD_FRAMES:
+            self.back_at_ns = time.monotonic_ns() + int(GONE_S * 1e9)
+            if self.report:
+                self.camera_lost("test: /dev/video9 unplugged")
+        if self.back_at_ns and self.back_at_ns > 0:
+            if time.monotonic_ns() < self.back_at_ns:
+                self.ctx.stop.wait(self.period_ns / 1e9)  # a reconnect attempt per frame period
+                return
+            self.back_at_ns = -1  # back for good
+            if self.report:
+                self.camera_back()
+            self.next_tick = time.monotonic_ns()  # a reconnected camera starts afresh: no missed ticks
+        super().tick()
+
+
+class StallsCamera(LosesCamera):
+    report = False
+
+
+def _run(mode: str, source: str, monkeypatch) -> tuple[dict, Supervisor]:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    cfg = load(DEFAULT_CONFIG).replace(control=SHARED_MACHINE_CONTROL)
+    # the run ends once model commands resumed after the camera came back (600 s: only a bound)
+    sup = Supervisor(cfg, duration_s=600.0, mode=mode, stage_classes={"capture": f"{Path(__file__).stem}:{source}"})
+
+    def stop_once_resumed() -> None:
+        end = time.monotonic() + 180
+        try:
+            while time.monotonic() < end and not sup.stop_requested.is_set():
+                tel = sup.telemetry
+                if tel is not None and tel.camera.losses and any(
+                        t["resumed_ns"] is not None for t in list(tel.takeovers)):
+                    time.sleep(0.3)  # a few model commands after the recovery
+                    return
+                time.sleep(0.05)
+        finally:
+            sup.stop_requested.set()
+    t = threading.Thread(target=stop_once_resumed, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join(10)
+    return s, sup
+
+
+def _check_recovered(s: dict) -> dict:
+    assert s["stages"]["capture"]["restarts"] == 0, s["stages"]  # reconnected in place
+    assert all(st["errors"] == 0 and st["restarts"] == 0 for st in s["stages"].values()), s["stages"]
+    cam = s["camera"]
+    assert cam["losses"] == 1 and not cam["lost_now"], cam
+    loss = cam["events"][0]
+    assert loss["lost_s"] is not None and 0 < loss["lost_s"] <= GONE_S + 5, loss  # ended, once
+    assert loss["frame_id"] > 0 and loss["capture_ns"] > 0  # the last good frame, from the source's message
+    takeovers = [x for x in s["takeovers"] if x["reason"] != "SHUTDOWN"]
+    assert len(takeovers) == 1, s["takeovers"]
+    first = takeovers[0]
+    assert "CAMERA_LOST" in first["reasons"], first
+    assert first["resumed_after_s"] is not None, "model commands never resumed after the camera came back"
+    c = s["commands"]
+    assert c["model_commands"] > GOOD_FRAMES // 2 and c["out_of_range"] == 0, c
+    assert s["leaked_segments"] == []
+    return first
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_a_lost_camera_is_a_camera_lost_takeover_within_a_deadline_and_recovers_in_place(mode, monkeypatch):
+    s, sup = _run(mode, "LosesCamera", monkeypatch)
+    first = _check_recovered(s)
+    loss = s["camera"]["events"][0]
+    assert loss["why"] == "test: /dev/video9 unplugged" and loss["lost_s"] >= GONE_S * 0.5, loss
+    # reported as it happened: the takeover's own reason, and its first command (stamped by control)
+    # within one deadline of the last good frame's capture (stamped by the source)
+    assert first["reason"] == "CAMERA_LOST" and first["reasons"] == ["CAMERA_LOST"], first
+    assert s["commands"]["takeover_reasons"].get("DEADLINE", 0) == 0, s["commands"]
+    assert first["t_ns"] - loss["capture_ns"] <= sup.cfg.deadline_ns, (first, loss)
+    print(f"{mode}: CAMERA_LOST {(first['t_ns'] - loss['capture_ns']) / 1e6:.0f} ms after the last good frame, "
+          f"resumed after {first['resumed_after_s']:.2f} s")
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_a_stalled_camera_hands_over_within_a_deadline_and_ends_as_camera_lost(mode, monkeypatch):
+    """No word from the source, no frames: the deadline hands over (never later), and the source's
+    stall detection (no frame for max(deadline, 10 periods)) names it CAMERA_LOST; it ends by itself
+    when frames flow again."""
+    s, sup = _run(mode, "StallsCamera", monkeypatch)
+    first = _check_recovered(s)
+    loss = s["camera"]["events"][0]
+    assert loss["why"].startswith("no frame for ") and loss["why"].endswith(" ms (stalled)"), loss
+    assert first["reasons"][-1] == "CAMERA_LOST", first
+    # a deadline after the last good frame (that frame's command, then one deadline, then the watchdog's
+    # 10 ms poll; 0.1 s of slack for a shared 2-core machine, as the killed-stage tests allow)
+    assert first["t_ns"] - loss["capture_ns"] <= sup.cfg.deadline_ns + 100_000_000, (first, loss)
+    print(f"{mode}: takeover {first['reasons']} {(first['t_ns'] - loss['capture_ns']) / 1e6:.0f} ms after the last "
+          f"good frame, resumed after {first['resumed_after_s']:.2f} s")
