@@ -209,7 +209,7 @@ def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):
 
     h = StageHarness(from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}}))
     h.endpoints = Endpoints("inproc", h.run_id, mailboxes=True)
-    boxes = {t: Mailbox.create(h.run_id, t) for t in ("results", "commands", "vehicle")}
+    boxes = {t: Mailbox.create(h.run_id, t) for t in ("results", "commands", "vehicle", "camera_state")}
     commands = MailboxSource(Mailbox.attach(h.run_id, "commands"))
     h.start(ControlStage)
     time.sleep(0.3)
