@@ -355,8 +355,6 @@ def _validate_camera(rec: np.void) -> None:
     since, sent = int(rec["since_ns"]), int(rec["t_ns"])
     if not sent or not since or since > sent:
         raise WireError(f"CAMERA stamps since_ns {since} / t_ns {sent}: both set, since not after t_ns")
-    if int(rec["capture_ns"]) > sent + 1_000_000:  # e2e.CLOCK_SKEW_NS: a driver may stamp its exposure's end
-        raise WireError(f"CAMERA last frame captured ({int(rec['capture_ns'])}) after the message was sent ({sent})")
     why = bytes(rec["why"])  # numpy strips trailing NULs: any NUL or byte left must be printable ASCII
     if not all(0x20 <= b < 0x7F for b in why):
         raise WireError(f"CAMERA why {why!r} is not printable ASCII")

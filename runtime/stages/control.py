@@ -161,10 +161,10 @@ class ControlStage(Node):
 
     def tick(self, msg: bytes | None, now: int) -> None:
         """One result (or none) at `now`: act on it, watch the deadline, send a fail-safe command when due."""
+        if self.camera_lost and self.watch_from_ns and self.failsafe != TakeoverReason.CAMERA_LOST:
+            self._enter_failsafe(TakeoverReason.CAMERA_LOST, self.camera_lost)  # before a result is acted on
         if msg is not None:
             self._on_result(msg, now)
-        if self.camera_lost and self.watch_from_ns and self.failsafe != TakeoverReason.CAMERA_LOST:
-            self._enter_failsafe(TakeoverReason.CAMERA_LOST, self.camera_lost)
         if self.watch_from_ns and not self.failsafe:  # in fail-safe, only good results matter (recovery)
             if self.acted_capture_ns:
                 age = now - self.acted_capture_ns
