@@ -9,12 +9,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SHARED_MACHINE_CONTROL
 
+from edgert.runtime import wire
 from edgert.runtime.config import DEFAULT_CONFIG, load
 from edgert.runtime.stages.capture import CaptureStage
-from edgert.runtime.supervisor import Supervisor
+from edgert.runtime.supervisor import Supervisor, format_summary
+from edgert.runtime.telemetry import LOSSES_KEPT, CameraLosses
+from edgert.runtime.wire import CameraState, MsgType
 
 GOOD_FRAMES = 45  # before the camera goes away: a second and a half of model commands
 GONE_S = 1.0  # how long it stays away, longer than the deadline and the stall threshold
@@ -125,3 +129,33 @@ def test_a_stalled_camera_hands_over_within_a_deadline_and_ends_as_camera_lost(m
     assert first["t_ns"] - loss["capture_ns"] <= sup.cfg.deadline_ns + 100_000_000, (first, loss)
     print(f"{mode}: takeover {first['reasons']} {(first['t_ns'] - loss['capture_ns']) / 1e6:.0f} ms after the last "
           f"good frame, resumed after {first['resumed_after_s']:.2f} s")
+
+
+def _state(state: CameraState, since_ns: int, why: str = "", frame_id: int = 7) -> np.void:
+    m = wire.new_message(MsgType.CAMERA)
+    m["state"], m["since_ns"], m["t_ns"], m["frame_id"], m["capture_ns"] = int(state), since_ns, since_ns + 5, frame_id, 1
+    m["why"] = wire.encode_why(why)
+    return wire.decode(wire.encode(m), MsgType.CAMERA)
+
+
+def test_telemetry_counts_each_loss_once_with_its_time_in_constant_memory():
+    cam = CameraLosses()
+    cam.add(_state(CameraState.OK, 100))  # the start: nothing lost
+    assert cam.summary() == {"losses": 0, "lost_s": 0.0, "lost_now": False, "events": []}
+    for t in (1_000, 1_000, 1_000):  # one loss, said again while it lasts
+        cam.add(_state(CameraState.LOST, t, "/dev/video0: unplugged"))
+    assert cam.summary()["losses"] == 1 and cam.summary()["lost_now"]
+    cam.add(_state(CameraState.OK, 1_000 + 2_500_000_000))
+    s = cam.summary()
+    assert (s["losses"], s["lost_s"], s["lost_now"]) == (1, 2.5, False)
+    assert s["events"] == [{"since_ns": 1_000, "why": "/dev/video0: unplugged", "frame_id": 7, "capture_ns": 1,
+                            "lost_s": 2.5}]
+    for i in range(3 * LOSSES_KEPT):  # hours of a flaky connector: counted, the first LOSSES_KEPT listed
+        cam.add(_state(CameraState.LOST, 10**10 + 2 * i * 10**6))
+        cam.add(_state(CameraState.OK, 10**10 + (2 * i + 1) * 10**6))
+    s = cam.summary()
+    assert s["losses"] == 1 + 3 * LOSSES_KEPT and len(s["events"]) == LOSSES_KEPT
+    assert s["lost_s"] == pytest.approx(2.5 + 3 * LOSSES_KEPT * 1e-3)
+    assert "camera lost 301 time(s), 2.8 s in all; first: /dev/video0: unplugged" in format_summary(
+        {"run_id": "r", "mode": "threads", "exit_reason": "x", "ready_s": 0, "duration_s": 1, "frames": 0,
+         "fps": 0, "stages": {}, "camera": s})
