@@ -31,8 +31,9 @@ class CameraSource(Node):
     name = "capture"
 
     period_ns = 0  # the camera's nominal frame period; 0 = none (frame ids come from elsewhere)
-    # A tick that publishes no frame for max(one deadline, STALL_PERIODS periods) is a stalled camera
-    # (`camera_lost` is called for it); False for a source whose gaps are by design (benchmark pacing).
+    # A tick that publishes no frame for max(one deadline, STALL_PERIODS periods at camera.fps) is a
+    # stalled camera (`camera_lost` is called for it); False for a source whose gaps are by design
+    # (benchmark pacing that waits for the pipeline's commands).
     detect_stalls = True
     layout: StreamLayout
     output: FrameOutput
@@ -55,7 +56,7 @@ class CameraSource(Node):
         self.lost_since_ns = 0  # 0 = frames flow
         self.losses = 0  # camera losses of this stage instance
         self.lost_ns = 0  # time they lasted, ended ones only
-        self.stall_after_ns = 0  # set at the start, from `period_ns`
+        self.stall_after_ns = 0  # set at the start
         self._frame_seen_ns = 0  # when the newest frame published was first seen, for stall detection
         self._state_sent_ns = 0
         self.open_output()
@@ -83,7 +84,8 @@ class CameraSource(Node):
                 # produce frames faster than periods pass.
                 self.id_base = self.next_tick // self.period_ns
             self._frame_seen_ns = self.next_tick
-            self.stall_after_ns = max(self.cfg.deadline_ns, STALL_PERIODS * self.period_ns)
+            # camera.fps, not period_ns: a source may space its frame ids otherwise (the video source's 1 ms)
+            self.stall_after_ns = max(self.cfg.deadline_ns, int(STALL_PERIODS * 1e9 / self.cfg.camera.fps))
             # the state at the start: a control that heard this stage's previous instance lose the
             # camera learns whether this one has it (a lost camera says so from its first tick)
             self._send_state(self.next_tick)
