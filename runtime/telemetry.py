@@ -9,7 +9,8 @@ Counters come from stage heartbeats.
 Memory is bounded whatever the run's length (a car runs with duration_s = 0 for hours): the
 latencies go into fixed-size log histograms (runtime/stats.LatencyStats: percentiles within
 1.2 %, mean and max exact), lane error into running sums, the raw stamps of only the newest
-STAMP_WINDOW commands are kept (benchmarks read them), and the first TAKEOVERS_KEPT takeovers.
+STAMP_WINDOW commands are kept (benchmarks read them), and the first TAKEOVERS_KEPT takeovers and
+LOSSES_KEPT camera losses.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class CameraLosses:
 
     def summary(self) -> dict[str, Any]:
         return {"losses": self.losses, "lost_s": self.lost_ns / 1e9, "lost_now": self._current is not None,
-                "events": [dict(e) for e in self.events]}
+                "events": [dict(e) for e in self.events], "rejected": self.rejected}
 
 
 @dataclass

@@ -141,7 +141,7 @@ def _state(state: CameraState, since_ns: int, why: str = "", frame_id: int = 7) 
 def test_telemetry_counts_each_loss_once_with_its_time_in_constant_memory():
     cam = CameraLosses()
     cam.add(_state(CameraState.OK, 100))  # the start: nothing lost
-    assert cam.summary() == {"losses": 0, "lost_s": 0.0, "lost_now": False, "events": []}
+    assert cam.summary() == {"losses": 0, "lost_s": 0.0, "lost_now": False, "events": [], "rejected": 0}
     for t in (1_000, 1_000, 1_000):  # one loss, said again while it lasts
         cam.add(_state(CameraState.LOST, t, "/dev/video0: unplugged"))
     assert cam.summary()["losses"] == 1 and cam.summary()["lost_now"]
