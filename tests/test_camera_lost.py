@@ -5,6 +5,7 @@ model commands resume once frames flow again. Both execution modes; a reported l
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from edgert.runtime.config import DEFAULT_CONFIG, load
 from edgert.runtime.stages.capture import CaptureStage
 from edgert.runtime.supervisor import Supervisor, format_summary
 from edgert.runtime.telemetry import LOSSES_KEPT, CameraLosses
-from edgert.runtime.wire import CameraState, MsgType
+from edgert.runtime.wire import CameraState, MsgType, StageState
 
 GOOD_FRAMES = 45  # before the camera goes away: a second and a half of model commands
 GONE_S = 1.0  # how long it stays away, longer than the deadline and the stall threshold
@@ -30,6 +31,9 @@ class LosesCamera(CaptureStage):
 
     report = True  # False: it just stops delivering (a stall) and the base class must notice
 
+    def still_gone(self, now_ns: int) -> bool:
+        return now_ns < self.back_at_ns
+
     def setup(self) -> None:
         super().setup()
         self.back_at_ns = 0  # 0 = not gone yet
@@ -40,7 +44,7 @@ class LosesCamera(CaptureStage):
             if self.report:
                 self.camera_lost("test: /dev/video9 unplugged")
         if self.back_at_ns and self.back_at_ns > 0:
-            if time.monotonic_ns() < self.back_at_ns:
+            if self.still_gone(time.monotonic_ns()):
                 self.ctx.stop.wait(self.period_ns / 1e9)  # a reconnect attempt per frame period
                 return
             self.back_at_ns = -1  # back for good
@@ -52,6 +56,13 @@ class LosesCamera(CaptureStage):
 
 class StallsCamera(LosesCamera):
     report = False
+
+
+class LosesCameraUntilTold(LosesCamera):
+    """Gone until the file named by $EDGERT_TEST_CAMERA_BACK exists (the test says when)."""
+
+    def still_gone(self, now_ns: int) -> bool:
+        return not Path(os.environ["EDGERT_TEST_CAMERA_BACK"]).exists()
 
 
 def _run(mode: str, source: str, monkeypatch) -> tuple[dict, Supervisor]:  # type: ignore[no-untyped-def]
@@ -159,3 +170,50 @@ def test_telemetry_counts_each_loss_once_with_its_time_in_constant_memory():
     assert "camera lost 301 time(s), 2.8 s in all; first: /dev/video0: unplugged" in format_summary(
         {"run_id": "r", "mode": "threads", "exit_reason": "x", "ready_s": 0, "duration_s": 1, "frames": 0,
          "fps": 0, "stages": {}, "camera": s})
+
+
+def test_a_control_restarted_while_the_camera_is_lost_hands_over_for_it_not_for_startup(monkeypatch, tmp_path):
+    """The source says its state again 4 times a second while lost: a control that starts during
+    the loss (killed and restarted) learns it from there, within its start-up grace period."""
+    back = tmp_path / "camera-back"
+    monkeypatch.setenv("EDGERT_TEST_CAMERA_BACK", str(back))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    cfg = load(DEFAULT_CONFIG).replace(control=SHARED_MACHINE_CONTROL)
+    sup = Supervisor(cfg, duration_s=600.0, mode="processes",
+                     stage_classes={"capture": f"{Path(__file__).stem}:LosesCameraUntilTold"})
+    killed = {}
+
+    def wait_for(cond) -> None:  # type: ignore[no-untyped-def]
+        end = time.monotonic() + 120
+        while not cond():
+            assert time.monotonic() < end and not sup.stop_requested.is_set(), "step timed out"
+            time.sleep(0.05)
+
+    def script() -> None:
+        try:
+            wait_for(lambda: sup.running.is_set())
+            tel = sup.telemetry
+            wait_for(lambda: tel.camera.losses == 1 and tel.checks.failsafe_commands >= 3)
+            killed["pid"] = sup.handles["control"].pid
+            os.kill(killed["pid"], signal.SIGKILL)
+            st = sup.status["control"]
+            wait_for(lambda: st.restarts == 1 and st.pid != killed["pid"] and st.state == StageState.RUNNING)
+            # the new control's start-up grace (1 s) has passed: without the resent state it would
+            # have handed over for STARTUP by now
+            time.sleep(1.5)
+            back.touch()
+            wait_for(lambda: any(t["resumed_ns"] is not None for t in list(tel.takeovers)))
+            time.sleep(0.3)
+        finally:
+            sup.stop_requested.set()
+    t = threading.Thread(target=script, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join(10)
+    assert killed, "control was never killed"
+    assert s["stages"]["control"]["restarts"] == 1 and s["stages"]["capture"]["restarts"] == 0, s["stages"]
+    takeovers = [x for x in s["takeovers"] if x["reason"] != "SHUTDOWN"]
+    assert len(takeovers) == 1 and takeovers[0]["reasons"] == ["CAMERA_LOST"], s["takeovers"]
+    assert takeovers[0]["resumed_after_s"] is not None
+    assert s["camera"]["losses"] == 1 and s["leaked_segments"] == []
