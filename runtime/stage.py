@@ -22,6 +22,9 @@ from edgert.runtime.transport import Endpoints, publisher
 from edgert.runtime.wire import MsgType, StageState, WireError
 
 HEARTBEAT_PERIOD_NS = 100_000_000
+# run_stage's exit code for a source whose input ended (a video file without loop): the supervisor
+# ends the run (its exit reason: the stage's `input_ended` line) instead of restarting the stage
+INPUT_ENDED = 3
 
 
 @dataclass
@@ -197,7 +200,10 @@ def run_stage(stage: Stage) -> int:
         code = 1
     finally:
         stage.teardown()
-        if code == 0:
+        if code == 0 and getattr(stage, "input_ended", ""):
+            stage.log.info("input ended: %s", stage.input_ended)  # type: ignore[attr-defined]
+            code = INPUT_ENDED
+        if code in (0, INPUT_ENDED):
             hb.send(StageState.STOPPING)
         hb.close()
     return code

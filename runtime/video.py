@@ -1,0 +1,300 @@
+"""FFmpeg through PyAV, as the video source needs it: open a file or stream URL (hardware decoding
+where a device answers, software otherwise), and write a decoded frame into a frame-pool slot in
+the pipeline's camera.format with at most one copy.
+
+A decoded frame's planes keep FFmpeg's row padding (`line_size` >= the row's bytes), while a pool
+slot is packed (kernels/formats.py): the writers copy the visible part of each row straight into
+the slot. Planar YUV 4:2:0 (H.264's usual yuv420p) goes to an I420 slot as three plane copies and
+to an NV12 slot as one Y copy and one interleaving pass; BGR/RGB slots take swscale's converted
+picture, copied once. A frame of another size or pixel format is converted by swscale first.
+
+PyAV is an optional dependency (the `camera` extra): importing this module does not need it,
+`require_av()` says how to install it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgert.runtime.errors import EdgertError
+
+log = logging.getLogger("edgert.video")
+
+HW_DEVICES = ("cuda", "vaapi", "qsv", "videotoolbox")  # tried in this order, where FFmpeg was built with them
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+# what swscale/PyAV calls the slot formats; yuv420p is also what I420 means
+AV_FORMAT = {"bgr": "bgr24", "rgb": "rgb24", "i420": "yuv420p", "nv12": "nv12"}
+YUV420 = ("yuv420p", "yuvj420p")  # the same planes; yuvj is full range (camera.yuv_range says how it decodes)
+OPEN_TIMEOUT_S = 5.0  # a stream that does not answer within this is lost (reconnected with back-off)
+
+
+class VideoError(EdgertError, ValueError):
+    """A video file or stream that cannot be used: missing, unreadable, no video, unsupported codec."""
+
+
+def require_av() -> Any:
+    """The `av` module, or a VideoError saying how to install it."""
+    try:
+        import av
+    except ImportError:
+        raise VideoError("camera.source = \"video\" decodes with FFmpeg through PyAV, which is not installed: "
+                         "pip install 'edgert[camera]'") from None
+    return av
+
+
+def is_stream(uri: str) -> bool:
+    """A network stream (reconnected when it drops) rather than a file (which ends)."""
+    return uri.lower().startswith(STREAM_SCHEMES)
+
+
+@dataclass
+class Opened:
+    """An open input: the container, its video stream, and how it is decoded."""
+
+    container: Any
+    stream: Any
+    decoder: str  # "software h264", "hardware h264 (cuda)"
+    why: str  # why that decoder: the devices tried and what they said
+
+    @property
+    def rate(self) -> float:
+        """The stream's frame rate (frames/s), 0 where the container does not say."""
+        r = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        return float(r) if r else 0.0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        cc = self.stream.codec_context
+        return int(cc.width), int(cc.height)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def open_video(uri: str, hwaccel: bool = True) -> Opened:
+    """Open `uri` (a path or stream URL) for decoding its first video stream.
+
+    Hardware decoding is tried on each device type FFmpeg offers (HW_DEVICES), each allowed to fall
+    back to software; the first that opens is used. VideoError, naming the input and the fix, if the
+    input is missing, not a video FFmpeg can read, or its codec has no decoder here."""
+    av = require_av()
+    if not is_stream(uri) and not Path(uri).is_file():
+        raise VideoError(f"{uri}: no such file; camera.uri names a video file (relative paths resolve against the "
+                         "config's folder) or a stream URL (rtsp://, http://)")
+    tried: list[str] = []
+    if hwaccel:
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+
+        offered = set(hwdevices_available())
+        for device in (d for d in HW_DEVICES if d in offered):
+            try:
+                c = _open(av, uri, HWAccel(device_type=device, allow_software_fallback=True))
+            except av.FFmpegError as e:
+                tried.append(f"{device}: {e.strerror or e}")
+                continue
+            s = c.streams.video[0]
+            if getattr(s.codec_context, "is_hwaccel", False):
+                return Opened(c, s, f"hardware {s.codec_context.name} ({device})",
+                              "; ".join(tried) or f"{device} is the first device tried")
+            tried.append(f"{device}: no hardware decoder for {s.codec_context.name}")
+            c.close()
+    c = _open(av, uri, None)
+    why = f"no hardware device: tried {', '.join(tried)}" if tried else "this FFmpeg has no hardware decoding"
+    return Opened(c, c.streams.video[0], f"software {c.streams.video[0].codec_context.name}", why)
+
+
+def _open(av: Any, uri: str, hw: Any) -> Any:
+    """The container, with its video stream's decoder opened (VideoError if the input is not usable;
+    an FFmpegError from a hardware device goes to the caller, which tries the next)."""
+    try:
+        c = av.open(uri, timeout=(OPEN_TIMEOUT_S, OPEN_TIMEOUT_S), hwaccel=hw)
+    except av.FFmpegError as e:
+        if hw is not None and _is_device_error(e):
+            raise
+        raise VideoError(f"{uri}: FFmpeg cannot read it ({e.strerror or e}); camera.uri must be a video file "
+                         "(MP4, MKV, MPEG-TS, raw H.264/H.265, MJPEG) or a stream URL that answers") from None
+    if not c.streams.video:
+        c.close()
+        raise VideoError(f"{uri}: no video stream (only {', '.join(s.type for s in c.streams) or 'nothing'}); "
+                         "camera.uri must name a video")
+    s = c.streams.video[0]
+    s.thread_type = "AUTO"  # frame and slice threads: FFmpeg's own decoder threads, not the pipeline's
+    try:
+        s.codec_context.open(strict=False)
+    except av.FFmpegError as e:
+        c.close()
+        if hw is not None and _is_device_error(e):
+            raise
+        raise VideoError(f"{uri}: codec {s.codec_context.name!r} cannot be decoded here ({e}); re-encode it, e.g. "
+                         "`ffmpeg -i IN -c:v libx264 OUT.mp4`") from None
+    return c
+
+
+def _is_device_error(e: Exception) -> bool:
+    """An error from a hardware device (none there, no permission), not from the input."""
+    return isinstance(e, (PermissionError, OSError)) and "No such file" not in str(e)
+
+
+# -- decoded frame -> pool slot ----------------------------------------------------------------------
+def plane_rows(plane: Any, row_bytes: int, rows: int) -> np.ndarray:
+    """A decoded plane as a (rows, row_bytes) uint8 view, its row padding (line_size) cut off."""
+    buf = np.frombuffer(plane, np.uint8)
+    return buf[:rows * plane.line_size].reshape(rows, plane.line_size)[:, :row_bytes]
+
+
+def write_i420(frame: Any, dst: np.ndarray) -> None:
+    """A yuv420p frame into an I420 slot (H*3//2, W): Y, then U, then V, each packed."""
+    h, w = frame.height, frame.width
+    flat = dst.reshape(-1)
+    np.copyto(dst[:h], plane_rows(frame.planes[0], w, h))
+    q = (h // 2) * (w // 2)
+    np.copyto(flat[h * w:h * w + q].reshape(h // 2, w // 2), plane_rows(frame.planes[1], w // 2, h // 2))
+    np.copyto(flat[h * w + q:h * w + 2 * q].reshape(h // 2, w // 2), plane_rows(frame.planes[2], w // 2, h // 2))
+
+
+def write_nv12(frame: Any, dst: np.ndarray) -> None:
+    """A yuv420p or nv12 frame into an NV12 slot (H*3//2, W): Y, then U and V interleaved."""
+    h, w = frame.height, frame.width
+    np.copyto(dst[:h], plane_rows(frame.planes[0], w, h))
+    uv = dst[h:].reshape(h // 2, w // 2, 2)
+    if frame.format.name == "nv12":
+        np.copyto(uv.reshape(h // 2, w), plane_rows(frame.planes[1], w, h // 2))
+    else:
+        np.copyto(uv[..., 0], plane_rows(frame.planes[1], w // 2, h // 2))
+        np.copyto(uv[..., 1], plane_rows(frame.planes[2], w // 2, h // 2))
+
+
+def write_packed(frame: Any, dst: np.ndarray) -> None:
+    """A bgr24/rgb24 frame into a (H, W, 3) slot."""
+    h, w = frame.height, frame.width
+    np.copyto(dst.reshape(h, w * 3), plane_rows(frame.planes[0], w * 3, h))
+
+
+class SlotWriter:
+    """Writes decoded frames into slots of one camera.format and size, converting (swscale) only
+    where the frame's pixel format or size is not what the slot takes; says so once."""
+
+    NATIVE = {"i420": YUV420, "nv12": ("nv12", *YUV420), "bgr": ("bgr24",), "rgb": ("rgb24",)}
+
+    def __init__(self, fmt: str, width: int, height: int, source: str) -> None:
+        if fmt not in AV_FORMAT:
+            raise VideoError(f"camera.format {fmt!r}: the video source writes {', '.join(AV_FORMAT)}")
+        if fmt in ("i420", "nv12") and (width % 2 or height % 2):
+            raise VideoError(f"camera.width/height {width}x{height}: {fmt} needs an even width and height")
+        self.fmt, self.width, self.height, self.source = fmt, width, height, source
+        self.write = {"i420": write_i420, "nv12": write_nv12}.get(fmt, write_packed)
+        self.noted: tuple[str, int, int] | None = None
+
+    def __call__(self, frame: Any, dst: np.ndarray) -> None:
+        sized = frame.width == self.width and frame.height == self.height
+        if not sized or frame.format.name not in self.NATIVE[self.fmt]:
+            if not sized:
+                self._note(frame)
+            frame = frame.reformat(width=self.width, height=self.height, format=AV_FORMAT[self.fmt])
+        self.write(frame, dst)
+
+    def _note(self, frame: Any) -> None:
+        what = (frame.format.name, frame.width, frame.height)
+        if what != self.noted:  # once, and again only if the stream changes
+            self.noted = what
+            log.warning("%s: the video is %dx%d, the camera %dx%d (camera.width/height): every frame is scaled by "
+                        "swscale; set camera.width/height to the video's size to skip that pass", self.source,
+                        frame.width, frame.height, self.width, self.height)
+
+
+# -- decoding on a thread of its own -----------------------------------------------------------------
+@dataclass
+class Decoded:
+    """What the decoding thread hands over: a frame, or news about the input."""
+
+    kind: str  # "opened" | "frame" | "corrupt" | "end" | "lost"
+    frame: Any = None  # kind "frame": the av.VideoFrame
+    index: int = 0  # frames decoded in this pass over the input (the corrupt one's position)
+    time_s: float = 0.0  # the frame's presentation time in the input (s)
+    text: str = ""  # "opened": decoder and why; "corrupt"/"lost": what FFmpeg said
+
+
+class DecodeThread:
+    """Opens (a stream URL: reconnects are a new DecodeThread) and decodes one input on a daemon
+    thread, handing `Decoded` items over through a short queue.
+
+    Why a thread: opening or reading a network stream blocks for up to OPEN_TIMEOUT_S, and a stage's
+    step must return within 0.1 s (heartbeats); decoding ahead by `depth` frames also keeps a
+    file's decode time off the pipeline's frame period where the machine has a core to spare.
+    A file that ends is rewound (`loop`) or reported as "end"; a stream that ends or fails is "lost".
+    """
+
+    def __init__(self, uri: str, opened: Opened | None = None, loop: bool = False, hwaccel: bool = True,
+                 depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self.uri, self.opened, self.loop, self.hwaccel = uri, opened, loop, hwaccel
+        self.items: queue.Queue[Decoded] = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="edgert-video-decode", daemon=True)
+        self.thread.start()
+
+    def get(self, timeout_s: float) -> Decoded | None:
+        import queue
+
+        try:
+            return self.items.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(1.0)  # a read blocked on a dead stream ends at its timeout; the thread is a daemon
+        if self.opened is not None and not self.thread.is_alive():
+            self.opened.close()
+
+    def _put(self, item: Decoded) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        av = require_av()
+        try:
+            if self.opened is None:
+                self.opened = open_video(self.uri, self.hwaccel)
+            self._put(Decoded("opened", text=f"{self.opened.decoder} ({self.opened.why})"))
+            while self._decode_pass(av) and self.loop and not self.stop.is_set():
+                self.opened.container.seek(0)  # rewinds the demuxer and flushes the decoder
+        except (av.FFmpegError, VideoError, OSError) as e:
+            self._put(Decoded("lost", text=str(e)))
+
+    def _decode_pass(self, av: Any) -> bool:
+        """Decode the input once to its end; False if stopped or (a stream) lost."""
+        assert self.opened is not None
+        stream, index, t = self.opened.stream, 0, 0.0
+        for packet in self.opened.container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError as e:  # corrupt data: say where, skip it, decode on
+                pts = packet.pts if packet.pts is not None else packet.dts
+                at = float(pts * stream.time_base) if pts is not None and stream.time_base else t
+                if not self._put(Decoded("corrupt", index=index, time_s=at, text=str(e))):
+                    return False
+                continue
+            for f in frames:
+                t = float(f.time) if f.time is not None else t
+                if not self._put(Decoded("frame", f, index, t)):
+                    return False
+                index += 1
+        if is_stream(self.uri):
+            self._put(Decoded("lost", index=index, time_s=t, text="the stream ended"))
+            return False
+        return self._put(Decoded("end", index=index, time_s=t))
