@@ -605,7 +605,8 @@ def _check_video(cfg: PipelineConfig) -> None:
                               "an rtsp://, rtsps://, rtmp://, http(s)://, udp://, tcp:// or srt:// URL")
         if not Path(cfg.video_uri()).is_file():
             raise ConfigError(f"camera.uri: {cfg.video_uri()} not found (a relative path resolves against the "
-                              "config's folder); make one with `edgert sim clip {cfg.video_uri()}` or name an existing file")
+                              f"config's folder); make one with `edgert sim clip {cfg.video_uri()}` or name an "
+                              "existing file")
 
 
 def _check_sim(cfg: PipelineConfig) -> None:

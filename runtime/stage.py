@@ -64,6 +64,7 @@ class Stage:
     """
 
     name: str = "stage"
+    input_ended: str = ""  # a source whose input ended (a video file) says how here, then sets ctx.stop
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -200,8 +201,7 @@ def run_stage(stage: Stage) -> int:
         code = 1
     finally:
         stage.teardown()
-        if code == 0 and getattr(stage, "input_ended", ""):
-            stage.log.info("input ended: %s", stage.input_ended)  # type: ignore[attr-defined]
+        if code == 0 and stage.input_ended:
             code = INPUT_ENDED
         if code in (0, INPUT_ENDED):
             hb.send(StageState.STOPPING)

@@ -79,65 +79,80 @@ class Opened:
 def open_video(uri: str, hwaccel: bool = True) -> Opened:
     """Open `uri` (a path or stream URL) for decoding its first video stream.
 
-    Hardware decoding is tried on each device type FFmpeg offers (HW_DEVICES), each allowed to fall
-    back to software; the first that opens is used. VideoError, naming the input and the fix, if the
-    input is missing, not a video FFmpeg can read, or its codec has no decoder here."""
+    The input is opened once in software to learn its codec; hardware decoding is then tried on
+    the first device type FFmpeg offers (HW_DEVICES) that can decode that codec here (probed
+    without the input, so a stream is not reconnected for every device), with software fallback.
+    VideoError, naming the input and the fix, if the input is missing, not a video FFmpeg can
+    read, or its codec has no decoder here."""
     av = require_av()
     if not is_stream(uri) and not Path(uri).is_file():
         raise VideoError(f"{uri}: no such file; camera.uri names a video file (relative paths resolve against the "
                          "config's folder) or a stream URL (rtsp://, http://)")
-    tried: list[str] = []
-    if hwaccel:
+    c = _open(av, uri, None)
+    name = c.streams.video[0].codec_context.name
+    if not hwaccel:
+        return Opened(c, c.streams.video[0], f"software {name}", "hardware decoding not asked for")
+    device, tried = _hw_device(av, name)
+    if device is None:
+        why = f"no hardware device: tried {', '.join(tried)}" if tried else "this FFmpeg has no hardware decoding"
+        return Opened(c, c.streams.video[0], f"software {name}", why)
+    from av.codec.hwaccel import HWAccel
+
+    c.close()
+    c = _open(av, uri, HWAccel(device_type=device, allow_software_fallback=True))
+    s = c.streams.video[0]
+    if getattr(s.codec_context, "is_hwaccel", False):
+        return Opened(c, s, f"hardware {name} ({device})", "; ".join([*tried, f"{device}: answered"]))
+    return Opened(c, s, f"software {name}", f"{device} answered but FFmpeg's decoder fell back to software")
+
+
+_HW_PROBED: dict[str, tuple[str | None, list[str]]] = {}  # codec -> (device, what the others said): once a process
+
+
+def _hw_device(av: Any, codec: str) -> tuple[str | None, list[str]]:
+    """The first hardware device type that can decode `codec` here, and why each one before it could not."""
+    if codec not in _HW_PROBED:
         from av.codec.hwaccel import HWAccel, hwdevices_available
 
         offered = set(hwdevices_available())
+        tried: list[str] = []
+        found: str | None = None
         for device in (d for d in HW_DEVICES if d in offered):
             try:
-                c = _open(av, uri, HWAccel(device_type=device, allow_software_fallback=True))
-            except av.FFmpegError as e:
-                tried.append(f"{device}: {e.strerror or e}")
+                HWAccel(device_type=device, allow_software_fallback=True).create(av.codec.Codec(codec, "r"))
+            except NotImplementedError:
+                tried.append(f"{device}: no hardware decoder for {codec}")
                 continue
-            s = c.streams.video[0]
-            if getattr(s.codec_context, "is_hwaccel", False):
-                return Opened(c, s, f"hardware {s.codec_context.name} ({device})",
-                              "; ".join(tried) or f"{device} is the first device tried")
-            tried.append(f"{device}: no hardware decoder for {s.codec_context.name}")
-            c.close()
-    c = _open(av, uri, None)
-    why = f"no hardware device: tried {', '.join(tried)}" if tried else "this FFmpeg has no hardware decoding"
-    return Opened(c, c.streams.video[0], f"software {c.streams.video[0].codec_context.name}", why)
+            except (av.FFmpegError, OSError) as e:
+                tried.append(f"{device}: {getattr(e, 'strerror', None) or e}")
+                continue
+            found = device
+            break
+        _HW_PROBED[codec] = (found, tried)
+    found_device, said = _HW_PROBED[codec]
+    return found_device, list(said)
 
 
 def _open(av: Any, uri: str, hw: Any) -> Any:
-    """The container, with its video stream's decoder opened (VideoError if the input is not usable;
-    an FFmpegError from a hardware device goes to the caller, which tries the next)."""
+    """The container, with its video stream's decoder opened (VideoError if the input is not usable)."""
     try:
         c = av.open(uri, timeout=(OPEN_TIMEOUT_S, OPEN_TIMEOUT_S), hwaccel=hw)
     except av.FFmpegError as e:
-        if hw is not None and _is_device_error(e):
-            raise
         raise VideoError(f"{uri}: FFmpeg cannot read it ({e.strerror or e}); camera.uri must be a video file "
                          "(MP4, MKV, MPEG-TS, raw H.264/H.265, MJPEG) or a stream URL that answers") from None
     if not c.streams.video:
+        kinds = ", ".join(s.type for s in c.streams) or "nothing"
         c.close()
-        raise VideoError(f"{uri}: no video stream (only {', '.join(s.type for s in c.streams) or 'nothing'}); "
-                         "camera.uri must name a video")
+        raise VideoError(f"{uri}: no video stream (only {kinds}); camera.uri must name a video")
     s = c.streams.video[0]
     s.thread_type = "AUTO"  # frame and slice threads: FFmpeg's own decoder threads, not the pipeline's
     try:
         s.codec_context.open(strict=False)
     except av.FFmpegError as e:
         c.close()
-        if hw is not None and _is_device_error(e):
-            raise
         raise VideoError(f"{uri}: codec {s.codec_context.name!r} cannot be decoded here ({e}); re-encode it, e.g. "
                          "`ffmpeg -i IN -c:v libx264 OUT.mp4`") from None
     return c
-
-
-def _is_device_error(e: Exception) -> bool:
-    """An error from a hardware device (none there, no permission), not from the input."""
-    return isinstance(e, (PermissionError, OSError)) and "No such file" not in str(e)
 
 
 # -- decoded frame -> pool slot ----------------------------------------------------------------------

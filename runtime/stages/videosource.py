@@ -55,6 +55,7 @@ class VideoStage(CameraSource):
         self.write = SlotWriter(getattr(cam, "format", "bgr"), cam.width, cam.height, self.label)
         self.commands = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.backoff = Backoff()
+        self.lost_since_ns = 0  # CameraSource.camera_lost's: since when the stream is lost (0 = it is not)
         # a file must be readable now (a clear error at start-up); a stream may come later
         opened = None if self.live else open_video(self.uri)
         if opened is not None:
@@ -65,7 +66,7 @@ class VideoStage(CameraSource):
         self.decoder: DecodeThread | None = None
         self.pass_frames = 0  # frames published in this pass over the file
         self.corrupt = 0
-        self.first_t = None  # stream pacing: the presentation time of the first frame of this pass
+        self.first_t: float | None = None  # stream pacing: the presentation time of the first frame of this pass
         self.offset_ns = 0  # stream pacing: where this pass starts on the schedule (loops add up)
         self.last_t = 0.0
         self.awaiting = 0  # the frame id whose command we wait for (closed pacing; the end's drain)
@@ -157,7 +158,7 @@ class VideoStage(CameraSource):
             self.next_tick += self.frame_ns
         if self.pacing == "closed":
             self.awaiting = frame_id
-        if self.live and getattr(self, "lost_since_ns", 0):
+        if self.live and self.lost_since_ns:
             self.camera_back()
             self.backoff.reset()
 
@@ -212,10 +213,15 @@ class VideoStage(CameraSource):
                            self.last_t, why)
             self._end_of_pass(Decoded("end", index=self.pass_frames, time_s=self.last_t))
             return
-        self.camera_lost(f"{self.label}: {why}")
+        why = why if self.uri in why else f"{self.label}: {why}"
+        again = bool(self.lost_since_ns)  # a reconnect that failed: camera_lost logged the loss
+        self.camera_lost(why)
         if self.decoder is not None:
             self.decoder.close()
             self.decoder = None
         self.pending = None
         wait = self.backoff.failed(time.monotonic_ns())
-        self.log.info("%s: reconnecting in %.1f s", self.label, wait)
+        if again:
+            self.log.warning("reconnect failed: %s; next try in %.1f s", why, wait)
+        else:
+            self.log.info("%s: next try in %.1f s", self.label, wait)
