@@ -131,7 +131,7 @@ class CameraSection:
     # sources "frames" (benchmarks; runtime/stages/frames.py) and "video": "" = the source's own (frames: fixed,
     # video: stream); fixed (a camera at fps) | poisson (frames: arrivals at mean fps) | closed (next frame once
     # the command is out) | stream (video: the video's own rate)
-    pacing: str = setting("", choices=("", "fixed", "poisson", "closed", "stream"))
+    pacing: str = setting("", choices=("fixed", "poisson", "closed", "stream", ""))
     # cameras in lock-step, one (N, H, W, 3) slot per tick; the model's batch must be N
     cameras: int = setting(1, gt=0, le=16, unit="cameras", why="each tick's slot holds them all")
     frames: int = setting(8, gt=0, le=1024, unit="frames", why="each is held in memory")  # distinct images, cycled
