@@ -52,7 +52,7 @@ class VideoStage(CameraSource):
         self.period_ns = ID_PERIOD_NS
         self.deadline_ns = self.cfg.deadline_ns
         self.open_camera()  # the slot's shape is camera.format's layout (topics.layout)
-        self.write = SlotWriter(getattr(cam, "format", "bgr"), cam.width, cam.height, self.label)
+        self.write = SlotWriter(cam.format, cam.width, cam.height, self.label)
         self.commands = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.backoff = Backoff()
         self.lost_since_ns = 0  # CameraSource.camera_lost's: since when the stream is lost (0 = it is not)
