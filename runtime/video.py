@@ -190,13 +190,27 @@ def write_packed(frame: Any, dst: np.ndarray) -> None:
     np.copyto(dst.reshape(h, w * 3), plane_rows(frame.planes[0], w * 3, h))
 
 
+# FFmpeg's AVColorSpace / AVColorRange codes, as camera.yuv_matrix / yuv_range name them (others: unspecified)
+MATRIX_OF = {1: "bt709", 5: "bt601", 6: "bt601"}
+RANGE_OF = {1: "limited", 2: "full"}
+
+
+def yuv_metadata(frame: Any) -> tuple[str | None, str | None]:
+    """(matrix, range) a YUV frame's metadata gives, None where it says nothing (yuvj* is full range)."""
+    rng = "full" if frame.format.name.startswith("yuvj") else RANGE_OF.get(int(frame.color_range))
+    return MATRIX_OF.get(int(frame.colorspace)), rng
+
+
 class SlotWriter:
     """Writes decoded frames into slots of one camera.format and size, converting (swscale) only
-    where the frame's pixel format or size is not what the slot takes; says so once."""
+    where the frame's pixel format or size is not what the slot takes; says so once. For a YUV
+    slot, the stream's colour metadata is checked once against camera.yuv_matrix/yuv_range (`yuv`),
+    which tell the fused kernel how to decode it; BGR/RGB slots follow the metadata (swscale)."""
 
     NATIVE = {"i420": YUV420, "nv12": ("nv12", *YUV420), "bgr": ("bgr24",), "rgb": ("rgb24",)}
 
-    def __init__(self, fmt: str, width: int, height: int, source: str) -> None:
+    def __init__(self, fmt: str, width: int, height: int, source: str,
+                 yuv: tuple[str, str] | None = None) -> None:
         if fmt not in AV_FORMAT:
             raise VideoError(f"camera.format {fmt!r}: the video source writes {', '.join(AV_FORMAT)}")
         if fmt in ("i420", "nv12") and (width % 2 or height % 2):
@@ -204,14 +218,25 @@ class SlotWriter:
         self.fmt, self.width, self.height, self.source = fmt, width, height, source
         self.write = {"i420": write_i420, "nv12": write_nv12}.get(fmt, write_packed)
         self.noted: tuple[str, int, int] | None = None
+        self.yuv = yuv if fmt in ("i420", "nv12") else None  # checked on the first frame
 
     def __call__(self, frame: Any, dst: np.ndarray) -> None:
+        if self.yuv is not None:
+            self._check_yuv(frame, *self.yuv)
         sized = frame.width == self.width and frame.height == self.height
         if not sized or frame.format.name not in self.NATIVE[self.fmt]:
             if not sized:
                 self._note(frame)
             frame = frame.reformat(width=self.width, height=self.height, format=AV_FORMAT[self.fmt])
         self.write(frame, dst)
+
+    def _check_yuv(self, frame: Any, matrix: str, rng: str) -> None:
+        self.yuv = None
+        said = yuv_metadata(frame)
+        if said[0] not in (None, matrix) or said[1] not in (None, rng):
+            log.warning("%s: the video says YUV %s, %s range; camera.yuv_matrix/yuv_range say %s, %s: colours "
+                        "would decode wrong; set camera.yuv_matrix = \"%s\" and yuv_range = \"%s\"", self.source,
+                        said[0] or matrix, said[1] or rng, matrix, rng, said[0] or matrix, said[1] or rng)
 
     def _note(self, frame: Any) -> None:
         what = (frame.format.name, frame.width, frame.height)

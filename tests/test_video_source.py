@@ -95,6 +95,33 @@ def test_slot_writers_pack_real_decoded_frames_with_row_padding(assets):
         video.SlotWriter("nv12", 161, 120, "clip")
 
 
+def test_yuv_slots_check_the_streams_colour_metadata_against_the_config(tmp_path, caplog):
+    clip = tmp_path / "bt709.mkv"
+    with av.open(str(clip), "w") as out:  # a stream that says BT.709, full range
+        s = out.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.colorspace, s.codec_context.color_range = 1, 2
+        f = av.VideoFrame.from_ndarray(np.full((H, W, 3), 90, np.uint8), format="bgr24")
+        for p in [*s.encode(f), *s.encode()]:
+            out.mux(p)
+    o = video.open_video(str(clip))
+    try:
+        frame = next(o.container.decode(o.stream))
+    finally:
+        o.close()
+    assert video.yuv_metadata(frame) == ("bt709", "full")
+    slot = np.zeros((H * 3 // 2, W), np.uint8)
+    with caplog.at_level(logging.WARNING, logger="edgert.video"):
+        video.SlotWriter("nv12", W, H, "bt709.mkv", ("bt709", "full"))(frame, slot)
+        assert not caplog.records
+        writer = video.SlotWriter("nv12", W, H, "bt709.mkv", ("bt601", "limited"))
+        writer(frame, slot)
+        writer(frame, slot)  # once, not per frame
+    assert [r.getMessage() for r in caplog.records] == [
+        "bt709.mkv: the video says YUV bt709, full range; camera.yuv_matrix/yuv_range say bt601, limited: colours "
+        "would decode wrong; set camera.yuv_matrix = \"bt709\" and yuv_range = \"full\""]
+
+
 def test_clips_have_the_frame_count_and_rate_asked_for(assets):
     for codec, fps in CLIPS.items():
         o = video.open_video(str(assets[codec]))

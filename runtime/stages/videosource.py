@@ -52,7 +52,8 @@ class VideoStage(CameraSource):
         self.period_ns = ID_PERIOD_NS
         self.deadline_ns = self.cfg.deadline_ns
         self.open_camera()  # the slot's shape is camera.format's layout (topics.layout)
-        self.write = SlotWriter(cam.format, cam.width, cam.height, self.label)
+        yuv = (getattr(cam, "yuv_matrix", "bt601"), getattr(cam, "yuv_range", "limited"))  # branch fmt's keys
+        self.write = SlotWriter(cam.format, cam.width, cam.height, self.label, yuv)
         self.commands = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.backoff = Backoff()
         self.lost_since_ns = 0  # CameraSource.camera_lost's: since when the stream is lost (0 = it is not)
