@@ -54,4 +54,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     b.add_argument("--compare-zmq", dest="compare_zmq", action="store_true", default=None,  # None: not given
                    help="pipeline: also run edgert with ZeroMQ-only hops (pipeline.mailbox = false) "
                    "in the same rounds")
+    b.add_argument("--video", help="pipeline single-stream: on this video file (camera.source = \"video\", looped), "
+                   "with decode cost per frame and BGR against NV12 slots")
     b.set_defaults(func=cmd_bench)
