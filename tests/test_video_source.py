@@ -333,3 +333,27 @@ def test_sim_clip_writes_a_clip_of_the_asked_length_rate_and_size(tmp_path, caps
         o.close()
     assert cli.main(["sim", "clip", str(out), "--size", "65x48"]) == 2
     assert "both even" in capsys.readouterr().err
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+@pytest.mark.slow  # about 25 s on 2 cores (two pipelines and the standalone timings); the pipeline runs above
+def test_bench_pipeline_on_video_reports_decode_cost_beside_the_pipeline(assets, tmp_path):  # cover the source
+    pytest.importorskip("matplotlib", reason="edgert bench needs the bench extra")
+    from edgert.bench import pipeline
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(f'[camera]\nwidth = {W}\nheight = {H}\n[infer]\nmodel = "{assets["model"]}"\n'
+                      f'trusted_keys = "{assets["keys"]}"\n[control]\ndeadline_ms = 500.0\n')
+    rep = pipeline.run(quick=True, video=assets["h264"], config=config, min_count=10, min_duration_s=0.5, rounds=1,
+                       progress=False)
+    assert rep.benchmark == "pipeline-single-stream-video" and rep.config["video"] == str(assets["h264"])
+    assert rep.pipelines[:2] == ("edgert", "edgert-threads") and "naive" not in rep.pipelines
+    for case in ("decode:bgr", "decode:nv12", "edgert", "edgert-threads", "standalone:preprocess"):
+        assert rep.cases[case]["n"] > 0, case
+    assert rep.ratios["decode:nv12/decode:bgr"] > 0
+    for p in rep.pipelines:  # the video source looped: every command of a closed loop, none dropped
+        assert rep.details["pipelines"][p]["commands"] >= 10, p
+        assert rep.details["stages"][p]["capture"]["errors"] == 0, p
+    assert any(n.startswith("video: ") and "decode:FMT" in n for n in rep.notes)
+    paths = rep.write(tmp_path / "out")
+    assert all(p.is_file() for p in paths)
