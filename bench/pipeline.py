@@ -39,6 +39,8 @@ plus drops (frames the source skipped or whose command never came; frames captur
 commanded, by frame-id gaps at control), CPU % and peak RSS of each stage process, and
 throughput. Ratios: naive/edgert (p50) and naive/edgert_p99 for end-to-end, and the same for tax;
 naive/edgert-threads, and edgert:tax/edgert-threads:tax (processes against threads).
+With `video` (`--video FILE`, single-stream), the camera is the video source on FILE instead, with
+decode cost per frame beside the pipeline's and NV12 against BGR slots (bench/_video.py).
 With `compare_zmq` a fourth pipeline, "edgert-zmq", runs edgert with ZeroMQ-only hops (no
 mailboxes) in the same rounds: ratio edgert-zmq:tax/edgert:tax is what they save.
 """

@@ -5,7 +5,7 @@
     edgert doctor
     edgert bench NAME|all [--quick] [--out DIR]
     edgert bench pipeline [--scenario single-stream|multi-stream|server] [--cameras N] [--fps F]
-                          [--arrival poisson|fixed] [--min-count N] [--min-duration S]
+                          [--arrival poisson|fixed] [--min-count N] [--min-duration S] [--video FILE]
     edgert models list | info NAME | verify [NAME] | add PATH.onnx [--name N] | keygen | sign NAME --key K
     edgert infer --model PATH.onnx|MODEL_DIR --input IN.npz|IN.npy --output OUT.npz
     edgert sim --scenario NAME [--added-latency-ms X] [--drop-rate P] | sim list | sim sweep --out DIR
