@@ -267,6 +267,9 @@ class DecodeThread:
     step must return within 0.1 s (heartbeats); decoding ahead by `depth` frames also keeps a
     file's decode time off the pipeline's frame period where the machine has a core to spare.
     A file that ends is rewound (`loop`) or reported as "end"; a stream that ends or fails is "lost".
+    A live stream does not wait for the pipeline: when the queue is full its oldest frame is
+    dropped (counted in `skipped`), as a camera drops a frame nobody took, so what the pipeline
+    gets next is the newest; a file's frames all wait their turn.
     """
 
     def __init__(self, uri: str, opened: Opened | None = None, loop: bool = False, hwaccel: bool = True,
@@ -275,6 +278,8 @@ class DecodeThread:
         import threading
 
         self.uri, self.opened, self.loop, self.hwaccel = uri, opened, loop, hwaccel
+        self.live = is_stream(uri)
+        self.skipped = 0  # a live stream's frames dropped for newer ones (read by the stage's thread)
         self.items: queue.Queue[Decoded] = queue.Queue(depth)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="edgert-video-decode", daemon=True)
@@ -299,11 +304,28 @@ class DecodeThread:
 
         while not self.stop.is_set():
             try:
-                self.items.put(item, timeout=0.1)
+                self.items.put(item, timeout=0.0 if self.live and item.kind == "frame" else 0.1)
                 return True
             except queue.Full:
-                continue
+                if self.live and item.kind == "frame":
+                    self._drop_oldest_frame()
         return False
+
+    def _drop_oldest_frame(self) -> None:
+        """Live stream, queue full: take the oldest item out; a frame is dropped, news is put back."""
+        import queue
+
+        try:
+            old = self.items.get_nowait()
+        except queue.Empty:
+            return
+        if old.kind == "frame":
+            self.skipped += 1
+        else:  # keep "opened"/"corrupt" news; it goes back behind the frames still queued (rare: depth 2)
+            try:
+                self.items.put_nowait(old)
+            except queue.Full:
+                pass
 
     def _run(self) -> None:
         av = require_av()

@@ -317,7 +317,10 @@ def test_a_stream_that_drops_is_lost_then_reconnected(assets, tmp_path, caplog):
     assert f"camera lost: {url}: the stream ended; reconnecting" in text, text
     assert text.count("reconnect failed: ") == 2 and "5XX" in text, text  # the two refusals
     assert "camera back after" in text and _FlakyCamera.refused == 2
-    assert summary["stages"]["capture"]["frames"] > n and summary["stages"]["capture"]["errors"] == 0
+    st = summary["stages"]["capture"]
+    # a live stream never waits: the clip arrives faster than the closed loop takes it, and every frame
+    # of the first pass is either published or dropped for a newer one (counted); frames flow after it
+    assert st["frames"] + st["dropped"] >= n and st["frames"] >= 2 and st["errors"] == 0, st
 
 
 # -- the command line -----------------------------------------------------------------------------

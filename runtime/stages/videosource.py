@@ -10,7 +10,8 @@ published. The pipeline's frame ids count frames published, from a base on the h
 
 Pacing (camera.pacing):
   stream  (default) a file at its own rate, from each frame's presentation time; a stream URL as
-          frames arrive (waiting on timestamps would only add latency to a live camera)
+          frames arrive (waiting on timestamps would only add latency to a live camera). A stream
+          never waits for the pipeline: a frame not taken before two newer ones is dropped (counted)
   fixed   a frame every 1/camera.fps, whatever the video's rate
   closed  the next frame once the command for the last one is out (the frames source's closed
           loop: never sooner than 1/camera.fps after the last frame; a command not seen within
@@ -84,6 +85,7 @@ class VideoStage(CameraSource):
 
     def _start_decoder(self) -> None:
         self.decoder = DecodeThread(self.uri, self._first_opened, loop=self.loop and not self.live)
+        self.skipped_seen = 0  # of the decoder's `skipped` (written by its thread only)
         self._first_opened = None
 
     def teardown(self) -> None:
@@ -147,6 +149,7 @@ class VideoStage(CameraSource):
         return self.wait_until(due)
 
     def _publish(self, item: Decoded) -> None:
+        self._count_skipped()
         slot, view = self.output.acquire()
         self.write(item.frame, view)
         frame_id = self.id_base + self.frames + 1
@@ -162,6 +165,12 @@ class VideoStage(CameraSource):
         if self.live and self.lost_since_ns:
             self.camera_back()
             self.backoff.reset()
+
+    def _count_skipped(self) -> None:
+        """A live stream's frames the decoder dropped for newer ones: counted as dropped."""
+        if self.decoder is not None and self.decoder.skipped != self.skipped_seen:
+            self.dropped += self.decoder.skipped - self.skipped_seen
+            self.skipped_seen = self.decoder.skipped
 
     def _command_seen(self) -> bool:
         """Is the command for the awaited frame out (or will it never come, within the deadline)?"""
@@ -217,6 +226,7 @@ class VideoStage(CameraSource):
         why = why if self.uri in why else f"{self.label}: {why}"
         again = bool(self.lost_since_ns)  # a reconnect that failed: camera_lost logged the loss
         self.camera_lost(why)
+        self._count_skipped()
         if self.decoder is not None:
             self.decoder.close()
             self.decoder = None
