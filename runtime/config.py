@@ -597,8 +597,13 @@ def _check_video(cfg: PipelineConfig) -> None:
     if not cam.uri:
         raise ConfigError("camera.uri: required with camera.source = \"video\"; name a video file (relative to the "
                           "config's folder; `edgert sim clip road.mp4` makes one) or a stream URL (rtsp://, http://)")
+    import importlib.util
+
     from edgert.runtime.video import is_stream
 
+    if importlib.util.find_spec("av") is None:  # not imported here: a config loads in every stage process
+        raise ConfigError("camera.source = \"video\" decodes with FFmpeg through PyAV, which is not installed: "
+                          "pip install 'edgert[camera]'")
     if not is_stream(cam.uri):
         if "://" in cam.uri:
             raise ConfigError(f"camera.uri: {cam.uri!r}: not a scheme the video source reads; use a file path or "

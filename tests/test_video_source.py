@@ -360,3 +360,15 @@ def test_bench_pipeline_on_video_reports_decode_cost_beside_the_pipeline(assets,
     assert any(n.startswith("video: ") and "decode:FMT" in n for n in rep.notes)
     paths = rep.write(tmp_path / "out")
     assert all(p.is_file() for p in paths)
+
+
+def test_without_pyav_the_video_source_says_which_extra_to_install(assets, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    with pytest.raises(ConfigError, match=r"camera.source = \"video\" decodes with FFmpeg through PyAV, which is not "
+                                          r"installed: pip install 'edgert\[camera\]'"):
+        from_dict({"camera": {"source": "video", "uri": str(assets["h264"]), "width": W, "height": H}})
+    with pytest.raises(video.VideoError, match=r"pip install 'edgert\[camera\]'"):
+        video.require_av()
+    assert cli.main(["sim", "clip", str(assets["h264"].parent / "x.mp4"), "--seconds", "0.1", "--size", "64x48"]) == 2
