@@ -334,9 +334,19 @@ class DecodeThread:
                 self.opened = open_video(self.uri, self.hwaccel)
             self._put(Decoded("opened", text=f"{self.opened.decoder} ({self.opened.why})"))
             while self._decode_pass(av) and self.loop and not self.stop.is_set():
-                self.opened.container.seek(0)  # rewinds the demuxer and flushes the decoder
+                self._rewind(av)
         except (av.FFmpegError, VideoError, OSError) as e:
             self._put(Decoded("lost", text=str(e)))
+
+    def _rewind(self, av: Any) -> None:
+        """Back to the file's start: a seek (which flushes the decoder), or where the container cannot
+        seek (a raw H.264 stream), the file opened again."""
+        assert self.opened is not None
+        try:
+            self.opened.container.seek(0)
+        except av.FFmpegError:
+            self.opened.close()
+            self.opened = open_video(self.uri, self.hwaccel)
 
     def _decode_pass(self, av: Any) -> bool:
         """Decode the input once to its end; False if stopped or (a stream) lost."""
