@@ -27,11 +27,8 @@ lint: $(STAMP)
 	$(PY) -c "$$TYPECHECK_TREE"
 	$(PY) -m mypy
 
-# Two workers, each given whole files (--dist loadfile: a module's fixtures, such as the fresh
-# install in test_wheel.py, are built once). TEST_WORKERS=0 runs the suite in this process.
-TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''

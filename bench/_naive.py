@@ -2,8 +2,9 @@
 
     capture     a fresh copy of the frame (what cv2.VideoCapture.read returns), pickled through
                 ZeroMQ with send_pyobj
-    preprocess  recv_pyobj, then the cv2 + NumPy chain (crop, resize, cvtColor, astype,
-                normalise, transpose: kernels.reference_preprocess), pickled on
+    preprocess  recv_pyobj, then the cv2 + NumPy chain (a YUV camera.format decoded with cvtColor
+                first, then crop, resize, cvtColor, astype, normalise, transpose:
+                kernels.reference_preprocess), pickled on
     infer       recv_pyobj, plain `session.run(None, {name: ndarray})`, outputs pickled on
     control     recv_pyobj, decode and clamp the steering, publish the product's COMMAND message
 
@@ -22,6 +23,7 @@ run directory); `_sockets_allowed` refuses tcp://.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -124,10 +126,15 @@ class NaivePreprocess(_NaiveStage):
     name = "preprocess"
     in_topic, out_topic = "frames", "tensors"
 
+    def prepare(self) -> None:
+        cam = self.cfg.camera  # the camera's own format, decoded as a user would (cv2.cvtColor)
+        self.spec = dataclasses.replace(self.manifest.preprocess, src_format=cam.format,
+                                        yuv_matrix=cam.yuv_matrix, yuv_range=cam.yuv_range)
+
     def work(self, msg: dict) -> None:
         t = time.monotonic_ns()
-        frame, spec = msg["frame"], self.manifest.preprocess
-        frames = [frame] if frame.ndim == 3 else list(frame)
+        frame, spec = msg["frame"], self.spec
+        frames = [frame] if self.cfg.camera.cameras == 1 else list(frame)
         tensor = np.concatenate([reference_preprocess(spec, f) for f in frames])
         msg["stamps"][Stamp.PRE_RECV] = t
         msg["stamps"][Stamp.PRE_DONE] = time.monotonic_ns()

@@ -43,6 +43,8 @@ class ConfigError(EdgertError, ValueError):
 # The CAN command frame's age byte saturates here (runtime/canbus.AGE_SATURATED_MS; python-can is not
 # imported to load a config): a deadline at or above it would make the actuator refuse fresh commands.
 CAN_AGE_SATURATED_MS = 255
+CAMERA_FORMATS = ("bgr", "rgb", "nv12", "i420", "yuyv")  # camera.format; YUV_FORMATS decode in the fused kernel
+YUV_FORMATS = ("nv12", "i420", "yuyv")
 _NAME = r"[a-z0-9][a-z0-9_-]*"  # a market or region name, as manifests and the residency policy write them
 
 
@@ -122,7 +124,12 @@ class CameraSection:
     height: int = setting(1080, gt=0, le=4320, unit="px", why="8K")
     fps: float = setting(30.0, ge=1, le=240.0, unit="frames/s",
                          why="the watchdog deadline and heartbeats follow the frame period")
-    format: str = setting("bgr", choices=("bgr",))
+    # the pixel format of the camera stream's slots, as the camera delivers it (runtime/topics.layout):
+    # bgr | rgb (H, W, 3); nv12 | i420 (H * 3 // 2, W), YUV 4:2:0; yuyv (H, W, 2), YUV 4:2:2 (YUY2)
+    format: str = setting("bgr", choices=CAMERA_FORMATS)
+    # how a YUV format decodes to RGB (kernels/formats.py); only for nv12 / i420 / yuyv
+    yuv_matrix: str = setting("bt601", choices=("bt601", "bt709"))
+    yuv_range: str = setting("limited", choices=("limited", "full"))  # Y 16-235 (video) | 0-255 (JPEG-style)
     pool_slots: int = setting(4, ge=2, le=64, unit="slots",
                               why="2 so the camera never waits; each holds a whole frame in shared memory")
     # camera health, checked by preprocess on every frame (runtime/camhealth.py):
@@ -226,8 +233,9 @@ class RecordSection:
     ring_s: float = setting(10.0, gt=0, le=600.0, unit="s", why="the ring is held in memory")
     # bytes bound of the ring in MiB; 0 = sized for ring_s of frames at the camera's size and rate
     ring_mb: int = setting(0, ge=0, le=65536, unit="MiB", why="the ring is held in memory")
-    # raw (bit-exact, replayable) | jpeg (foxglove.CompressedImage, lossy) | none
-    frames: str = setting("raw", choices=("raw", "jpeg", "none"))
+    # raw (bit-exact, replayable) | image (foxglove.RawImage in camera.format, bit-exact, viewable in
+    # Foxglove) | jpeg (foxglove.CompressedImage, lossy) | none
+    frames: str = setting("raw", choices=("raw", "image", "jpeg", "none"))
     jpeg_quality: int = setting(90, ge=1, le=100)
     compression: str = setting("lz4", choices=_compressions)  # MCAP chunk compression (runtime/fleet/mcapio.py)
     # a file never spans more than this: a crash loses at most the open one
@@ -515,6 +523,7 @@ def _cross_check(cfg: PipelineConfig) -> None:
     _check_pacing(cfg)
     _check_video(cfg)
     _check_sim(cfg)
+    _check_format(cfg)
     _check_record(cfg)
     if not (cfg.model_dir() / "manifest.toml").is_file():
         names = sorted({p.name for z in cfg.zoos() if z.is_dir()
@@ -533,8 +542,9 @@ def ring_bytes(cfg: PipelineConfig) -> int:
 
 
 def _frame_bytes(cfg: PipelineConfig) -> int:
-    cam = cfg.camera
-    return cam.width * cam.height * 3 * getattr(cam, "cameras", 1)
+    from edgert.runtime.topics import CAMERA_STREAM, layout  # a plain table: topics imports no stage
+
+    return layout(CAMERA_STREAM, cfg).slot_bytes
 
 
 def _check_record(cfg: PipelineConfig) -> None:
@@ -601,6 +611,9 @@ def _check_video(cfg: PipelineConfig) -> None:
 
     from edgert.runtime.video import is_stream
 
+    if cam.format not in ("bgr", "rgb", "nv12", "i420"):
+        raise ConfigError(f"camera.format: {cam.format!r}: the video source writes decoded frames as 'bgr', 'rgb', "
+                          "'nv12' or 'i420' (H.264/H.265 decode to 4:2:0: 'i420' and 'nv12' copy it unconverted)")
     if importlib.util.find_spec("av") is None:  # not imported here: a config loads in every stage process
         raise ConfigError("camera.source = \"video\" decodes with FFmpeg through PyAV, which is not installed: "
                           "pip install 'edgert[camera]'")
@@ -625,6 +638,24 @@ def _check_sim(cfg: PipelineConfig) -> None:
     if cfg.camera.source == "frames" and cfg.camera.frames == 1 and cfg.camera.frozen_frames:
         raise ConfigError("camera.frozen_frames: the frames source with camera.frames = 1 repeats one image by "
                           "design, which the frozen-camera check flags; set camera.frozen_frames = 0 or frames >= 2")
+
+
+def _check_format(cfg: PipelineConfig) -> None:
+    """camera.format against the frame size, and the YUV keys against the format (kernels/formats.py)."""
+    cam = cfg.camera
+    if cam.format in ("nv12", "i420") and (cam.width % 2 or cam.height % 2):
+        raise ConfigError(f"camera.format: {cam.format!r} is YUV 4:2:0 (one chroma sample per 2x2 pixels) and needs "
+                          f"an even width and height, got {cam.width}x{cam.height}; set camera.width/height to even "
+                          "sizes (crop the camera)")
+    if cam.format == "yuyv" and cam.width % 2:
+        raise ConfigError(f"camera.format: 'yuyv' is YUV 4:2:2 (one chroma pair per 2 pixels) and needs an even "
+                          f"width, got {cam.width}; set camera.width to an even size (crop the camera)")
+    if cam.format not in YUV_FORMATS:
+        for key, default in (("yuv_matrix", "bt601"), ("yuv_range", "limited")):
+            if getattr(cam, key) != default:
+                raise ConfigError(f"camera.{key}: {getattr(cam, key)!r} says how YUV decodes, but camera.format is "
+                                  f"{cam.format!r}; remove the key or set camera.format to one of "
+                                  f"{', '.join(repr(f) for f in YUV_FORMATS)}")
 
 
 def load(path: str | Path) -> PipelineConfig:

@@ -30,11 +30,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, from_dict, load
+from edgert.runtime.config import (
+    CAMERA_FORMATS,
+    DEFAULT_CONFIG,
+    YUV_FORMATS,
+    ConfigError,
+    PipelineConfig,
+    from_dict,
+    load,
+)
 from edgert.runtime.fleet import mcapio
 from edgert.runtime.fleet.export import authenticated_metadata, open_clip
 from edgert.runtime.manifest import load_manifest
 from edgert.runtime.stages.replaysource import frame_topic, iter_frames
+from edgert.runtime.topics import image_size
 
 log = logging.getLogger("edgert.replay")
 
@@ -118,12 +127,13 @@ def steering_outputs(paths: list[Path], index: int, scale: float) -> dict[int, f
 
 
 def frame_digests(paths: list[Path]) -> dict[int, str]:
-    """frame id -> blake2b of the raw pixel bytes, from /camera/raw."""
+    """frame id -> blake2b of the raw pixel bytes (as in the camera slot), from /camera/raw or /camera/image."""
     out: dict[int, str] = {}
     for p in paths:
         try:
-            for _, msg in mcapio.iter_messages(p, {mcapio.RAW_TOPIC}):
-                fr = mcapio.decode_raw_frame(msg.data)
+            for topic, msg in mcapio.iter_messages(p, {mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC}):
+                fr = (mcapio.decode_raw_frame(msg.data) if topic == mcapio.RAW_TOPIC
+                      else mcapio.decode_raw_image(msg.data))
                 out[fr.frame_id] = hashlib.blake2b(fr.pixels.tobytes(), digest_size=16).hexdigest()
         except mcapio.TruncatedRecording as e:
             log.warning("%s", e)
@@ -151,6 +161,18 @@ def recorded_model(meta: dict[str, str]) -> str | None:
     return m if "/" not in m else str(from_dict({"infer": {"model": m}}, base_dir=base).model_dir())
 
 
+def recorded_camera(meta: dict[str, str]) -> dict[str, str]:
+    """camera.format / yuv_matrix / yuv_range of a recording's raw frames, from its metadata (a file
+    recorded before formats were recorded holds BGR frames)."""
+    fmt = meta.get("camera_format", "bgr")
+    if fmt not in CAMERA_FORMATS:
+        raise ConfigError(f"recording metadata: camera_format {fmt!r} is not a camera.format this edgert reads "
+                          f"({', '.join(CAMERA_FORMATS)}); replay it with the edgert version that recorded it")
+    yuv = fmt in YUV_FORMATS
+    return {"format": fmt, "yuv_matrix": meta.get("yuv_matrix", "bt601") if yuv else "bt601",
+            "yuv_range": meta.get("yuv_range", "limited") if yuv else "limited"}
+
+
 def replay_config(path: Path, local: PipelineConfig, meta: dict[str, str], out_dir: Path, model: str | None,
                   speed: float, mode: str | None, verify_frames: bool, topic: str) -> PipelineConfig:
     """This machine's config LOCAL turned into a replay of `path`, recording everything to out_dir.
@@ -159,13 +181,14 @@ def replay_config(path: Path, local: PipelineConfig, meta: dict[str, str], out_d
     model (unless `model` is given) and the region label of the scratch recording.
     """
     _, _, first = next(iter_frames(str(path), topic))
-    h, w = first.shape[-3], first.shape[-2]
-    n_cameras = first.shape[0] if first.ndim == 4 else 1
+    # raw frames go back in their recorded format; JPEG frames decode to BGR
+    cam = recorded_camera(meta if topic in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC) else {})
+    n_cameras, h, w = image_size(cam["format"], first.shape)
     model = model or recorded_model(meta)
     if model is None:
         raise ConfigError(f"{path}: the recording does not say which model it ran; pass one with --model")
     changes: dict[str, dict[str, Any]] = {
-        "camera": {"source": "replay", "width": w, "height": h, "cameras": n_cameras},
+        "camera": {"source": "replay", "width": w, "height": h, "cameras": n_cameras, **cam},
         "replay": {"file": str(path.resolve()), "speed": speed},
         "record": {"enabled": True, "mode": "all", "frames": "raw" if verify_frames else "none",
                    "dir": str(out_dir), "region": meta.get("region") or "sim", "pre_s": 0.0, "ring_mb": 0,
@@ -258,7 +281,7 @@ def run_replay(path: str | Path, config: PipelineConfig | None = None, model: st
             report.notes.append("frames were recorded as JPEG: the replay's input is close to, not identical "
                                 "with, what the model saw; expect small differences")
         if verify_frames:
-            if topic != mcapio.RAW_TOPIC:
+            if topic not in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC):
                 report.notes.append("frames not verified: only raw frames can be compared bit for bit")
             else:
                 old, new = frame_digests([path]), frame_digests(new_files)

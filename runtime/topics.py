@@ -64,7 +64,8 @@ class Stream:
 
 STREAMS: dict[str, Stream] = {s.name: s for s in (
     Stream("camera", 1, "frames", "capture", "camera.pool_slots",
-           "camera images, uint8 (H, W, 3), or (N, H, W, 3) for N cameras in lock-step"),
+           "camera images in camera.format, uint8: bgr/rgb (H, W, 3), nv12/i420 (H * 3 // 2, W), yuyv "
+           "(H, W, 2); (N, ...) of those for N cameras in lock-step"),
     Stream("tensor", 2, "tensors", "preprocess", "infer.pool_slots",
            "model inputs, the model's first input's shape and dtype"),
 )}
@@ -93,6 +94,27 @@ def stream(name: str) -> Stream:
         raise KeyError(f"unknown stream {name!r}; streams are: {', '.join(STREAMS)}") from None
 
 
+def frame_shape(fmt: str, height: int, width: int) -> tuple[int, ...]:
+    """One camera image's array shape in pixel format `fmt` (camera.format), packed: the layouts of
+    kernels/formats.py without row padding, which the fused kernel reads as they are."""
+    h, w = int(height), int(width)
+    if fmt in ("bgr", "rgb"):
+        return (h, w, 3)
+    if fmt in ("nv12", "i420"):  # Y rows, then the 4:2:0 chroma in H / 2 rows of W bytes
+        return (h * 3 // 2, w)
+    if fmt == "yuyv":  # Y0 U Y1 V per two pixels
+        return (h, w, 2)
+    raise ValueError(f"camera.format {fmt!r}: no frame layout; formats are bgr, rgb, nv12, i420, yuyv")
+
+
+def image_size(fmt: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(cameras, height, width) of a camera slot of `shape` in `fmt`: frame_shape's inverse."""
+    one = 2 if fmt in ("nv12", "i420") else 3
+    n = int(shape[0]) if len(shape) == one + 1 else 1
+    rows, w = int(shape[-one]), int(shape[-one + 1])
+    return n, (rows * 2 // 3 if fmt in ("nv12", "i420") else rows), w
+
+
 def layout(name: str, cfg: Any, model_input: Any = None) -> StreamLayout:
     """Shape, dtype and slot count of stream `name` in a run of `cfg` (a PipelineConfig).
     `model_input` is the model's first input (a manifest TensorSpec: .shape, .dtype), which the
@@ -102,7 +124,7 @@ def layout(name: str, cfg: Any, model_input: Any = None) -> StreamLayout:
     slots = int(getattr(getattr(cfg, section), field))
     if name == CAMERA_STREAM:
         cam = cfg.camera
-        one = (int(cam.height), int(cam.width), 3)
+        one = frame_shape(cam.format, cam.height, cam.width)
         return StreamLayout(one if cam.cameras == 1 else (int(cam.cameras), *one), np.dtype(np.uint8), slots)
     if model_input is None:
         raise ValueError(f"stream {name!r}: its layout is the model input's; pass the manifest's inputs[0]")

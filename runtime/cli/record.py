@@ -46,7 +46,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         status = "ok" if info.complete else "TRUNCATED"
         bad += not info.complete
         what = f"{meta.get('event_kind', 'all')} {meta.get('event_reason', '')}".strip()
-        frames = info.topics.get(mcapio.RAW_TOPIC, 0) + info.topics.get(mcapio.JPEG_TOPIC, 0)
+        frames = sum(info.topics.get(t, 0) for t in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC, mcapio.JPEG_TOPIC))
         print(f"{status:<9} {p.name}  region={meta.get('region', '?')} {what}; {info.duration_s:.1f} s, "
               f"{frames} frames, {info.messages} messages" + ("" if info.complete else f" ({info.error})"))
     if bad:

@@ -6,6 +6,9 @@ Topics and encodings (docs/fleet.md has the full table):
     /camera/raw   edgert.RawFrame, message encoding "edgert-frame-v1": our wire FRAME record
                   (docs/wire.md, CRC-checked on reading) followed by the pixel bytes in C order,
                   exactly as the camera wrote them into its slot: replay is bit-exact
+    /camera/image foxglove.RawImage (json; record.frames = "image"): the pixels in the camera's
+                  own format with Foxglove's encoding for it, viewable in Foxglove, plus the wire
+                  FRAME record (edgert_frame): replay is bit-exact (IMAGE_ENCODING below)
     /camera/jpeg  foxglove.CompressedImage (json): for viewing; lossy, replayable but not bit-exact
     /results /commands /vehicle
                   json, one JSON Schema per wire type (the fields of runtime/wire.py's records,
@@ -51,7 +54,10 @@ from edgert.runtime.wire import MsgType
 PARTIAL = ".partial"  # suffix of a file still being written
 TRUNCATED = ".truncated.mcap"  # a .partial found after a crash is renamed to this, and reported
 FRAME_ENCODING = "edgert-frame-v1"
-RAW_TOPIC, JPEG_TOPIC = "/camera/raw", "/camera/jpeg"
+RAW_TOPIC, JPEG_TOPIC, IMAGE_TOPIC = "/camera/raw", "/camera/jpeg", "/camera/image"
+# camera.format -> foxglove.RawImage encoding. Foxglove has no I420: its planes are stored as NV12
+# (the same bytes, U and V interleaved: lossless) and put back on reading, by edgert_format.
+IMAGE_ENCODING = {"bgr": "bgr8", "rgb": "rgb8", "nv12": "nv12", "i420": "nv12", "yuyv": "yuyv"}
 EVENTS_TOPIC = "/events"
 WIRE_TOPICS = {"/results": MsgType.RESULT, "/commands": MsgType.COMMAND, "/vehicle": MsgType.VEHICLE}
 COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
@@ -110,6 +116,20 @@ COMPRESSED_IMAGE_SCHEMA = {  # foxglove.CompressedImage, plus the edgert frame i
         "edgert_frame_id": {"type": "integer"},
     },
 }
+RAW_IMAGE_SCHEMA = {  # foxglove.RawImage, plus what makes the replay bit-exact
+    "title": "foxglove.RawImage", "type": "object",
+    "properties": {
+        "timestamp": {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}},
+        "frame_id": {"type": "string"},
+        "width": {"type": "integer"}, "height": {"type": "integer"},
+        "encoding": {"type": "string"}, "step": {"type": "integer"},
+        "data": {"type": "string", "contentEncoding": "base64"},
+        "edgert_frame_id": {"type": "integer"},
+        "edgert_format": {"type": "string", "description": "camera.format of the slot the pixels came from"},
+        "edgert_frame": {"type": "string", "contentEncoding": "base64",
+                         "description": "the wire FRAME record (docs/wire.md): frame id, slot shape, stamps"},
+    },
+}
 RAW_FRAME_SCHEMA = (
     "edgert wire FRAME record (docs/wire.md, little-endian, CRC-32 checked) of "
     f"{wire.LAYOUTS[MsgType.FRAME].itemsize} bytes: frame_id, shape, dtype code, stamps (stamps[0] = "
@@ -123,12 +143,14 @@ def _schema_for(topic: str) -> tuple[str, str, bytes, str]:
         return "edgert.RawFrame", "edgert-text", RAW_FRAME_SCHEMA, FRAME_ENCODING
     if topic == JPEG_TOPIC:
         return "foxglove.CompressedImage", "jsonschema", json.dumps(COMPRESSED_IMAGE_SCHEMA).encode(), "json"
+    if topic == IMAGE_TOPIC:
+        return "foxglove.RawImage", "jsonschema", json.dumps(RAW_IMAGE_SCHEMA).encode(), "json"
     if topic == EVENTS_TOPIC:
         return "edgert.Event", "jsonschema", json.dumps(EVENT_SCHEMA).encode(), "json"
     if topic in WIRE_TOPICS:
         schema = wire_json_schema(WIRE_TOPICS[topic])
         return schema["title"], "jsonschema", json.dumps(schema).encode(), "json"
-    raise KeyError(f"no schema for topic {topic!r}; topics: {RAW_TOPIC}, {JPEG_TOPIC}, "
+    raise KeyError(f"no schema for topic {topic!r}; topics: {RAW_TOPIC}, {IMAGE_TOPIC}, {JPEG_TOPIC}, "
                    f"{', '.join(WIRE_TOPICS)}, {EVENTS_TOPIC}")
 
 
@@ -166,6 +188,62 @@ def decode_raw_frame(data: bytes) -> RawFrame:
         raise RecordingError(f"raw frame message: {len(data) - n} pixel bytes, header {shape} {dtype} says {want}")
     pixels = np.frombuffer(data, dtype=dtype, count=want // dtype.itemsize, offset=n).reshape(shape)
     return RawFrame(int(rec["frame_id"]), int(rec["stamps"][wire.Stamp.CAPTURE]), pixels)
+
+
+def raw_image_json(frame_record: bytes, pixels: np.ndarray, fmt: str, capture_wall_ns: int) -> bytes:
+    """A camera slot as foxglove.RawImage JSON: `frame_record` is its wire FRAME record (the
+    /camera/raw header), `pixels` the slot's (N, ...) array in camera.format `fmt`."""
+    one = 2 if fmt in ("nv12", "i420") else 3  # the dimensions of one image
+    n = pixels.shape[0] if pixels.ndim == one + 1 else 1
+    rows, w = pixels.shape[-one], pixels.shape[-one + 1]
+    data = pixels
+    if fmt in ("nv12", "i420") and n > 1:  # N 4:2:0 images are no one NV12 image: their planes, as grey
+        encoding, height, step = "mono8", n * rows, w
+    else:
+        encoding, height = IMAGE_ENCODING[fmt], n * (rows * 2 // 3 if one == 2 else rows)
+        step = w * {"bgr8": 3, "rgb8": 3, "yuyv": 2}.get(encoding, 1)
+        if fmt == "i420":
+            data = i420_as_nv12(pixels)
+    sec, nsec = divmod(int(capture_wall_ns), 1_000_000_000)
+    rec = wire.decode(frame_record, MsgType.FRAME)
+    return json.dumps({"timestamp": {"sec": sec, "nsec": nsec}, "frame_id": "camera", "width": int(w),
+                       "height": int(height), "encoding": encoding, "step": int(step),
+                       "data": base64.b64encode(np.ascontiguousarray(data).data).decode(),
+                       "edgert_frame_id": int(rec["frame_id"]), "edgert_format": fmt,
+                       "edgert_frame": base64.b64encode(frame_record).decode()}).encode()
+
+
+def i420_as_nv12(img: np.ndarray) -> np.ndarray:
+    """One I420 image (H * 3 / 2, W) as NV12: the same Y plane, U and V interleaved (lossless)."""
+    h = img.shape[0] * 2 // 3
+    out = img.copy()
+    chroma = img[h:].reshape(2, -1)  # the U plane, then the V plane
+    out[h:] = np.stack([chroma[0], chroma[1]], -1).reshape(out[h:].shape)
+    return out
+
+
+def nv12_as_i420(img: np.ndarray) -> np.ndarray:
+    """`i420_as_nv12` undone."""
+    h = img.shape[0] * 2 // 3
+    out = img.copy()
+    uv = img[h:].reshape(-1, 2)
+    out[h:] = np.concatenate([uv[:, 0], uv[:, 1]]).reshape(out[h:].shape)
+    return out
+
+
+def decode_raw_image(data: bytes) -> RawFrame:
+    """A /camera/image message back to the slot it was recorded from, bit for bit (the FRAME
+    record gives its shape; an I420 camera's NV12-stored planes are put back in I420 order)."""
+    try:
+        obj = json.loads(data)
+        header, pixels = base64.b64decode(obj["edgert_frame"]), base64.b64decode(obj["data"])
+        fmt = obj["edgert_format"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RecordingError(f"foxglove.RawImage message: {type(e).__name__}: {e}") from None
+    frame = decode_raw_frame(header + pixels)
+    if fmt == "i420" and frame.pixels.ndim == 2:
+        frame = dataclasses.replace(frame, pixels=nv12_as_i420(frame.pixels))
+    return frame
 
 
 # -- writing -------------------------------------------------------------------------------

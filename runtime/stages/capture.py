@@ -8,7 +8,9 @@ the new pose straight into a frame-pool slot, and publishes the slot's descripto
 vehicle's ground truth (lane error, actuator and injected-fault flags) for telemetry. With
 `sim.scenario` the road and the camera's conditions over time (light, noise, blackout,
 frozen frames) come from runtime/sim/scenarios.py; `sim.drop_rate` drops a fraction of
-frames before publishing. Ticks are paced in real time at camera.fps.
+frames before publishing. Ticks are paced in real time at camera.fps. The image is rendered in
+BGR; with another camera.format it is rendered into a preallocated BGR image and converted into
+the slot as a camera would deliver it (runtime/pixconvert.py), so the loop runs in every format.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from edgert.runtime import wire
 from edgert.runtime.e2e import CommandChecker, Verdict
+from edgert.runtime.pixconvert import BgrTo
 from edgert.runtime.sim import BicycleModel, PinholeCamera, Renderer, Road, VehicleState, initial_state, scenarios
 from edgert.runtime.sim.actuator import Actuator
 from edgert.runtime.sim.effects import FrameEffects
@@ -38,8 +41,11 @@ class CaptureStage(CameraSource):
         cam, sim = self.cfg.camera, self.cfg.sim
         self.period_ns = int(1e9 / cam.fps)
         self.dt = 1.0 / cam.fps
-        self.shape = (cam.height, cam.width, 3)
-        self.open_camera(self.shape)
+        self.open_camera()
+        self.shape = self.layout.shape
+        # the render's BGR image: the slot itself, or (another camera.format) a buffer converted into it
+        self.to_format = BgrTo(cam.format, cam.height, cam.width) if cam.format != "bgr" else None
+        self.bgr = np.zeros((cam.height, cam.width, 3), np.uint8) if self.to_format is not None else None
         self.scenario = scenarios.get(sim.scenario) if sim.scenario else None
         if self.scenario is None:
             self.road = Road(seed=sim.road_seed, length_m=sim.road_length_m, lane_width_m=sim.lane_width_m)
@@ -70,7 +76,8 @@ class CaptureStage(CameraSource):
         self.veh = wire.new_message(MsgType.VEHICLE)
 
     def on_start(self) -> None:
-        self.log.info("started: %dx%d at %.1f fps", self.shape[1], self.shape[0], self.cfg.camera.fps)
+        cam = self.cfg.camera
+        self.log.info("started: %dx%d %s at %.1f fps", cam.width, cam.height, cam.format, cam.fps)
 
     def _receive_command(self) -> None:
         msg = self.commands.drain()
@@ -90,16 +97,22 @@ class CaptureStage(CameraSource):
         if self.scenario is not None:
             self.scenario.condition_at(self.produced / self.cfg.camera.fps, cond)
         flags = 0
-        if cond.blackout:
-            view.fill(0)
-            flags |= VehicleFlags.CAMERA_BLACKOUT
-        elif cond.frozen and self.last_slot >= 0:
-            np.copyto(view, self.output.views[self.last_slot])
+        img = view if self.bgr is None else self.bgr
+        if cond.frozen and self.last_slot >= 0 and not cond.blackout:
+            np.copyto(view, self.output.views[self.last_slot])  # the last frame, in the slot's format
             flags |= VehicleFlags.CAMERA_FROZEN
+            if self.effects is not None and self.bgr is None:
+                self.effects.apply(view, cond.gain, cond.sigma, cond.salt)
         else:
-            self.renderer.render(st.x, st.y, st.yaw, view, s_hint=s)
-        if self.effects is not None:
-            self.effects.apply(view, cond.gain, cond.sigma, cond.salt)
+            if cond.blackout:
+                img.fill(0)
+                flags |= VehicleFlags.CAMERA_BLACKOUT
+            else:
+                self.renderer.render(st.x, st.y, st.yaw, img, s_hint=s)
+            if self.effects is not None:
+                self.effects.apply(img, cond.gain, cond.sigma, cond.salt)
+            if self.to_format is not None:
+                self.to_format(img, view)
         if cond.outside_odd:
             flags |= VehicleFlags.LIGHT_OUTSIDE_ODD
         return flags

@@ -4,9 +4,11 @@ A benchmark needs identical input every run and a source whose per-frame cost is
 camera driver's is (the image lands in a frame-pool slot), so that what is measured is the
 pipeline. At setup this stage renders `camera.frames` distinct road images with the simulator
 (poses along the road, a few lateral offsets); each tick copies the next one into a pool slot,
-stamps CAPTURE and publishes the descriptor. With `camera.cameras` = N > 1 the N cameras run in
-lock-step: one slot holds an (N, H, W, 3) array, camera j showing image (i + j) mod K, and the
-preprocess stage turns it into one batched tensor.
+stamps CAPTURE and publishes the descriptor. The images are rendered in BGR and converted once,
+at setup, to camera.format (runtime/pixconvert.py), so a tick's copy is a camera's whatever the
+format. With `camera.cameras` = N > 1 the N cameras run in lock-step: one slot holds N images
+((N, H, W, 3) in BGR), camera j showing image (i + j) mod K, and the preprocess stage turns it
+into one batched tensor.
 
 Pacing (`camera.pacing`), the scenarios of MLPerf LoadGen:
   fixed    a tick every 1/fps, like a camera; a tick missed by a whole period is skipped and
@@ -26,6 +28,7 @@ import time
 
 import numpy as np
 
+from edgert.runtime.pixconvert import BgrTo
 from edgert.runtime.sim import PinholeCamera, Renderer, Road, initial_state
 from edgert.runtime.stages.source import CameraSource
 from edgert.runtime.transport import latest_reader
@@ -36,7 +39,7 @@ SPACING_M = 7.0  # road distance between consecutive pre-rendered frames
 
 
 def render_frames(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """n camera images (n, H, W, 3) uint8 of the config's road, from its start pose onwards."""
+    """n camera images (n, H, W, 3) uint8 BGR of the config's road, from its start pose onwards."""
     cam, sim = cfg.camera, cfg.sim
     road = Road(seed=sim.road_seed, length_m=sim.road_length_m, lane_width_m=sim.lane_width_m)
     camera = PinholeCamera(width=cam.width, height=cam.height, hfov_deg=sim.hfov_deg,
@@ -51,6 +54,19 @@ def render_frames(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     return out
 
 
+def camera_frames(cfg, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """`render_frames` in camera.format: (n, *one image's shape of runtime/topics.frame_shape)."""
+    bgr = render_frames(cfg, n)
+    cam = cfg.camera
+    if cam.format == "bgr":
+        return bgr
+    conv = BgrTo(cam.format, cam.height, cam.width)
+    out = np.empty((n, *conv.shape), np.uint8)
+    for img, dst in zip(bgr, out):
+        conv(img, dst)
+    return out
+
+
 class FramesStage(CameraSource):
 
     def setup(self) -> None:
@@ -59,10 +75,9 @@ class FramesStage(CameraSource):
         self.period_ns = int(1e9 / cam.fps)
         self.pacing = cam.pacing or "fixed"  # "" = this source's own
         self.rng = np.random.default_rng(cam.seed)
-        self.images = render_frames(self.cfg, cam.frames)
+        self.images = camera_frames(self.cfg, cam.frames)
         self._image_views = list(self.images)  # per-frame indexing creates no array objects
-        one = (cam.height, cam.width, 3)
-        self.shape = one if self.n_cams == 1 else (self.n_cams, *one)
+        self.shape = self.images.shape[1:] if self.n_cams == 1 else (self.n_cams, *self.images.shape[1:])
         self.deadline_ns = self.cfg.deadline_ns
         if self.pacing == "closed":  # only the closed loop waits for commands
             self.commands = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "commands"))
@@ -87,8 +102,9 @@ class FramesStage(CameraSource):
 
     # -- loop ---------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.log.info("started: %d x %dx%d frames, %s pacing at %.1f fps", self.n_cams, self.shape[-2],
-                          self.shape[-3], self.pacing, self.cfg.camera.fps)
+        cam = self.cfg.camera
+        self.log.info("started: %d x %dx%d %s frames, %s pacing at %.1f fps", self.n_cams, cam.width, cam.height,
+                      cam.format, self.pacing, cam.fps)
 
     def _command_seen(self) -> bool:
         """Closed pacing: has the command for the awaited frame gone out (or will it never)?"""

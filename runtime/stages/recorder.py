@@ -53,7 +53,7 @@ import numpy as np
 import zmq
 
 from edgert.runtime import wire
-from edgert.runtime.config import ring_bytes
+from edgert.runtime.config import ConfigError, ring_bytes
 from edgert.runtime.fleet import crypto, mcapio
 from edgert.runtime.fleet.clips import ClipPolicy, ClipWriter, Event
 from edgert.runtime.fleet.export import recorder_hooks
@@ -64,7 +64,7 @@ from edgert.runtime.manifest import load_manifest
 from edgert.runtime.node import Node
 from edgert.runtime.signals import set_on_signal
 from edgert.runtime.stage import StageContext
-from edgert.runtime.topics import CAMERA_STREAM, STREAM_IDS
+from edgert.runtime.topics import CAMERA_STREAM, STREAM_IDS, layout
 from edgert.runtime.transport import confirmed_subscribers, publisher, subscriber
 from edgert.runtime.wire import CommandFlags, MsgType, TakeoverReason
 
@@ -77,6 +77,8 @@ CONNECT_WAIT_S = 30.0  # setup: for the subscriptions' handshakes (a stage that 
 _FRAME_HEADER = wire.LAYOUTS[MsgType.FRAME].itemsize
 _U8 = wire.CODE_OF_DTYPE[np.dtype(np.uint8)]
 
+_TO_BGR = {"rgb": "COLOR_RGB2BGR", "nv12": "COLOR_YUV2BGR_NV12", "i420": "COLOR_YUV2BGR_I420",
+           "yuyv": "COLOR_YUV2BGR_YUYV"}  # cv2 codes by name: cv2 is imported on the writer thread only
 FrameFilter = Callable[[np.ndarray], object]  # edits the frame in place; what it returns is ignored
 ClipHook = Callable[[Path], Path]
 
@@ -127,6 +129,7 @@ class RecorderStage(Node):
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         rec, cam = self.cfg.record, self.cfg.camera
+        self.frame_shape = layout(CAMERA_STREAM, self.cfg).shape  # (N, ...) for N cameras
         self._lower_priority()
         self.dir = self.cfg.record_dir()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # recordings are personal data
@@ -147,6 +150,8 @@ class RecorderStage(Node):
             "decoder_index": str(manifest.decoder.index), "decoder_scale": repr(manifest.decoder.scale),
             "edgert_version": edgert_version(), "frames": rec.frames, "mode": rec.mode,
             "camera": f"{cam.width}x{cam.height}@{cam.fps:g}", "wall_offset_ns": str(self.wall_offset),
+            # the slots' pixel format (runtime/topics.frame_shape): replay feeds the frames back in it
+            "camera_format": cam.format, "yuv_matrix": cam.yuv_matrix, "yuv_range": cam.yuv_range,
             "time": "log_time = receipt, publish_time = capture; CLOCK_MONOTONIC + wall_offset_ns",
             "config": self.cfg.to_json(),
         }
@@ -198,6 +203,10 @@ class RecorderStage(Node):
                                                  self.cfg.record_path("keys_dir"),  # type: ignore[arg-type]
                                                  self.cfg.record_path("face_model"))
         if self.frame_filter is None and frame_filter is not None and rec.frames != "none":
+            if cam.format != "bgr":  # the anonymiser finds faces and plates in BGR images
+                raise ConfigError(f"record.region {rec.region!r}: its policy anonymises frames, which works on BGR "
+                                  f"images, and camera.format is {cam.format!r}; set camera.format = \"bgr\", or "
+                                  "record.frames = \"none\" in this region")
             self.frame_filter = frame_filter
             self.log.info("region %s: anonymising frames before they are written (%s)", rec.region,
                           frame_filter.describe())  # type: ignore[attr-defined]
@@ -292,10 +301,9 @@ class RecorderStage(Node):
             return
         slot, gen = int(rec["slot"]), int(rec["generation"])
         shape = tuple(int(d) for d in rec["shape"][: int(rec["ndim"])])
-        cam = self.cfg.camera
-        if len(shape) not in (3, 4) or shape[-3:] != (cam.height, cam.width, 3):  # N cameras: (N, H, W, 3)
-            self.reject(f"frame descriptor shape {shape}; the camera's frames are ({cam.height}, {cam.width}, 3) "
-                        "or (N, ...) of those")
+        if shape != self.frame_shape:
+            self.reject(f"frame descriptor shape {shape}; the camera stream's slots are {self.frame_shape} "
+                        f"({self.cfg.camera.format})")
             return
         try:
             if not self.pool.is_current(slot, gen):
@@ -414,14 +422,28 @@ class RecorderStage(Node):
         if self.cfg.record.frames == "jpeg":
             import cv2
 
-            img = np.concatenate(list(pixels), axis=1) if pixels.ndim == 4 else pixels
+            img = self._bgr(pixels)
             ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.record.jpeg_quality])
             if not ok:
                 raise ValueError(f"JPEG encoding failed for frame {frame.frame_id}")
             return mcapio.JPEG_TOPIC, log_ns, pub_ns, mcapio.jpeg_json(jpg.tobytes(), frame.frame_id, pub_ns), \
                 frame.frame_id
+        if self.cfg.record.frames == "image":  # foxglove.RawImage in the camera's format, bit-exact
+            return mcapio.IMAGE_TOPIC, log_ns, pub_ns, mcapio.raw_image_json(
+                data[:_FRAME_HEADER], pixels, self.cfg.camera.format, pub_ns), frame.frame_id
         body = data if pixels is frame.pixels else data[:_FRAME_HEADER] + pixels.tobytes()
         return mcapio.RAW_TOPIC, log_ns, pub_ns, body, frame.frame_id
+
+    def _bgr(self, pixels: np.ndarray) -> np.ndarray:
+        """One BGR image of a slot's pixels, for JPEG: N cameras side by side, a YUV format decoded
+        as OpenCV does (BT.601 limited; JPEG frames are for viewing, not bit-exact)."""
+        import cv2
+
+        fmt = self.cfg.camera.format
+        images = list(pixels) if self.cfg.camera.cameras > 1 else [pixels]
+        if fmt != "bgr":
+            images = [cv2.cvtColor(img, getattr(cv2, _TO_BGR[fmt])) for img in images]
+        return np.concatenate(images, axis=1) if len(images) > 1 else images[0]
 
     # -- end ---------------------------------------------------------------------------------
     def teardown(self) -> None:

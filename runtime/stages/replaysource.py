@@ -2,9 +2,11 @@
 
 The regression check for a new model variant (`edgert replay`): the frames a car recorded go
 through today's preprocessing, model and control, and the new outputs are compared with the
-recorded ones per frame id. Raw frames (/camera/raw) are copied into the camera pool exactly
-as recorded, so the model sees bit-identical input; JPEG frames (/camera/jpeg) are decoded
-first and are therefore close, not identical.
+recorded ones per frame id. Raw frames (/camera/raw, or /camera/image) are copied into the camera pool exactly
+as recorded, in the camera's own pixel format (camera.format must be the recording's: `edgert
+replay` sets it from the file's metadata), so the model sees bit-identical input; JPEG frames
+(/camera/jpeg) are decoded first (and, for a YUV camera.format, encoded to it as the simulator
+does, runtime/pixconvert.py) and are therefore close, not identical.
 
 Frames keep their recorded ids (that is how outputs are matched) and get a fresh CAPTURE stamp
 (the pipeline's deadlines apply to the replay as to a live camera). Pacing (replay.speed):
@@ -28,6 +30,7 @@ import numpy as np
 
 from edgert.runtime.config import ConfigError
 from edgert.runtime.fleet import mcapio
+from edgert.runtime.pixconvert import BgrTo
 from edgert.runtime.stages.source import CameraSource
 from edgert.runtime.transport import latest_reader
 from edgert.runtime.wire import MsgType
@@ -37,9 +40,10 @@ RESULT_GRACE_NS = 20_000_000  # speed 0: after its result, how long a command fo
 
 
 def frame_topic(path: str, info: mcapio.RecordingInfo | None = None) -> str:
-    """/camera/raw or /camera/jpeg, whichever the recording has (raw preferred); RecordingError if neither."""
+    """/camera/raw, /camera/image or /camera/jpeg, whichever the recording has (in that order);
+    RecordingError if none."""
     info = info or mcapio.inspect(path)
-    for topic in (mcapio.RAW_TOPIC, mcapio.JPEG_TOPIC):
+    for topic in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC, mcapio.JPEG_TOPIC):
         if info.topics.get(topic):
             return topic
     raise mcapio.RecordingError(f"{path}: no frames to replay (topics: {', '.join(info.topics) or 'none'}); it was "
@@ -50,8 +54,8 @@ def frame_topic(path: str, info: mcapio.RecordingInfo | None = None) -> str:
 def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
     """(frame id, capture monotonic ns, pixels) of every recorded frame, in file order."""
     for _, msg in mcapio.iter_messages(path, {topic}):
-        if topic == mcapio.RAW_TOPIC:
-            fr = mcapio.decode_raw_frame(msg.data)
+        if topic in (mcapio.RAW_TOPIC, mcapio.IMAGE_TOPIC):
+            fr = mcapio.decode_raw_frame(msg.data) if topic == mcapio.RAW_TOPIC else mcapio.decode_raw_image(msg.data)
             yield fr.frame_id, fr.capture_ns, fr.pixels
         else:
             import cv2
@@ -70,18 +74,27 @@ class ReplayStage(CameraSource):
         self.path = str(self.cfg.replay_file())
         self.speed = self.cfg.replay.speed
         self.topic = frame_topic(self.path)
-        offset = int(mcapio.read_metadata(self.path).get("wall_offset_ns", "0"))
+        meta = mcapio.read_metadata(self.path)
+        offset = int(meta.get("wall_offset_ns", "0"))
+        recorded = meta.get("camera_format", "bgr")  # files from before formats were recorded hold BGR
+        if self.topic != mcapio.JPEG_TOPIC and recorded != cam.format:  # NV12 and I420 even share a shape
+            raise ConfigError(f"{self.path}: frames recorded in camera.format {recorded!r}, the pipeline's camera is "
+                              f"{cam.format!r}; set camera.format = \"{recorded}\" (`edgert replay` does this itself)")
         self.frames_iter = iter_frames(self.path, self.topic, offset)
         self.pending = self._next_frame()
         if self.pending is None:
             raise mcapio.RecordingError(f"{self.path}: no readable frame")
+        self.open_camera()
         self.shape = self.pending[2].shape
-        want = (cam.height, cam.width, 3)
-        if self.shape[-3:] != want:
-            raise ConfigError(f"{self.path}: frames are {self.shape[-2]}x{self.shape[-3]}, the pipeline's camera is "
-                             f"{cam.width}x{cam.height}; set camera.width/height to the recording's "
-                             "(`edgert replay` does this itself)")
-        self.open_camera(self.shape)
+        # JPEG frames decode to BGR: encoded to a YUV camera.format as the simulator does
+        self.to_format = (BgrTo(cam.format, cam.height, cam.width)
+                          if self.topic == mcapio.JPEG_TOPIC and cam.format != "bgr" and cam.cameras == 1 else None)
+        want = (cam.height, cam.width, 3) if self.to_format is not None else self.layout.shape
+        if self.shape != want:
+            raise ConfigError(f"{self.path}: frames are {self.shape} arrays, the pipeline's camera stream wants "
+                              f"{want} ({cam.width}x{cam.height} {cam.format}, {cam.cameras} camera(s)); "
+                              "set camera.width/height/format/cameras to the recording's (`edgert replay` does "
+                              "this itself, from the file's metadata)")
         ctx, ep = self.ctx.zmq, self.ctx.endpoints
         self.commands = self.own(latest_reader(ctx, ep, "commands"))
         self.results = self.own(latest_reader(ctx, ep, "results"))
@@ -168,7 +181,10 @@ class ReplayStage(CameraSource):
 
     def _publish(self, frame_id: int, pixels: np.ndarray) -> None:
         slot, view = self.output.acquire()
-        np.copyto(view, pixels)
+        if self.to_format is not None:
+            self.to_format(pixels, view)
+        else:
+            np.copyto(view, pixels)
         self.output.publish(slot, frame_id)
         self.frames += 1
         self.last_id = frame_id
