@@ -192,11 +192,14 @@ def test_an_unreadable_file_fails_the_run_at_start_up(assets, tmp_path):
 
 
 # -- the real pipeline ----------------------------------------------------------------------------
-@pytest.mark.parametrize("mode, codec, pacing", [("threads", "h264", "closed"), ("processes", "mpeg4", "closed"),
-                                                 ("processes", "h264", "stream"), ("threads", "mpeg4", "stream")])
-def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, mode, codec, pacing):
+@pytest.mark.parametrize("mode, codec, pacing, fmt", [
+    ("threads", "h264", "closed", "bgr"), ("processes", "mpeg4", "closed", "bgr"),
+    ("processes", "h264", "stream", "bgr"), ("threads", "mpeg4", "stream", "bgr"),
+    ("threads", "h264", "closed", "nv12"), ("processes", "h264", "closed", "i420"),  # decoded 4:2:0, unconverted
+])
+def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, mode, codec, pacing, fmt):
     n = int(CLIPS[codec])
-    summary, stamps = run_to_end(video_config(assets, assets[codec], mode, pacing=pacing))
+    summary, stamps = run_to_end(video_config(assets, assets[codec], mode, pacing=pacing, format=fmt))
     st = summary["stages"]
     assert "capture: its input ended" in summary["exit_reason"], summary["exit_reason"]
     assert st["capture"]["frames"] == n and st["capture"]["rejected"] == 0 and st["capture"]["errors"] == 0, st
@@ -350,7 +353,8 @@ def test_bench_pipeline_on_video_reports_decode_cost_beside_the_pipeline(assets,
     rep = pipeline.run(quick=True, video=assets["h264"], config=config, min_count=10, min_duration_s=0.5, rounds=1,
                        progress=False)
     assert rep.benchmark == "pipeline-single-stream-video" and rep.config["video"] == str(assets["h264"])
-    assert rep.pipelines[:2] == ("edgert", "edgert-threads") and "naive" not in rep.pipelines
+    assert rep.pipelines == ("edgert", "edgert-threads", "edgert-nv12")  # NV12 slots on the same clip, same run
+    assert rep.ratios["edgert-nv12:preprocess/edgert:preprocess"] > 0
     for case in ("decode:bgr", "decode:nv12", "edgert", "edgert-threads", "standalone:preprocess"):
         assert rep.cases[case]["n"] > 0, case
     assert rep.ratios["decode:nv12/decode:bgr"] > 0
