@@ -83,3 +83,33 @@ def decode_cost(cfg: PipelineConfig, n: int) -> dict[str, np.ndarray]:
             times[i] = time.perf_counter_ns() - t0
         out[f"decode:{fmt}"] = times
     return out
+
+
+def kernel_cost(cfg: PipelineConfig, n: int, fmt: str = "nv12") -> np.ndarray:
+    """The fused preprocess kernel alone on the file's frames in `fmt` slots, ns per frame (hot, in this
+    process): beside standalone:preprocess (BGR), what the kernel's YUV decode costs."""
+    import dataclasses
+
+    from edgert.kernels import Preprocessor
+    from edgert.runtime.signing import approved_manifest
+    from edgert.runtime.topics import frame_shape
+    from edgert.runtime.video import SlotWriter
+
+    cam = cfg.camera
+    shape = frame_shape(fmt, cam.height, cam.width)
+    k = cam.frames
+    images = np.empty((k, *shape), np.uint8)
+    write = SlotWriter(fmt, cam.width, cam.height, cam.uri)
+    for i, f in enumerate(_frames(cam.uri, k)):
+        write(f, images[i])
+    spec = dataclasses.replace(approved_manifest(cfg).preprocess, src_format=fmt, yuv_matrix=cam.yuv_matrix,
+                               yuv_range=cam.yuv_range)
+    pre = Preprocessor(spec, shape, threads=cfg.preprocess.threads)
+    pre.warmup()
+    dst = np.empty(pre.out_shape, np.float32)
+    times = np.empty(n, np.int64)
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        pre(images[i % k], dst)
+        times[i] = time.perf_counter_ns() - t0
+    return times

@@ -543,7 +543,8 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             run_cfgs[VIDEO_NV12] = cfg.replace(camera={"format": "nv12"}) if _video.nv12_runs() else cfg
             images = _video.decode_images(cfg, cfg.camera.frames)
             alone = {**standalone(cfg, images, p["standalone_n"], p["paced_n"]),
-                     **_video.decode_cost(cfg, p["standalone_n"])}
+                     **_video.decode_cost(cfg, p["standalone_n"]),
+                     "standalone:preprocess-nv12": _video.kernel_cost(cfg, p["standalone_n"])}
         else:
             images = render_frames(cfg, cfg.camera.frames)
             alone = standalone(cfg, images, p["standalone_n"], p["paced_n"])
@@ -586,6 +587,7 @@ def run(quick: bool = False, scenario: str = "single-stream", cameras: int | Non
             rep.ratio(f"{VIDEO_NV12}:preprocess", "edgert:preprocess", p99=p99)  # the fused kernel, NV12 vs BGR
     if video is not None:
         rep.ratio("decode:nv12", "decode:bgr")
+        rep.ratio("standalone:preprocess-nv12", "standalone:preprocess")  # the fused kernel on NV12 against BGR
         rep.notes.append(
             f"video: {conf['video']}, looped, closed pacing; decode:FMT = FFmpeg's decode of one frame plus its write "
             "into a packed pool slot of that format (runtime/video.py SlotWriter), in this process, beside the "

@@ -355,6 +355,7 @@ def test_bench_pipeline_on_video_reports_decode_cost_beside_the_pipeline(assets,
     assert rep.benchmark == "pipeline-single-stream-video" and rep.config["video"] == str(assets["h264"])
     assert rep.pipelines == ("edgert", "edgert-threads", "edgert-nv12")  # NV12 slots on the same clip, same run
     assert rep.ratios["edgert-nv12:preprocess/edgert:preprocess"] > 0
+    assert rep.ratios["standalone:preprocess-nv12/standalone:preprocess"] > 0
     for case in ("decode:bgr", "decode:nv12", "edgert", "edgert-threads", "standalone:preprocess"):
         assert rep.cases[case]["n"] > 0, case
     assert rep.ratios["decode:nv12/decode:bgr"] > 0
