@@ -41,6 +41,10 @@ ID_PERIOD_NS = 1_000_000  # frame ids: at most one frame a millisecond, so ids k
 
 
 class VideoStage(CameraSource):
+    # CameraSource's stall check (no frame for max(deadline, 10 periods at camera.fps): camera lost):
+    # on for stream and fixed pacing; off for closed pacing (it waits for commands by design) and
+    # once a file has ended (the run is ending, the camera is not lost)
+    detect_stalls = True
 
     def setup(self) -> None:
         cam = self.cfg.camera
@@ -49,6 +53,7 @@ class VideoStage(CameraSource):
         self.live = is_stream(self.uri)
         self.loop = cam.loop
         self.pacing = cam.pacing or "stream"
+        self.detect_stalls = self.pacing != "closed"
         self.frame_ns = int(1e9 / cam.fps)  # fixed pacing's period, closed pacing's cap
         self.period_ns = ID_PERIOD_NS
         self.deadline_ns = self.cfg.deadline_ns
@@ -57,7 +62,7 @@ class VideoStage(CameraSource):
         self.write = SlotWriter(cam.format, cam.width, cam.height, self.label, yuv)
         self.commands = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.backoff = Backoff()
-        self.lost_since_ns = 0  # CameraSource.camera_lost's: since when the stream is lost (0 = it is not)
+        self.stream_lost = False  # between camera_lost and camera_back
         # a file must be readable now (a clear error at start-up); a stream may come later
         opened = None if self.live else open_video(self.uri)
         if opened is not None:
@@ -162,7 +167,8 @@ class VideoStage(CameraSource):
             self.next_tick += self.frame_ns
         if self.pacing == "closed":
             self.awaiting = frame_id
-        if self.live and self.lost_since_ns:
+        if self.stream_lost:
+            self.stream_lost = False
             self.camera_back()
             self.backoff.reset()
 
@@ -197,6 +203,7 @@ class VideoStage(CameraSource):
                 self.offset_ns += int((t - self.first_t) * 1e9) + self._video_period_ns()
             self.first_t, self.pass_frames, self.corrupt = None, 0, 0
             return
+        self.detect_stalls = False
         self.end_line = f"end of video {self.label} after {n} frames ({t:.2f} s)"
         self.log.info("%s", self.end_line)
         self.ended_ns = time.monotonic_ns()
@@ -224,7 +231,8 @@ class VideoStage(CameraSource):
             self._end_of_pass(Decoded("end", index=self.pass_frames, time_s=self.last_t))
             return
         why = why if self.uri in why else f"{self.label}: {why}"
-        again = bool(self.lost_since_ns)  # a reconnect that failed: camera_lost logged the loss
+        again = self.stream_lost  # a reconnect that failed: camera_lost said so the first time
+        self.stream_lost = True
         self.camera_lost(why)
         self._count_skipped()
         if self.decoder is not None:
