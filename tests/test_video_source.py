@@ -196,10 +196,12 @@ def test_an_unreadable_file_fails_the_run_at_start_up(assets, tmp_path):
     ("threads", "h264", "closed", "bgr"), ("processes", "mpeg4", "closed", "bgr"),
     ("processes", "h264", "stream", "bgr"), ("threads", "mpeg4", "stream", "bgr"),
     ("threads", "h264", "closed", "nv12"), ("processes", "h264", "closed", "i420"),  # decoded 4:2:0, unconverted
+    ("threads", "h264", "fixed", "rgb"),
 ])
 def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, mode, codec, pacing, fmt):
     n = int(CLIPS[codec])
-    summary, stamps = run_to_end(video_config(assets, assets[codec], mode, pacing=pacing, format=fmt))
+    fps = 10.0 if pacing == "fixed" else 30.0  # fixed: camera.fps, not the clip's rate
+    summary, stamps = run_to_end(video_config(assets, assets[codec], mode, pacing=pacing, format=fmt, fps=fps))
     st = summary["stages"]
     assert "capture: its input ended" in summary["exit_reason"], summary["exit_reason"]
     assert st["capture"]["frames"] == n and st["capture"]["rejected"] == 0 and st["capture"]["errors"] == 0, st
@@ -209,9 +211,9 @@ def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, m
         for name in ("capture", "preprocess", "infer", "control"):
             assert st[name]["frames"] == n and st[name]["dropped"] == 0, (name, st)
     assert summary["commands"]["model_commands"] > 0 and len(stamps) > 0
-    if pacing == "stream":  # the clip's own rate: never faster than its frame period
+    if pacing in ("stream", "fixed"):  # the clip's own rate, or camera.fps: never faster than that period
         iv = np.diff(stamps[:, Stamp.CAPTURE])
-        assert iv.mean() >= 1e9 / CLIPS[codec] * 0.95, iv
+        assert iv.mean() >= 1e9 / (CLIPS[codec] if pacing == "stream" else fps) * 0.95, iv
     assert summary["source"] == "video" and summary["lane"]["frames"] == 0
 
 
