@@ -600,7 +600,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  lane error over {lane['frames']} frames: mean {lane['mean_abs_m']:.3f} m, "
                      f"rms {lane['rms_m']:.3f} m, max {lane['max_abs_m']:.3f} m -> {verdict} "
                      f"(departure = |error| > {lane['departure_threshold_m']:.2f} m)")
-    elif lane:  # no vehicle ground truth: only the simulator's car closes the loop
+    elif lane and s.get("source") != "sim":  # no vehicle ground truth: only the simulator's car closes the loop
         lines.append(f"  lane keeping: not measured (camera.source = {s.get('source', '?')!r} has no vehicle ground "
                      "truth; the commands steer nothing)")
     act, faults = s.get("actuator_timeouts", {}), s.get("injected_faults", {})
