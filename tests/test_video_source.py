@@ -23,7 +23,7 @@ av = pytest.importorskip("av", reason="the video source needs PyAV (the camera e
 
 from edgert.runtime import video  # noqa: E402
 from edgert.runtime.sim.clip import render_drive, road_clip, write_clip  # noqa: E402
-from edgert.runtime.supervisor import Supervisor  # noqa: E402
+from edgert.runtime.supervisor import Supervisor, format_summary  # noqa: E402
 
 W, H = 160, 120  # test_record's size and tiny model: the preprocess kernel is compiled once for both
 CLIPS = {"h264": 25.0, "mpeg4": 20.0}  # codec -> frame rate; each clip is 1 s
@@ -215,6 +215,7 @@ def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, m
         iv = np.diff(stamps[:, Stamp.CAPTURE])
         assert iv.mean() >= 1e9 / (CLIPS[codec] if pacing == "stream" else fps) * 0.95, iv
     assert summary["source"] == "video" and summary["lane"]["frames"] == 0
+    assert "lane keeping: not measured (camera.source = 'video' has no vehicle ground truth" in format_summary(summary)
 
 
 def test_loop_keeps_going_past_the_end(assets, caplog):
