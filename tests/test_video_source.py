@@ -327,6 +327,10 @@ def test_a_stream_that_drops_is_lost_then_reconnected(assets, tmp_path, caplog):
     # a live stream never waits: the clip arrives faster than the closed loop takes it, and every frame
     # of the first pass is either published or dropped for a newer one (counted); frames flow after it
     assert st["frames"] + st["dropped"] >= n and st["frames"] >= 2 and st["errors"] == 0, st
+    from edgert.runtime.wire import TakeoverReason
+
+    if "CAMERA_LOST" in TakeoverReason.__members__:  # control hands over for the loss, by its name
+        assert "CAMERA_LOST" in summary["commands"]["takeover_reasons"], summary["commands"]
 
 
 # -- the command line -----------------------------------------------------------------------------
