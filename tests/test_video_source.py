@@ -17,7 +17,7 @@ from conftest import SHARED_MACHINE_CONTROL, make_steer_model, write_manifest
 
 from edgert.runtime import cli
 from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, from_dict, load
-from edgert.runtime.wire import Stamp
+from edgert.runtime.wire import Stamp, TakeoverReason
 
 av = pytest.importorskip("av", reason="the video source needs PyAV (the camera extra)")
 
@@ -327,8 +327,6 @@ def test_a_stream_that_drops_is_lost_then_reconnected(assets, tmp_path, caplog):
     # a live stream never waits: the clip arrives faster than the closed loop takes it, and every frame
     # of the first pass is either published or dropped for a newer one (counted); frames flow after it
     assert st["frames"] + st["dropped"] >= n and st["frames"] >= 2 and st["errors"] == 0, st
-    from edgert.runtime.wire import TakeoverReason
-
     if "CAMERA_LOST" in TakeoverReason.__members__:  # control hands over for the loss, by its name
         assert "CAMERA_LOST" in summary["commands"]["takeover_reasons"], summary["commands"]
 
