@@ -10,4 +10,5 @@ CAPTURE_SOURCES = {
     "sim": "edgert.runtime.stages.capture:CaptureStage",  # the road-camera simulator, closing the loop
     "frames": "edgert.runtime.stages.frames:FramesStage",  # pre-rendered frames at a benchmark's pacing
     "replay": "edgert.runtime.stages.replaysource:ReplayStage",  # a recording's frames (replay.file; `edgert replay`)
+    "video": "edgert.runtime.stages.videosource:VideoStage",  # a video file or stream URL (camera.uri), via PyAV
 }
