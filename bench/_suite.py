@@ -72,7 +72,7 @@ def require_bench_extra() -> None:
                            "lacks; install it: pip install 'edgert[bench]'")
 
 
-PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "compare_zmq")
+PIPELINE_OPTIONS = ("scenario", "cameras", "fps", "arrival", "min_count", "min_duration_s", "compare_zmq", "video")
 
 
 def benchmarks() -> list[str]:

@@ -135,13 +135,18 @@ class CameraSection:
     # camera health, checked by preprocess on every frame (runtime/camhealth.py):
     dark_level: float = setting(12.0, ge=0)  # mean 8-bit level below which a frame is black -> CAMERA_BLACKOUT; 0 = off
     frozen_frames: int = setting(2, ge=0)  # frames in a row identical to the one before -> CAMERA_FROZEN; 0 = off
-    # source "frames" only (benchmarks; runtime/stages/frames.py):
-    # fixed (a camera) | poisson (arrivals at mean fps) | closed (next frame once the command is out)
-    pacing: str = setting("fixed", choices=("fixed", "poisson", "closed"))
+    # sources "frames" (benchmarks; runtime/stages/frames.py) and "video": "" = the source's own (frames: fixed,
+    # video: stream); fixed (a camera at fps) | poisson (frames: arrivals at mean fps) | closed (next frame once
+    # the command is out) | stream (video: the video's own rate)
+    pacing: str = setting("", choices=("fixed", "poisson", "closed", "stream", ""))
     # cameras in lock-step, one (N, H, W, 3) slot per tick; the model's batch must be N
     cameras: int = setting(1, gt=0, le=16, unit="cameras", why="each tick's slot holds them all")
     frames: int = setting(8, gt=0, le=1024, unit="frames", why="each is held in memory")  # distinct images, cycled
     seed: int = 0  # poisson pacing's random gaps
+    # source "video" only (runtime/stages/videosource.py): a video file (relative: to the config's folder) or a
+    # stream URL (rtsp://, http(s)://), and whether a file starts over at its end (bench runs) or ends the run
+    uri: str = ""
+    loop: bool = False
     # source "v4l2" only (runtime/stages/v4l2source.py, docs/cameras.md): the device, e.g. "/dev/video0" or a
     # stable /dev/v4l/by-id/... path; and what to ask of it: "" = camera.format's own pixel format, "mjpeg" =
     # MJPEG, decoded into a bgr/rgb slot (USB 2 cameras give large sizes at full rate only as MJPEG)
@@ -293,6 +298,13 @@ class PipelineConfig:
 
     def replay_file(self) -> Path:
         return paths.resolve(self.replay.file, self.base_dir)
+
+    def video_uri(self) -> str:
+        """camera.uri: a stream URL as written, a file path resolved against the config's folder."""
+        from edgert.runtime.video import is_stream
+
+        u = self.camera.uri
+        return u if is_stream(u) else str(paths.resolve(u, self.base_dir))
 
     @property
     def deadline_ns(self) -> int:
@@ -511,12 +523,11 @@ def _cross_check(cfg: PipelineConfig) -> None:
                           f"{CAN_AGE_SATURATED_MS} as 'too old' and would refuse commands control still sends as "
                           f"fresh; set control.deadline_ms below {CAN_AGE_SATURATED_MS} (docs/wire.md, "
                           "\"CAN command frame\")")
-    if cfg.camera.source != "frames":
-        for key, default in (("pacing", "fixed"), ("cameras", 1)):
-            if getattr(cfg.camera, key) != default:
-                raise ConfigError(f"camera.{key}: {getattr(cfg.camera, key)!r} needs camera.source = \"frames\" "
-                                  f"(only that source has lock-step cameras and benchmark pacing); "
-                                  f"remove the key or set the source")
+    if cfg.camera.source != "frames" and cfg.camera.cameras != 1:
+        raise ConfigError(f"camera.cameras: {cfg.camera.cameras!r} needs camera.source = \"frames\" (only that "
+                          "source has lock-step cameras); remove the key or set the source")
+    _check_pacing(cfg)
+    _check_video(cfg)
     _check_sim(cfg)
     _check_format(cfg)
     _check_record(cfg)
@@ -576,6 +587,51 @@ def _check_record(cfg: PipelineConfig) -> None:
     elif cfg.replay.file:
         raise ConfigError(f"replay.file: set, but camera.source is {cfg.camera.source!r}; set camera.source = "
                           "\"replay\" to feed the recording through the pipeline, or remove the key")
+
+
+_PACINGS = {"frames": ("fixed", "poisson", "closed"), "video": ("stream", "fixed", "closed")}
+
+
+def _check_pacing(cfg: PipelineConfig) -> None:
+    """camera.pacing: each source that paces takes its own set; the others none."""
+    pacing, source = cfg.camera.pacing, cfg.camera.source
+    if pacing and pacing not in _PACINGS.get(source, ()):
+        takes = " or ".join(f'"{s}"' for s, ps in _PACINGS.items() if pacing in ps)
+        own = f"; source {source!r} takes {', '.join(_PACINGS[source])}" if source in _PACINGS else ""
+        raise ConfigError(f"camera.pacing: {pacing!r} needs camera.source = {takes} (the sources with benchmark "
+                          f"pacing{own}); remove the key or set the source")
+
+
+def _check_video(cfg: PipelineConfig) -> None:
+    """camera.uri / camera.loop: the video source's keys, required there and refused elsewhere."""
+    cam = cfg.camera
+    if cam.source != "video":
+        for key, default in (("uri", ""), ("loop", False)):
+            if getattr(cam, key) != default:
+                raise ConfigError(f"camera.{key}: set, but camera.source is {cam.source!r}; set camera.source = "
+                                  "\"video\" to read a video file or stream, or remove the key")
+        return
+    if not cam.uri:
+        raise ConfigError("camera.uri: required with camera.source = \"video\"; name a video file (relative to the "
+                          "config's folder; `edgert sim clip road.mp4` makes one) or a stream URL (rtsp://, http://)")
+    import importlib.util
+
+    from edgert.runtime.video import is_stream
+
+    if cam.format not in ("bgr", "rgb", "nv12", "i420"):
+        raise ConfigError(f"camera.format: {cam.format!r}: the video source writes decoded frames as 'bgr', 'rgb', "
+                          "'nv12' or 'i420' (H.264/H.265 decode to 4:2:0: 'i420' and 'nv12' copy it unconverted)")
+    if importlib.util.find_spec("av") is None:  # not imported here: a config loads in every stage process
+        raise ConfigError("camera.source = \"video\" decodes with FFmpeg through PyAV, which is not installed: "
+                          "pip install 'edgert[camera]'")
+    if not is_stream(cam.uri):
+        if "://" in cam.uri:
+            raise ConfigError(f"camera.uri: {cam.uri!r}: not a scheme the video source reads; use a file path or "
+                              "an rtsp://, rtsps://, rtmp://, http(s)://, udp://, tcp:// or srt:// URL")
+        if not Path(cfg.video_uri()).is_file():
+            raise ConfigError(f"camera.uri: {cfg.video_uri()} not found (a relative path resolves against the "
+                              f"config's folder); make one with `edgert sim clip {cfg.video_uri()}` or name an "
+                              "existing file")
 
 
 def _check_v4l2(cfg: PipelineConfig) -> None:

@@ -10,5 +10,6 @@ CAPTURE_SOURCES = {
     "sim": "edgert.runtime.stages.capture:CaptureStage",  # the road-camera simulator, closing the loop
     "frames": "edgert.runtime.stages.frames:FramesStage",  # pre-rendered frames at a benchmark's pacing
     "replay": "edgert.runtime.stages.replaysource:ReplayStage",  # a recording's frames (replay.file; `edgert replay`)
+    "video": "edgert.runtime.stages.videosource:VideoStage",  # a video file or stream URL (camera.uri), via PyAV
     "v4l2": "edgert.runtime.stages.v4l2source:V4L2Stage",  # a V4L2 camera, e.g. USB (camera.device; docs/cameras.md)
 }

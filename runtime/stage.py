@@ -22,6 +22,9 @@ from edgert.runtime.transport import Endpoints, publisher
 from edgert.runtime.wire import MsgType, StageState, WireError
 
 HEARTBEAT_PERIOD_NS = 100_000_000
+# run_stage's exit code for a source whose input ended (a video file without loop): the supervisor
+# ends the run (its exit reason: the stage's `input_ended` line) instead of restarting the stage
+INPUT_ENDED = 3
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Stage:
     """
 
     name: str = "stage"
+    input_ended: str = ""  # a source whose input ended (a video file) says how here, then sets ctx.stop
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -197,7 +201,9 @@ def run_stage(stage: Stage) -> int:
         code = 1
     finally:
         stage.teardown()
-        if code == 0:
+        if code == 0 and stage.input_ended:
+            code = INPUT_ENDED
+        if code in (0, INPUT_ENDED):
             hb.send(StageState.STOPPING)
         hb.close()
     return code

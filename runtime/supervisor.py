@@ -38,7 +38,7 @@ from edgert.runtime.mailbox import Mailbox
 from edgert.runtime.node import node_entries, resolve_nodes
 from edgert.runtime.procenv import stage_env
 from edgert.runtime.signing import approved_manifest
-from edgert.runtime.stage import RateLimitedLog, StageContext, run_stage
+from edgert.runtime.stage import INPUT_ENDED, RateLimitedLog, StageContext, run_stage
 from edgert.runtime.stage_main import MANIFEST_PIN, load_stage_class
 from edgert.runtime.stages import STAGE_NAMES, stage_class, stage_names
 from edgert.runtime.telemetry import Telemetry
@@ -449,6 +449,9 @@ class Supervisor:
                 self._kill_stuck(name, h, st, now)
             if h.alive() or st.given_up:
                 continue
+            if h.exitcode() == INPUT_ENDED:  # a source at the end of its input (a video file): the run is over
+                self.request_stop(f"{name}: its input ended (logged above)")
+                continue
             if st.restart_at == 0.0:
                 code = h.exitcode()
                 # a stage that hung is judged over a window its setup deadline longer, so one that hangs on
@@ -538,6 +541,7 @@ class Supervisor:
         return {
             "run_id": self.run_id,
             "mode": self.mode,
+            "source": self.cfg.camera.source,
             "exit_reason": self.exit_reason,
             "ready_s": round(self.ready_s, 2),
             "duration_s": round(run_s, 2),
@@ -596,11 +600,18 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  lane error over {lane['frames']} frames: mean {lane['mean_abs_m']:.3f} m, "
                      f"rms {lane['rms_m']:.3f} m, max {lane['max_abs_m']:.3f} m -> {verdict} "
                      f"(departure = |error| > {lane['departure_threshold_m']:.2f} m)")
+    elif lane and s.get("source") != "sim":  # no vehicle ground truth: only the simulator's car closes the loop
+        lines.append(f"  lane keeping: not measured (camera.source = {s.get('source', '?')!r} has no vehicle ground "
+                     "truth; the commands steer nothing)")
     act, faults = s.get("actuator_timeouts", {}), s.get("injected_faults", {})
     if act.get("events") or faults:
         injected = ", ".join(f"{k.lower()} {v['frames']} frame(s)" for k, v in faults.items()) or "none"
         lines.append(f"  simulator: actuator timeouts {act.get('events', 0)} ({act.get('frames', 0)} frames "
                      f"ramped to neutral by the actuator); injected faults: {injected}")
+    cam = s.get("camera", {})
+    if cam.get("losses"):
+        lines.append(f"  camera lost {cam['losses']} time(s), {cam['lost_s']:.1f} s in all"
+                     f"{' (still lost at the end)' if cam['lost_now'] else ''}; first: {cam['events'][0]['why']}")
     refused = s.get("transport", {})
     if refused.get("foreign_heartbeats") or refused.get("denied_peers"):
         lines.append(f"  transport: {refused['foreign_heartbeats']} heartbeat(s) dropped (not from a stage this "

@@ -3,12 +3,14 @@
 Every command carries the `monotonic_ns` stamps of all stages that touched its frame
 (CLOCK_MONOTONIC is shared by all processes on the host), so one subscriber to the
 command topic sees the whole pipeline's timing without asking any stage. Lane error
-comes from the simulator's ground-truth topic. Counters come from stage heartbeats.
+comes from the simulator's ground-truth topic, camera losses from the source's `camera_state`.
+Counters come from stage heartbeats.
 
 Memory is bounded whatever the run's length (a car runs with duration_s = 0 for hours): the
 latencies go into fixed-size log histograms (runtime/stats.LatencyStats: percentiles within
 1.2 %, mean and max exact), lane error into running sums, the raw stamps of only the newest
-STAMP_WINDOW commands are kept (benchmarks read them), and the first TAKEOVERS_KEPT takeovers.
+STAMP_WINDOW commands are kept (benchmarks read them), and the first TAKEOVERS_KEPT takeovers and
+LOSSES_KEPT camera losses.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from edgert.runtime import wire
 from edgert.runtime.e2e import CommandChecker, Verdict
 from edgert.runtime.stats import LatencyStats, Samples
 from edgert.runtime.transport import Endpoints, subscriber
-from edgert.runtime.wire import CommandFlags, MsgType, Stamp, TakeoverReason, VehicleFlags, WireError
+from edgert.runtime.wire import CameraState, CommandFlags, MsgType, Stamp, TakeoverReason, VehicleFlags, WireError
 
 # (name, from stamp, to stamp): the hops and stages a frame passes, in order.
 SEGMENTS = (
@@ -40,6 +42,8 @@ _ORDER = [Stamp.CAPTURE, Stamp.PRE_RECV, Stamp.PRE_DONE, Stamp.INFER_RECV, Stamp
           Stamp.CTRL_RECV, Stamp.CTRL_SEND]
 STAMP_WINDOW = 1 << 16  # newest commands whose raw stamps are kept: 4 MiB, minutes at any camera rate
 TAKEOVERS_KEPT = 100  # takeovers listed in the summary (all are counted)
+REASON_CHANGES_KEPT = 8  # reasons listed per takeover, in order
+LOSSES_KEPT = 100  # camera losses listed in the summary (all are counted)
 
 
 @dataclass
@@ -76,6 +80,39 @@ class VehicleFlagCounts:
             if flags & f:
                 rec = self.faults.setdefault(str(f.name), {"first_t_ns": t_ns, "frames": 0})
                 rec["frames"] += 1
+
+
+@dataclass
+class CameraLosses:
+    """From the source's `camera_state`: how often the camera was lost, for how long, and the first
+    LOSSES_KEPT losses (when, why, the last good frame before, how long); constant memory."""
+
+    losses: int = 0
+    lost_ns: int = 0  # ended losses only; one still going is `lost_now`
+    events: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0
+    _current: dict[str, Any] | None = None
+
+    def add(self, rec: np.void) -> None:
+        since = int(rec["since_ns"])
+        cur = self._current
+        if int(rec["state"]) == CameraState.LOST:
+            if cur is not None and cur["since_ns"] == since:
+                return  # the same loss, said again
+            self.losses += 1
+            cur = self._current = {"since_ns": since, "why": bytes(rec["why"]).decode("ascii"),
+                                   "frame_id": int(rec["frame_id"]), "capture_ns": int(rec["capture_ns"]),
+                                   "lost_s": None}
+            if len(self.events) < LOSSES_KEPT:
+                self.events.append(cur)
+        elif cur is not None:  # back
+            self.lost_ns += max(0, since - cur["since_ns"])
+            cur["lost_s"] = max(0, since - cur["since_ns"]) / 1e9
+            self._current = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"losses": self.losses, "lost_s": self.lost_ns / 1e9, "lost_now": self._current is not None,
+                "events": [dict(e) for e in self.events], "rejected": self.rejected}
 
 
 @dataclass
@@ -116,6 +153,7 @@ class Telemetry:
         self.departures = 0
         self.departure_t_ns: list[int] = []  # when each departure began (first 100)
         self.vehicle_flags = VehicleFlagCounts()
+        self.camera = CameraLosses()
         self._out_of_lane = False
         self._in_failsafe = False
         self._stop = threading.Event()
@@ -133,9 +171,11 @@ class Telemetry:
     def _run(self) -> None:
         cmds = subscriber(self.ctx, self.endpoints, "commands")
         veh = subscriber(self.ctx, self.endpoints, "vehicle")
+        cam = subscriber(self.ctx, self.endpoints, "camera_state")
         poller = zmq.Poller()
         poller.register(cmds, zmq.POLLIN)
         poller.register(veh, zmq.POLLIN)
+        poller.register(cam, zmq.POLLIN)
         self._ready.set()
         try:
             while not self._stop.is_set():
@@ -147,11 +187,14 @@ class Telemetry:
                             break
                         if sock is cmds:
                             self._on_command(msg)
-                        else:
+                        elif sock is veh:
                             self._on_vehicle(msg)
+                        else:
+                            self._on_camera(msg)
         finally:
             cmds.close(linger=0)
             veh.close(linger=0)
+            cam.close(linger=0)
 
     def _on_command(self, msg: bytes) -> None:
         c = self.checks
@@ -167,9 +210,15 @@ class Telemetry:
             c.takeover_events += 1
             reason = TakeoverReason(int(rec["reason"])).name
             c.takeover_reasons[reason] = c.takeover_reasons.get(reason, 0) + 1
-            self._takeover = {"t_ns": sent, "reason": reason, "resumed_ns": None}
+            self._takeover = {"t_ns": sent, "reason": reason, "reasons": [reason], "resumed_ns": None}
             if len(self.takeovers) < TAKEOVERS_KEPT:
                 self.takeovers.append(self._takeover)
+        elif failsafe and self._takeover is not None:
+            # the reason may change within one takeover (a DEADLINE the source then says is CAMERA_LOST):
+            # each change is listed, at most REASON_CHANGES_KEPT of them
+            reasons, reason = self._takeover["reasons"], TakeoverReason(int(rec["reason"])).name
+            if reason != reasons[-1] and len(reasons) < REASON_CHANGES_KEPT:
+                reasons.append(reason)
         if not failsafe and self._in_failsafe and self._takeover is not None:
             self._takeover["resumed_ns"] = sent
         self._in_failsafe = failsafe
@@ -205,6 +254,14 @@ class Telemetry:
             self.actuation_age.record(float(rec["cmd_age_ns"]))
         self.vehicle_flags.add(int(rec["flags"]), int(rec["t_ns"]))
 
+    def _on_camera(self, msg: bytes) -> None:
+        try:
+            rec = wire.decode(msg, MsgType.CAMERA)
+        except WireError:
+            self.camera.rejected += 1
+            return
+        self.camera.add(rec)
+
     def summary(self) -> dict[str, Any]:
         lane = self.lane
         out: dict[str, Any] = {
@@ -213,7 +270,7 @@ class Telemetry:
             "actuation_age": self.actuation_age.summary(),
             "commands": vars(self.checks),
             "e2e": vars(self.e2e.counters),
-            "takeovers": [{"t_ns": t["t_ns"], "reason": t["reason"],
+            "takeovers": [{"t_ns": t["t_ns"], "reason": t["reason"], "reasons": list(t["reasons"]),
                            "resumed_after_s": None if t["resumed_ns"] is None else (t["resumed_ns"] - t["t_ns"]) / 1e9}
                           for t in self.takeovers],
             "lane": {
@@ -227,5 +284,6 @@ class Telemetry:
             },
             "actuator_timeouts": self.vehicle_flags.actuator_timeouts,
             "injected_faults": self.vehicle_flags.faults,
+            "camera": self.camera.summary(),
         }
         return out

@@ -37,6 +37,9 @@ TOPICS: dict[str, Topic] = {t.name: t for t in (
     # the camera descriptor of each frame the recorder is done with (copied, or counted as lost): a
     # max-speed replay (replay.speed = 0) waits for it, so it never outruns its own recording
     Topic("recorded", MsgType.FRAME, "recorder", 30.0, mailbox=True),
+    # the camera source's state (frames flow, or the camera is lost and why): on every change, at the
+    # start, and 4 times a second while lost; control hands over with TakeoverReason.CAMERA_LOST
+    Topic("camera_state", MsgType.CAMERA, "capture", 4.0, mailbox=True),
 )}
 
 

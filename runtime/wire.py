@@ -20,10 +20,12 @@ import numpy as np
 from edgert.runtime.errors import EdgertError
 
 MAGIC = b"EDRT"
-VERSION = 3  # 2: camera-health flags, statuses, reasons, VEHICLE flags; 3: LIGHT_OUTSIDE_ODD (docs/wire.md)
+VERSION = 4  # 2: camera health; 3: LIGHT_OUTSIDE_ODD; 4: CAMERA message, CAMERA_LOST (docs/wire.md)
 N_STAMPS = 8
 MAX_VALUES = 16
 MAX_DIMS = 4
+MAX_CAMERAS = 16  # camera index limit of a CAMERA message (config camera.cameras <= 16)
+WHY_BYTES = 64  # CAMERA `why`: longer reasons are cut
 
 
 class MsgType(enum.IntEnum):
@@ -32,6 +34,7 @@ class MsgType(enum.IntEnum):
     COMMAND = 3
     HEARTBEAT = 4
     VEHICLE = 5
+    CAMERA = 6  # a camera source's state: frames flowing, or lost (runtime/stages/source.py)
 
 
 class Stamp(enum.IntEnum):
@@ -92,6 +95,14 @@ class TakeoverReason(enum.IntEnum):
     CAMERA_BLACKOUT = 6  # the camera delivers black frames
     CAMERA_FROZEN = 7  # the camera repeats the same image
     LIGHT_OUTSIDE_ODD = 8  # the light is outside what the model was validated for (manifest [odd])
+    CAMERA_LOST = 9  # the camera stopped delivering (unplugged, stalled, a dropped stream, corrupt frames)
+
+
+class CameraState(enum.IntEnum):
+    """What a CAMERA message says about its camera."""
+
+    OK = 0  # frames flow
+    LOST = 1  # no frames: the source is reconnecting (`why` says what went wrong)
 
 
 def _all_bits(flags: type[enum.IntFlag]) -> int:
@@ -195,6 +206,19 @@ LAYOUTS: dict[MsgType, np.dtype] = {
             ("cmd_age_ns", "<u8"),
             ("flags", "<u2"),  # VehicleFlags
             ("_pad", "<u2"),
+        ]
+    ),
+    MsgType.CAMERA: np.dtype(
+        _HEADER
+        + [
+            ("camera", "<u2"),  # index of the camera (0 for the stream as a whole)
+            ("state", "<u2"),  # CameraState
+            ("_pad", "<u4"),
+            ("frame_id", "<u8"),  # the last good frame published (0: none yet)
+            ("capture_ns", "<u8"),  # its capture stamp (0: none yet)
+            ("since_ns", "<u8"),  # when the camera entered this state
+            ("t_ns", "<u8"),  # when this message was sent
+            ("why", f"S{WHY_BYTES}"),  # LOST: what went wrong, printable ASCII, NUL-padded
         ]
     ),
 }
@@ -320,12 +344,34 @@ def _validate_vehicle(rec: np.void) -> None:
         raise WireError(f"VEHICLE flags {int(rec['flags']):#x} has unknown bits")
 
 
+def _validate_camera(rec: np.void) -> None:
+    if int(rec["camera"]) >= MAX_CAMERAS:
+        raise WireError(f"CAMERA camera index {int(rec['camera'])} not below {MAX_CAMERAS}")
+    try:
+        CameraState(int(rec["state"]))
+    except ValueError:
+        raise WireError(f"CAMERA state {int(rec['state'])} unknown; known: "
+                        f"{', '.join(f'{s.value} {s.name}' for s in CameraState)}") from None
+    since, sent = int(rec["since_ns"]), int(rec["t_ns"])
+    if not sent or not since or since > sent:
+        raise WireError(f"CAMERA stamps since_ns {since} / t_ns {sent}: both set, since not after t_ns")
+    why = bytes(rec["why"])  # numpy strips trailing NULs: any NUL or byte left must be printable ASCII
+    if not all(0x20 <= b < 0x7F for b in why):
+        raise WireError(f"CAMERA why {why!r} is not printable ASCII")
+
+
+def encode_why(why: str) -> bytes:
+    """A CAMERA `why` from any text: printable ASCII (others become '?'), cut to WHY_BYTES."""
+    return "".join(c if " " <= c <= "~" else "?" for c in why)[:WHY_BYTES].encode("ascii")
+
+
 _VALIDATORS = {
     MsgType.FRAME: _validate_frame,
     MsgType.RESULT: _validate_result,
     MsgType.COMMAND: _validate_command,
     MsgType.HEARTBEAT: _validate_heartbeat,
     MsgType.VEHICLE: _validate_vehicle,
+    MsgType.CAMERA: _validate_camera,
 }
 
 

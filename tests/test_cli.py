@@ -9,6 +9,7 @@ import pkgutil
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,8 @@ def test_a_bad_config_value_is_exit_2_with_its_message_and_no_traceback(tmp_path
     assert "Traceback" not in r.stderr
 
 
-def test_domain_errors_of_several_commands_are_exit_2(capsys):
+def test_domain_errors_of_several_commands_are_exit_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no other run on this host is looked at
     assert cli.main(["echo", "nosuchtopic"]) == 2
     assert "edgert: error: unknown topic 'nosuchtopic'; topics are: " in capsys.readouterr().err
     assert cli.main(["sim", "--scenario", "nope"]) == 2

@@ -11,7 +11,7 @@ from edgert.runtime import wire
 from edgert.runtime.config import from_dict
 from edgert.runtime.stages.control import ControlStage
 from edgert.runtime.transport import publisher, subscriber
-from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from edgert.runtime.wire import CameraState, CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 PERIOD_S = 1 / 30
 
@@ -22,6 +22,7 @@ def control(tiny_model):
     cfg = from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}})
     h = StageHarness(cfg)
     pub = publisher(h.zmq, h.endpoints, "results")
+    h.camera_pub = publisher(h.zmq, h.endpoints, "camera_state")  # the camera source's word on its camera
     h.start(ControlStage)
     time.sleep(0.3)  # setup done and sockets connected
     cmds = subscriber(h.zmq, h.endpoints, "commands")
@@ -51,6 +52,7 @@ def control(tiny_model):
         return out
 
     yield h, send, recv
+    h.camera_pub.close(0)
     pub.close(0)
     cmds.close(0)
     h.close()
@@ -328,3 +330,62 @@ def test_one_forged_valid_result_far_ahead_costs_at_most_recover_after_results(c
     genuine = [i for i in ids if i < 2**62]
     assert genuine and genuine[0] <= 4 + h.cfg.control.recover_after - 1 and genuine[-1] == 9
     assert h.stage.resyncs == 1
+
+
+def _camera_state(h, state: CameraState, why: str = "/dev/video0: unplugged", frame_id: int = 0) -> None:
+    m = wire.new_message(MsgType.CAMERA)
+    now = time.monotonic_ns()
+    m["state"], m["frame_id"], m["since_ns"], m["t_ns"], m["why"] = int(state), frame_id, now, now, wire.encode_why(why)
+    h.camera_pub.send(wire.encode(m))
+
+
+def test_a_lost_camera_hands_over_at_once_and_recovers_only_once_it_is_back(control):
+    h, send, recv = control
+    _drive(send, 5)
+    last_capture = int(recv(0.1)[-1]["stamps"][Stamp.CAPTURE])  # the last good frame's
+    _camera_state(h, CameraState.LOST, frame_id=5)
+    cmds = recv(0.3)
+    fs = [c for c in cmds if int(c["flags"]) & CommandFlags.FAILSAFE]
+    assert fs and int(fs[0]["reason"]) == TakeoverReason.CAMERA_LOST, [int(c["reason"]) for c in cmds]
+    assert int(fs[0]["flags"]) == int(CommandFlags.TAKEOVER | CommandFlags.FAILSAFE)
+    # at once, not at the deadline: well within one deadline of the last good frame's capture
+    assert int(fs[0]["stamps"][Stamp.CTRL_SEND]) - last_capture < h.cfg.deadline_ns
+    assert h.stage.camera_lost.startswith("camera 0: /dev/video0: unplugged (last good frame 5)")
+    # good results while the camera is lost (in flight from before) never end the takeover
+    _drive(send, h.cfg.control.recover_after + 3)
+    during = recv(0.1)
+    assert during and all(int(c["reason"]) == TakeoverReason.CAMERA_LOST for c in during)
+    assert h.stage.takeovers == 1
+    _camera_state(h, CameraState.OK, frame_id=5)
+    time.sleep(0.1)  # taken before the next results
+    _drive(send, h.cfg.control.recover_after + 2)
+    after = recv(0.2)
+    normal = [c for c in after if int(c["flags"]) == 0]
+    assert normal, "did not recover once the camera was back"
+    back_after = 5 + h.cfg.control.recover_after + 3  # the last frame id sent while the camera was lost
+    assert int(normal[0]["frame_id"]) - back_after >= h.cfg.control.recover_after  # good results after it only
+    assert h.stage.failsafe == TakeoverReason.NONE and not h.stage.camera_lost
+
+
+def test_a_deadline_takeover_says_camera_lost_once_the_source_says_so(control):
+    """A source that notices its loss late (a read timeout longer than the deadline): control has
+    handed over with DEADLINE already; the commands then carry CAMERA_LOST."""
+    h, send, recv = control
+    _drive(send, 5)
+    time.sleep(h.cfg.deadline_ns / 1e9 + 0.1)
+    assert h.stage.failsafe == TakeoverReason.DEADLINE
+    _camera_state(h, CameraState.LOST, "video: rtsp://cam/1: no packet for 2 s")
+    cmds = recv(0.3)
+    assert cmds and int(cmds[-1]["reason"]) == TakeoverReason.CAMERA_LOST
+    assert h.stage.takeovers == 1  # the same takeover, its reason made specific
+
+
+def test_a_malformed_camera_state_is_rejected_and_changes_nothing(control):
+    h, send, recv = control
+    _drive(send, 3)
+    m = wire.new_message(MsgType.CAMERA)
+    m["state"], m["since_ns"], m["t_ns"] = int(CameraState.LOST), 1, 0  # never sent: t_ns 0
+    h.camera_pub.send(wire.encode(m))
+    _drive(send, 3)
+    assert [c for c in recv(0.1) if int(c["flags"]) == 0]
+    assert h.stage.rejected == 1 and not h.stage.camera_lost and h.stage.failsafe == TakeoverReason.NONE

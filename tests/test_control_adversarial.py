@@ -21,7 +21,7 @@ from edgert.runtime.e2e import CLOCK_SKEW_NS
 from edgert.runtime.stage import StageContext
 from edgert.runtime.stages.control import STARTUP_GRACE_NS, ControlStage
 from edgert.runtime.transport import subscriber
-from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from edgert.runtime.wire import CameraState, CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 MS = 1_000_000
 T0 = 10**15  # the simulated clock's start (a host up for ~12 days)
@@ -40,6 +40,7 @@ _EVENT = st.one_of(
     st.tuples(st.just("replayed"), st.just("behind"), st.integers(0, 50)),  # fresh and valid, an old id
     st.tuples(st.just("garbage"), st.just("-"), st.binary(max_size=200)),
     st.tuples(st.just("quiet"), st.just("-"), st.just(0)),  # no result this tick
+    st.tuples(st.just("camera"), st.just("-"), st.sampled_from([CameraState.LOST, CameraState.OK])),  # source's word
 )
 EVENTS = st.lists(st.tuples(_EVENT, st.integers(0, 120)), max_size=30)
 
@@ -67,6 +68,12 @@ class SimControl:
         r["stamps"][:] = 0
         r["stamps"][Stamp.CAPTURE] = capture_ns
         return wire.encode(r)
+
+    def camera(self, state: CameraState) -> None:
+        """The source's `camera_state` message, as control's step hands it over before a tick."""
+        m = wire.new_message(MsgType.CAMERA)
+        m["state"], m["since_ns"], m["t_ns"], m["why"] = int(state), self.now, self.now, b"test: unplugged"
+        self.stage.on_camera_state(wire.encode(m))
 
     def tick(self, msg: bytes | None) -> list:
         self.stage.tick(msg, self.now)
@@ -106,6 +113,7 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
     genuine = 1000  # the camera's frame ids; adversarial ones are drawn around them
     last_seq = 0
     max_acted = last_acted = 0  # the highest frame id a model command came from, and the newest
+    camera_lost = False  # what the source said last
 
     def check(cmds: list, fed: tuple | None) -> None:
         nonlocal last_seq, max_acted, last_acted
@@ -116,6 +124,7 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
             flags = int(c["flags"])
             if flags == 0:  # a model command: from the result of this very tick, which was fresh and valid
                 assert fed is not None, "a model command without a result"
+                assert not camera_lost, "a model command while the camera is lost"
                 fid, capture, good = fed
                 assert good, f"a model command from a result that was not fresh and valid: {fed}"
                 assert int(c["frame_id"]) == fid and int(c["reason"]) == TakeoverReason.NONE
@@ -163,12 +172,21 @@ def test_every_command_is_fresh_or_a_flagged_failsafe_and_control_recovers(cfg, 
                 fid = int(wire.decode(msg, MsgType.RESULT)["frame_id"])
             elif kind == "garbage":
                 msg, capture = x, 0
+            elif kind == "camera":
+                sim.camera(x)
+                camera_lost, capture = x == CameraState.LOST, 0
             in_failsafe, above = bool(sim.stage.failsafe), fid > max_acted
             cmds = sim.tick(msg)
             check(cmds, (fid, capture, good) if msg is not None else None)
-            if good and above and not in_failsafe:  # nothing not acted on may have moved the frame id past it
+            if camera_lost:  # in fail-safe for the camera, whatever the results say, until it is back
+                assert sim.stage.failsafe == TakeoverReason.CAMERA_LOST
+            # nothing not acted on may have moved the frame id past it
+            if good and above and not in_failsafe and not camera_lost:
                 assert cmds and int(cmds[0]["flags"]) == 0 and int(cmds[0]["frame_id"]) == fid
         # Then the camera's genuine stream again: recover_after good results, one a frame period.
+        if camera_lost:  # it comes back first
+            sim.camera(CameraState.OK)
+            camera_lost = False
         for _ in range(recover_after):
             sim.now += sim.stage.period_ns
             genuine += 1

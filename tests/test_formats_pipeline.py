@@ -197,8 +197,13 @@ def test_preprocess_stage_decodes_the_camera_format_as_the_reference(fmt):
 
 
 # -- the closed loop in the camera's format --------------------------------------------------
-@pytest.mark.parametrize("fmt,mode", [("nv12", "processes"), ("nv12", "threads"), ("i420", "threads"),
-                                      ("yuyv", "threads"), ("rgb", "threads")])
+# NV12 in both modes by default; the other formats' decode is checked on real slots above, and
+# their closed loops run with -m slow (each pipeline is ~5 s of the default run's 10-minute budget)
+_SLOW = pytest.mark.slow
+@pytest.mark.parametrize("fmt,mode", [("nv12", "processes"), ("nv12", "threads"),
+                                      pytest.param("i420", "threads", marks=_SLOW),
+                                      pytest.param("yuyv", "threads", marks=_SLOW),
+                                      pytest.param("rgb", "threads", marks=_SLOW)])
 def test_closed_loop_runs_in_the_camera_format(fmt, mode):
     cfg = load(DEFAULT_CONFIG).replace(camera={"format": fmt}, control=SHARED_MACHINE_CONTROL)
     sup = Supervisor(cfg, duration_s=4.0, mode=mode)
@@ -227,7 +232,10 @@ def _check_formats_summary(s: dict, min_frames: int) -> None:
             assert st["rejected"] == 0 and st["errors"] == 0 and st["restarts"] == 0, (name, st)
 
 
-@pytest.mark.parametrize("name", ["blackout", "frozen", "tunnel", "changing_light"])
+# dark luma and the light range by default; frozen (a format-blind buffer compare) and the tunnel
+# (dark luma again, then the light range) with -m slow
+@pytest.mark.parametrize("name", ["blackout", pytest.param("frozen", marks=_SLOW), pytest.param("tunnel", marks=_SLOW),
+                                  "changing_light"])
 def test_camera_and_light_scenarios_end_as_expected_in_nv12(name):
     """The simulator's camera faults and light changes, rendered in NV12: black luma (16) with grey
     chroma is dark (a whole-buffer mean would not be), a repeated buffer is frozen, and the model's

@@ -169,7 +169,7 @@ def test_a_pipeline_run_creates_and_removes_one_mailbox_per_hop():
     assert sup.endpoints.mailboxes
     assert sorted(m.segment.name for m in sup.mailboxes) == [
         segment_name(sup.run_id, f"mbox-{t}")  # `recorded` too: 4 KiB, whether or not a recorder runs
-        for t in ("commands", "frames", "recorded", "results", "tensors", "vehicle")]
+        for t in ("camera_state", "commands", "frames", "recorded", "results", "tensors", "vehicle")]
     assert s["leaked_segments"] == [] and shm.list_segments(sup.run_id) == []
     assert s["commands"]["model_commands"] > 0
 
@@ -209,7 +209,7 @@ def test_a_stage_reads_its_input_from_the_mailbox_alone(tiny_model, boxes):
 
     h = StageHarness(from_dict({"infer": {"model": str(tiny_model)}, "control": {"deadline_ms": 250.0}}))
     h.endpoints = Endpoints("inproc", h.run_id, mailboxes=True)
-    boxes = {t: Mailbox.create(h.run_id, t) for t in ("results", "commands", "vehicle")}
+    boxes = {t: Mailbox.create(h.run_id, t) for t in ("results", "commands", "vehicle", "camera_state")}
     commands = MailboxSource(Mailbox.attach(h.run_id, "commands"))
     h.start(ControlStage)
     time.sleep(0.3)

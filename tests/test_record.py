@@ -752,10 +752,15 @@ def test_takeover_clip_in_a_real_pipeline_survives_a_recorder_killed_mid_clip(tm
 
 # -- the supervisor and the recorder: an early operator trigger, a recorder that keeps crashing ----------
 class SlowStartRecorder(RecorderStage):
-    """A recorder whose process takes a while to start (imports, a big ring): the trigger lands in here."""
+    """A recorder whose process takes a while to start (imports, a big ring): the trigger lands in here.
+    It waits, before RecorderStage installs its SIGUSR1 handler, until the test says the trigger was
+    sent (a file it makes), so the trigger lands in that window however loaded the machine is."""
 
     def __init__(self, ctx):  # type: ignore[no-untyped-def]
-        time.sleep(1.5)  # before RecorderStage installs its SIGUSR1 handler
+        sent = Path(os.environ["EDGERT_TEST_TRIGGER_SENT"])
+        deadline = time.monotonic() + 120  # only a bound for a test that never sends it
+        while not sent.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         super().__init__(ctx)
 
 
@@ -774,20 +779,25 @@ def test_an_operator_trigger_sent_while_the_recorder_starts_is_kept_not_fatal(tm
                                                                    os.environ.get("PYTHONPATH")])))
     model, keys = signed_tiny(tmp_path)
     rec_dir = tmp_path / "rec"
+    marker = tmp_path / "trigger-sent"
+    monkeypatch.setenv("EDGERT_TEST_TRIGGER_SENT", str(marker))
     cfg = pipeline_config(model, keys, dir=str(rec_dir), pre_s=0.2, post_s=0.3, ring_s=1.0)
     sup = Supervisor(cfg, duration_s=2.0, mode="processes",
                      stage_classes={"recorder": f"{Path(__file__).stem}:SlowStartRecorder"})
     sent: dict[str, object] = {}
 
     def trigger_asap() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "recorder" not in getattr(sup, "handles", {}):
-            time.sleep(0.01)
-        while time.monotonic() < deadline:  # as soon as the process is called edgert-recorder
-            if cli.main(["record", "trigger", "--run", sup.run_id]) == 0:
-                sent["state"] = sup.status["recorder"].state
-                return
-            time.sleep(0.01)
+        deadline = time.monotonic() + 120  # only a bound for a hung test
+        try:
+            while time.monotonic() < deadline and "recorder" not in getattr(sup, "handles", {}):
+                time.sleep(0.01)
+            while time.monotonic() < deadline:  # as soon as the process is called edgert-recorder
+                if cli.main(["record", "trigger", "--run", sup.run_id]) == 0:
+                    sent["state"] = sup.status["recorder"].state
+                    return
+                time.sleep(0.01)
+        finally:
+            marker.touch()  # the recorder may go on starting
     t = threading.Thread(target=trigger_asap, daemon=True)
     t.start()
     s = sup.run()

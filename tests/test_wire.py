@@ -174,3 +174,60 @@ def test_fuzz_valid_header_random_body(data):
     except WireError:
         return
     assert math.isfinite(float(out["steer"])) and int(out["flags"]) <= 3
+
+
+# -- CAMERA: a camera source's state (runtime/stages/source.py) -----------------------------------
+def _camera(state: int = int(wire.CameraState.LOST), why: bytes = b"/dev/video0: unplugged") -> np.ndarray:
+    r = wire.new_message(MsgType.CAMERA)
+    r["camera"], r["state"], r["frame_id"], r["capture_ns"] = 1, state, 41, 1_000
+    r["since_ns"], r["t_ns"], r["why"] = 2_000, 3_000, why
+    return r
+
+
+@settings(max_examples=200, deadline=None)
+@given(camera=st.integers(0, wire.MAX_CAMERAS - 1), state=st.sampled_from([int(s) for s in wire.CameraState]),
+       fid=u64, capture=st.integers(0, 2**62), since=st.integers(1, 2**62), later=st.integers(0, 2**62),
+       why=st.text(max_size=100))
+def test_camera_round_trip(camera, state, fid, capture, since, later, why):
+    r = wire.new_message(MsgType.CAMERA)
+    r["camera"], r["state"], r["frame_id"] = camera, state, fid
+    r["since_ns"], r["t_ns"] = since, since + later
+    r["capture_ns"] = capture
+    r["why"] = wire.encode_why(why)  # any text: printable ASCII, cut to WHY_BYTES
+    d = wire.to_dict(wire.decode(wire.encode(r), MsgType.CAMERA))
+    assert (d["camera"], d["state"], d["frame_id"], d["t_ns"]) == (camera, state, fid, since + later)
+    assert d["why"] == wire.encode_why(why).decode() and len(d["why"]) <= wire.WHY_BYTES
+    assert wire.LAYOUTS[MsgType.CAMERA].itemsize == 120  # docs/wire.md
+
+
+def test_camera_why_keeps_a_file_name_readable():
+    assert wire.encode_why("video: /data/straße.mp4 ended at 12.5 s") == b"video: /data/stra?e.mp4 ended at 12.5 s"
+    assert len(wire.encode_why("x" * 500)) == wire.WHY_BYTES
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("state", 7, "CAMERA state 7 unknown; known: 0 OK, 1 LOST"),
+    ("camera", wire.MAX_CAMERAS, "camera index 16 not below 16"),
+    ("t_ns", 0, "since_ns 2000 / t_ns 0"),
+    ("since_ns", 0, "since_ns 0 / t_ns 3000"),
+    ("since_ns", 4_000, "since not after t_ns"),
+    ("why", b"lost\x01", "not printable ASCII"),
+    ("why", b"a\x00b", "not printable ASCII"),  # a NUL inside: only padding may be NUL
+    ("why", "é".encode(), "not printable ASCII"),
+])
+def test_camera_values_validated(field, value, match):
+    r = _camera()
+    wire.decode(wire.encode(r), MsgType.CAMERA)  # valid as made
+    r[field] = value
+    with pytest.raises(WireError, match=match):
+        wire.decode(wire.encode(r), MsgType.CAMERA)
+
+
+def test_camera_malformed_bytes_rejected():
+    buf = wire.encode(_camera())
+    with pytest.raises(WireError, match="CAMERA message is 119 bytes"):
+        wire.decode(buf[:-1])
+    with pytest.raises(WireError, match="CAMERA message failed its CRC-32"):
+        wire.decode(buf[:30] + bytes([buf[30] ^ 1]) + buf[31:])
+    with pytest.raises(WireError, match="expected a CAMERA message, got COMMAND"):
+        wire.decode(_valid_command(), MsgType.CAMERA)

@@ -6,10 +6,11 @@
     edgert cameras [--json]
     edgert bench NAME|all [--quick] [--out DIR]
     edgert bench pipeline [--scenario single-stream|multi-stream|server] [--cameras N] [--fps F]
-                          [--arrival poisson|fixed] [--min-count N] [--min-duration S]
+                          [--arrival poisson|fixed] [--min-count N] [--min-duration S] [--video FILE]
     edgert models list | info NAME | verify [NAME] | add PATH.onnx [--name N] | keygen | sign NAME --key K
     edgert infer --model PATH.onnx|MODEL_DIR --input IN.npz|IN.npy --output OUT.npz
     edgert sim --scenario NAME [--added-latency-ms X] [--drop-rate P] | sim list | sim sweep --out DIR
+    edgert sim clip OUT.mp4 [--seconds N] [--fps F] [--codec h264|mpeg4] [--size WxH]
     edgert replay FILE.mcap [--speed 1|max]      edgert record list [DIR] | trigger
     edgert fleet export CLIP... --to REGION | prune | audit verify | keygen REGION | encrypt | decrypt
 

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    "(default single-stream)")
     b.add_argument("--cameras", type=int, help="pipeline multi-stream: cameras in lock-step (default 4)")
     b.add_argument("--fps", type=float, help="pipeline: frame rate, or the cap in single-stream (default 30)")
-    arrivals = [p for p in choices("camera.pacing") if p != "closed"]  # closed pacing is single-stream's own
+    arrivals = [p for p in choices("camera.pacing") if p in ("fixed", "poisson")]  # the frames source's open loops
     b.add_argument("--arrival", choices=arrivals, help="pipeline server: arrival process (default poisson)")
     b.add_argument("--min-count", dest="min_count", type=int, help="pipeline: commands per run at least "
                    "(default 1024, quick 60)")
@@ -54,4 +54,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     b.add_argument("--compare-zmq", dest="compare_zmq", action="store_true", default=None,  # None: not given
                    help="pipeline: also run edgert with ZeroMQ-only hops (pipeline.mailbox = false) "
                    "in the same rounds")
+    b.add_argument("--video", help="pipeline single-stream: on this video file (camera.source = \"video\", looped), "
+                   "with decode cost per frame and BGR against NV12 slots")
     b.set_defaults(func=cmd_bench)

@@ -2,6 +2,7 @@
 
     edgert sim --scenario NAME [--added-latency-ms X] [--drop-rate P] [--duration S] [--mode M]
     edgert sim list
+    edgert sim clip OUT.mp4 [--seconds N] [--fps F] [--codec h264|mpeg4] [--size WxH]
     edgert sim sweep [--latencies 0,50,100,...] [--scenario NAME] [--drop-rate P] --out DIR
 
 A scenario (runtime/sim/scenarios.py) runs through the real pipeline (runtime.supervisor,
@@ -99,6 +100,32 @@ def cmd_list(args: argparse.Namespace) -> int:
         expect = ("stays in lane" if s.expect == scenarios.IN_LANE
                   else f"hands over: {s.expect} within {s.react_frames} frames")
         print(f"{s.name:<{w}}  {s.duration_s:4.1f} s  {expect:<42} {s.description}")
+    return 0
+
+
+def cmd_clip(args: argparse.Namespace) -> int:
+    """A road clip: the seeded road of --config driven open loop (runtime/sim/clip.py)."""
+    from edgert.runtime.errors import UsageError
+    from edgert.runtime.sim.clip import road_clip
+
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1920x1080") from None
+    if not (16 <= w <= 7680 and 16 <= h <= 4320 and w % 2 == 0 and h % 2 == 0):
+        raise UsageError(f"--size {args.size}: width 16..7680 and height 16..4320, both even (yuv420p)")
+    if not (0 < args.seconds <= 3600 and 1 <= args.fps <= 240):
+        raise UsageError(f"--seconds {args.seconds:g} / --fps {args.fps:g}: use 0 < seconds <= 3600, 1 <= fps <= 240")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: no folder {out.parent}; create it first")
+    cfg = load(args.config)
+    t0 = time.monotonic()
+    n = road_clip(out, cfg, args.seconds, args.fps, (w, h), args.codec)
+    print(f"{out}: {n} frames, {w}x{h} at {args.fps:g} fps ({args.codec}), road seed {cfg.sim.road_seed} "
+          f"driven open loop (weaving about the lane centre), in {time.monotonic() - t0:.1f} s")
+    print(f"run it: camera.source = \"video\", camera.uri = \"{out}\", camera.width = {w}, camera.height = {h} "
+          "(configs/video.toml)")
     return 0
 
 
@@ -227,6 +254,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ssub = s.add_subparsers(dest="sim_command")
     p = ssub.add_parser("list", help="list the scenarios and their expected outcomes")
     p.set_defaults(func=cmd_list)
+    p = ssub.add_parser("clip", help="render the simulator's road camera into a video file (for camera.source = "
+                        "\"video\")")
+    p.add_argument("out", help="the video file to write, e.g. road.mp4 (.mp4, .mkv, .ts, ...)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length (default 10)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument("--codec", choices=("h264", "mpeg4"), default="h264", help="encoder (default h264)")
+    p.add_argument("--size", default="1920x1080", help="WxH (default 1920x1080, the default model's camera)")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="whose [sim] road to drive (default: sim.toml)")
+    p.set_defaults(func=cmd_clip)
     p = ssub.add_parser("sweep", help="lane error against end-to-end latency: JSON + PNG")
     _run_options(p)
     p.add_argument("--latencies", default=DEFAULT_SWEEP, help=f"added latencies, ms (default: {DEFAULT_SWEEP})")

@@ -15,6 +15,10 @@ returns to normal only after `recover_after` consecutive good results. It never 
 an old command as new: every command has a new sequence number (unique across restarts of
 this stage) and says which frame it came from and how old that frame was. On shutdown it
 sends a last takeover request, so the car is never left holding a silent command.
+
+The camera source says when its camera is lost (the `camera_state` topic): control then hands
+over at once with CAMERA_LOST, and recovers only once the camera is back and `recover_after`
+good results have followed.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from edgert.runtime.manifest import load_manifest
 from edgert.runtime.node import Node
 from edgert.runtime.stage import RateLimitedLog
 from edgert.runtime.transport import latest_reader, publisher
-from edgert.runtime.wire import CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
+from edgert.runtime.wire import CameraState, CommandFlags, MsgType, ResultStatus, Stamp, TakeoverReason
 
 STARTUP_GRACE_NS = 1_000_000_000  # from the start signal to the first valid result
 # A result made from a black, frozen or out-of-domain camera image hands over with the camera's own reason.
@@ -54,6 +58,8 @@ class ControlStage(Node):
         # The steering the vehicle reports: a (re)started stage ramps from where the wheels are,
         # not from neutral, so its first command is never a step.
         self.vehicle = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "vehicle"))
+        self.camera = self.own(latest_reader(self.ctx.zmq, self.ctx.endpoints, "camera_state"))
+        self.camera_lost = ""  # why the source says its camera is lost; "" = frames flow
         self.pub = self.own(publisher(self.ctx.zmq, self.ctx.endpoints, "commands"))
         self.can = None
         if c.can_interface:  # the same commands on a CAN bus, E2E-protected (runtime/canbus.py)
@@ -113,6 +119,10 @@ class ControlStage(Node):
         if not self.failsafe:
             self.takeovers += 1
             self.log.warning("FAIL-SAFE, takeover requested (%s): %s", reason.name.lower(), detail)
+        elif self.failsafe == TakeoverReason.CAMERA_LOST and self.camera_lost:
+            return  # the camera's loss is the reason until it is back, whatever its last frames' results say
+        elif reason == TakeoverReason.CAMERA_LOST:  # in fail-safe already: the commands now say why
+            self.log.warning("fail-safe, the camera is lost: %s", detail)
         self.failsafe = reason
 
     def _failsafe_command(self, now: int, force: bool = False) -> None:
@@ -129,10 +139,30 @@ class ControlStage(Node):
             self._watch_for_start()
         if not self.last_cmd_ns:
             self._follow_vehicle_steer()
+        state = self.camera.drain()
+        if state is not None:
+            self.on_camera_state(state)
         self.tick(self.results.recv(10), self.clock())
+
+    def on_camera_state(self, msg: bytes) -> None:
+        """The source's word on its camera (runtime/stages/source.py): lost (and why), or back."""
+        rec = self.decode(msg, MsgType.CAMERA)
+        if rec is None:
+            return
+        if int(rec["state"]) == CameraState.LOST:
+            if not self.camera_lost:
+                self.good_streak = 0  # results in flight from before the loss do not count toward recovery
+                self.camera_lost = (f"camera {int(rec['camera'])}: {bytes(rec['why']).decode('ascii')} "
+                                    f"(last good frame {int(rec['frame_id'])})")
+        elif self.camera_lost:
+            self.log.warning("camera back: fail-safe until %d good results", self.cfg.control.recover_after)
+            self.camera_lost = ""
+            self.good_streak = 0  # recovery counts results from frames after the camera came back
 
     def tick(self, msg: bytes | None, now: int) -> None:
         """One result (or none) at `now`: act on it, watch the deadline, send a fail-safe command when due."""
+        if self.camera_lost and self.watch_from_ns and self.failsafe != TakeoverReason.CAMERA_LOST:
+            self._enter_failsafe(TakeoverReason.CAMERA_LOST, self.camera_lost)  # before a result is acted on
         if msg is not None:
             self._on_result(msg, now)
         if self.watch_from_ns and not self.failsafe:  # in fail-safe, only good results matter (recovery)
@@ -223,7 +253,7 @@ class ControlStage(Node):
         self._advance_frame_id(frame_id)
         self.frames += 1
         if self.failsafe:
-            if self.good_streak < self.cfg.control.recover_after:
+            if self.good_streak < self.cfg.control.recover_after or self.camera_lost:
                 return
             self.log.warning("recovered after %d consecutive good results", self.good_streak)
             self.failsafe = TakeoverReason.NONE

@@ -68,6 +68,7 @@ def iter_frames(path: str, topic: str, wall_offset_ns: int = 0) -> Iterator[tupl
 
 
 class ReplayStage(CameraSource):
+    detect_stalls = False  # a max-speed replay waits for the recorder; gaps are the recording's
 
     def setup(self) -> None:
         cam = self.cfg.camera
