@@ -625,3 +625,60 @@ def test_the_pipeline_on_a_scripted_camera_threads_mode(monkeypatch, tiny_model,
         assert st["errors"] == 0 and st["rejected"] == 0, (name, st)
     assert fake.opened == 1 and fake.seq >= s["frames"]
     assert s["commands"]["model_commands"] >= 10, s["commands"]  # the frames went all the way round
+
+
+def test_an_unplugged_camera_is_a_camera_lost_takeover_and_the_pipeline_recovers(monkeypatch, tiny_model, tmp_path):
+    """Threads mode on the scripted camera: unplugged mid-run, control hands over with CAMERA_LOST
+    (not a generic deadline), the source reopens it when it is back, control resumes; no stage is
+    restarted."""
+    import threading
+
+    from conftest import SHARED_MACHINE_CONTROL
+
+    from edgert.runtime import signing
+    from edgert.runtime.config import DEFAULT_CONFIG
+    from edgert.runtime.supervisor import Supervisor
+
+    manifest = tiny_model / "manifest.toml"
+    manifest.write_text(manifest.read_text().replace('markets = ["EU"]', 'markets = ["sim"]\npublisher = "v4l2-test"'))
+    pem, _ = signing.keygen(tmp_path / "keys", "v4l2-test")
+    signing.sign(tiny_model, pem)
+    fake = FakeDevice(64, 48, "YUYV")
+    monkeypatch.setattr(v4l2, "probe", fake.probe)
+    monkeypatch.setattr(v4l2, "Capture", fake.capture)
+    cfg = load(DEFAULT_CONFIG).replace(
+        camera={"source": "v4l2", "device": "/dev/video-fake", "width": 64, "height": 48, "fps": 30.0,
+                "format": "yuyv", "dark_level": 0.0, "frozen_frames": 0},
+        control=SHARED_MACHINE_CONTROL, infer={"model": str(tiny_model), "trusted_keys": str(tmp_path / "keys")})
+    sup = Supervisor(cfg, duration_s=600.0, mode="threads")
+    steps: list[str] = []
+
+    def wait_for(cond, what: str) -> None:  # type: ignore[no-untyped-def]
+        end = time.monotonic() + 120
+        while not cond():
+            assert time.monotonic() < end and not sup.stop_requested.is_set(), f"timed out: {what}"
+            time.sleep(0.05)
+
+    def script() -> None:
+        try:
+            wait_for(lambda: sup.running.is_set(), "the pipeline runs")
+            tel = sup.telemetry
+            wait_for(lambda: tel.checks.model_commands >= 10, "commands from the camera's frames")
+            fake.unplugged, fake.present = True, False
+            wait_for(lambda: tel.camera.losses == 1 and tel.checks.failsafe_commands >= 3, "the loss reaches control")
+            time.sleep(0.5)  # a few failed reopens
+            fake.unplugged, fake.present = False, True
+            wait_for(lambda: any(t["resumed_ns"] is not None for t in list(tel.takeovers)), "control resumes")
+            steps.append("done")
+        finally:
+            sup.stop_requested.set()
+
+    t = threading.Thread(target=script, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join(10)
+    assert steps == ["done"]
+    takeovers = [x for x in s["takeovers"] if x["reason"] != "SHUTDOWN"]
+    assert len(takeovers) == 1 and takeovers[0]["reasons"] == ["CAMERA_LOST"], s["takeovers"]
+    assert s["camera"]["losses"] == 1 and fake.opened == 2
+    assert all(st["restarts"] == 0 and st["errors"] == 0 for st in s["stages"].values()), s["stages"]
