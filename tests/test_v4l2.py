@@ -450,6 +450,8 @@ class FakeDevice:
         self.opened = 0
         self.stamp_of: dict[int, int] = {}  # sequence -> driver timestamp (ns)
         self.seq = 0
+        self.burst = 0  # frames ready at once (the pipeline fell behind), then stalled
+        self.gap = 0  # sequence numbers the driver skips before the next frame (no free buffer)
 
     def probe(self, path):
         if not self.present:
@@ -489,12 +491,16 @@ class FakeDevice:
                 if fake.unplugged:
                     raise v4l2.CameraGone(f"{dev.path}: No such device")
                 now = time.monotonic_ns()
-                if fake.stalled or self.next_ns > now + timeout_ms * 1_000_000:
+                if fake.burst:
+                    fake.burst -= 1
+                    fake.stalled = fake.stalled or not fake.burst
+                elif fake.stalled or self.next_ns > now + timeout_ms * 1_000_000:
                     time.sleep(timeout_ms / 1000)
                     return -1
                 time.sleep(max(0, self.next_ns - now) / 1e9)
                 self.next_ns = max(self.next_ns + 20_000_000, time.monotonic_ns())
-                fake.seq += 1
+                fake.seq += 1 + fake.gap
+                fake.gap = 0
                 idx, self.i = self.i, (self.i + 1) % n_buffers
                 for plane in self.planes[idx]:
                     plane[...] = 16 + fake.seq % 200  # pixels say which frame; the padding stays 0xa5
@@ -585,6 +591,15 @@ def test_the_v4l2_stage_copies_stamps_and_reconnects(monkeypatch):
         fake.stalled = False
         next_frames(3)
         assert not stage.lost
+
+        fake.stalled = True  # frames stop; then three come at once after a driver-side gap of 2
+        time.sleep(0.3)
+        dropped, seq = stage.dropped, fake.seq
+        fake.gap, fake.burst = 2, 3
+        wait_for(lambda: stage.last_seq == seq + 5, "the newest of the burst is published")
+        assert stage.dropped - dropped == 4  # 2 never delivered (sequence gap) + 2 older ones skipped
+        fake.stalled = False
+        next_frames(2)  # and frames flow on
     finally:
         if frames is not None:
             frames.close(0)

@@ -154,11 +154,15 @@ class V4L2Stage(CameraSource):
             return
         try:
             idx = cap.read(50)
-            if idx >= 0:
-                while (nxt := cap.read(0)) >= 0:  # a newer frame is ready: skip the older one
-                    cap.release(idx)
-                    self.dropped += 1
-                    idx = nxt
+            while idx >= 0:  # a newer frame ready too: skip the older one (counted here, not as a sequence gap)
+                seq = cap.sequence
+                nxt = cap.read(0)
+                if nxt < 0:
+                    break
+                cap.release(idx)
+                self._sequence(seq)
+                self.dropped += 1
+                idx = nxt
         except v4l2.CameraGone as e:
             self._gone(str(e))
             return
@@ -172,13 +176,13 @@ class V4L2Stage(CameraSource):
                 cap.release(idx)
             except v4l2.CameraGone as e:
                 self._gone(str(e))
-        if published:
+        if published and self.capture is not None:  # (not gone while the buffer went back)
             self.last_frame_ns = time.monotonic_ns()
             if self.lost:
                 self.lost = False
                 self.backoff.reset()
                 self.camera_back()
-        else:
+        elif self.capture is not None:
             self._stalled(time.monotonic_ns())
 
     def _stalled(self, now: int) -> None:
@@ -192,9 +196,7 @@ class V4L2Stage(CameraSource):
 
     def _publish(self, idx: int, cap: v4l2.Capture) -> bool:
         """The dequeued buffer into a slot, stamped and published; False for a corrupt frame."""
-        if self.last_seq >= 0 and cap.sequence > self.last_seq + 1:
-            self.dropped += cap.sequence - self.last_seq - 1  # the driver had no free buffer for these
-        self.last_seq = cap.sequence
+        self._sequence(cap.sequence)
         if cap.flags & v4l2.BUF_FLAG_ERROR or not cap.used:
             self._corrupt(f"the driver flagged frame {cap.sequence} as corrupt")
             return False
@@ -216,6 +218,12 @@ class V4L2Stage(CameraSource):
         self.output.publish(slot, self.id_base + self.frames + 1, self.stamps)
         self.frames += 1
         return True
+
+    def _sequence(self, seq: int) -> None:
+        """Frame `seq` came from the driver: numbers it skipped (it had no free buffer) count as dropped."""
+        if self.last_seq >= 0 and seq > self.last_seq + 1:
+            self.dropped += seq - self.last_seq - 1
+        self.last_seq = seq
 
     def _corrupt(self, why: str) -> None:
         self.corrupt += 1
