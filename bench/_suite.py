@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgert.bench.report import Report, write_index
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import MissingExtra
 from edgert.runtime.paths import bundled
 from edgert.runtime.procenv import OPENCV_NO_SPIN
 
@@ -58,10 +58,6 @@ def opencv_pool() -> dict[str, Any]:
 
 
 BENCH_EXTRA = ("matplotlib", "psutil", "tqdm")  # pyproject's `bench` extra: plots, stage CPU/RSS, progress bars
-
-
-class MissingExtra(EdgertError, ValueError):
-    """A benchmark needs a dependency of the `bench` extra, which a core install leaves out."""
 
 
 def require_bench_extra() -> None:

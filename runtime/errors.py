@@ -19,3 +19,8 @@ class EdgertError(Exception):
 
 class UsageError(EdgertError, ValueError):
     """A command's arguments do not fit together or are out of range (beyond what argparse checks)."""
+
+
+class MissingExtra(EdgertError, ImportError):
+    """An optional dependency is not installed: the message names the extra that brings it,
+    e.g. `pip install 'edgert[camera]'` (PyAV, linuxpy) or `'edgert[bench]'`."""

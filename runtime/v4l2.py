@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgert.runtime.errors import EdgertError
+from edgert.runtime.errors import EdgertError, MissingExtra
 
 # camera.format (the pool slot's format) -> the device fourccs that fill it with a plain copy, best first
 FOURCCS: dict[str, tuple[str, ...]] = {
@@ -364,10 +364,6 @@ def video_nodes(root: str | Path = "/dev") -> list[Path]:
     """/dev/video* in numeric order."""
     nodes = [p for p in Path(root).glob("video*") if p.name[5:].isdigit()]
     return sorted(nodes, key=lambda p: int(p.name[5:]))
-
-
-class MissingExtra(EdgertError, ImportError):
-    """linuxpy is not installed: it comes with the `camera` extra."""
 
 
 def _linuxpy() -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edgert.runtime.errors import MissingExtra
 from edgert.runtime.profiles import PROFILES
 
 
@@ -43,7 +44,7 @@ def _cameras() -> None:
 
     try:
         found = v4l2.scan()
-    except v4l2.MissingExtra as e:
+    except MissingExtra as e:
         print(f"cameras: {e}")
         return
     if not found.devices:
