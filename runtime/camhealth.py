@@ -15,8 +15,10 @@ The level is luma's where the camera delivers YUV (camera.format nv12/i420/yuyv)
 bytes are summed (the Y plane of a 4:2:0 frame, every other byte of YUYV), since chroma sits
 near 128 whatever the light and would lift a black frame's mean above any dark level. Limited-
 range luma (black at 16, white at 235) is held against the thresholds mapped to that scale
-(level 0 -> 16, 255 -> 235), so dark_level and [odd] mean_level mean the same light in every
-format. The frozen check hashes the same strided sample of the whole buffer in every format.
+(level 0 -> 16, 255 -> 235). A BGR/RGB level is the mean of every channel byte, not luma: the
+two agree on grey scenes (a road: 135.6 in BGR, 135.9 as NV12 luma) but not on saturated colour
+(a blue-heavy frame: 126.7 against 110.6), so a model's [odd] mean_level, measured on the format
+it was validated with, is only as exact as that in another format. The frozen check hashes the same strided sample of the whole buffer in every format.
 
 A real sensor's noise makes consecutive frames differ in their low bits, so bit-identical
 samples mean a repeated image; a stationary simulated car renders identical frames too,

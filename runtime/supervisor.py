@@ -449,7 +449,9 @@ class Supervisor:
                 self._kill_stuck(name, h, st, now)
             if h.alive() or st.given_up:
                 continue
-            if h.exitcode() == INPUT_ENDED:  # a source at the end of its input (a video file): the run is over
+            # the camera source at the end of its input (a video file): the run is over. Only the source's:
+            # another stage exiting with that code is a crash like any other
+            if name == "capture" and h.exitcode() == INPUT_ENDED:
                 self.request_stop(f"{name}: its input ended (logged above)")
                 continue
             if st.restart_at == 0.0:

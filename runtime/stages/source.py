@@ -24,15 +24,14 @@ from edgert.runtime.transport import LatestReader, Publisher, latest_reader, pub
 from edgert.runtime.wire import CameraState, MsgType, Stamp
 
 STATE_RESEND_NS = 250_000_000  # while lost, the camera's state goes out again this often (a late reader learns it)
-STALL_PERIODS = 10  # no frame for this many frame periods (or one deadline, if longer) is a lost camera
 
 
 class CameraSource(Node):
     name = "capture"
 
     period_ns = 0  # the camera's nominal frame period; 0 = none (frame ids come from elsewhere)
-    # A tick that publishes no frame for max(one deadline, STALL_PERIODS periods at camera.fps) is a
-    # stalled camera (`camera_lost` is called for it); False for a source whose gaps are by design
+    # A tick that publishes no frame for one deadline (control.deadline) is a stalled camera
+    # (`camera_lost` is called for it); False for a source whose gaps are by design
     # (benchmark pacing that waits for the pipeline's commands).
     detect_stalls = True
     layout: StreamLayout
@@ -84,8 +83,9 @@ class CameraSource(Node):
                 # produce frames faster than periods pass.
                 self.id_base = self.next_tick // self.period_ns
             self._frame_seen_ns = self.next_tick
-            # camera.fps, not period_ns: a source may space its frame ids otherwise (the video source's 1 ms)
-            self.stall_after_ns = max(self.cfg.deadline_ns, int(STALL_PERIODS * 1e9 / self.cfg.camera.fps))
+            # one deadline: a gap that long is a takeover anyway, and this names its cause (CAMERA_LOST)
+            # within that deadline rather than after it
+            self.stall_after_ns = self.cfg.deadline_ns
             # the state at the start: a control that heard this stage's previous instance lose the
             # camera learns whether this one has it (a lost camera says so from its first tick)
             self._send_state(self.next_tick)
