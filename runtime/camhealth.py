@@ -18,7 +18,8 @@ range luma (black at 16, white at 235) is held against the thresholds mapped to 
 (level 0 -> 16, 255 -> 235). A BGR/RGB level is the mean of every channel byte, not luma: the
 two agree on grey scenes (a road: 135.6 in BGR, 135.9 as NV12 luma) but not on saturated colour
 (a blue-heavy frame: 126.7 against 110.6), so a model's [odd] mean_level, measured on the format
-it was validated with, is only as exact as that in another format. The frozen check hashes the same strided sample of the whole buffer in every format.
+it was validated with, is only as exact as that in another format. The frozen check hashes the
+same strided sample of the whole buffer in every format.
 
 A real sensor's noise makes consecutive frames differ in their low bits, so bit-identical
 samples mean a repeated image; a stationary simulated car renders identical frames too,
