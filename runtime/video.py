@@ -248,8 +248,8 @@ class SlotWriter:
         what = (frame.format.name, frame.width, frame.height)
         if what != self.noted:  # once, and again only if the stream changes
             self.noted = what
-            log.warning("%s: the video is %dx%d, the camera %dx%d (camera.width/height): every frame is scaled by "
-                        "swscale; set camera.width/height to the video's size to skip that pass", self.source,
+            log.warning("%s: the video is %dx%d, the camera %dx%d (camera.width/height, the model's size): every "
+                        "frame is scaled by swscale; a video made at the camera's size skips that pass", self.source,
                         frame.width, frame.height, self.width, self.height)
 
 

@@ -406,7 +406,10 @@ def test_sim_clip_writes_a_clip_of_the_asked_length_rate_and_size(tmp_path, caps
     out = tmp_path / "road.mp4"
     assert cli.main(["sim", "clip", str(out), "--seconds", "0.4", "--fps", "10", "--size", "64x48",
                      "--codec", "mpeg4"]) == 0
-    assert f"{out}: 4 frames, 64x48 at 10 fps (mpeg4)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"{out}: 4 frames, 64x48 at 10 fps (mpeg4)" in said
+    # the camera keeps the model's size (its preprocess spec is written for it): the source scales the clip
+    assert "keep camera.width/height at the model's camera size (1920x1080 in " in said and "width = 64" not in said
     o = video.open_video(str(out))
     try:
         assert o.size == (64, 48) and o.rate == pytest.approx(10) and o.stream.codec_context.name == "mpeg4"
@@ -414,6 +417,16 @@ def test_sim_clip_writes_a_clip_of_the_asked_length_rate_and_size(tmp_path, caps
         o.close()
     assert cli.main(["sim", "clip", str(out), "--size", "65x48"]) == 2
     assert "both even" in capsys.readouterr().err
+    # without --size: the config's camera size, which the example config and the default model share
+    small = tmp_path / "small.toml"
+    small.write_text("[camera]\nwidth = 64\nheight = 48\n")
+    assert cli.main(["sim", "clip", str(out), "--seconds", "0.1", "--fps", "10", "--config", str(small)]) == 0
+    assert f"{out}: 1 frames, 64x48 at 10 fps" in capsys.readouterr().out
+    from edgert.runtime.config import tomllib  # tomli before Python 3.11
+
+    example = tomllib.loads((Path(__file__).resolve().parent.parent / "configs" / "video.toml").read_text())
+    default = load(DEFAULT_CONFIG).camera
+    assert (example["camera"]["width"], example["camera"]["height"]) == (default.width, default.height) == (1920, 1080)
 
 
 # -- the benchmark --------------------------------------------------------------------------------
