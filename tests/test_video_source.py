@@ -201,6 +201,19 @@ def test_a_file_at_another_rate_than_camera_fps_is_refused_with_stream_pacing(as
     text = "\n".join(r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in caplog.records)
     assert (f"{assets['mpeg4']}: the video runs at 20 fps, camera.fps is 30" in text and "camera.fps = 20" in text
             and 'camera.pacing = "fixed"' in text), text
+    # a live stream's rate is what the camera sends: a warning with the same fix, when its decoder opens
+    from types import SimpleNamespace
+
+    from edgert.runtime.stages.videosource import VideoStage
+
+    caplog.clear()
+    stage = SimpleNamespace(cfg=video_config(assets, "rtsp://127.0.0.1:8554/cam", fps=30), pacing="stream",
+                            label="rtsp://127.0.0.1:8554/cam", log=logging.getLogger("edgert.capture"))
+    with caplog.at_level(logging.WARNING, logger="edgert.capture"):
+        VideoStage._check_rate(stage, 30.9, refuse=False)  # within 5 %: nothing to say
+        VideoStage._check_rate(stage, 20.0, refuse=False)
+    assert [r.getMessage()[:64] for r in caplog.records] == [
+        "rtsp://127.0.0.1:8554/cam: the video runs at 20 fps, camera.fps is 30"[:64]], caplog.records
 
 
 # -- the real pipeline ----------------------------------------------------------------------------
@@ -224,8 +237,11 @@ def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, m
             assert st[name]["frames"] == n and st[name]["dropped"] == 0, (name, st)
     assert summary["commands"]["model_commands"] > 0 and len(stamps) > 0
     if pacing in ("stream", "fixed"):  # the clip's own rate, or camera.fps: never faster than that period
-        iv = np.diff(stamps[:, Stamp.CAPTURE])
-        assert iv.mean() >= 1e9 / (CLIPS[codec] if pacing == "stream" else fps) * 0.95, iv
+        # Lower bounds only: a loaded machine delays frames (an upper bound would fail there) and the
+        # schedule then catches up with short intervals, so the median gets a wide margin; the mean
+        # (the span over the frames) cannot be beaten by catching up.
+        iv, period = np.diff(stamps[:, Stamp.CAPTURE]), 1e9 / (CLIPS[codec] if pacing == "stream" else fps)
+        assert iv.mean() >= period * 0.95 and np.median(iv) >= period * 0.5, (period, iv)
     assert summary["source"] == "video" and summary["lane"]["frames"] == 0
     assert "lane keeping: not measured (camera.source = 'video' has no vehicle ground truth" in format_summary(summary)
 

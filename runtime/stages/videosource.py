@@ -192,6 +192,8 @@ class VideoStage(CameraSource):
         now = time.monotonic_ns()
         if self.pacing == "closed":
             return self.wait_until(self.sent_ns + self.frame_ns) if self.sent_ns else True
+        if not self.frames:  # the schedule starts with the first frame decoded, not at the start signal:
+            self.next_tick = max(self.next_tick, now)  # else the frames after it catch up its decode time in a burst
         if self.pacing == "fixed":
             due = self.next_tick
         elif self.live:
