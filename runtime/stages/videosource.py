@@ -116,9 +116,10 @@ class VideoStage(CameraSource):
             raise VideoError(what)
         self.log.warning("%s", what)
 
-    def camera_lost(self, why: str) -> None:
-        """The base class's; for a file (not reconnected) its log line does not say "reconnecting"."""
-        if self.live:
+    def camera_lost(self, why: str, reconnecting: bool | None = None) -> None:
+        """The base class's; its log line says "reconnecting" only where this source reconnects: a
+        stream (by default), not a file, nor corrupt data (which waits for a keyframe)."""
+        if self.live if reconnecting is None else reconnecting:
             super().camera_lost(why)
             return
         quiet = _NotReconnecting()
@@ -181,7 +182,7 @@ class VideoStage(CameraSource):
             self.reject(f"{self.label}: corrupt data at frame {item.index} ({item.time_s:.3f} s): {item.text}; "
                         "frames dropped up to the next keyframe")
             self.camera_lost(f"corrupt data in {self.label} at frame {item.index} ({item.time_s:.3f} s); "
-                             "waiting for the next keyframe")
+                             "waiting for the next keyframe", reconnecting=False)
         elif item.kind == "end":
             self._end_of_pass(item)
         else:  # "lost"
@@ -283,7 +284,7 @@ class VideoStage(CameraSource):
         self.ctx.stop.set()  # run_stage returns INPUT_ENDED: the supervisor ends the run
 
     def _lost(self, why: str) -> None:
-        if not self.live:  # a file that cannot be read on (its decoding thread has ended): the run ends, looping or not
+        if not self.live:  # a file that cannot be read on (its decoding thread ended): the run ends, looping or not
             self.log.error("%s: cannot read on after frame %d (%.3f s): %s", self.label, self.pass_frames,
                            self.last_t, why)
             if self.loop:  # opening it again failed, or a pass of a loop: not a truncated file, not a loop now
