@@ -15,6 +15,7 @@ PyAV is an optional dependency (the `camera` extra): importing this module does 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,11 @@ class SlotWriter:
         self.yuv = yuv if fmt in ("i420", "nv12") else None  # checked on the first frame
 
     def __call__(self, frame: Any, dst: np.ndarray) -> None:
+        self.write(self.prepare(frame), dst)
+
+    def prepare(self, frame: Any) -> Any:
+        """The frame as the slot takes it: itself, or swscale's conversion (a new frame PyAV allocates).
+        The decoding thread calls it, so the stage's thread only copies (`write`)."""
         if self.yuv is not None:
             self._check_yuv(frame, *self.yuv)
         sized = frame.width == self.width and frame.height == self.height
@@ -228,7 +234,7 @@ class SlotWriter:
             if not sized:
                 self._note(frame)
             frame = frame.reformat(width=self.width, height=self.height, format=AV_FORMAT[self.fmt])
-        self.write(frame, dst)
+        return frame
 
     def _check_yuv(self, frame: Any, matrix: str, rng: str) -> None:
         self.yuv = None
@@ -242,8 +248,8 @@ class SlotWriter:
         what = (frame.format.name, frame.width, frame.height)
         if what != self.noted:  # once, and again only if the stream changes
             self.noted = what
-            log.warning("%s: the video is %dx%d, the camera %dx%d (camera.width/height): every frame is scaled by "
-                        "swscale; set camera.width/height to the video's size to skip that pass", self.source,
+            log.warning("%s: the video is %dx%d, the camera %dx%d (camera.width/height, the model's size): every "
+                        "frame is scaled by swscale; a video made at the camera's size skips that pass", self.source,
                         frame.width, frame.height, self.width, self.height)
 
 
@@ -253,10 +259,11 @@ class Decoded:
     """What the decoding thread hands over: a frame, or news about the input."""
 
     kind: str  # "opened" | "frame" | "corrupt" | "end" | "lost"
-    frame: Any = None  # kind "frame": the av.VideoFrame
+    frame: Any = None  # kind "frame": the av.VideoFrame, as the slot takes it (`prepare`d)
     index: int = 0  # frames decoded in this pass over the input (the corrupt one's position)
     time_s: float = 0.0  # the frame's presentation time in the input (s)
     text: str = ""  # "opened": decoder and why; "corrupt"/"lost": what FFmpeg said
+    rate: float = 0.0  # "opened"/"end": the input's frame rate (frames/s), 0 where it does not say
 
 
 class DecodeThread:
@@ -270,16 +277,24 @@ class DecodeThread:
     A live stream does not wait for the pipeline: when the queue is full its oldest frame is
     dropped (counted in `skipped`), as a camera drops a frame nobody took, so what the pipeline
     gets next is the newest; a file's frames all wait their turn.
+
+    Corrupt data (FFmpeg's InvalidDataError, or a frame flagged corrupt) is news ("corrupt"), and
+    every frame after it up to the next keyframe is dropped (counted in `damaged`): those are
+    predicted from a broken reference, and FFmpeg's error concealment would hand them over as
+    plausible but wrong pictures. `prepare` (SlotWriter.prepare) converts each frame here, off the
+    stage's thread.
     """
 
     def __init__(self, uri: str, opened: Opened | None = None, loop: bool = False, hwaccel: bool = True,
-                 depth: int = 2) -> None:
+                 depth: int = 2, prepare: Callable[[Any], Any] | None = None) -> None:
         import queue
         import threading
 
         self.uri, self.opened, self.loop, self.hwaccel = uri, opened, loop, hwaccel
+        self.prepare = prepare
         self.live = is_stream(uri)
         self.skipped = 0  # a live stream's frames dropped for newer ones (read by the stage's thread)
+        self.damaged = 0  # frames dropped after corrupt data, until a keyframe (read by the stage's thread)
         self.items: queue.Queue[Decoded] = queue.Queue(depth)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="edgert-video-decode", daemon=True)
@@ -307,32 +322,33 @@ class DecodeThread:
                 self.items.put(item, timeout=0.0 if self.live and item.kind == "frame" else 0.1)
                 return True
             except queue.Full:
-                if self.live and item.kind == "frame":
-                    self._drop_oldest_frame()
+                if self.live and item.kind == "frame" and not self._drop_oldest_frame():
+                    self.stop.wait(0.005)  # only news queued: the stage takes it soon; no busy spin
         return False
 
-    def _drop_oldest_frame(self) -> None:
-        """Live stream, queue full: take the oldest item out; a frame is dropped, news is put back."""
+    def _drop_oldest_frame(self) -> bool:
+        """Live stream, queue full: take the oldest item out; a frame is dropped (True), news is put back."""
         import queue
 
         try:
             old = self.items.get_nowait()
         except queue.Empty:
-            return
+            return True  # taken meanwhile: room now
         if old.kind == "frame":
             self.skipped += 1
-        else:  # keep "opened"/"corrupt" news; it goes back behind the frames still queued (rare: depth 2)
-            try:
-                self.items.put_nowait(old)
-            except queue.Full:
-                pass
+            return True
+        try:  # keep "opened"/"corrupt" news; it goes back behind the frames still queued (rare: depth 2)
+            self.items.put_nowait(old)
+        except queue.Full:
+            pass
+        return False
 
     def _run(self) -> None:
         av = require_av()
         try:
             if self.opened is None:
                 self.opened = open_video(self.uri, self.hwaccel)
-            self._put(Decoded("opened", text=f"{self.opened.decoder} ({self.opened.why})"))
+            self._put(Decoded("opened", text=f"{self.opened.decoder} ({self.opened.why})", rate=self.opened.rate))
             while self._decode_pass(av) and self.loop and not self.stop.is_set():
                 self._rewind(av)
         except (av.FFmpegError, VideoError, OSError) as e:
@@ -352,21 +368,31 @@ class DecodeThread:
         """Decode the input once to its end; False if stopped or (a stream) lost."""
         assert self.opened is not None
         stream, index, t = self.opened.stream, 0, 0.0
+        keyframe_due = False  # after corrupt data: frames are dropped until a keyframe
         for packet in self.opened.container.demux(stream):
             try:
                 frames = packet.decode()
-            except av.InvalidDataError as e:  # corrupt data: say where, skip it, decode on
+            except av.InvalidDataError as e:  # corrupt data: say where, drop up to the next keyframe
                 pts = packet.pts if packet.pts is not None else packet.dts
                 at = float(pts * stream.time_base) if pts is not None and stream.time_base else t
+                keyframe_due = True
                 if not self._put(Decoded("corrupt", index=index, time_s=at, text=str(e))):
                     return False
                 continue
             for f in frames:
                 t = float(f.time) if f.time is not None else t
-                if not self._put(Decoded("frame", f, index, t)):
-                    return False
+                if f.is_corrupt:  # decoded, but FFmpeg says from damaged data (concealed)
+                    keyframe_due = True
+                    if not self._put(Decoded("corrupt", index=index, time_s=t, text="a frame decoded with errors")):
+                        return False
+                if keyframe_due and (f.is_corrupt or not f.key_frame):
+                    self.damaged += 1
+                else:
+                    keyframe_due = False
+                    if not self._put(Decoded("frame", self.prepare(f) if self.prepare else f, index, t)):
+                        return False
                 index += 1
         if is_stream(self.uri):
             self._put(Decoded("lost", index=index, time_s=t, text="the stream ended"))
             return False
-        return self._put(Decoded("end", index=index, time_s=t))
+        return self._put(Decoded("end", index=index, time_s=t, rate=self.opened.rate))

@@ -17,7 +17,7 @@ from conftest import SHARED_MACHINE_CONTROL, make_steer_model, write_manifest
 
 from edgert.runtime import cli
 from edgert.runtime.config import DEFAULT_CONFIG, ConfigError, from_dict, load
-from edgert.runtime.wire import Stamp, TakeoverReason
+from edgert.runtime.wire import Stamp
 
 av = pytest.importorskip("av", reason="the video source needs PyAV (the camera extra)")
 
@@ -191,6 +191,31 @@ def test_an_unreadable_file_fails_the_run_at_start_up(assets, tmp_path):
         Supervisor(video_config(assets, garbage), duration_s=RUN_BOUND_S).run()
 
 
+def test_a_file_at_another_rate_than_camera_fps_is_refused_with_stream_pacing(assets, caplog):
+    """Stream pacing plays the clip at its rate while deadlines and the stall check follow camera.fps:
+    a 20 fps clip with camera.fps = 30 would flap CAMERA_LOST between frames."""
+    from edgert.runtime.supervisor import StageFailed
+
+    with caplog.at_level(logging.ERROR), pytest.raises(StageFailed, match="stage capture failed during start-up"):
+        Supervisor(video_config(assets, assets["mpeg4"], pacing="stream", fps=30), duration_s=RUN_BOUND_S).run()
+    text = "\n".join(r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in caplog.records)
+    assert (f"{assets['mpeg4']}: the video runs at 20 fps, camera.fps is 30" in text and "camera.fps = 20" in text
+            and 'camera.pacing = "fixed"' in text), text
+    # a live stream's rate is what the camera sends: a warning with the same fix, when its decoder opens
+    from types import SimpleNamespace
+
+    from edgert.runtime.stages.videosource import VideoStage
+
+    caplog.clear()
+    stage = SimpleNamespace(cfg=video_config(assets, "rtsp://127.0.0.1:8554/cam", fps=30), pacing="stream",
+                            label="rtsp://127.0.0.1:8554/cam", log=logging.getLogger("edgert.capture"))
+    with caplog.at_level(logging.WARNING, logger="edgert.capture"):
+        VideoStage._check_rate(stage, 30.9, refuse=False)  # within 5 %: nothing to say
+        VideoStage._check_rate(stage, 20.0, refuse=False)
+    assert [r.getMessage()[:64] for r in caplog.records] == [
+        "rtsp://127.0.0.1:8554/cam: the video runs at 20 fps, camera.fps is 30"[:64]], caplog.records
+
+
 # -- the real pipeline ----------------------------------------------------------------------------
 @pytest.mark.parametrize("mode, codec, pacing, fmt", [
     ("threads", "h264", "closed", "bgr"), ("processes", "mpeg4", "closed", "bgr"),
@@ -200,7 +225,7 @@ def test_an_unreadable_file_fails_the_run_at_start_up(assets, tmp_path):
 ])
 def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, mode, codec, pacing, fmt):
     n = int(CLIPS[codec])
-    fps = 10.0 if pacing == "fixed" else 30.0  # fixed: camera.fps, not the clip's rate
+    fps = {"fixed": 10.0, "stream": CLIPS[codec]}.get(pacing, 30.0)  # fixed: camera.fps, not the clip's rate
     summary, stamps = run_to_end(video_config(assets, assets[codec], mode, pacing=pacing, format=fmt, fps=fps))
     st = summary["stages"]
     assert "capture: its input ended" in summary["exit_reason"], summary["exit_reason"]
@@ -212,8 +237,11 @@ def test_every_frame_of_the_clip_goes_through_and_the_run_ends_with_it(assets, m
             assert st[name]["frames"] == n and st[name]["dropped"] == 0, (name, st)
     assert summary["commands"]["model_commands"] > 0 and len(stamps) > 0
     if pacing in ("stream", "fixed"):  # the clip's own rate, or camera.fps: never faster than that period
-        iv = np.diff(stamps[:, Stamp.CAPTURE])
-        assert iv.mean() >= 1e9 / (CLIPS[codec] if pacing == "stream" else fps) * 0.95, iv
+        # Lower bounds only: a loaded machine delays frames (an upper bound would fail there) and the
+        # schedule then catches up with short intervals, so the median gets a wide margin; the mean
+        # (the span over the frames) cannot be beaten by catching up.
+        iv, period = np.diff(stamps[:, Stamp.CAPTURE]), 1e9 / (CLIPS[codec] if pacing == "stream" else fps)
+        assert iv.mean() >= period * 0.95 and np.median(iv) >= period * 0.5, (period, iv)
     assert summary["source"] == "video" and summary["lane"]["frames"] == 0
     assert "lane keeping: not measured (camera.source = 'video' has no vehicle ground truth" in format_summary(summary)
 
@@ -225,7 +253,7 @@ def test_loop_keeps_going_past_the_end(assets, caplog):
         sup.start()
         try:
             while sup.poll() and sup.counters()["capture"]["frames"] < 2 * n + 5:
-                pass
+                time.sleep(0.01)
         finally:
             summary = sup.stop()
     assert summary["stages"]["capture"]["frames"] >= 2 * n + 5, summary["exit_reason"]
@@ -235,19 +263,78 @@ def test_loop_keeps_going_past_the_end(assets, caplog):
     assert summary["stages"]["control"]["dropped"] == 0 and summary["stages"]["capture"]["dropped"] == 0
 
 
-def test_corrupt_data_mid_file_is_reported_with_its_position_and_skipped(assets, tmp_path, caplog):
-    data = bytearray(assets["h264"].read_bytes())
-    at = len(data) // 2
-    data[at:at + 1500] = np.random.default_rng(3).integers(0, 256, 1500, dtype=np.uint8).tobytes()
+def _frames_fit_to_publish(path: Path) -> tuple[int, int, int]:
+    """(frames FFmpeg hands over, those before the first corrupt data, those the rule publishes: none
+    from corrupt data up to the next keyframe), by decoding `path` here."""
+    c = av.open(str(path))
+    s = c.streams.video[0]
+    n = before = fit = 0
+    broken = waiting = False
+    for packet in c.demux(s):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError:
+            broken = waiting = True
+            continue
+        for f in frames:
+            n += 1
+            before += not broken
+            waiting = waiting and not f.key_frame
+            fit += not waiting
+    c.close()
+    return n, before, fit
+
+
+def test_a_looping_file_that_cannot_be_read_on_ends_the_run_with_the_error(assets, tmp_path, caplog):
+    """A raw H.264 file cannot seek: each loop opens it again; deleted mid-run, that fails, and the
+    run ends (it used to wait in a lost camera for ever)."""
+    raw = tmp_path / "road.h264"
+    n = write_clip(raw, (f.copy() for f in render_drive(load(DEFAULT_CONFIG), 10, 20.0, W, H)), 20.0, "h264")
+    sup = Supervisor(video_config(assets, raw, pacing="closed", loop=True), duration_s=RUN_BOUND_S)
+    with caplog.at_level(logging.INFO, logger="edgert.capture"):
+        sup.start()  # the stage has the file open: its first pass plays to the end
+        raw.unlink()
+        try:
+            while sup.poll():
+                time.sleep(0.01)
+        finally:
+            summary = sup.stop()
+    st = summary["stages"]["capture"]
+    assert "input ended" in summary["exit_reason"] and st["frames"] == n and st["errors"] == 0, (summary, st)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{raw}: cannot read on after frame 0 (0.000 s): {raw}: no such file" in text, text
+    assert f"end of video {raw} after {n} frames" in text and "truncated" not in text, text
+
+
+def test_corrupt_data_is_a_camera_lost_takeover_and_no_frame_before_the_next_keyframe_goes_out(
+        assets, tmp_path, caplog):
+    """FFmpeg conceals damage (frames predicted from a broken reference come out as plausible
+    pictures): the source must drop them up to the next keyframe and hand over at once."""
+    good = tmp_path / "gop10.mp4"  # a keyframe every 10 frames: the picture comes back mid-clip
+    write_clip(good, (f.copy() for f in render_drive(load(DEFAULT_CONFIG), 30, 25.0, W, H)), 25.0, "h264", gop=10)
     bad = tmp_path / "corrupt.mp4"
-    bad.write_bytes(bytes(data))
+    for frac in (0.5, 0.55, 0.3, 0.35, 0.6):  # damage inside a group of pictures (the encoder's layout may vary)
+        data = bytearray(good.read_bytes())
+        at = int(len(data) * frac)
+        data[at:at + 400] = np.random.default_rng(3).integers(0, 256, 400, dtype=np.uint8).tobytes()
+        bad.write_bytes(bytes(data))
+        n, before, fit = _frames_fit_to_publish(bad)
+        if 0 < before < fit < n - 1:  # concealed frames to drop, and a keyframe after them
+            break
+    else:
+        pytest.fail(f"no damage in the middle of a group of pictures: {before}, {fit}, {n}")
     with caplog.at_level(logging.INFO, logger="edgert.capture"):
         summary, _ = run_to_end(video_config(assets, bad, pacing="closed"))
     st = summary["stages"]["capture"]
     assert "input ended" in summary["exit_reason"]
-    assert st["rejected"] > 0 and 0 < st["frames"] < int(CLIPS["h264"]) and st["errors"] == 0, st
+    assert st["frames"] == fit and st["errors"] == 0, (st, fit)  # the concealed frames never went out
+    assert st["rejected"] >= n - fit, st  # each dropped frame counted (and each corrupt packet)
+    assert "CAMERA_LOST" in [t["reason"] for t in summary["takeovers"]], summary["takeovers"]
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert f"{bad}: corrupt data at frame " in text and " s): " in text, text
+    assert f"{bad}: corrupt data at frame {before} (" in text, text
+    assert f"camera lost: corrupt data in {bad} at frame {before} (" in text, text
+    assert "waiting for the next keyframe" in text and "reconnecting" not in text, text
+    assert "camera back after" in text, text  # the keyframe
     assert f"end of video {bad} after {st['frames']} frames" in text, text
 
 
@@ -310,10 +397,10 @@ def test_a_stream_that_drops_is_lost_then_reconnected(assets, tmp_path, caplog):
             sup.start()
             try:
                 while sup.poll() and not any("camera back after" in r.getMessage() for r in caplog.records):
-                    pass
+                    time.sleep(0.01)
                 end = time.monotonic() + 0.5
                 while sup.poll() and time.monotonic() < end:  # frames flow on after the reconnect
-                    pass
+                    time.sleep(0.01)
             finally:
                 summary = sup.stop()
     finally:
@@ -327,8 +414,7 @@ def test_a_stream_that_drops_is_lost_then_reconnected(assets, tmp_path, caplog):
     # a live stream never waits: the clip arrives faster than the closed loop takes it, and every frame
     # of the first pass is either published or dropped for a newer one (counted); frames flow after it
     assert st["frames"] + st["dropped"] >= n and st["frames"] >= 2 and st["errors"] == 0, st
-    if "CAMERA_LOST" in TakeoverReason.__members__:  # control hands over for the loss, by its name
-        assert "CAMERA_LOST" in summary["commands"]["takeover_reasons"], summary["commands"]
+    assert "CAMERA_LOST" in summary["commands"]["takeover_reasons"], summary["commands"]  # control handed over
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -336,7 +422,10 @@ def test_sim_clip_writes_a_clip_of_the_asked_length_rate_and_size(tmp_path, caps
     out = tmp_path / "road.mp4"
     assert cli.main(["sim", "clip", str(out), "--seconds", "0.4", "--fps", "10", "--size", "64x48",
                      "--codec", "mpeg4"]) == 0
-    assert f"{out}: 4 frames, 64x48 at 10 fps (mpeg4)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"{out}: 4 frames, 64x48 at 10 fps (mpeg4)" in said
+    # the camera keeps the model's size (its preprocess spec is written for it): the source scales the clip
+    assert "keep camera.width/height at the model's camera size (1920x1080 in " in said and "width = 64" not in said
     o = video.open_video(str(out))
     try:
         assert o.size == (64, 48) and o.rate == pytest.approx(10) and o.stream.codec_context.name == "mpeg4"
@@ -344,6 +433,16 @@ def test_sim_clip_writes_a_clip_of_the_asked_length_rate_and_size(tmp_path, caps
         o.close()
     assert cli.main(["sim", "clip", str(out), "--size", "65x48"]) == 2
     assert "both even" in capsys.readouterr().err
+    # without --size: the config's camera size, which the example config and the default model share
+    small = tmp_path / "small.toml"
+    small.write_text("[camera]\nwidth = 64\nheight = 48\n")
+    assert cli.main(["sim", "clip", str(out), "--seconds", "0.1", "--fps", "10", "--config", str(small)]) == 0
+    assert f"{out}: 1 frames, 64x48 at 10 fps" in capsys.readouterr().out
+    from edgert.runtime.config import tomllib  # tomli before Python 3.11
+
+    example = tomllib.loads((Path(__file__).resolve().parent.parent / "configs" / "video.toml").read_text())
+    default = load(DEFAULT_CONFIG).camera
+    assert (example["camera"]["width"], example["camera"]["height"]) == (default.width, default.height) == (1920, 1080)
 
 
 # -- the benchmark --------------------------------------------------------------------------------

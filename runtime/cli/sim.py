@@ -108,8 +108,9 @@ def cmd_clip(args: argparse.Namespace) -> int:
     from edgert.runtime.errors import UsageError
     from edgert.runtime.sim.clip import road_clip
 
+    cfg = load(args.config)
     try:
-        w, h = (int(v) for v in args.size.lower().split("x"))
+        w, h = (int(v) for v in args.size.lower().split("x")) if args.size else (cfg.camera.width, cfg.camera.height)
     except ValueError:
         raise UsageError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1920x1080") from None
     if not (16 <= w <= 7680 and 16 <= h <= 4320 and w % 2 == 0 and h % 2 == 0):
@@ -119,13 +120,14 @@ def cmd_clip(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UsageError(f"{out}: no folder {out.parent}; create it first")
-    cfg = load(args.config)
     t0 = time.monotonic()
     n = road_clip(out, cfg, args.seconds, args.fps, (w, h), args.codec)
     print(f"{out}: {n} frames, {w}x{h} at {args.fps:g} fps ({args.codec}), road seed {cfg.sim.road_seed} "
           f"driven open loop (weaving about the lane centre), in {time.monotonic() - t0:.1f} s")
-    print(f"run it: camera.source = \"video\", camera.uri = \"{out}\", camera.width = {w}, camera.height = {h} "
-          "(configs/video.toml)")
+    # camera.width/height stay the model's: its preprocess spec (region of interest) is written for that size
+    print(f"run it: camera.source = \"video\", camera.uri = \"{out}\" (configs/video.toml); keep camera.width/height "
+          f"at the model's camera size ({cfg.camera.width}x{cfg.camera.height} in {args.config}): a video of another "
+          "size is scaled to it by the source")
     return 0
 
 
@@ -260,7 +262,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--seconds", type=float, default=10.0, help="length (default 10)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--codec", choices=("h264", "mpeg4"), default="h264", help="encoder (default h264)")
-    p.add_argument("--size", default="1920x1080", help="WxH (default 1920x1080, the default model's camera)")
+    p.add_argument("--size", default="", help="WxH (default: --config's camera.width x height, 1920x1080 for "
+                   "sim.toml: the default model's camera, as configs/video.toml has it)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="whose [sim] road to drive (default: sim.toml)")
     p.set_defaults(func=cmd_clip)
     p = ssub.add_parser("sweep", help="lane error against end-to-end latency: JSON + PNG")

@@ -42,8 +42,9 @@ def render_drive(cfg: PipelineConfig, n: int, fps: float, width: int, height: in
 
 
 def write_clip(path: str | Path, frames, fps: float, codec: str = "h264",  # type: ignore[no-untyped-def]
-               pix_fmt: str = "yuv420p") -> int:
-    """Encode BGR frames into a video file at `fps`; the number of frames written.
+               pix_fmt: str = "yuv420p", gop: int = 0) -> int:
+    """Encode BGR frames into a video file at `fps`; the number of frames written. `gop`: a keyframe
+    every so many frames (0: the encoder's default).
 
     MP4/MOV files get their index at the front (faststart), as streaming servers write them: a
     copy cut short is then still readable up to the cut, as a recording interrupted would be."""
@@ -61,6 +62,8 @@ def write_clip(path: str | Path, frames, fps: float, codec: str = "h264",  # typ
                 stream = out.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001))
                 stream.height, stream.width = img.shape[:2]
                 stream.pix_fmt = pix_fmt
+                if gop:
+                    stream.codec_context.gop_size = gop
                 if encoder == "libx264":
                     stream.options = {"preset": "veryfast", "tune": "zerolatency"}  # no B-frame delay
             frame = av.VideoFrame.from_ndarray(img, format="bgr24")
