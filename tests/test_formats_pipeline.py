@@ -14,6 +14,7 @@ from conftest import SHARED_MACHINE_CONTROL, StageHarness
 from test_kernels import TOLERANCE_STEPS, assert_close
 from test_pipeline import _check_summary
 from test_record import pipeline_config, signed_tiny
+from test_scenarios import _run_scenario_to_its_end
 
 from edgert.kernels import Preprocessor, reference_preprocess
 from edgert.runtime import shm
@@ -241,25 +242,10 @@ def test_camera_and_light_scenarios_end_as_expected_in_nv12(name):
     chroma is dark (a whole-buffer mean would not be), a repeated buffer is frozen, and the model's
     [odd] light range read in luma hands over in the tunnel but not in the gentle light change.
     Ends once the camera has made the scenario's frames, as tests/test_scenarios.py does."""
-    import time
-
     from edgert.runtime.sim import scenarios
 
     scn = scenarios.get(name)
-    cfg = load(DEFAULT_CONFIG).replace(camera={"format": "nv12"}, sim={"scenario": name},
-                                       control=SHARED_MACHINE_CONTROL)
-    sup = Supervisor(cfg, duration_s=600.0, mode="threads")  # 600 s only bounds a hung test
-    frames = scn.duration_s * cfg.camera.fps
-
-    def stop_at_the_end() -> None:
-        while not sup.stop_requested.is_set():
-            if (sup.status["capture"].counters or {}).get("frames", 0) >= frames:
-                sup.stop_requested.set()
-            time.sleep(0.05)
-    threading.Thread(target=stop_at_the_end, daemon=True).start()
-    s = sup.run()
-    sup.stop_requested.set()
-    outcome = scenarios.judge(scn, s, cfg.camera.fps)
+    s, outcome = _run_scenario_to_its_end(name, camera={"format": "nv12"})
     reasons = set(s["commands"]["takeover_reasons"]) - {"SHUTDOWN", "DEADLINE"}  # DEADLINE: a loaded machine
     if scn.expect == scenarios.IN_LANE:
         assert not reasons and s["lane"]["departures"] == 0, (s["commands"], s["lane"])

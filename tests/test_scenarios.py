@@ -251,17 +251,18 @@ def _check_run(s: dict) -> None:
     assert s["e2e"]["corrupted"] == s["e2e"]["lost"] == 0, s["e2e"]
 
 
-def _run_scenario_to_its_end(name: str) -> tuple[dict, scenarios.Outcome]:
+def _run_scenario_to_its_end(name: str, **sections: dict) -> tuple[dict, scenarios.Outcome]:
     """edgert.runtime.cli.sim.run_scenario, ending once the camera has made the scenario's duration in
     frames rather than after that much wall-clock time: a loaded machine makes the camera skip
     ticks (sim time advances a frame period per frame made), so a wall-clock run may end before
-    the road or the fault window does. 600 s only bounds a hung test."""
+    the road or the fault window does. 600 s only bounds a hung test. `sections`: more config
+    (e.g. camera={"format": "nv12"})."""
     import threading
 
     from edgert.runtime.supervisor import Supervisor
 
     scn = scenarios.get(name)
-    cfg = load(DEFAULT_CONFIG).replace(control=SHARED_MACHINE_CONTROL, sim={"scenario": name})
+    cfg = load(DEFAULT_CONFIG).replace(control=SHARED_MACHINE_CONTROL, sim={"scenario": name}, **sections)
     sup = Supervisor(cfg, duration_s=600.0, mode="threads")  # threads: the same stage code, a faster start
     frames = scn.duration_s * cfg.camera.fps
 
