@@ -222,3 +222,28 @@ def free_port_block(n: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free block of loopback ports")
+
+
+def wait_until(sup, cond, what: str = "a step", bound_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for `cond()` while `sup` runs: waits on the condition, not on a time, however loaded the
+    machine; `bound_s` only ends a test that hangs, and a run that stopped early fails the step."""
+    end = time.monotonic() + bound_s
+    while not cond():
+        assert time.monotonic() < end and not sup.stop_requested.is_set(), f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def run_scripted(sup, script, join_s: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
+    """`sup.run()` while `script()` drives the run from a thread (waiting on conditions, killing or
+    unplugging things); the run is asked to stop as soon as the script returns or fails, so no test
+    waits out a fixed duration. Returns the run's summary."""
+    def body() -> None:
+        try:
+            script()
+        finally:
+            sup.stop_requested.set()
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    s = sup.run()
+    t.join(join_s)
+    return s

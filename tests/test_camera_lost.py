@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_MACHINE_CONTROL
+from conftest import SHARED_MACHINE_CONTROL, run_scripted, wait_until
 
 from edgert.runtime import wire
 from edgert.runtime.config import DEFAULT_CONFIG, load
@@ -73,22 +72,12 @@ def _run(mode: str, source: str, monkeypatch) -> tuple[dict, Supervisor]:  # typ
     sup = Supervisor(cfg, duration_s=600.0, mode=mode, stage_classes={"capture": f"{Path(__file__).stem}:{source}"})
 
     def stop_once_resumed() -> None:
-        end = time.monotonic() + 180
-        try:
-            while time.monotonic() < end and not sup.stop_requested.is_set():
-                tel = sup.telemetry
-                if tel is not None and tel.camera.losses and any(
-                        t["resumed_ns"] is not None for t in list(tel.takeovers)):
-                    time.sleep(0.3)  # a few model commands after the recovery
-                    return
-                time.sleep(0.05)
-        finally:
-            sup.stop_requested.set()
-    t = threading.Thread(target=stop_once_resumed, daemon=True)
-    t.start()
-    s = sup.run()
-    t.join(10)
-    return s, sup
+        wait_until(sup, lambda: sup.running.is_set(), "the pipeline runs")
+        tel = sup.telemetry
+        wait_until(sup, lambda: tel.camera.losses and any(t["resumed_ns"] is not None for t in list(tel.takeovers)),
+                   "the camera lost and model commands resumed", bound_s=180)
+        time.sleep(0.3)  # a few model commands after the recovery
+    return run_scripted(sup, stop_once_resumed), sup
 
 
 def _check_recovered(s: dict) -> dict:
@@ -184,33 +173,22 @@ def test_a_control_restarted_while_the_camera_is_lost_hands_over_for_it_not_for_
                      stage_classes={"capture": f"{Path(__file__).stem}:LosesCameraUntilTold"})
     killed = {}
 
-    def wait_for(cond) -> None:  # type: ignore[no-untyped-def]
-        end = time.monotonic() + 120
-        while not cond():
-            assert time.monotonic() < end and not sup.stop_requested.is_set(), "step timed out"
-            time.sleep(0.05)
-
     def script() -> None:
-        try:
-            wait_for(lambda: sup.running.is_set())
-            tel = sup.telemetry
-            wait_for(lambda: tel.camera.losses == 1 and tel.checks.failsafe_commands >= 3)
-            killed["pid"] = sup.handles["control"].pid
-            os.kill(killed["pid"], signal.SIGKILL)
-            st = sup.status["control"]
-            wait_for(lambda: st.restarts == 1 and st.pid != killed["pid"] and st.state == StageState.RUNNING)
-            # the new control's start-up grace (1 s) has passed: without the resent state it would
-            # have handed over for STARTUP by now
-            time.sleep(1.5)
-            back.touch()
-            wait_for(lambda: any(t["resumed_ns"] is not None for t in list(tel.takeovers)))
-            time.sleep(0.3)
-        finally:
-            sup.stop_requested.set()
-    t = threading.Thread(target=script, daemon=True)
-    t.start()
-    s = sup.run()
-    t.join(10)
+        wait_until(sup, lambda: sup.running.is_set(), "the pipeline runs")
+        tel = sup.telemetry
+        wait_until(sup, lambda: tel.camera.losses == 1 and tel.checks.failsafe_commands >= 3, "the loss reaches control")
+        killed["pid"] = sup.handles["control"].pid
+        os.kill(killed["pid"], signal.SIGKILL)
+        st = sup.status["control"]
+        wait_until(sup, lambda: st.restarts == 1 and st.pid != killed["pid"] and st.state == StageState.RUNNING,
+                   "control restarted")
+        # the new control's start-up grace (1 s) has passed: without the resent state it would
+        # have handed over for STARTUP by now
+        time.sleep(1.5)
+        back.touch()
+        wait_until(sup, lambda: any(t["resumed_ns"] is not None for t in list(tel.takeovers)), "control resumes")
+        time.sleep(0.3)
+    s = run_scripted(sup, script)
     assert killed, "control was never killed"
     assert s["stages"]["control"]["restarts"] == 1 and s["stages"]["capture"]["restarts"] == 0, s["stages"]
     takeovers = [x for x in s["takeovers"] if x["reason"] != "SHUTDOWN"]

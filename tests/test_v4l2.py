@@ -646,9 +646,7 @@ def test_an_unplugged_camera_is_a_camera_lost_takeover_and_the_pipeline_recovers
     """Threads mode on the scripted camera: unplugged mid-run, control hands over with CAMERA_LOST
     (not a generic deadline), the source reopens it when it is back, control resumes; no stage is
     restarted."""
-    import threading
-
-    from conftest import SHARED_MACHINE_CONTROL
+    from conftest import SHARED_MACHINE_CONTROL, run_scripted, wait_until
 
     from edgert.runtime import signing
     from edgert.runtime.config import DEFAULT_CONFIG
@@ -668,30 +666,18 @@ def test_an_unplugged_camera_is_a_camera_lost_takeover_and_the_pipeline_recovers
     sup = Supervisor(cfg, duration_s=600.0, mode="threads")
     steps: list[str] = []
 
-    def wait_for(cond, what: str) -> None:  # type: ignore[no-untyped-def]
-        end = time.monotonic() + 120
-        while not cond():
-            assert time.monotonic() < end and not sup.stop_requested.is_set(), f"timed out: {what}"
-            time.sleep(0.05)
-
     def script() -> None:
-        try:
-            wait_for(lambda: sup.running.is_set(), "the pipeline runs")
-            tel = sup.telemetry
-            wait_for(lambda: tel.checks.model_commands >= 10, "commands from the camera's frames")
-            fake.unplugged, fake.present = True, False
-            wait_for(lambda: tel.camera.losses == 1 and tel.checks.failsafe_commands >= 3, "the loss reaches control")
-            time.sleep(0.5)  # a few failed reopens
-            fake.unplugged, fake.present = False, True
-            wait_for(lambda: any(t["resumed_ns"] is not None for t in list(tel.takeovers)), "control resumes")
-            steps.append("done")
-        finally:
-            sup.stop_requested.set()
+        wait_until(sup, lambda: sup.running.is_set(), "the pipeline runs")
+        tel = sup.telemetry
+        wait_until(sup, lambda: tel.checks.model_commands >= 10, "commands from the camera's frames")
+        fake.unplugged, fake.present = True, False
+        wait_until(sup, lambda: tel.camera.losses == 1 and tel.checks.failsafe_commands >= 3, "the loss reaches control")
+        time.sleep(0.5)  # a few failed reopens
+        fake.unplugged, fake.present = False, True
+        wait_until(sup, lambda: any(t["resumed_ns"] is not None for t in list(tel.takeovers)), "control resumes")
+        steps.append("done")
 
-    t = threading.Thread(target=script, daemon=True)
-    t.start()
-    s = sup.run()
-    t.join(10)
+    s = run_scripted(sup, script)
     assert steps == ["done"]
     takeovers = [x for x in s["takeovers"] if x["reason"] != "SHUTDOWN"]
     assert len(takeovers) == 1 and takeovers[0]["reasons"] == ["CAMERA_LOST"], s["takeovers"]
